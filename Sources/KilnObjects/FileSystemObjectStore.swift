@@ -1,0 +1,89 @@
+import Crypto
+import Foundation
+import KilnCore
+import NIOCore
+
+/// The embedded ``ObjectStore``: one file per object under a root folder. A put streams into a
+/// temporary file beside its target, hashing as it goes, and renames it into place, so concurrent
+/// writers of one key never expose a partial object.
+public struct FileSystemObjectStore: ObjectStore {
+    public let root: URL
+
+    public init(root: URL) throws {
+        self.root = root
+        try FileManager.default.createDirectory(at: root.appending(path: ".tmp"), withIntermediateDirectories: true)
+    }
+
+    public func put<Body: AsyncSequence & Sendable>(_ key: String, body: Body, maxBytes: Int64) async throws -> StoredObject
+    where Body.Element == ByteBuffer {
+        let target = try url(for: key)
+        let temporary = root.appending(path: ".tmp/\(UUID().uuidString)")
+        guard FileManager.default.createFile(atPath: temporary.path, contents: nil) else {
+            throw KilnError(.internal, "cannot create a temporary file in the object store")
+        }
+        var committed = false
+        defer { if !committed { try? FileManager.default.removeItem(at: temporary) } }
+        let handle = try FileHandle(forWritingTo: temporary)
+        var hasher = SHA256()
+        var size: Int64 = 0
+        do {
+            for try await buffer in body {
+                size += Int64(buffer.readableBytes)
+                guard size <= maxBytes else {
+                    throw KilnError(.payloadTooLarge, "the body is larger than the limit of \(maxBytes) bytes")
+                }
+                buffer.withUnsafeReadableBytes { hasher.update(bufferPointer: $0) }
+                try handle.write(contentsOf: Data(buffer.readableBytesView))
+            }
+            try handle.synchronize()
+            try handle.close()
+        } catch {
+            try? handle.close()
+            throw error
+        }
+        try FileManager.default.createDirectory(at: target.deletingLastPathComponent(), withIntermediateDirectories: true)
+        if rename(temporary.path, target.path) != 0 {
+            throw KilnError(.internal, "cannot move an object into place: errno \(errno)")
+        }
+        committed = true
+        let digest = hasher.finalize().map { String(format: "%02x", $0) }.joined()
+        return StoredObject(size: size, sha256: digest)
+    }
+
+    public func get(_ key: String) async throws -> AsyncThrowingStream<ByteBuffer, any Error> {
+        let path = try url(for: key)
+        guard let handle = try? FileHandle(forReadingFrom: path) else {
+            throw KilnError(.notFound, "no object '\(key)'")
+        }
+        return AsyncThrowingStream { continuation in
+            let task = Task {
+                do {
+                    while let chunk = try handle.read(upToCount: 256 * 1024), !chunk.isEmpty {
+                        try Task.checkCancellation()
+                        continuation.yield(ByteBuffer(bytes: chunk))
+                    }
+                    try? handle.close()
+                    continuation.finish()
+                } catch {
+                    try? handle.close()
+                    continuation.finish(throwing: error)
+                }
+            }
+            continuation.onTermination = { _ in task.cancel() }
+        }
+    }
+
+    public func size(of key: String) async throws -> Int64? {
+        let attributes = try? FileManager.default.attributesOfItem(atPath: try url(for: key).path)
+        return (attributes?[.size] as? NSNumber)?.int64Value
+    }
+
+    public func delete(_ key: String) async throws {
+        try? FileManager.default.removeItem(at: try url(for: key))
+    }
+
+    private func url(for key: String) throws -> URL {
+        guard ObjectKey.isValid(key) else { throw KilnError(.invalidInput, "'\(key)' is not a valid object key") }
+        return root.appending(path: key)
+    }
+}

@@ -1,0 +1,45 @@
+import Foundation
+import KilnCore
+import NIOCore
+
+/// Where media and model blobs live (DESIGN §6): the file system when embedded, any
+/// S3-compatible store at scale. Keys are `/`-separated paths of safe characters.
+public protocol ObjectStore: Sendable {
+    /// Streams `body` into `key`, atomically: readers see the whole object or none of it.
+    ///
+    /// - Parameter maxBytes: refuse (and store nothing) past this many bytes.
+    /// - Returns: the size and hex SHA-256 of what was stored.
+    /// - Throws: `.payloadTooLarge` past `maxBytes`.
+    func put<Body: AsyncSequence & Sendable>(_ key: String, body: Body, maxBytes: Int64) async throws -> StoredObject
+    where Body.Element == ByteBuffer
+
+    /// The object's bytes, in chunks. - Throws: `.notFound`.
+    func get(_ key: String) async throws -> AsyncThrowingStream<ByteBuffer, any Error>
+
+    /// Size of the object, or nil when absent.
+    func size(of key: String) async throws -> Int64?
+
+    func delete(_ key: String) async throws
+}
+
+public struct StoredObject: Hashable, Sendable {
+    public var size: Int64
+    public var sha256: String
+
+    public init(size: Int64, sha256: String) {
+        self.size = size
+        self.sha256 = sha256
+    }
+}
+
+public enum ObjectKey {
+    /// Letters, digits, `-`, `_`, `.` in `/`-separated segments, none of them `.` or `..`.
+    public static func isValid(_ key: String) -> Bool {
+        guard !key.isEmpty, key.utf8.count <= 1024 else { return false }
+        let segments = key.split(separator: "/", omittingEmptySubsequences: false)
+        return segments.allSatisfy { segment in
+            !segment.isEmpty && segment != "." && segment != ".."
+                && segment.unicodeScalars.allSatisfy { CharacterSet.alphanumerics.contains($0) || "-_.".unicodeScalars.contains($0) }
+        }
+    }
+}

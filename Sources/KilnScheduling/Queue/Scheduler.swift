@@ -1,0 +1,426 @@
+import DequeModule
+import KilnCore
+
+/// The dispatch decision of DESIGN §4 as a pure state machine: no I/O, no clock of its own.
+///
+/// Each queued job sits in the FIFO queue of its (tier, requirements class), sorted by `queuedAt`
+/// then sequence. Picking a job for a worker compares only the heads of the queues whose class the
+/// worker can run, so one decision costs O(queues), whatever the number of jobs.
+///
+/// A job's life in here:
+///
+///     enqueue ──▶ queued ──next(for:)──▶ in flight (leased) ──started──▶ in flight (running)
+///                   ▲  │                     │                              │
+///                   │  └─account at cap──▶ parked ◀─┐     requeue ──────────┤
+///                   └──────────── requeue ──────────┼─────────────────────────┘
+///                        (same queuedAt)            └─ unparked when the account frees a slot
+///     remove ─▶ gone (from any state: canceled, succeeded, failed)
+///
+/// Eligibility, checked at every pick:
+/// 1. the worker's cluster has fewer leased-but-not-started jobs than its dispatch limit;
+/// 2. the worker can run the job's class (model, version, accelerator, GPU count);
+/// 3. the job's account is under its tier's running cap. A head whose account is at its cap is
+///    parked (set aside, in arrival order) and the pick goes on; when the account frees a slot, its
+///    oldest parked jobs return to their queues, as many as it has free slots.
+///
+/// The caller (the server's dispatcher, or the simulator) persists each decision and tells the
+/// scheduler what happened next (`started`, `requeue`, `remove`).
+public struct Scheduler: Sendable {
+    struct Entry: Sendable {
+        var sequence: Int64
+        var account: UInt32
+        var queuedAt: Double
+
+        @inline(__always)
+        func isBefore(_ other: Entry) -> Bool {
+            queuedAt != other.queuedAt ? queuedAt < other.queuedAt : sequence < other.sequence
+        }
+    }
+
+    struct Queue: Sendable {
+        let tier: Int
+        let jobClass: Int
+        var entries: Deque<Entry> = []
+    }
+
+    struct QueueKey: Hashable, Sendable {
+        var tier: Int
+        var jobClass: Int
+    }
+
+    struct Parked: Sendable {
+        var entry: Entry
+        var queue: Int
+    }
+
+    /// Where a waiting job is: enough to find it by binary search.
+    struct Location: Sendable {
+        var queue: Int
+        var entry: Entry
+        var parked: Bool
+    }
+
+    struct InFlight: Sendable {
+        var entry: Entry
+        var queue: Int
+        var cluster: String
+        var started: Bool
+    }
+
+    public let tiers: TierTable
+    public var policy: any SchedulingPolicy
+    /// Leased-but-not-started jobs a cluster may hold; clusters not named use `defaultDispatchLimit`.
+    public var dispatchLimits: [String: Int]
+    public var defaultDispatchLimit: Int
+
+    private var classes: [JobRequirements] = []
+    private var classIndex: [JobRequirements: Int] = [:]
+    private var queues: [Queue] = []
+    private var queueIndex: [QueueKey: Int] = [:]
+    private var accounts: [AccountID] = []
+    private var accountIndex: [AccountID: UInt32] = [:]
+    private var dispatchedByAccount: [Int] = []
+    private var parked: [UInt32: Deque<Parked>] = [:]
+    private var locations: [Int64: Location] = [:]
+    private var inFlight: [Int64: InFlight] = [:]
+    private var pendingByCluster: [String: Int] = [:]
+
+    /// Jobs waiting, parked ones included.
+    public private(set) var queuedCount = 0
+
+    public init(
+        tiers: TierTable, policy: any SchedulingPolicy = SLOPolicy(), dispatchLimits: [String: Int] = [:],
+        defaultDispatchLimit: Int = 64
+    ) {
+        self.tiers = tiers
+        self.policy = policy
+        self.dispatchLimits = dispatchLimits
+        self.defaultDispatchLimit = defaultDispatchLimit
+    }
+
+    // MARK: - Events
+
+    /// Puts a job in its queue. A job already known is left as it is.
+    ///
+    /// - Throws: ``KilnError`` when the job's tier is not in the table.
+    public mutating func enqueue(_ job: QueuedJob) throws {
+        guard locations[job.sequence] == nil, inFlight[job.sequence] == nil else { return }
+        guard let tier = tiers.index(of: job.tier) else {
+            throw KilnError(.invalidInput, "unknown tier '\(job.tier)'")
+        }
+        let queue = queueFor(tier: tier, jobClass: classFor(job.requirements))
+        let entry = Entry(sequence: job.sequence, account: accountFor(job.account), queuedAt: job.queuedAt)
+        insertSorted(entry, into: &queues[queue].entries)
+        locations[job.sequence] = Location(queue: queue, entry: entry, parked: false)
+        queuedCount += 1
+    }
+
+    /// The job for `worker`, by the policy at `now`, or nil when none is eligible.
+    ///
+    /// The job leaves the queue and counts as leased (not started) in the worker's cluster until
+    /// ``started(_:)``, ``requeue(_:)`` or ``remove(_:)``.
+    public mutating func next(for worker: WorkerOffer, now: Double) -> QueuedJob? {
+        // 1. The cluster's dispatch limit.
+        guard pendingByCluster[worker.cluster, default: 0] < dispatchLimit(of: worker.cluster) else { return nil }
+        // 2. The classes this worker can run.
+        let eligible = classes.map { $0.admits(worker) }
+        while true {
+            // 3. The best head among eligible queues.
+            var best: Int?
+            var bestHead: QueueHead?
+            for index in queues.indices where eligible[queues[index].jobClass] {
+                guard let first = queues[index].entries.first else { continue }
+                let head = self.head(first, queue: index)
+                if let current = bestHead, !policy.precedes(head, current, now: now) { continue }
+                best = index
+                bestHead = head
+            }
+            guard let best else { return nil }
+            let entry = queues[best].entries.removeFirst()
+            // 4. The account's running cap: park and look again.
+            if let cap = tiers.tiers[queues[best].tier].maxRunningPerAccount,
+                dispatchedByAccount[Int(entry.account)] >= cap
+            {
+                park(entry, queue: best)
+                continue
+            }
+            // 5. Dispatch.
+            locations[entry.sequence] = nil
+            queuedCount -= 1
+            inFlight[entry.sequence] = InFlight(entry: entry, queue: best, cluster: worker.cluster, started: false)
+            dispatchedByAccount[Int(entry.account)] += 1
+            pendingByCluster[worker.cluster, default: 0] += 1
+            return job(entry, queue: best)
+        }
+    }
+
+    /// The worker began running the job: it no longer counts against its cluster's dispatch limit.
+    public mutating func started(_ sequence: Int64) {
+        guard var flight = inFlight[sequence], !flight.started else { return }
+        flight.started = true
+        inFlight[sequence] = flight
+        pendingByCluster[flight.cluster, default: 0] -= 1
+    }
+
+    /// Puts a dispatched job back in its queue with its original `queuedAt` (lease expired, worker
+    /// failed with a retryable error, or the lease could not be persisted).
+    public mutating func requeue(_ sequence: Int64) {
+        guard let flight = release(sequence) else { return }
+        insertSorted(flight.entry, into: &queues[flight.queue].entries)
+        locations[sequence] = Location(queue: flight.queue, entry: flight.entry, parked: false)
+        queuedCount += 1
+        unpark(flight.entry.account)
+    }
+
+    /// Forgets a job wherever it is (canceled, succeeded, failed).
+    ///
+    /// - Returns: whether the job was known.
+    @discardableResult
+    public mutating func remove(_ sequence: Int64) -> Bool {
+        if let flight = release(sequence) {
+            unpark(flight.entry.account)
+            return true
+        }
+        guard let location = locations.removeValue(forKey: sequence) else { return false }
+        queuedCount -= 1
+        if location.parked {
+            let account = location.entry.account
+            if let index = parked[account]?.firstIndex(where: { $0.entry.sequence == sequence }) {
+                parked[account]!.remove(at: index)
+                if parked[account]!.isEmpty { parked[account] = nil }
+            }
+        } else if let index = indexOf(location.entry, in: queues[location.queue].entries) {
+            queues[location.queue].entries.remove(at: index)
+        }
+        return true
+    }
+
+    /// Rebuilds a dispatched job at start-up (the store is the truth; this is its cache).
+    public mutating func restoreDispatched(_ job: QueuedJob, cluster: String, started: Bool) throws {
+        guard locations[job.sequence] == nil, inFlight[job.sequence] == nil else { return }
+        guard let tier = tiers.index(of: job.tier) else {
+            throw KilnError(.invalidInput, "unknown tier '\(job.tier)'")
+        }
+        let queue = queueFor(tier: tier, jobClass: classFor(job.requirements))
+        let entry = Entry(sequence: job.sequence, account: accountFor(job.account), queuedAt: job.queuedAt)
+        inFlight[job.sequence] = InFlight(entry: entry, queue: queue, cluster: cluster, started: started)
+        dispatchedByAccount[Int(entry.account)] += 1
+        if !started { pendingByCluster[cluster, default: 0] += 1 }
+    }
+
+    // MARK: - Views
+
+    public func isQueued(_ sequence: Int64) -> Bool { locations[sequence] != nil }
+    public func isParked(_ sequence: Int64) -> Bool { locations[sequence]?.parked ?? false }
+    public func isDispatched(_ sequence: Int64) -> Bool { inFlight[sequence] != nil }
+    public var dispatchedCount: Int { inFlight.count }
+
+    /// Leased-but-not-started jobs of a cluster.
+    public func pending(in cluster: String) -> Int { pendingByCluster[cluster, default: 0] }
+
+    public func dispatchLimit(of cluster: String) -> Int { dispatchLimits[cluster] ?? defaultDispatchLimit }
+
+    /// Dispatched jobs of an account.
+    public func dispatched(for account: AccountID) -> Int {
+        accountIndex[account].map { dispatchedByAccount[Int($0)] } ?? 0
+    }
+
+    /// How many queued jobs the policy would dispatch before this one at `now`, if every worker could
+    /// run every job; nil when the job is not queued. O(queues × log jobs).
+    public func position(of sequence: Int64, now: Double) -> Int? {
+        guard let location = locations[sequence] else { return nil }
+        let target = head(location.entry, queue: location.queue)
+        var ahead = 0
+        for index in queues.indices {
+            let entries = queues[index].entries
+            // Entries of one queue are in policy order, so those ahead of the target form a prefix.
+            var low = 0
+            var high = entries.count
+            while low < high {
+                let mid = (low + high) / 2
+                let candidate = head(entries[mid], queue: index)
+                if candidate.sequence != target.sequence, policy.precedes(candidate, target, now: now) {
+                    low = mid + 1
+                } else {
+                    high = mid
+                }
+            }
+            ahead += low
+        }
+        return ahead
+    }
+
+    /// Up to `limit` queued jobs in the order the policy would dispatch them at `now` (parked jobs
+    /// excluded). O(limit × queues).
+    public func dispatchOrder(now: Double, limit: Int) -> [QueuedJob] {
+        var cursors = [Int](repeating: 0, count: queues.count)
+        var result: [QueuedJob] = []
+        result.reserveCapacity(min(limit, queuedCount))
+        while result.count < limit {
+            var best: Int?
+            var bestHead: QueueHead?
+            for index in queues.indices where cursors[index] < queues[index].entries.count {
+                let candidate = head(queues[index].entries[cursors[index]], queue: index)
+                if let current = bestHead, !policy.precedes(candidate, current, now: now) { continue }
+                best = index
+                bestHead = candidate
+            }
+            guard let best else { break }
+            result.append(job(queues[best].entries[cursors[best]], queue: best))
+            cursors[best] += 1
+        }
+        return result
+    }
+
+    /// Queued jobs per tier and model, with the urgency of the oldest.
+    public func summary(now: Double) -> [QueueSummary] {
+        var rows: [QueueKeyByModel: QueueSummary] = [:]
+        func add(_ entry: Entry, queue: Int, parked: Bool) {
+            let tier = tiers.tiers[queues[queue].tier]
+            let model = classes[queues[queue].jobClass].model
+            let key = QueueKeyByModel(tier: queues[queue].tier, model: model)
+            var row = rows[key] ?? QueueSummary(tier: tier.name, model: model)
+            row.queued += 1
+            if parked { row.parked += 1 }
+            if row.oldestQueuedAt.map({ entry.queuedAt < $0 }) ?? true {
+                row.oldestQueuedAt = entry.queuedAt
+                row.maxUrgency = Urgency.of(queuedAt: entry.queuedAt, maxWait: tier.maxWait, now: now)
+            }
+            rows[key] = row
+        }
+        for (index, queue) in queues.enumerated() {
+            if let first = queue.entries.first {
+                add(first, queue: index, parked: false)
+                let rest = queue.entries.count - 1
+                if rest > 0 { rows[QueueKeyByModel(tier: queue.tier, model: classes[queue.jobClass].model)]!.queued += rest }
+            }
+        }
+        for list in parked.values {
+            for item in list { add(item.entry, queue: item.queue, parked: true) }
+        }
+        return rows.sorted { $0.key.tier != $1.key.tier ? $0.key.tier < $1.key.tier : $0.key.model < $1.key.model }.map(\.value)
+    }
+
+    // MARK: - Internals
+
+    private struct QueueKeyByModel: Hashable {
+        var tier: Int
+        var model: String
+    }
+
+    private mutating func classFor(_ requirements: JobRequirements) -> Int {
+        if let index = classIndex[requirements] { return index }
+        classes.append(requirements)
+        classIndex[requirements] = classes.count - 1
+        return classes.count - 1
+    }
+
+    private mutating func queueFor(tier: Int, jobClass: Int) -> Int {
+        let key = QueueKey(tier: tier, jobClass: jobClass)
+        if let index = queueIndex[key] { return index }
+        queues.append(Queue(tier: tier, jobClass: jobClass))
+        queueIndex[key] = queues.count - 1
+        return queues.count - 1
+    }
+
+    private mutating func accountFor(_ id: AccountID) -> UInt32 {
+        if let index = accountIndex[id] { return index }
+        accounts.append(id)
+        dispatchedByAccount.append(0)
+        let index = UInt32(accounts.count - 1)
+        accountIndex[id] = index
+        return index
+    }
+
+    @inline(__always)
+    private func head(_ entry: Entry, queue: Int) -> QueueHead {
+        let tier = queues[queue].tier
+        return QueueHead(queuedAt: entry.queuedAt, sequence: entry.sequence, tier: tiers.tiers[tier], tierRank: tier)
+    }
+
+    private func job(_ entry: Entry, queue: Int) -> QueuedJob {
+        QueuedJob(
+            sequence: entry.sequence, account: accounts[Int(entry.account)], tier: tiers.tiers[queues[queue].tier].name,
+            requirements: classes[queues[queue].jobClass], queuedAt: entry.queuedAt)
+    }
+
+    private mutating func release(_ sequence: Int64) -> InFlight? {
+        guard let flight = inFlight.removeValue(forKey: sequence) else { return nil }
+        if !flight.started { pendingByCluster[flight.cluster, default: 0] -= 1 }
+        dispatchedByAccount[Int(flight.entry.account)] -= 1
+        return flight
+    }
+
+    private mutating func park(_ entry: Entry, queue: Int) {
+        var list = parked[entry.account] ?? []
+        insertSorted(Parked(entry: entry, queue: queue), into: &list)
+        parked[entry.account] = list
+        locations[entry.sequence] = Location(queue: queue, entry: entry, parked: true)
+    }
+
+    /// Returns the account's oldest parked jobs to their queues, one per free running slot.
+    private mutating func unpark(_ account: UInt32) {
+        guard var list = parked[account], let first = list.first else { return }
+        let cap = tiers.tiers[queues[first.queue].tier].maxRunningPerAccount ?? Int.max
+        var free = cap - dispatchedByAccount[Int(account)]
+        while free > 0, let item = list.first {
+            list.removeFirst()
+            insertSorted(item.entry, into: &queues[item.queue].entries)
+            locations[item.entry.sequence] = Location(queue: item.queue, entry: item.entry, parked: false)
+            free -= 1
+        }
+        parked[account] = list.isEmpty ? nil : list
+    }
+
+    /// The index of `entry` in a queue sorted by (queuedAt, sequence): O(log n).
+    private func indexOf(_ entry: Entry, in entries: Deque<Entry>) -> Int? {
+        var low = 0
+        var high = entries.count
+        while low < high {
+            let mid = (low + high) / 2
+            if entries[mid].isBefore(entry) { low = mid + 1 } else { high = mid }
+        }
+        return low < entries.count && entries[low].sequence == entry.sequence ? low : nil
+    }
+
+    private func insertSorted(_ entry: Entry, into entries: inout Deque<Entry>) {
+        if let last = entries.last, entry.isBefore(last) {
+            var low = 0
+            var high = entries.count
+            while low < high {
+                let mid = (low + high) / 2
+                if entries[mid].isBefore(entry) { low = mid + 1 } else { high = mid }
+            }
+            entries.insert(entry, at: low)
+        } else {
+            entries.append(entry)
+        }
+    }
+
+    private func insertSorted(_ item: Parked, into list: inout Deque<Parked>) {
+        var low = 0
+        var high = list.count
+        while low < high {
+            let mid = (low + high) / 2
+            if list[mid].entry.isBefore(item.entry) { low = mid + 1 } else { high = mid }
+        }
+        list.insert(item, at: low)
+    }
+}
+
+/// One row of the queue view: the jobs of one tier and model.
+public struct QueueSummary: Hashable, Sendable {
+    public var tier: String
+    public var model: String
+    public var queued = 0
+    /// Of `queued`, those set aside because their account is at its running cap.
+    public var parked = 0
+    public var oldestQueuedAt: Double?
+    /// The urgency of the oldest job (≥ 1: its tier's promise is already broken).
+    public var maxUrgency: Double?
+
+    public init(tier: String, model: String) {
+        self.tier = tier
+        self.model = model
+    }
+}

@@ -1,0 +1,36 @@
+import Crypto
+import Foundation
+import KilnCore
+
+/// Who made a request, from its bearer key.
+public enum Principal: Sendable, Hashable {
+    case user(AccountID, KeyID)
+    case worker(KeyID)
+    /// `key` is nil for the bootstrap key from `KILN_ADMIN_KEY`.
+    case admin(KeyID?)
+}
+
+/// Key secrets: random, shown once, stored as a SHA-256 hash (they carry 190 bits of entropy, so a
+/// fast hash is enough; no password stretching is needed).
+public enum KeySecret {
+    /// A new secret: `kiln_<scope>_` and 32 random base62 characters.
+    public static func generate(scope: KeyScope) -> String {
+        let alphabet = Array("0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
+        var generator = SystemRandomNumberGenerator()
+        let body = String((0..<32).map { _ in alphabet[Int(generator.next(upperBound: UInt8(alphabet.count)))] })
+        return "kiln_\(scope.rawValue)_\(body)"
+    }
+
+    public static func hash(_ secret: String) -> String {
+        SHA256.hash(data: Data(secret.utf8)).map { String(format: "%02x", $0) }.joined()
+    }
+
+    /// Compares two secrets in time independent of where they differ.
+    public static func constantTimeEquals(_ a: String, _ b: String) -> Bool {
+        let x = Array(hash(a).utf8)
+        let y = Array(hash(b).utf8)
+        var difference: UInt8 = 0
+        for i in x.indices { difference |= x[i] ^ y[i] }
+        return difference == 0
+    }
+}

@@ -1,0 +1,189 @@
+import Foundation
+import KilnCore
+import KilnScheduling
+import KilnAPI
+import KilnStore
+
+/// Runs the pure ``Scheduler`` against the store: the I/O shell around the policy.
+///
+/// The scheduler's pick is a proposal; the store's conditional lease (`queued → running`) is the
+/// decision. When the store refuses (the job was canceled meanwhile) the proposal is dropped and the
+/// next one is tried. The scheduler is a cache of the store, rebuilt by ``load()`` at start.
+///
+/// Workers asking for work while nothing is eligible wait (long-poll); every change that may make
+/// a job eligible (a submission, a requeue, a start that frees a dispatch slot, an end that frees an
+/// account slot) wakes them to look again.
+public actor Dispatcher {
+    private var scheduler: Scheduler
+    private var throughput = ThroughputEstimator()
+    private var identifiers: [Int64: GenerationID] = [:]
+    private var waiters: [UUID: CheckedContinuation<Void, Never>] = [:]
+    private let store: any JobStore
+    private let clock: any WallClock
+    private let configuration: ServerConfiguration
+
+    public init(store: any JobStore, clock: any WallClock, configuration: ServerConfiguration) throws {
+        self.store = store
+        self.clock = clock
+        self.configuration = configuration
+        self.scheduler = Scheduler(
+            tiers: configuration.tiers, policy: try configuration.schedulingPolicy(),
+            dispatchLimits: configuration.clusters.mapValues(\.dispatchLimit),
+            defaultDispatchLimit: configuration.defaultDispatchLimit)
+    }
+
+    /// Rebuilds the queues from the store.
+    public func load() async throws {
+        for generation in try await store.queuedGenerations() {
+            try enqueue(generation)
+        }
+        for generation in try await store.runningGenerations() {
+            guard let lease = generation.lease else { continue }
+            identifiers[generation.sequence] = generation.id
+            try scheduler.restoreDispatched(
+                Self.job(generation), cluster: lease.cluster, started: lease.startedAt != nil)
+        }
+    }
+
+    // MARK: Events from the API
+
+    public func submitted(_ generation: Generation) throws {
+        try enqueue(generation)
+        wakeAll()
+    }
+
+    public func started(_ generation: Generation) {
+        scheduler.started(generation.sequence)
+        wakeAll()
+    }
+
+    /// The generation went back to the queue (lease expired, retryable failure).
+    public func requeued(_ generation: Generation) throws {
+        if scheduler.isDispatched(generation.sequence) {
+            scheduler.requeue(generation.sequence)
+        } else {
+            try enqueue(generation)
+        }
+        wakeAll()
+    }
+
+    /// The generation ended (succeeded, failed, canceled).
+    public func ended(_ generation: Generation) {
+        let wasDispatched = scheduler.isDispatched(generation.sequence)
+        scheduler.remove(generation.sequence)
+        identifiers[generation.sequence] = nil
+        if wasDispatched, generation.state == .succeeded || generation.state == .failed {
+            throughput.record(at: now)
+        }
+        wakeAll()
+    }
+
+    // MARK: Leasing
+
+    /// The next job for `worker`, waiting up to `wait` seconds for one; nil when none came.
+    public func lease(for worker: WorkerRecord, wait: Double) async throws -> Generation? {
+        let offer = WorkerOffer(cluster: worker.cluster, accelerator: worker.accelerator, gpus: worker.gpus)
+        let deadline = now + max(0, wait)
+        while true {
+            if let job = scheduler.next(for: offer, now: now) {
+                let leased: Generation?
+                do {
+                    leased = try await store.lease(
+                        sequence: job.sequence, to: worker, at: clock.now(), ttl: configuration.leases.ttlSeconds)
+                } catch {
+                    scheduler.requeue(job.sequence)
+                    throw error
+                }
+                guard let leased else {
+                    // Canceled between the pick and the lease: forget it and pick again.
+                    scheduler.remove(job.sequence)
+                    identifiers[job.sequence] = nil
+                    continue
+                }
+                throughput.record(at: now)
+                return leased
+            }
+            let remaining = deadline - now
+            guard remaining > 0 else { return nil }
+            await waitForChange(seconds: remaining)
+            try Task.checkCancellation()
+        }
+    }
+
+    // MARK: Views
+
+    /// Position, ETA and deadline of a queued generation.
+    public func queueInfo(for generation: Generation) -> QueueInfo? {
+        guard generation.state == .queued, let position = scheduler.position(of: generation.sequence, now: now) else {
+            return nil
+        }
+        let maxWait = configuration.tiers[generation.tier]?.maxWait ?? 0
+        return QueueInfo(
+            position: position, etaSeconds: throughput.eta(position: position, now: now).map { ($0 * 10).rounded() / 10 },
+            deadline: generation.queuedAt + maxWait)
+    }
+
+    /// Seconds after which a refused submission may be admitted: when the account's oldest queued
+    /// job is expected to leave the queue, or one job's worth of throughput for a tier-wide cap.
+    public func retryAfter(oldestQueued: Generation?, tier: String) -> Int {
+        let maxWait = configuration.tiers[tier]?.maxWait ?? 60
+        let position = oldestQueued.flatMap { scheduler.position(of: $0.sequence, now: now) } ?? 0
+        let estimate = throughput.eta(position: position, now: now) ?? maxWait / 10
+        return Int(min(max(estimate, 1), maxWait).rounded(.up))
+    }
+
+    public func view(limit: Int) -> QueueView {
+        let now = self.now
+        let rows = scheduler.summary(now: now).map { row in
+            QueueView.Row(
+                tier: row.tier, model: row.model, queued: row.queued, parked: row.parked,
+                oldestQueuedAt: row.oldestQueuedAt.map(Date.init(timeIntervalSince1970:)), maxUrgency: row.maxUrgency)
+        }
+        let next = scheduler.dispatchOrder(now: now, limit: limit).compactMap { job -> QueueView.Entry? in
+            guard let id = identifiers[job.sequence], let tier = configuration.tiers[job.tier] else { return nil }
+            return QueueView.Entry(
+                id: id, tier: job.tier, model: job.requirements.model, queuedAt: Date(timeIntervalSince1970: job.queuedAt),
+                urgency: Urgency.of(queuedAt: job.queuedAt, maxWait: tier.maxWait, now: now))
+        }
+        return QueueView(
+            policy: scheduler.policy.name, queued: scheduler.queuedCount, dispatched: scheduler.dispatchedCount, rows: rows,
+            next: next)
+    }
+
+    // MARK: Internals
+
+    private var now: Double { clock.now().timeIntervalSince1970 }
+
+    private func enqueue(_ generation: Generation) throws {
+        identifiers[generation.sequence] = generation.id
+        try scheduler.enqueue(Self.job(generation))
+    }
+
+    static func job(_ generation: Generation) -> QueuedJob {
+        QueuedJob(
+            sequence: generation.sequence, account: generation.accountID, tier: generation.tier,
+            requirements: JobRequirements(model: generation.model, version: generation.version),
+            queuedAt: generation.queuedAt.timeIntervalSince1970)
+    }
+
+    private func waitForChange(seconds: Double) async {
+        let id = UUID()
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            waiters[id] = continuation
+            Task { [weak self] in
+                try? await Task.sleep(for: .seconds(seconds))
+                await self?.wake(id)
+            }
+        }
+    }
+
+    private func wake(_ id: UUID) {
+        waiters.removeValue(forKey: id)?.resume()
+    }
+
+    private func wakeAll() {
+        let all = waiters
+        waiters.removeAll()
+        for continuation in all.values { continuation.resume() }
+    }
+}

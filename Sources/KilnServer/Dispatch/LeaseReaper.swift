@@ -1,0 +1,56 @@
+import Foundation
+import KilnCore
+import KilnStore
+import Logging
+import ServiceLifecycle
+
+/// Returns the jobs of workers that stopped heartbeating to the queue (DESIGN §8): an expired lease
+/// requeues its job with the same `queuedAt`, or fails it once it has used `max_attempts`.
+public struct LeaseReaper: Service {
+    let store: any JobStore
+    let dispatcher: Dispatcher
+    let signals: GenerationSignals
+    let clock: any WallClock
+    let interval: Duration
+    let logger: Logger
+
+    public init(
+        store: any JobStore, dispatcher: Dispatcher, signals: GenerationSignals, clock: any WallClock,
+        interval: Duration = .seconds(1), logger: Logger
+    ) {
+        self.store = store
+        self.dispatcher = dispatcher
+        self.signals = signals
+        self.clock = clock
+        self.interval = interval
+        self.logger = logger
+    }
+
+    public func run() async throws {
+        while !Task.isShuttingDownGracefully, !Task.isCancelled {
+            do {
+                try await reap()
+            } catch {
+                logger.error("lease reaper: \(error)")
+            }
+            try? await Task.sleep(for: interval)
+        }
+    }
+
+    /// One pass. - Returns: the generations it changed.
+    @discardableResult
+    public func reap() async throws -> [Generation] {
+        let changed = try await store.expireLeases(at: clock.now())
+        for generation in changed {
+            if generation.state == .queued {
+                logger.info("lease expired; requeued", metadata: ["generation": "\(generation.id)", "attempts": "\(generation.attempts)"])
+                try await dispatcher.requeued(generation)
+            } else {
+                logger.warning("lease expired; failed", metadata: ["generation": "\(generation.id)", "attempts": "\(generation.attempts)"])
+                await dispatcher.ended(generation)
+            }
+            await signals.signal(generation.id)
+        }
+        return changed
+    }
+}

@@ -1,0 +1,92 @@
+import Foundation
+import Hummingbird
+import KilnAPI
+import KilnCore
+import KilnObjects
+import KilnScheduling
+import KilnStore
+import Logging
+import ServiceLifecycle
+
+/// The control plane (`kiln server`, DESIGN §2): the HTTP API over the store, the dispatcher and
+/// the lease reaper, run as services of one `ServiceGroup` with graceful shutdown.
+public struct KilnServer: Sendable {
+    public let services: KilnServices
+    let authenticator: Authenticator
+
+    /// Opens (creating when needed) the embedded state in `data`: `kiln.sqlite` and `objects/`, and
+    /// rebuilds the dispatcher's queues from it.
+    public static func open(
+        data: URL, configuration: ServerConfiguration, clock: any WallClock = SystemWallClock(), adminKey: String? = nil,
+        logger: Logger = Logger(label: "kiln")
+    ) async throws -> KilnServer {
+        try FileManager.default.createDirectory(at: data, withIntermediateDirectories: true)
+        let store = try SQLiteJobStore(path: data.appending(path: "kiln.sqlite").path)
+        let objects = try FileSystemObjectStore(root: data.appending(path: "objects"))
+        return try await KilnServer(store: store, objects: objects, configuration: configuration, clock: clock, adminKey: adminKey, logger: logger)
+    }
+
+    public init(
+        store: any JobStore, objects: any ObjectStore, configuration: ServerConfiguration, clock: any WallClock,
+        adminKey: String?, logger: Logger
+    ) async throws {
+        let dispatcher = try Dispatcher(store: store, clock: clock, configuration: configuration)
+        try await dispatcher.load()
+        self.services = KilnServices(
+            store: store, objects: objects, dispatcher: dispatcher, signals: GenerationSignals(), clock: clock,
+            configuration: configuration, logger: logger)
+        self.authenticator = Authenticator(store: store, bootstrapAdminKey: adminKey.flatMap { $0.isEmpty ? nil : $0 })
+    }
+
+    /// Every route of the API.
+    public func router() -> Router<KilnRequestContext> {
+        let router = Router(context: KilnRequestContext.self)
+        router.add(middleware: ErrorMiddleware(logger: services.logger))
+        router.get("healthz") { _, _ in try JSONBody.response(["status": "ok"]) }
+        router.get("openapi.yaml") { _, _ in
+            Response(
+                status: .ok, headers: [.contentType: "application/yaml"],
+                body: .init(byteBuffer: ByteBuffer(bytes: Array(OpenAPIDocument.text.utf8))))
+        }
+        let v1 = router.group("v1")
+        PublicRoutes(services: services).register(on: v1, authenticator: authenticator)
+        AdminRoutes(services: services).register(on: v1, authenticator: authenticator)
+        WorkerRoutes(services: services).register(on: v1, authenticator: authenticator)
+        return router
+    }
+
+    /// The lease reaper: the background service beside the HTTP server.
+    public func reaper(interval: Duration = .seconds(1)) -> LeaseReaper {
+        LeaseReaper(
+            store: services.store, dispatcher: services.dispatcher, signals: services.signals, clock: services.clock,
+            interval: interval, logger: services.logger)
+    }
+
+    /// The HTTP application with the reaper as a service; run it with `runService()` (it handles
+    /// SIGTERM and SIGINT with a graceful shutdown).
+    public func application(
+        host: String, port: Int, onServerRunning: @escaping @Sendable (Int) async -> Void = { _ in }
+    ) -> some ApplicationProtocol {
+        Application(
+            router: router(), configuration: .init(address: .hostname(host, port: port), serverName: "kiln"),
+            services: [reaper()], onServerRunning: { channel in await onServerRunning(channel.localAddress?.port ?? port) },
+            logger: services.logger)
+    }
+}
+
+extension KilnServer {
+    /// Serves until SIGTERM or SIGINT, then shuts down gracefully.
+    public func run(host: String, port: Int, onServerRunning: @escaping @Sendable (Int) async -> Void = { _ in }) async throws {
+        try await application(host: host, port: port, onServerRunning: onServerRunning).runService()
+    }
+}
+
+/// The OpenAPI document of the API, served at `/openapi.yaml`.
+public enum OpenAPIDocument {
+    public static let text: String = {
+        guard let url = Bundle.module.url(forResource: "openapi", withExtension: "yaml"),
+            let text = try? String(contentsOf: url, encoding: .utf8)
+        else { return "openapi: 3.1.0\ninfo: {title: Kiln, version: v1}\npaths: {}\n" }
+        return text
+    }()
+}

@@ -1,0 +1,146 @@
+import Foundation
+import KilnCore
+
+/// The durable state of Kiln: accounts, keys, models, files, workers, generations and their
+/// leases and events (DESIGN §8: the store is the truth; memory is a cache rebuilt from it).
+///
+/// Every method that changes a generation is one transaction that checks the state it starts from,
+/// so two processes racing on the same job can never both win: a lease only takes a queued job, a
+/// completion only counts with the current fencing token. Backends: ``SQLiteJobStore`` (embedded);
+/// a PostgreSQL backend runs the same conformance suite.
+///
+/// Errors are ``KilnError``: `.notFound`, `.conflict`, `.staleLease`, `.rateLimited`.
+public protocol JobStore: Sendable {
+    // MARK: Accounts and keys
+
+    func createAccount(_ account: Account) async throws
+    func account(_ id: AccountID) async throws -> Account?
+    func accounts() async throws -> [Account]
+    /// - Throws: `.notFound`.
+    func updateAccountTier(_ id: AccountID, tier: String) async throws -> Account
+
+    func createKey(_ key: APIKeyRecord) async throws
+    /// The key with this secret hash, revoked or not.
+    func key(secretHash: String) async throws -> APIKeyRecord?
+    /// - Throws: `.notFound`.
+    func revokeKey(_ id: KeyID, at: Date) async throws
+
+    // MARK: Models and files
+
+    /// - Throws: `.conflict` when the name is taken.
+    func createModel(_ model: ModelRecord) async throws
+    func model(named name: String) async throws -> ModelRecord?
+    func models() async throws -> [ModelRecord]
+
+    func createFile(_ file: FileRecord) async throws
+    func file(_ id: FileID) async throws -> FileRecord?
+
+    // MARK: Workers
+
+    func registerWorker(_ worker: WorkerRecord) async throws
+    func worker(_ id: WorkerID) async throws -> WorkerRecord?
+    func workers() async throws -> [WorkerRecord]
+    /// - Throws: `.notFound`.
+    func setWorkerState(_ id: WorkerID, _ state: WorkerRecord.State) async throws -> WorkerRecord
+    func touchWorker(_ id: WorkerID, at: Date) async throws
+
+    // MARK: Generations
+
+    /// Stores a new queued generation, its `queued` event and (when given) its idempotency key, after
+    /// checking the admission caps inside the same transaction.
+    ///
+    /// - Returns: the stored generation (with its sequence), or the earlier one with the same
+    ///   idempotency key and request.
+    /// - Throws: `.rateLimited` when a cap is reached; `.conflict` when the idempotency key was used
+    ///   for a different request.
+    func submit(_ generation: Generation, admission: Admission, idempotency: IdempotencyClaim?) async throws -> Submission
+
+    func generation(_ id: GenerationID) async throws -> Generation?
+    func generation(sequence: Int64) async throws -> Generation?
+    /// An account's generations, newest first, older than `before` (a sequence) when given.
+    func generations(of account: AccountID, state: GenerationState?, limit: Int, before: Int64?) async throws -> [Generation]
+
+    /// Cancels a queued or running generation.
+    /// - Throws: `.notFound`; `.conflict` when it already ended.
+    func cancel(_ id: GenerationID, at: Date) async throws -> Generation
+
+    /// Leases a queued generation to a worker: attempts + 1, a new fencing token.
+    /// - Returns: nil when the generation is no longer queued (canceled meanwhile).
+    func lease(sequence: Int64, to worker: WorkerRecord, at: Date, ttl: Double) async throws -> Generation?
+
+    /// The worker began running the model. Extends the lease.
+    /// - Throws: `.staleLease` when the token no longer holds the lease.
+    func start(_ id: GenerationID, worker: WorkerID, token: FencingToken, at: Date, ttl: Double) async throws -> Generation
+
+    /// Extends the lease and records progress.
+    /// - Returns: the generation; `state == .canceled` tells the worker to stop.
+    /// - Throws: `.staleLease`.
+    func heartbeat(
+        _ id: GenerationID, worker: WorkerID, token: FencingToken, progress: JobProgress?, at: Date, ttl: Double
+    ) async throws -> Generation
+
+    /// Records a file a worker uploaded as output `name` of the lease it holds.
+    /// - Throws: `.staleLease`.
+    func attachOutput(_ id: GenerationID, worker: WorkerID, token: FencingToken, name: String, file: FileRecord) async throws
+
+    /// Ends a generation as succeeded with the named outputs, which must have been attached.
+    /// - Throws: `.staleLease`; `.invalidInput` naming an output that was not uploaded.
+    func complete(_ id: GenerationID, worker: WorkerID, token: FencingToken, outputs: [String], at: Date) async throws
+        -> Generation
+
+    /// Records a failure: back to the queue (same `queuedAt`) when retryable and attempts remain,
+    /// otherwise failed.
+    /// - Throws: `.staleLease`.
+    func fail(
+        _ id: GenerationID, worker: WorkerID, token: FencingToken, error: JobFailure, retryable: Bool, at: Date
+    ) async throws -> Generation
+
+    /// Returns every running generation whose lease expired before `now` to the queue, or fails it
+    /// when it has used its attempts.
+    /// - Returns: the changed generations.
+    func expireLeases(at now: Date) async throws -> [Generation]
+
+    /// The account's queued generation that has waited longest.
+    func oldestQueuedGeneration(of account: AccountID) async throws -> Generation?
+
+    /// Every queued generation, oldest first: what the scheduler is rebuilt from.
+    func queuedGenerations() async throws -> [Generation]
+    /// Every running generation that holds a lease.
+    func runningGenerations() async throws -> [Generation]
+
+    /// A generation's events after the given event sequence, oldest first.
+    func events(of id: GenerationID, after: Int64, limit: Int) async throws -> [GenerationEvent]
+}
+
+/// Caps checked when a generation is submitted.
+public struct Admission: Sendable, Hashable {
+    public var maxQueuedPerAccount: Int?
+    public var maxQueuedInTier: Int?
+
+    public init(maxQueuedPerAccount: Int? = nil, maxQueuedInTier: Int? = nil) {
+        self.maxQueuedPerAccount = maxQueuedPerAccount
+        self.maxQueuedInTier = maxQueuedInTier
+    }
+}
+
+/// An `Idempotency-Key` and a digest of the request it came with.
+public struct IdempotencyClaim: Sendable, Hashable {
+    public var key: String
+    public var requestHash: String
+
+    public init(key: String, requestHash: String) {
+        self.key = key
+        self.requestHash = requestHash
+    }
+}
+
+public struct Submission: Sendable, Hashable {
+    public var generation: Generation
+    /// False when an earlier submission with the same idempotency key was returned.
+    public var created: Bool
+
+    public init(generation: Generation, created: Bool) {
+        self.generation = generation
+        self.created = created
+    }
+}

@@ -1,0 +1,59 @@
+import GRDB
+
+/// The SQLite schema, as an ordered list of migrations. Times are seconds since the epoch (REAL).
+enum SQLiteSchema {
+    static var migrator: DatabaseMigrator {
+        var migrator = DatabaseMigrator()
+        migrator.registerMigration("v1") { db in
+            try db.execute(
+                sql: """
+                    CREATE TABLE accounts (
+                        id TEXT PRIMARY KEY, name TEXT NOT NULL, tier TEXT NOT NULL, created_at REAL NOT NULL);
+                    CREATE TABLE api_keys (
+                        id TEXT PRIMARY KEY, scope TEXT NOT NULL, account_id TEXT REFERENCES accounts(id),
+                        secret_hash TEXT NOT NULL UNIQUE, created_at REAL NOT NULL, revoked_at REAL);
+                    CREATE TABLE models (
+                        name TEXT PRIMARY KEY, description TEXT NOT NULL DEFAULT '', input_schema TEXT,
+                        created_at REAL NOT NULL);
+                    CREATE TABLE files (
+                        id TEXT PRIMARY KEY, account_id TEXT NOT NULL REFERENCES accounts(id), size INTEGER NOT NULL,
+                        sha256 TEXT NOT NULL, content_type TEXT NOT NULL, object_key TEXT NOT NULL, created_at REAL NOT NULL);
+                    CREATE TABLE workers (
+                        id TEXT PRIMARY KEY, cluster TEXT NOT NULL, accelerator TEXT NOT NULL, gpus INTEGER NOT NULL,
+                        labels TEXT NOT NULL, state TEXT NOT NULL, registered_at REAL NOT NULL, last_seen_at REAL NOT NULL);
+                    CREATE TABLE generations (
+                        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+                        id TEXT NOT NULL UNIQUE,
+                        account_id TEXT NOT NULL REFERENCES accounts(id),
+                        model TEXT NOT NULL, version TEXT, alias TEXT, tier TEXT NOT NULL,
+                        state TEXT NOT NULL,
+                        input TEXT NOT NULL, input_files TEXT NOT NULL,
+                        progress_fraction REAL NOT NULL, progress_stage TEXT NOT NULL,
+                        output TEXT NOT NULL, error_code TEXT, error_message TEXT,
+                        attempts INTEGER NOT NULL, max_attempts INTEGER NOT NULL,
+                        callback_url TEXT,
+                        created_at REAL NOT NULL, queued_at REAL NOT NULL, started_at REAL, completed_at REAL,
+                        lease_token INTEGER NOT NULL DEFAULT 0, lease_worker TEXT, lease_cluster TEXT,
+                        leased_at REAL, lease_expires_at REAL, lease_started_at REAL);
+                    CREATE INDEX generations_by_account ON generations(account_id, seq);
+                    CREATE INDEX generations_by_account_state ON generations(account_id, state);
+                    CREATE INDEX generations_by_state ON generations(state, tier);
+                    CREATE INDEX generations_by_lease ON generations(state, lease_expires_at);
+                    CREATE TABLE idempotency_keys (
+                        account_id TEXT NOT NULL, key TEXT NOT NULL, request_hash TEXT NOT NULL,
+                        generation_id TEXT NOT NULL, created_at REAL NOT NULL,
+                        PRIMARY KEY (account_id, key));
+                    CREATE TABLE job_outputs (
+                        generation_id TEXT NOT NULL, token INTEGER NOT NULL, name TEXT NOT NULL,
+                        file_id TEXT NOT NULL REFERENCES files(id),
+                        PRIMARY KEY (generation_id, token, name));
+                    CREATE TABLE generation_events (
+                        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+                        generation_id TEXT NOT NULL, kind TEXT NOT NULL, at REAL NOT NULL, state TEXT NOT NULL,
+                        progress_fraction REAL NOT NULL, progress_stage TEXT NOT NULL, message TEXT);
+                    CREATE INDEX generation_events_by_generation ON generation_events(generation_id, seq);
+                    """)
+        }
+        return migrator
+    }
+}

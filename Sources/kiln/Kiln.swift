@@ -1,0 +1,59 @@
+import ArgumentParser
+import Foundation
+import KilnCore
+import KilnServer
+import Logging
+
+@main
+struct Kiln: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "kiln",
+        abstract: "Serve generative video models on a fleet of GPU workers.",
+        subcommands: [Server.self])
+}
+
+struct Server: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Run the control plane: the public, admin and worker APIs, the scheduler and the lease reaper.")
+
+    @Option(help: "Folder of the embedded state (SQLite database and objects).")
+    var data: String = ".kiln"
+
+    @Option(help: "Address to listen on.")
+    var host: String = "127.0.0.1"
+
+    @Option(help: "Port to listen on (0 picks a free one).")
+    var port: Int = 8080
+
+    @Option(help: "YAML configuration: tiers, clusters, leases, limits, scheduler.")
+    var config: String?
+
+    @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
+    var logLevel: String = "info"
+
+    func run() async throws {
+        var logger = Logger(label: "kiln")
+        logger.logLevel = Logger.Level(rawValue: logLevel) ?? .info
+        var configuration = ServerConfiguration()
+        if let config {
+            let text: String
+            do {
+                text = try String(contentsOfFile: config, encoding: .utf8)
+            } catch {
+                throw ValidationError("cannot read --config \(config): \(error.localizedDescription)")
+            }
+            do {
+                configuration = try ServerConfiguration.load(yaml: text, source: config)
+            } catch let error as KilnError {
+                throw ValidationError(error.message)
+            }
+        }
+        let adminKey = ProcessInfo.processInfo.environment["KILN_ADMIN_KEY"]
+        let server = try await KilnServer.open(
+            data: URL(filePath: data, directoryHint: .isDirectory), configuration: configuration, adminKey: adminKey, logger: logger)
+        try await server.run(host: host, port: port) { port in
+            print("kiln server listening on http://\(host):\(port) (data: \(data))")
+            if adminKey == nil { print("no KILN_ADMIN_KEY set: the admin API accepts admin keys only") }
+        }
+    }
+}
