@@ -83,7 +83,8 @@ public actor Dispatcher {
     /// The next job for `worker`, waiting up to `wait` seconds for one; nil when none came.
     public func lease(for worker: WorkerRecord, wait: Double) async throws -> Generation? {
         let offer = WorkerOffer(cluster: worker.cluster, accelerator: worker.accelerator, gpus: worker.gpus)
-        let deadline = now + max(0, wait)
+        // The long poll's timeout is real time (the I/O shell's), not the injected decision clock.
+        let deadline = ContinuousClock.now + .milliseconds(Int(max(0, wait) * 1000))
         while true {
             if let job = scheduler.next(for: offer, now: now) {
                 let leased: Generation?
@@ -103,9 +104,9 @@ public actor Dispatcher {
                 throughput.record(at: now)
                 return leased
             }
-            let remaining = deadline - now
-            guard remaining > 0 else { return nil }
-            await waitForChange(seconds: remaining)
+            let remaining = deadline - ContinuousClock.now
+            guard remaining > .zero else { return nil }
+            await waitForChange(for: remaining)
             try Task.checkCancellation()
         }
     }
@@ -166,12 +167,12 @@ public actor Dispatcher {
             queuedAt: generation.queuedAt.timeIntervalSince1970)
     }
 
-    private func waitForChange(seconds: Double) async {
+    private func waitForChange(for duration: Duration) async {
         let id = UUID()
         await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
             waiters[id] = continuation
             Task { [weak self] in
-                try? await Task.sleep(for: .seconds(seconds))
+                try? await Task.sleep(for: duration)
                 await self?.wake(id)
             }
         }

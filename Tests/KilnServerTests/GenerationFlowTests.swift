@@ -1,0 +1,202 @@
+import Foundation
+import HTTPTypes
+import Hummingbird
+import KilnAPI
+import KilnCore
+import KilnServer
+import Testing
+
+@Suite("Generation flow through the worker protocol")
+struct GenerationFlowTests {
+    @Test("jobs of all five tiers queued with no worker are leased in urgency order when one connects")
+    func urgencyOrderAcrossTiers() async throws {
+        let kiln = try await KilnHarness.make()
+        let start = kiln.clock.now()
+        try await kiln.withClient { api in
+            try await api.model()
+            var keys: [String: String] = [:]
+            for tier in TierTable.standard.names { keys[tier] = try await api.account(tier: tier).1 }
+            // Submitted at these offsets; at t=1000 the urgencies are light 720/900 = 0.8,
+            // api 90/120 = 0.75, enterprise 30/60 = 0.5, unlimited 100/300 = 0.33, free 1000/3600 = 0.28.
+            let schedule: [(String, Double)] = [("free", 0), ("light", 280), ("unlimited", 900), ("api", 910), ("enterprise", 970)]
+            var ids: [String: GenerationID] = [:]
+            for (tier, offset) in schedule {
+                kiln.clock.set(start + offset)
+                ids[tier] = try await api.submit(keys[tier]!, input: ["prompt": .string(tier)]).id
+            }
+            kiln.clock.set(start + 1000)
+            let expected = ["light", "api", "enterprise", "unlimited", "free"]
+            for (position, tier) in expected.enumerated() {
+                let queued = try await api.generation(keys[tier]!, ids[tier]!)
+                #expect(queued.state == .queued)
+                #expect(queued.queue?.position == position, "\(tier)")
+            }
+            let workerKey = try await api.workerKey()
+            let worker = try await api.register(workerKey)
+            var leased: [GenerationID] = []
+            while let lease = try await api.lease(workerKey, worker: worker) {
+                leased.append(lease.job.id)
+                #expect(try await api.complete(workerKey, worker, lease).status == .noContent)
+            }
+            #expect(leased == expected.map { ids[$0]! })
+        }
+    }
+
+    @Test("a worker that stops heartbeating loses its lease; another gets the job with the same queued time")
+    func expiredLeaseMovesToAnotherWorker() async throws {
+        let kiln = try await KilnHarness.make()
+        try await kiln.withClient { api in
+            try await api.model()
+            let (_, user) = try await api.account(tier: "api")
+            let workerKey = try await api.workerKey()
+            let first = try await api.register(workerKey)
+            let second = try await api.register(workerKey)
+            let submitted = try await api.submit(user)
+            let lease = try #require(try await api.lease(workerKey, worker: first))
+            #expect(try await api.job(workerKey, first, lease, "start", json: #"{"token":"\#(lease.lease.token)"}"#).status == .ok)
+            #expect(try await api.heartbeat(workerKey, first, lease, fraction: 0.2).status == .ok)
+
+            kiln.clock.advance(by: 31)  // past the 30 s TTL with no heartbeat
+            let changed = try await kiln.server.reaper().reap()
+            #expect(changed.map(\.id) == [submitted.id])
+            let requeued = try await api.generation(user, submitted.id)
+            #expect(requeued.state == .queued)
+            #expect(requeued.attempts == 1)
+
+            let retry = try #require(try await api.lease(workerKey, worker: second))
+            #expect(retry.job.id == submitted.id)
+            #expect(retry.job.attempt == 2)
+            #expect(retry.job.deadline == lease.job.deadline, "the retried job must keep its queued time")
+            #expect(retry.lease.token != lease.lease.token)
+
+            // The first worker comes back: every call with its old token is refused.
+            let stale = try await api.heartbeat(workerKey, first, lease, fraction: 0.9)
+            #expect(stale.status == .conflict)
+            #expect(stale.error?.code == "stale_lease")
+        }
+    }
+
+    @Test("a completion with a stale token is rejected and changes nothing")
+    func staleCompletion() async throws {
+        let kiln = try await KilnHarness.make()
+        try await kiln.withClient { api in
+            try await api.model()
+            let (_, user) = try await api.account(tier: "api")
+            let workerKey = try await api.workerKey()
+            let worker = try await api.register(workerKey)
+            let submitted = try await api.submit(user)
+            let old = try #require(try await api.lease(workerKey, worker: worker))
+            kiln.clock.advance(by: 31)
+            try await kiln.server.reaper().reap()
+            let current = try #require(try await api.lease(workerKey, worker: worker))
+            #expect(try await api.heartbeat(workerKey, worker, current, fraction: 0.5).status == .ok)
+
+            let rejected = try await api.complete(workerKey, worker, old)
+            #expect(rejected.status == .conflict)
+            #expect(rejected.error?.message.contains("no longer holds") == true)
+            let unchanged = try await api.generation(user, submitted.id)
+            #expect(unchanged.state == .running)
+            #expect(unchanged.attempts == 2)
+            #expect(unchanged.progress.fraction == 0.5)
+
+            #expect(try await api.complete(workerKey, worker, current).status == .noContent)
+            #expect(try await api.generation(user, submitted.id).state == .succeeded)
+            // Completing twice is refused too.
+            #expect(try await api.complete(workerKey, worker, current).status == .conflict)
+        }
+    }
+
+    @Test("cancel: a queued job never reaches a worker; a running one is told to stop at its next heartbeat")
+    func cancelQueuedAndRunning() async throws {
+        let kiln = try await KilnHarness.make()
+        try await kiln.withClient { api in
+            try await api.model()
+            let (_, user) = try await api.account(tier: "api")
+            let workerKey = try await api.workerKey()
+            let worker = try await api.register(workerKey)
+
+            let queued = try await api.submit(user)
+            let canceled = try await api.call(.post, "/v1/generations/\(queued.id)/cancel", key: user)
+            #expect(canceled.status == .ok)
+            #expect(try canceled.decode(GenerationObject.self).state == .canceled)
+            #expect(try await api.lease(workerKey, worker: worker) == nil)
+
+            let running = try await api.submit(user)
+            let lease = try #require(try await api.lease(workerKey, worker: worker))
+            #expect(lease.job.id == running.id)
+            let before = try await api.heartbeat(workerKey, worker, lease, fraction: 0.1)
+            #expect(try before.decode(HeartbeatResponse.self).cancel == false)
+            #expect(try await api.call(.post, "/v1/generations/\(running.id)/cancel", key: user).status == .ok)
+            let after = try await api.heartbeat(workerKey, worker, lease, fraction: 0.2)
+            #expect(after.status == .ok)
+            #expect(try after.decode(HeartbeatResponse.self).cancel == true)
+            // The canceled job cannot be completed, and stays canceled.
+            #expect(try await api.complete(workerKey, worker, lease).status == .conflict)
+            #expect(try await api.generation(user, running.id).state == .canceled)
+            // Canceling an ended generation is a conflict.
+            #expect(try await api.call(.post, "/v1/generations/\(running.id)/cancel", key: user).status == .conflict)
+        }
+    }
+
+    @Test("a retryable failure requeues the job; a final one fails it with the worker's reason")
+    func failures() async throws {
+        let kiln = try await KilnHarness.make()
+        try await kiln.withClient { api in
+            try await api.model()
+            let (_, user) = try await api.account(tier: "api")
+            let workerKey = try await api.workerKey()
+            let worker = try await api.register(workerKey)
+            let submitted = try await api.submit(user)
+            let first = try #require(try await api.lease(workerKey, worker: worker))
+            let retry = try await api.job(
+                workerKey, worker, first, "fail",
+                json: #"{"token":"\#(first.lease.token)","error":{"code":"oom","message":"out of memory"},"retryable":true}"#)
+            #expect(retry.status == .noContent)
+            #expect(try await api.generation(user, submitted.id).state == .queued)
+            let second = try #require(try await api.lease(workerKey, worker: worker))
+            #expect(second.job.attempt == 2)
+            let final = try await api.job(
+                workerKey, worker, second, "fail",
+                json: #"{"token":"\#(second.lease.token)","error":{"code":"bad_prompt","message":"prompt refused"},"retryable":false}"#)
+            #expect(final.status == .noContent)
+            let failed = try await api.generation(user, submitted.id)
+            #expect(failed.state == .failed)
+            #expect(failed.error?.code == "bad_prompt")
+            #expect(failed.error?.message == "prompt refused")
+        }
+    }
+
+    @Test("a draining worker is given no new work")
+    func drain() async throws {
+        let kiln = try await KilnHarness.make()
+        try await kiln.withClient { api in
+            try await api.model()
+            let (_, user) = try await api.account(tier: "api")
+            let workerKey = try await api.workerKey()
+            let worker = try await api.register(workerKey)
+            _ = try await api.submit(user)
+            let drained = try await api.call(.post, "/v1/admin/workers/\(worker)/drain")
+            #expect(try drained.decode(WorkerObject.self).state == .draining)
+            #expect(try await api.lease(workerKey, worker: worker) == nil)
+            let other = try await api.register(workerKey)
+            #expect(try await api.lease(workerKey, worker: other) != nil)
+        }
+    }
+
+    @Test("a long-polling worker is woken by a submission")
+    func longPoll() async throws {
+        let kiln = try await KilnHarness.make(clock: ManualWallClock(Date()))
+        // The long poll waits on real time; the harness clock only stamps records.
+        try await kiln.withClient { api in
+            try await api.model()
+            let (_, user) = try await api.account(tier: "api")
+            let workerKey = try await api.workerKey()
+            let worker = try await api.register(workerKey)
+            async let polled = api.lease(workerKey, worker: worker, wait: 30)
+            try await Task.sleep(for: .milliseconds(200))
+            let submitted = try await api.submit(user)
+            let lease = try await polled
+            #expect(lease?.job.id == submitted.id)
+        }
+    }
+}
