@@ -67,6 +67,7 @@ let package = Package(
             name: "KilnServer",
             dependencies: [
                 "KilnCore", "KilnScheduling", "KilnStore", "KilnObjects", "KilnAPI",
+                .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Logging", package: "swift-log"),

@@ -196,7 +196,8 @@ struct SubmissionConformanceTests {
 
         let all = try await store.generations(of: account.id, state: nil, limit: 100, before: nil)
         #expect(all.map(\.id) == mine.reversed().map(\.id))
-        #expect(all.allSatisfy { $0.accountID == account.id })
+        let onlyMine = all.allSatisfy { $0.accountID == account.id }
+        #expect(onlyMine, "an account's listing never shows another account's generations")
 
         let page1 = try await store.generations(of: account.id, state: nil, limit: 2, before: nil)
         #expect(page1.map(\.id) == [mine[4].id, mine[3].id])
@@ -209,7 +210,8 @@ struct SubmissionConformanceTests {
 
         let queued = try await store.generations(of: account.id, state: .queued, limit: 100, before: nil)
         #expect(queued.map(\.id) == [mine[4].id, mine[2].id, mine[0].id])
-        #expect(queued.allSatisfy { $0.state == .queued })
+        let onlyQueued = queued.allSatisfy { $0.state == .queued }
+        #expect(onlyQueued)
         let running = try await store.generations(of: account.id, state: .running, limit: 100, before: nil)
         #expect(running.map(\.id) == [mine[1].id])
         let canceled = try await store.generations(of: account.id, state: .canceled, limit: 100, before: nil)
@@ -244,7 +246,7 @@ struct SubmissionConformanceTests {
         let expectedQueuedKinds: [GenerationEvent.Kind] = [.queued, .canceled]
         #expect(queuedKinds == expectedQueuedKinds)
         let stillQueued = try await store.queuedGenerations()
-        #expect(!stillQueued.contains { $0.id == queued.id })
+        #expect(!stillQueued.map(\.id).contains(queued.id))
 
         // Running.
         let running = try await store.submitQueued(makeGeneration(account: account.id, at: Fixture.time(1)))
@@ -257,9 +259,9 @@ struct SubmissionConformanceTests {
         #expect(storedRunning.state == .canceled)
         #expect(storedRunning.completedAt == Fixture.time(15))
         let stillRunning = try await store.runningGenerations()
-        #expect(!stillRunning.contains { $0.id == running.id })
+        #expect(!stillRunning.map(\.id).contains(running.id))
         let expired = try await store.expireLeases(at: Fixture.time(10_000))
-        #expect(!expired.contains { $0.id == running.id }, "a canceled generation's old lease never requeues it")
+        #expect(!expired.map(\.id).contains(running.id), "a canceled generation's old lease never requeues it")
 
         // Its worker can no longer complete it.
         await #expect(throws: KilnError.self) {

@@ -1,6 +1,7 @@
 import Foundation
 import HTTPTypes
 import Hummingbird
+import NIOCore
 import KilnAPI
 import KilnCore
 
@@ -14,7 +15,7 @@ enum JSONBody {
         let buffer: ByteBuffer
         do {
             buffer = try await request.body.collect(upTo: limit)
-        } catch let error as HTTPError where error.status == .contentTooLarge {
+        } catch is NIOTooManyBytesError {
             throw KilnError(.payloadTooLarge, "the JSON body is larger than the limit of \(limit) bytes")
         }
         let data = Data(buffer.readableBytesView)

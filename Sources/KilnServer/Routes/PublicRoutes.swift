@@ -2,6 +2,7 @@ import Crypto
 import Foundation
 import HTTPTypes
 import Hummingbird
+import NIOCore
 import KilnAPI
 import KilnCore
 import KilnObjects
@@ -85,7 +86,7 @@ struct PublicRoutes {
         let limit = services.configuration.limits.maxJSONBytes
         do {
             buffer = try await request.body.collect(upTo: limit)
-        } catch let error as HTTPError where error.status == .contentTooLarge {
+        } catch is NIOTooManyBytesError {
             throw KilnError(.payloadTooLarge, "the JSON body is larger than the limit of \(limit) bytes")
         }
         let data = Data(buffer.readableBytesView)

@@ -1,0 +1,229 @@
+import Foundation
+import HTTPTypes
+import Hummingbird
+import HummingbirdTesting
+import KilnAPI
+import KilnCore
+import KilnServer
+import Testing
+
+@Suite("API contract: validation, isolation, admission, durability")
+struct APIContractTests {
+    @Test(
+        "bad requests get the documented 4xx with a message naming the problem, and store nothing",
+        arguments: [
+            (#"{"model":"nope","input":{}}"#, 422, "model: no model named 'nope'"),
+            (#"{"model":"demo","input":{"prompt":"x"}"#, 400, "malformed JSON"),
+            (#"not json"#, 400, "malformed JSON"),
+            (#"["model"]"#, 400, "must be a JSON object"),
+            (#"{"input":{}}"#, 400, "missing field 'model'"),
+            (#"{"model":"demo"}"#, 400, "missing field 'input'"),
+            (#"{"model":7,"input":{}}"#, 400, "field 'model' must be a string"),
+            (#"{"model":"demo","input":"x"}"#, 400, "field 'input' must be an object"),
+            (#"{"model":"demo","input":{},"priority":1}"#, 400, "unknown field 'priority'"),
+            (#"{"model":"demo","input":{"video":"file_0000000000000000000000"}}"#, 422, "input.video: no file"),
+            (#"{"model":"demo","input":{},"callback_url":"ftp://x"}"#, 422, "callback_url"),
+            ("", 400, "needs a JSON body"),
+        ])
+    func badRequests(body: String, status: Int, message: String) async throws {
+        let kiln = try await KilnHarness.make()
+        try await kiln.withClient { api in
+            try await api.model()
+            let (_, user) = try await api.account(tier: "api")
+            let result = try await api.call(.post, "/v1/generations", key: user, json: body)
+            #expect(result.status.code == status, "\(result.text)")
+            #expect(result.error?.message.contains(message) == true, "\(result.text)")
+            let list = try await api.call(.get, "/v1/generations", key: user).decode(GenerationList.self)
+            #expect(list.data.isEmpty)
+        }
+    }
+
+    @Test("oversized bodies get 413 and store nothing")
+    func oversized() async throws {
+        var configuration = ServerConfiguration()
+        configuration.limits.maxJSONBytes = 256
+        configuration.limits.maxFileBytes = 1024
+        let kiln = try await KilnHarness.make(configuration: configuration)
+        try await kiln.withClient { api in
+            try await api.model()
+            let (_, user) = try await api.account(tier: "api")
+            let big = #"{"model":"demo","input":{"prompt":"\#(String(repeating: "x", count: 500))"}}"#
+            let json = try await api.call(.post, "/v1/generations", key: user, json: big)
+            #expect(json.status == .contentTooLarge)
+            #expect(json.error?.message.contains("256 bytes") == true)
+            let file = try await api.call(.post, "/v1/files", key: user, raw: ByteBuffer(repeating: 1, count: 4096))
+            #expect(file.status == .contentTooLarge)
+            #expect(try await api.call(.get, "/v1/generations", key: user).decode(GenerationList.self).data.isEmpty)
+            let objects = try FileManager.default.subpathsOfDirectory(atPath: kiln.data.appending(path: "objects").path)
+            #expect(!objects.contains { $0.hasPrefix("files/") }, "\(objects)")
+        }
+    }
+
+    @Test("an account never sees another account's generations or files")
+    func isolation() async throws {
+        let kiln = try await KilnHarness.make()
+        try await kiln.withClient { api in
+            try await api.model()
+            let (_, alice) = try await api.account(tier: "api", name: "alice")
+            let (_, bob) = try await api.account(tier: "api", name: "bob")
+            let upload = try await api.call(.post, "/v1/files", key: alice, raw: ByteBuffer(string: "clip"))
+            let file = try upload.decode(FileObject.self)
+            let generation = try await api.submit(alice, input: ["video": .string(file.id.rawValue)])
+
+            #expect(try await api.call(.get, "/v1/generations/\(generation.id)", key: bob).status == .notFound)
+            #expect(try await api.call(.post, "/v1/generations/\(generation.id)/cancel", key: bob).status == .notFound)
+            #expect(try await api.call(.get, "/v1/generations/\(generation.id)/events", key: bob).status == .notFound)
+            #expect(try await api.call(.get, "/v1/files/\(file.id)", key: bob).status == .notFound)
+            #expect(try await api.call(.get, "/v1/generations", key: bob).decode(GenerationList.self).data.isEmpty)
+            // Bob cannot use Alice's file as an input either.
+            let borrowed = try await api.call(
+                .post, "/v1/generations", key: bob, json: #"{"model":"demo","input":{"video":"\#(file.id)"}}"#)
+            #expect(borrowed.status == .unprocessableContent)
+            // Alice sees hers.
+            #expect(try await api.call(.get, "/v1/files/\(file.id)", key: alice).text == "clip")
+            #expect(try await api.generation(alice, generation.id).state == .queued)
+        }
+    }
+
+    @Test("keys: missing 401, wrong scope 403, revoked 401")
+    func authentication() async throws {
+        let kiln = try await KilnHarness.make()
+        try await kiln.withClient { api in
+            let (_, user) = try await api.account(tier: "api")
+            #expect(try await api.call(.get, "/v1/generations", key: nil).status == .unauthorized)
+            #expect(try await api.call(.get, "/v1/generations", key: "kiln_user_nonsense").status == .unauthorized)
+            #expect(try await api.call(.get, "/v1/admin/queue", key: user).status == .forbidden)
+            #expect(try await api.call(.get, "/v1/generations", key: KilnHarness.adminKey).status == .forbidden)
+            let created = try await api.call(.post, "/v1/admin/keys", json: #"{"scope":"admin"}"#).decode(KeyObject.self)
+            #expect(try await api.call(.get, "/v1/admin/queue", key: created.key).status == .ok)
+            #expect(try await api.call(.delete, "/v1/admin/keys/\(created.id)").status == .noContent)
+            #expect(try await api.call(.get, "/v1/admin/queue", key: created.key).status == .unauthorized)
+        }
+    }
+
+    @Test("Idempotency-Key returns the first generation; the same key with another body is a conflict")
+    func idempotency() async throws {
+        let kiln = try await KilnHarness.make()
+        try await kiln.withClient { api in
+            try await api.model()
+            let (_, user) = try await api.account(tier: "api")
+            let headers: HTTPFields = [HTTPField.Name("Idempotency-Key")!: "order-42"]
+            let body = #"{"model":"demo","input":{"prompt":"a cat"}}"#
+            let first = try await api.call(.post, "/v1/generations", key: user, json: body, headers: headers)
+            let again = try await api.call(.post, "/v1/generations", key: user, json: body, headers: headers)
+            #expect(first.status == .created)
+            #expect(again.status == .ok)
+            #expect(try first.decode(GenerationObject.self).id == again.decode(GenerationObject.self).id)
+            let different = try await api.call(
+                .post, "/v1/generations", key: user, json: #"{"model":"demo","input":{"prompt":"a dog"}}"#, headers: headers)
+            #expect(different.status == .conflict)
+            #expect(try await api.call(.get, "/v1/generations", key: user).decode(GenerationList.self).data.count == 1)
+        }
+    }
+
+    @Test("admission: past the tier's queued cap, 429 with Retry-After, and nothing stored")
+    func admission() async throws {
+        var configuration = ServerConfiguration()
+        configuration.tiers = try TierTable([Tier(name: "free", maxWait: 600, maxQueuedPerAccount: 2)])
+        let kiln = try await KilnHarness.make(configuration: configuration)
+        try await kiln.withClient { api in
+            try await api.model()
+            let (_, user) = try await api.account(tier: "free")
+            _ = try await api.submit(user)
+            _ = try await api.submit(user)
+            let refused = try await api.call(.post, "/v1/generations", key: user, json: #"{"model":"demo","input":{}}"#)
+            #expect(refused.status == .tooManyRequests)
+            #expect(refused.error?.message.contains("max_queued_per_account 2") == true)
+            let retryAfter = try #require(refused.headers[.retryAfter].flatMap { Int($0) })
+            #expect(retryAfter >= 1 && retryAfter <= 600)
+            #expect(try await api.call(.get, "/v1/generations", key: user).decode(GenerationList.self).data.count == 2)
+            // Another account of the tier is not affected.
+            let (_, other) = try await api.account(tier: "free", name: "other")
+            _ = try await api.submit(other)
+        }
+    }
+
+    @Test("listing pages newest first with a cursor and filters by state")
+    func listing() async throws {
+        let kiln = try await KilnHarness.make()
+        try await kiln.withClient { api in
+            try await api.model()
+            let (_, user) = try await api.account(tier: "api")
+            var ids: [GenerationID] = []
+            for _ in 0..<5 { ids.append(try await api.submit(user).id) }
+            _ = try await api.call(.post, "/v1/generations/\(ids[1])/cancel", key: user)
+            let page1 = try await api.call(.get, "/v1/generations?limit=2", key: user).decode(GenerationList.self)
+            #expect(page1.data.map(\.id) == [ids[4], ids[3]])
+            let cursor = try #require(page1.nextCursor)
+            let page2 = try await api.call(.get, "/v1/generations?limit=2&cursor=\(cursor)", key: user).decode(GenerationList.self)
+            #expect(page2.data.map(\.id) == [ids[2], ids[1]])
+            let page3 = try await api.call(.get, "/v1/generations?limit=2&cursor=\(page2.nextCursor!)", key: user)
+                .decode(GenerationList.self)
+            #expect(page3.data.map(\.id) == [ids[0]])
+            #expect(page3.nextCursor == nil)
+            let canceled = try await api.call(.get, "/v1/generations?state=canceled", key: user).decode(GenerationList.self)
+            #expect(canceled.data.map(\.id) == [ids[1]])
+            let bad = try await api.call(.get, "/v1/generations?state=done", key: user)
+            #expect(bad.status == .badRequest)
+            #expect(bad.error?.message.contains("state") == true)
+            #expect(try await api.call(.get, "/v1/generations?limit=1000", key: user).status == .badRequest)
+        }
+    }
+
+    @Test("restarting the server on the same data folder keeps every generation in its state, and the queue")
+    func restart() async throws {
+        let data = FileManager.default.temporaryDirectory.appending(path: "kiln-restart-\(UUID().uuidString)")
+        let clock = ManualWallClock()
+        let before = try await KilnHarness.make(data: data, clock: clock)
+        let (user, workerKey, states) = try await before.withClient { api in
+            try await api.model()
+            let (_, user) = try await api.account(tier: "api")
+            let workerKey = try await api.workerKey()
+            let worker = try await api.register(workerKey)
+            let succeeded = try await api.submit(user)
+            let lease1 = try #require(try await api.lease(workerKey, worker: worker))
+            _ = try await api.complete(workerKey, worker, lease1)
+            let running = try await api.submit(user)
+            _ = try #require(try await api.lease(workerKey, worker: worker))
+            let canceled = try await api.submit(user)
+            _ = try await api.call(.post, "/v1/generations/\(canceled.id)/cancel", key: user)
+            let queued = try await api.submit(user)
+            return (
+                user, workerKey,
+                [succeeded.id: GenerationState.succeeded, running.id: .running, canceled.id: .canceled, queued.id: .queued]
+            )
+        }
+        let after = try await KilnHarness.make(data: data, clock: clock)
+        try await after.withClient { api in
+            for (id, state) in states {
+                #expect(try await api.generation(user, id).state == state)
+            }
+            let queuedID = try #require(states.first { $0.value == .queued }?.key)
+            #expect(try await api.generation(user, queuedID).queue?.position == 0)
+            let worker = try await api.register(workerKey)
+            let lease = try #require(try await api.lease(workerKey, worker: worker))
+            #expect(lease.job.id == queuedID)
+        }
+    }
+
+    @Test("the OpenAPI document describes every route the server serves")
+    func openAPIDocument() async throws {
+        let kiln = try await KilnHarness.make()
+        try await kiln.withClient { api in
+            let document = try await api.call(.get, "/openapi.yaml", key: nil)
+            #expect(document.status == .ok)
+            let text = document.text
+            for path in [
+                "/v1/files:", "/v1/files/{id}:", "/v1/generations:", "/v1/generations/{id}:", "/v1/generations/{id}/cancel:",
+                "/v1/generations/{id}/events:", "/v1/models:", "/v1/admin/accounts:", "/v1/admin/accounts/{id}:",
+                "/v1/admin/accounts/{id}/keys:", "/v1/admin/keys:", "/v1/admin/keys/{id}:", "/v1/admin/models:", "/v1/admin/queue:",
+                "/v1/admin/workers:", "/v1/admin/workers/{id}/drain:", "/v1/workers:", "/v1/workers/{id}/lease:",
+                "/v1/workers/{id}/jobs/{job}/inputs/{name}:", "/v1/workers/{id}/jobs/{job}/outputs/{name}:",
+                "/v1/workers/{id}/jobs/{job}/start:", "/v1/workers/{id}/jobs/{job}/heartbeat:",
+                "/v1/workers/{id}/jobs/{job}/complete:", "/v1/workers/{id}/jobs/{job}/fail:", "/healthz:", "/openapi.yaml:",
+            ] {
+                #expect(text.contains("  \(path)"), "openapi.yaml lacks \(path)")
+            }
+        }
+    }
+}

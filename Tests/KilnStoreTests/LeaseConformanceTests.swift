@@ -1,0 +1,476 @@
+import Foundation
+import KilnCore
+import KilnStore
+import Testing
+
+/// Conformance of ``JobStore`` backends: leases, fencing, the worker calls, expiry and the event log.
+@Suite("JobStore conformance: leases")
+struct LeaseConformanceTests {
+    @Test("lease: a queued generation leases once; a canceled one cannot be leased", arguments: StoreBackend.allCases)
+    func leaseOnce(_ backend: StoreBackend) async throws {
+        let store = try backend.make()
+        let account = try await store.seedAccount()
+        let worker = try await store.seedWorker(cluster: "eu-1")
+        let rival = try await store.seedWorker(cluster: "us-2")
+        let queued = try await store.submitQueued(makeGeneration(account: account.id, at: Fixture.time(0)))
+
+        let leased = try await store.leaseQueued(queued, to: worker, at: Fixture.time(10), ttl: 30)
+        #expect(leased.id == queued.id)
+        #expect(leased.state == .running)
+        #expect(leased.attempts == 1)
+        #expect(leased.queuedAt == Fixture.time(0))
+        let lease = try #require(leased.lease)
+        #expect(lease.token == FencingToken(1))
+        #expect(lease.workerID == worker.id)
+        #expect(lease.cluster == "eu-1")
+        #expect(lease.leasedAt == Fixture.time(10))
+        #expect(lease.expiresAt == Fixture.time(40))
+        #expect(lease.startedAt == nil, "leased is not yet started")
+        #expect(leased.startedAt == nil)
+        let stored = try await store.fetch(queued.id)
+        #expect(stored == leased, "what lease returns is what it stored")
+
+        let again = try await store.lease(sequence: queued.sequence, to: rival, at: Fixture.time(11), ttl: 30)
+        #expect(again == nil, "a running generation cannot be leased a second time")
+        let afterSecond = try await store.fetch(queued.id)
+        #expect(afterSecond == leased, "the refused lease changed nothing")
+
+        let running = try await store.runningGenerations()
+        #expect(running.map(\.id) == [queued.id])
+        let stillQueued = try await store.queuedGenerations()
+        #expect(stillQueued.isEmpty)
+
+        let doomed = try await store.submitQueued(makeGeneration(account: account.id, at: Fixture.time(20)))
+        _ = try await store.cancel(doomed.id, at: Fixture.time(21))
+        let canceledLease = try await store.lease(sequence: doomed.sequence, to: worker, at: Fixture.time(22), ttl: 30)
+        #expect(canceledLease == nil)
+        let canceled = try await store.fetch(doomed.id)
+        #expect(canceled.state == .canceled)
+        #expect(canceled.attempts == 0)
+        #expect(canceled.lease == nil)
+
+        let nothing = try await store.lease(sequence: doomed.sequence + 1_000, to: worker, at: Fixture.time(23), ttl: 30)
+        #expect(nothing == nil)
+    }
+
+    @Test("fencing: after expiry and a new lease, the old token is refused everywhere and changes nothing",
+          arguments: StoreBackend.allCases)
+    func fencing(_ backend: StoreBackend) async throws {
+        let store = try backend.make()
+        let account = try await store.seedAccount()
+        let worker = try await store.seedWorker()
+        let other = try await store.seedWorker(cluster: "us-2")
+        let queued = try await store.submitQueued(makeGeneration(account: account.id, maxAttempts: 3, at: Fixture.time(0)))
+
+        let first = try await store.leaseQueued(queued, to: worker, at: Fixture.time(10), ttl: 30)
+        let staleToken = try #require(first.lease?.token)
+        #expect(staleToken == FencingToken(1))
+        let expired = try await store.expireLeases(at: Fixture.time(41))
+        #expect(expired.map(\.id) == [queued.id])
+
+        // The same worker leases it again: only the token tells the two leases apart.
+        let second = try await store.leaseQueued(queued, to: worker, at: Fixture.time(50), ttl: 30)
+        let currentToken = try #require(second.lease?.token)
+        #expect(currentToken == FencingToken(2))
+        #expect(staleToken < currentToken)
+        #expect(second.attempts == 2)
+
+        let before = try await store.fetch(queued.id)
+        let eventsBefore = try await store.allEvents(of: queued.id)
+
+        await expectError(.staleLease) {
+            try await store.heartbeat(
+                queued.id, worker: worker.id, token: staleToken, progress: JobProgress(fraction: 0.9, stage: "stale"),
+                at: Fixture.time(55), ttl: 600)
+        }
+        await expectError(.staleLease) {
+            try await store.start(queued.id, worker: worker.id, token: staleToken, at: Fixture.time(56), ttl: 600)
+        }
+        await expectError(.staleLease) {
+            try await store.attachOutput(
+                queued.id, worker: worker.id, token: staleToken, name: "image", file: makeFile(account: account.id, at: Fixture.time(57)))
+        }
+        await expectError(.staleLease) {
+            try await store.complete(queued.id, worker: worker.id, token: staleToken, outputs: [], at: Fixture.time(58))
+        }
+        await expectError(.staleLease) {
+            try await store.fail(
+                queued.id, worker: worker.id, token: staleToken, error: JobFailure(code: "oom", message: "out of memory"),
+                retryable: false, at: Fixture.time(59))
+        }
+        // The current token is bound to the worker that holds it.
+        await expectError(.staleLease) {
+            try await store.heartbeat(queued.id, worker: other.id, token: currentToken, progress: nil, at: Fixture.time(60), ttl: 600)
+        }
+
+        let after = try await store.fetch(queued.id)
+        #expect(after == before, "refused calls change nothing")
+        #expect(after.state == .running)
+        #expect(after.attempts == 2)
+        #expect(after.output.isEmpty)
+        #expect(after.lease?.token == currentToken)
+        #expect(after.lease?.expiresAt == Fixture.time(80), "a stale heartbeat does not extend the lease")
+        let eventsAfter = try await store.allEvents(of: queued.id)
+        #expect(eventsAfter == eventsBefore, "refused calls append no events")
+
+        // The stale upload was not recorded for the current lease.
+        await expectError(.invalidInput) {
+            try await store.complete(queued.id, worker: worker.id, token: currentToken, outputs: ["image"], at: Fixture.time(61))
+        }
+        let afterAll = try await store.fetch(queued.id)
+        #expect(afterAll == before)
+    }
+
+    @Test("expiry: requeues keeping queuedAt and attempts, then fails with lease_expired at maxAttempts",
+          arguments: StoreBackend.allCases)
+    func expiryRequeuesThenFails(_ backend: StoreBackend) async throws {
+        let store = try backend.make()
+        let account = try await store.seedAccount()
+        let worker = try await store.seedWorker()
+        let queued = try await store.submitQueued(makeGeneration(account: account.id, maxAttempts: 2, at: Fixture.time(0)))
+
+        _ = try await store.leaseQueued(queued, to: worker, at: Fixture.time(10), ttl: 30)
+        let early = try await store.expireLeases(at: Fixture.time(20))
+        #expect(early.isEmpty, "a lease is not expired before its time")
+        let stillRunning = try await store.fetch(queued.id)
+        #expect(stillRunning.state == .running)
+
+        let requeued = try await store.expireLeases(at: Fixture.time(41))
+        #expect(requeued.map(\.id) == [queued.id])
+        #expect(requeued.first?.state == .queued)
+        let afterFirst = try await store.fetch(queued.id)
+        #expect(afterFirst.state == .queued)
+        #expect(afterFirst.queuedAt == Fixture.time(0), "a retried generation keeps its place in the queue")
+        #expect(afterFirst.attempts == 1)
+        #expect(afterFirst.lease == nil)
+        #expect(afterFirst.completedAt == nil)
+        let kindsAfterFirst = try await store.eventKinds(of: queued.id)
+        let expectedAfterFirst: [GenerationEvent.Kind] = [.queued, .leased, .requeued]
+        #expect(kindsAfterFirst == expectedAfterFirst)
+        let queuedNow = try await store.queuedGenerations()
+        #expect(queuedNow.map(\.id) == [queued.id])
+
+        let relet = try await store.leaseQueued(queued, to: worker, at: Fixture.time(50), ttl: 30)
+        #expect(relet.attempts == 2)
+        let failed = try await store.expireLeases(at: Fixture.time(81))
+        #expect(failed.map(\.id) == [queued.id])
+        #expect(failed.first?.state == .failed)
+        let afterSecond = try await store.fetch(queued.id)
+        #expect(afterSecond.state == .failed)
+        #expect(afterSecond.error?.code == "lease_expired")
+        #expect(afterSecond.attempts == 2)
+        #expect(afterSecond.completedAt == Fixture.time(81))
+        let kindsAfterSecond = try await store.eventKinds(of: queued.id)
+        #expect(kindsAfterSecond.last == .failed)
+        let noneQueued = try await store.queuedGenerations()
+        #expect(noneQueued.isEmpty)
+        let noneRunning = try await store.runningGenerations()
+        #expect(noneRunning.isEmpty)
+
+        let later = try await store.expireLeases(at: Fixture.time(1_000))
+        #expect(later.isEmpty, "an ended generation is not expired again")
+        let unchanged = try await store.fetch(queued.id)
+        #expect(unchanged == afterSecond)
+    }
+
+    @Test("expiry: a lease extended by a heartbeat is not expired", arguments: StoreBackend.allCases)
+    func heartbeatKeepsLeaseAlive(_ backend: StoreBackend) async throws {
+        let store = try backend.make()
+        let account = try await store.seedAccount()
+        let worker = try await store.seedWorker()
+        let alive = try await store.submitQueued(makeGeneration(account: account.id, at: Fixture.time(0)))
+        let silent = try await store.submitQueued(makeGeneration(account: account.id, at: Fixture.time(1)))
+
+        let leased = try await store.leaseQueued(alive, to: worker, at: Fixture.time(10), ttl: 30)
+        _ = try await store.leaseQueued(silent, to: worker, at: Fixture.time(10), ttl: 30)
+        let token = try #require(leased.lease?.token)
+        let beat = try await store.heartbeat(alive.id, worker: worker.id, token: token, progress: nil, at: Fixture.time(35), ttl: 30)
+        #expect(beat.lease?.expiresAt == Fixture.time(65))
+
+        let expired = try await store.expireLeases(at: Fixture.time(50))
+        #expect(expired.map(\.id) == [silent.id], "only the lease that was not extended expires")
+        let stillRunning = try await store.fetch(alive.id)
+        #expect(stillRunning.state == .running)
+        #expect(stillRunning.lease?.token == token)
+        #expect(stillRunning.lease?.expiresAt == Fixture.time(65))
+
+        let expiredLater = try await store.expireLeases(at: Fixture.time(66))
+        #expect(expiredLater.map(\.id) == [alive.id])
+    }
+
+    @Test("start: sets lease.startedAt and startedAt and extends the lease; a second start is a no-op",
+          arguments: StoreBackend.allCases)
+    func start(_ backend: StoreBackend) async throws {
+        let store = try backend.make()
+        let account = try await store.seedAccount()
+        let worker = try await store.seedWorker()
+        let queued = try await store.submitQueued(makeGeneration(account: account.id, at: Fixture.time(0)))
+        let leased = try await store.leaseQueued(queued, to: worker, at: Fixture.time(10), ttl: 30)
+        let token = try #require(leased.lease?.token)
+
+        let started = try await store.start(queued.id, worker: worker.id, token: token, at: Fixture.time(12), ttl: 60)
+        #expect(started.state == .running)
+        #expect(started.startedAt == Fixture.time(12))
+        #expect(started.lease?.startedAt == Fixture.time(12))
+        #expect(started.lease?.expiresAt == Fixture.time(72))
+        #expect(started.lease?.token == token)
+        #expect(started.attempts == 1)
+        let stored = try await store.fetch(queued.id)
+        #expect(stored == started)
+
+        let again = try await store.start(queued.id, worker: worker.id, token: token, at: Fixture.time(20), ttl: 60)
+        #expect(again == started, "a second start changes nothing")
+        let storedAgain = try await store.fetch(queued.id)
+        #expect(storedAgain == started)
+        let kinds = try await store.eventKinds(of: queued.id)
+        let startedCount = kinds.filter { $0 == .started }.count
+        #expect(startedCount == 1)
+
+        // A retry starts a new lease, but startedAt stays the first time a worker began.
+        _ = try await store.expireLeases(at: Fixture.time(73))
+        let relet = try await store.leaseQueued(queued, to: worker, at: Fixture.time(80), ttl: 30)
+        #expect(relet.lease?.startedAt == nil)
+        #expect(relet.startedAt == Fixture.time(12))
+        let restarted = try await store.start(
+            queued.id, worker: worker.id, token: try #require(relet.lease?.token), at: Fixture.time(85), ttl: 30)
+        #expect(restarted.lease?.startedAt == Fixture.time(85))
+        #expect(restarted.startedAt == Fixture.time(12))
+    }
+
+    @Test("heartbeat: extends the lease, records progress once per change; a canceled job answers canceled",
+          arguments: StoreBackend.allCases)
+    func heartbeat(_ backend: StoreBackend) async throws {
+        let store = try backend.make()
+        let account = try await store.seedAccount()
+        let worker = try await store.seedWorker()
+        let queued = try await store.submitQueued(makeGeneration(account: account.id, at: Fixture.time(0)))
+        let leased = try await store.leaseQueued(queued, to: worker, at: Fixture.time(10), ttl: 30)
+        let token = try #require(leased.lease?.token)
+        _ = try await store.start(queued.id, worker: worker.id, token: token, at: Fixture.time(11), ttl: 30)
+
+        func progressEvents() async throws -> [GenerationEvent] {
+            try await store.allEvents(of: queued.id).filter { $0.kind == .progress }
+        }
+
+        let quarter = JobProgress(fraction: 0.25, stage: "denoising")
+        let first = try await store.heartbeat(queued.id, worker: worker.id, token: token, progress: quarter, at: Fixture.time(15), ttl: 30)
+        #expect(first.state == .running)
+        #expect(first.progress == quarter)
+        #expect(first.lease?.expiresAt == Fixture.time(45))
+        let storedFirst = try await store.fetch(queued.id)
+        #expect(storedFirst.progress == quarter)
+        #expect(storedFirst.lease?.expiresAt == Fixture.time(45))
+        let afterFirst = try await progressEvents()
+        #expect(afterFirst.count == 1)
+
+        let same = try await store.heartbeat(queued.id, worker: worker.id, token: token, progress: quarter, at: Fixture.time(20), ttl: 30)
+        #expect(same.lease?.expiresAt == Fixture.time(50))
+        let afterSame = try await progressEvents()
+        #expect(afterSame.count == 1, "unchanged progress appends no event")
+
+        let bare = try await store.heartbeat(queued.id, worker: worker.id, token: token, progress: nil, at: Fixture.time(25), ttl: 30)
+        #expect(bare.progress == quarter, "a heartbeat without progress keeps the last one")
+        #expect(bare.lease?.expiresAt == Fixture.time(55))
+        let storedBare = try await store.fetch(queued.id)
+        #expect(storedBare.progress == quarter)
+        #expect(storedBare.lease?.expiresAt == Fixture.time(55))
+        let afterBare = try await progressEvents()
+        #expect(afterBare.count == 1, "a heartbeat without progress appends no event")
+
+        let half = JobProgress(fraction: 0.5, stage: "denoising")
+        _ = try await store.heartbeat(queued.id, worker: worker.id, token: token, progress: half, at: Fixture.time(28), ttl: 30)
+        let afterHalf = try await progressEvents()
+        #expect(afterHalf.map(\.progress) == [quarter, half])
+        #expect(afterHalf.last?.at == Fixture.time(28))
+
+        _ = try await store.cancel(queued.id, at: Fixture.time(30))
+        let told = try await store.heartbeat(
+            queued.id, worker: worker.id, token: token, progress: JobProgress(fraction: 0.75, stage: "denoising"),
+            at: Fixture.time(31), ttl: 30)
+        #expect(told.state == .canceled, "the worker learns of the cancellation from its heartbeat")
+        let storedCanceled = try await store.fetch(queued.id)
+        #expect(storedCanceled.state == .canceled)
+        let afterCancel = try await progressEvents()
+        #expect(afterCancel.count == 2, "a canceled generation records no more progress")
+    }
+
+    @Test("complete: needs the outputs attached under this lease; succeeds once", arguments: StoreBackend.allCases)
+    func complete(_ backend: StoreBackend) async throws {
+        let store = try backend.make()
+        let account = try await store.seedAccount()
+        let worker = try await store.seedWorker()
+        let queued = try await store.submitQueued(makeGeneration(account: account.id, at: Fixture.time(0)))
+        let leased = try await store.leaseQueued(queued, to: worker, at: Fixture.time(10), ttl: 60)
+        let token = try #require(leased.lease?.token)
+        _ = try await store.start(queued.id, worker: worker.id, token: token, at: Fixture.time(11), ttl: 60)
+
+        await expectError(.invalidInput) {
+            try await store.complete(queued.id, worker: worker.id, token: token, outputs: ["image"], at: Fixture.time(20))
+        }
+        let notDone = try await store.fetch(queued.id)
+        #expect(notDone.state == .running)
+        #expect(notDone.output.isEmpty)
+        #expect(notDone.completedAt == nil)
+
+        let file = makeFile(account: account.id, contentType: "image/webp", size: 48_213, at: Fixture.time(21))
+        try await store.attachOutput(queued.id, worker: worker.id, token: token, name: "image", file: file)
+        let storedFile = try await store.file(file.id)
+        #expect(storedFile == file, "an attached output's file is stored")
+
+        let done = try await store.complete(queued.id, worker: worker.id, token: token, outputs: ["image"], at: Fixture.time(25))
+        #expect(done.state == .succeeded)
+        #expect(done.completedAt == Fixture.time(25))
+        let expectedOutput = ["image": OutputFile(fileID: file.id, contentType: "image/webp", size: 48_213)]
+        #expect(done.output == expectedOutput)
+        #expect(done.error == nil)
+        let stored = try await store.fetch(queued.id)
+        #expect(stored == done, "what complete returns is what it stored")
+
+        await expectError(.staleLease) {
+            try await store.complete(queued.id, worker: worker.id, token: token, outputs: [], at: Fixture.time(30))
+        }
+        let storedAgain = try await store.fetch(queued.id)
+        #expect(storedAgain == done, "a second completion changes nothing")
+        let kinds = try await store.eventKinds(of: queued.id)
+        let succeededCount = kinds.filter { $0 == .succeeded }.count
+        #expect(succeededCount == 1)
+    }
+
+    @Test("complete: outputs attached under an earlier lease do not count", arguments: StoreBackend.allCases)
+    func completeIgnoresEarlierLeaseOutputs(_ backend: StoreBackend) async throws {
+        let store = try backend.make()
+        let account = try await store.seedAccount()
+        let worker = try await store.seedWorker()
+        let queued = try await store.submitQueued(makeGeneration(account: account.id, maxAttempts: 3, at: Fixture.time(0)))
+
+        let first = try await store.leaseQueued(queued, to: worker, at: Fixture.time(10))
+        let firstToken = try #require(first.lease?.token)
+        let early = makeFile(account: account.id, at: Fixture.time(11))
+        try await store.attachOutput(queued.id, worker: worker.id, token: firstToken, name: "image", file: early)
+        _ = try await store.fail(
+            queued.id, worker: worker.id, token: firstToken, error: JobFailure(code: "worker_crash", message: "segfault"),
+            retryable: true, at: Fixture.time(12))
+
+        let second = try await store.leaseQueued(queued, to: worker, at: Fixture.time(20))
+        let secondToken = try #require(second.lease?.token)
+        await expectError(.invalidInput) {
+            try await store.complete(queued.id, worker: worker.id, token: secondToken, outputs: ["image"], at: Fixture.time(21))
+        }
+        let notDone = try await store.fetch(queued.id)
+        #expect(notDone.state == .running)
+
+        let late = makeFile(account: account.id, at: Fixture.time(22))
+        try await store.attachOutput(queued.id, worker: worker.id, token: secondToken, name: "image", file: late)
+        let done = try await store.complete(queued.id, worker: worker.id, token: secondToken, outputs: ["image"], at: Fixture.time(23))
+        #expect(done.output["image"]?.fileID == late.id)
+    }
+
+    @Test("fail: retryable requeues; final or exhausted fails with the error", arguments: StoreBackend.allCases)
+    func fail(_ backend: StoreBackend) async throws {
+        let store = try backend.make()
+        let account = try await store.seedAccount()
+        let worker = try await store.seedWorker()
+        let crash = JobFailure(code: "worker_crash", message: "CUDA error: an illegal memory access")
+
+        // Retryable with attempts left: back to the queue, same queuedAt.
+        let retried = try await store.submitQueued(makeGeneration(account: account.id, maxAttempts: 3, at: Fixture.time(0)))
+        let retriedLease = try await store.leaseQueued(retried, to: worker, at: Fixture.time(10))
+        let requeued = try await store.fail(
+            retried.id, worker: worker.id, token: try #require(retriedLease.lease?.token), error: crash, retryable: true,
+            at: Fixture.time(20))
+        #expect(requeued.state == .queued)
+        #expect(requeued.queuedAt == Fixture.time(0))
+        #expect(requeued.attempts == 1)
+        #expect(requeued.lease == nil)
+        #expect(requeued.completedAt == nil)
+        let storedRequeued = try await store.fetch(retried.id)
+        #expect(storedRequeued == requeued, "what fail returns is what it stored")
+        let retriedKinds = try await store.eventKinds(of: retried.id)
+        #expect(retriedKinds.last == .requeued)
+        let released = try await store.leaseQueued(retried, to: worker, at: Fixture.time(30))
+        #expect(released.attempts == 2)
+        #expect(released.lease?.token == FencingToken(2))
+
+        // Not retryable: failed with exactly the worker's error.
+        let refused = try await store.submitQueued(makeGeneration(account: account.id, maxAttempts: 3, at: Fixture.time(1)))
+        let refusedLease = try await store.leaseQueued(refused, to: worker, at: Fixture.time(10))
+        let badInput = JobFailure(code: "invalid_prompt", message: "the prompt is empty")
+        let failed = try await store.fail(
+            refused.id, worker: worker.id, token: try #require(refusedLease.lease?.token), error: badInput, retryable: false,
+            at: Fixture.time(21))
+        #expect(failed.state == .failed)
+        #expect(failed.error == badInput)
+        #expect(failed.completedAt == Fixture.time(21))
+        #expect(failed.attempts == 1)
+        let storedFailed = try await store.fetch(refused.id)
+        #expect(storedFailed == failed)
+        let refusedKinds = try await store.eventKinds(of: refused.id)
+        #expect(refusedKinds.last == .failed)
+        let leaseAfterFailure = try await store.lease(sequence: refused.sequence, to: worker, at: Fixture.time(22), ttl: 30)
+        #expect(leaseAfterFailure == nil)
+
+        // Retryable, but out of attempts: failed.
+        let exhausted = try await store.submitQueued(makeGeneration(account: account.id, maxAttempts: 1, at: Fixture.time(2)))
+        let exhaustedLease = try await store.leaseQueued(exhausted, to: worker, at: Fixture.time(10))
+        let gaveUp = try await store.fail(
+            exhausted.id, worker: worker.id, token: try #require(exhaustedLease.lease?.token), error: crash, retryable: true,
+            at: Fixture.time(22))
+        #expect(gaveUp.state == .failed)
+        #expect(gaveUp.error?.code == "worker_crash")
+        #expect(gaveUp.completedAt == Fixture.time(22))
+        #expect(gaveUp.attempts == 1)
+        let storedGaveUp = try await store.fetch(exhausted.id)
+        #expect(storedGaveUp == gaveUp)
+
+        let queuedNow = try await store.queuedGenerations()
+        #expect(queuedNow.isEmpty)
+    }
+
+    @Test("events: the log in order, and after skips earlier entries", arguments: StoreBackend.allCases)
+    func events(_ backend: StoreBackend) async throws {
+        let store = try backend.make()
+        let account = try await store.seedAccount()
+        let worker = try await store.seedWorker()
+        let watched = try await store.submitQueued(makeGeneration(account: account.id, at: Fixture.time(0)))
+        let bystander = try await store.submitQueued(makeGeneration(account: account.id, at: Fixture.time(1)))
+
+        let leased = try await store.leaseQueued(watched, to: worker, at: Fixture.time(10))
+        _ = try await store.leaseQueued(bystander, to: worker, at: Fixture.time(11))
+        let token = try #require(leased.lease?.token)
+        _ = try await store.start(watched.id, worker: worker.id, token: token, at: Fixture.time(12), ttl: 30)
+        let progress = JobProgress(fraction: 0.5, stage: "denoising")
+        _ = try await store.heartbeat(watched.id, worker: worker.id, token: token, progress: progress, at: Fixture.time(13), ttl: 30)
+        _ = try await store.complete(watched.id, worker: worker.id, token: token, outputs: [], at: Fixture.time(14))
+
+        let log = try await store.events(of: watched.id, after: 0, limit: 100)
+        try #require(log.count == 5, "queued, leased, started, progress, succeeded: \(log.map(\.kind))")
+        let expectedKinds: [GenerationEvent.Kind] = [.queued, .leased, .started, .progress, .succeeded]
+        #expect(log.map(\.kind) == expectedKinds)
+        let expectedStates: [GenerationState] = [.queued, .running, .running, .running, .succeeded]
+        #expect(log.map(\.state) == expectedStates)
+        let expectedTimes = [0.0, 10, 12, 13, 14].map(Fixture.time)
+        #expect(log.map(\.at) == expectedTimes)
+        let onlyWatched = log.allSatisfy { $0.generationID == watched.id }
+        #expect(onlyWatched, "a generation's log holds only its own events")
+        let sequences = log.map(\.sequence)
+        #expect(sequences == sequences.sorted(), "sequences grow")
+        #expect(Set(sequences).count == sequences.count, "sequences are unique")
+        #expect(log[3].progress == progress)
+
+        let tail = try await store.events(of: watched.id, after: log[1].sequence, limit: 100)
+        let expectedTail: [GenerationEvent.Kind] = [.started, .progress, .succeeded]
+        #expect(tail.map(\.kind) == expectedTail)
+        #expect(tail == Array(log.dropFirst(2)))
+
+        let head = try await store.events(of: watched.id, after: 0, limit: 2)
+        let expectedHead: [GenerationEvent.Kind] = [.queued, .leased]
+        #expect(head.map(\.kind) == expectedHead)
+
+        let past = try await store.events(of: watched.id, after: try #require(log.last).sequence, limit: 100)
+        #expect(past.isEmpty)
+
+        let bystanderKinds = try await store.eventKinds(of: bystander.id)
+        let expectedBystander: [GenerationEvent.Kind] = [.queued, .leased]
+        #expect(bystanderKinds == expectedBystander)
+    }
+}
