@@ -9,7 +9,9 @@ import KilnCore
 /// completion only counts with the current fencing token. Backends: ``SQLiteJobStore`` (embedded);
 /// a PostgreSQL backend runs the same conformance suite.
 ///
-/// Errors are ``KilnError``: `.notFound`, `.conflict`, `.staleLease`, `.rateLimited`.
+/// Errors are ``KilnError``: `.notFound`, `.conflict`, `.staleLease`, `.rateLimited`. Worker calls
+/// on a generation that was canceled while running throw `.conflict` (the heartbeat instead returns
+/// the canceled generation, so the worker learns to stop).
 public protocol JobStore: Sendable {
     // MARK: Accounts and keys
 
@@ -68,7 +70,7 @@ public protocol JobStore: Sendable {
     /// - Returns: nil when the generation is no longer queued (canceled meanwhile).
     func lease(sequence: Int64, to worker: WorkerRecord, at: Date, ttl: Double) async throws -> Generation?
 
-    /// The worker began running the model. Extends the lease.
+    /// The worker began running the model. Extends the lease; a repeated start only extends it.
     /// - Throws: `.staleLease` when the token no longer holds the lease.
     func start(_ id: GenerationID, worker: WorkerID, token: FencingToken, at: Date, ttl: Double) async throws -> Generation
 

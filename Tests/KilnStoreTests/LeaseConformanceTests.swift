@@ -198,7 +198,7 @@ struct LeaseConformanceTests {
         #expect(expiredLater.map(\.id) == [alive.id])
     }
 
-    @Test("start: sets lease.startedAt and startedAt and extends the lease; a second start is a no-op",
+    @Test("start: sets lease.startedAt and startedAt and extends the lease; a second start only extends it",
           arguments: StoreBackend.allCases)
     func start(_ backend: StoreBackend) async throws {
         let store = try backend.make()
@@ -219,15 +219,17 @@ struct LeaseConformanceTests {
         #expect(stored == started)
 
         let again = try await store.start(queued.id, worker: worker.id, token: token, at: Fixture.time(20), ttl: 60)
-        #expect(again == started, "a second start changes nothing")
+        var extended = started
+        extended.lease?.expiresAt = Fixture.time(80)
+        #expect(again == extended, "a second start only extends the lease")
         let storedAgain = try await store.fetch(queued.id)
-        #expect(storedAgain == started)
+        #expect(storedAgain == extended)
         let kinds = try await store.eventKinds(of: queued.id)
         let startedCount = kinds.filter { $0 == .started }.count
         #expect(startedCount == 1)
 
         // A retry starts a new lease, but startedAt stays the first time a worker began.
-        _ = try await store.expireLeases(at: Fixture.time(73))
+        _ = try await store.expireLeases(at: Fixture.time(81))
         let relet = try await store.leaseQueued(queued, to: worker, at: Fixture.time(80), ttl: 30)
         #expect(relet.lease?.startedAt == nil)
         #expect(relet.startedAt == Fixture.time(12))

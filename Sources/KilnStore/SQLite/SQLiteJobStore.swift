@@ -200,8 +200,16 @@ public final class SQLiteJobStore: JobStore {
                         .rateLimited, "the '\(generation.tier)' tier has \(queued) queued generations, its limit (max_queued \(cap))")
                 }
             }
+            // A new generation starts clean, whatever else the caller's value carried.
             var stored = generation
             stored.state = .queued
+            stored.attempts = 0
+            stored.progress = JobProgress()
+            stored.output = [:]
+            stored.error = nil
+            stored.lease = nil
+            stored.startedAt = nil
+            stored.completedAt = nil
             try db.execute(
                 sql: """
                     INSERT INTO generations (id, account_id, model, version, alias, tier, state, input, input_files,
@@ -302,7 +310,14 @@ public final class SQLiteJobStore: JobStore {
     {
         try await write { db in
             var generation = try Self.holding(db, id, worker: worker, token: token, allowCanceled: false)
-            guard generation.lease?.startedAt == nil else { return generation }
+            guard generation.lease?.startedAt == nil else {
+                // A retried start only extends the lease.
+                try db.execute(
+                    sql: "UPDATE generations SET lease_expires_at = ? WHERE id = ?",
+                    arguments: [(at + ttl).timeIntervalSince1970, id.rawValue])
+                generation.lease?.expiresAt = at + ttl
+                return generation
+            }
             try db.execute(
                 sql: """
                     UPDATE generations SET lease_started_at = ?, started_at = COALESCE(started_at, ?), lease_expires_at = ?,

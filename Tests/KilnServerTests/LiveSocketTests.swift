@@ -1,0 +1,62 @@
+import Foundation
+import HTTPTypes
+import Hummingbird
+import HummingbirdTesting
+import KilnAPI
+import KilnCore
+import KilnServer
+import Testing
+
+@Suite("End to end over a real socket")
+struct LiveSocketTests {
+    @Test("upload, submit, lease, fetch the input, upload the output, complete, stream events, download")
+    func wholeLoop() async throws {
+        let kiln = try await KilnHarness.make(clock: ManualWallClock(Date()))
+        let app = Application(router: kiln.server.router(), configuration: .init(address: .hostname("127.0.0.1", port: 0)))
+        try await app.test(.live) { client in
+            let api = KilnClient(client: client)
+            try await api.model()
+            let (_, user) = try await api.account(tier: "enterprise")
+            let clip = ByteBuffer(bytes: (0..<100_000).map { UInt8($0 % 251) })
+            let uploaded = try await api.call(
+                .post, "/v1/files", key: user, raw: clip, headers: [.contentType: "video/mp4"])
+            #expect(uploaded.status == .created)
+            let file = try uploaded.decode(FileObject.self)
+            #expect(file.size == 100_000)
+            #expect(file.contentType == "video/mp4")
+
+            let generation = try await api.submit(user, input: ["prompt": .string("make it snow"), "video": .string(file.id.rawValue)])
+            let workerKey = try await api.workerKey()
+            let worker = try await api.register(workerKey)
+            let lease = try #require(try await api.lease(workerKey, worker: worker, wait: 5))
+            #expect(lease.job.id == generation.id)
+            #expect(lease.job.inputFiles["video"]?.sha256 == file.sha256)
+
+            let token = lease.lease.token
+            let base = "/v1/workers/\(worker)/jobs/\(generation.id)"
+            let input = try await api.call(.get, "\(base)/inputs/video?token=\(token)", key: workerKey)
+            #expect(input.status == .ok)
+            #expect(input.body == clip)
+            #expect(try await api.job(workerKey, worker, lease, "start", json: #"{"token":"\#(token)"}"#).status == .ok)
+            #expect(try await api.heartbeat(workerKey, worker, lease, fraction: 0.5).status == .ok)
+            let output = try await api.call(
+                .put, "\(base)/outputs/video?token=\(token)", key: workerKey, raw: ByteBuffer(string: "mp4 bytes"),
+                headers: [.contentType: "video/mp4"])
+            #expect(output.status == .created)
+            #expect(try await api.complete(workerKey, worker, lease, outputs: ["video"]).status == .noContent)
+
+            // The event stream replays the whole log and ends at the final state.
+            let events = try await api.call(.get, "/v1/generations/\(generation.id)/events", key: user)
+            #expect(events.headers[.contentType] == "text/event-stream")
+            let kinds = events.text.split(separator: "\n").filter { $0.hasPrefix("event: ") }.map { $0.dropFirst(7) }
+            #expect(kinds == ["queued", "leased", "started", "progress", "succeeded"])
+
+            let done = try await api.generation(user, generation.id)
+            #expect(done.state == .succeeded)
+            let result = try #require(done.output["video"])
+            let downloaded = try await api.call(.get, "/v1/files/\(result.fileID)", key: user)
+            #expect(downloaded.text == "mp4 bytes")
+            #expect(downloaded.headers[.contentType] == "video/mp4")
+        }
+    }
+}
