@@ -91,8 +91,11 @@ let package = Package(
             name: "KilnBenchmarks",
             dependencies: [
                 "KilnCore", "KilnScheduling", "KilnServer", "KilnAPI",
-                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "DequeModule", package: "swift-collections"),
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
             ],
             path: "Benchmarks/KilnBenchmarks",
             swiftSettings: swiftSettings
