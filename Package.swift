@@ -37,6 +37,8 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // The discrete-event simulator over the very same scheduling code.
+        .target(name: "KilnSimulation", dependencies: ["KilnCore", "KilnScheduling"], swiftSettings: swiftSettings),
         .target(
             name: "KilnStore",
             dependencies: [
@@ -80,8 +82,9 @@ let package = Package(
         .executableTarget(
             name: "kiln",
             dependencies: [
-                "KilnCore", "KilnServer", "KilnAPI",
+                "KilnCore", "KilnScheduling", "KilnServer", "KilnAPI", "KilnSimulation",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Yams", package: "Yams"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -102,6 +105,8 @@ let package = Package(
         ),
         .testTarget(name: "KilnCoreTests", dependencies: ["KilnCore"], swiftSettings: swiftSettings),
         .testTarget(name: "KilnSchedulingTests", dependencies: ["KilnCore", "KilnScheduling"], swiftSettings: swiftSettings),
+        .testTarget(
+            name: "KilnSimulationTests", dependencies: ["KilnCore", "KilnScheduling", "KilnSimulation"], swiftSettings: swiftSettings),
         .testTarget(name: "KilnStoreTests", dependencies: ["KilnCore", "KilnStore"], swiftSettings: swiftSettings),
         .testTarget(
             name: "KilnServerTests",

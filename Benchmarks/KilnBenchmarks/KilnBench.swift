@@ -16,10 +16,11 @@ enum KilnBench {
                 jobs: option("jobs", 1_000_000), decisions: option("decisions", 200_000), accounts: option("accounts", 10_000))
         case "system":
             try await SystemBenchmark.run(
-                jobs: option("jobs", 2_000), workers: option("workers", 8), submitters: option("submitters", 8))
+                jobs: option("jobs", 2_000), workers: option("workers", 8), submitters: option("submitters", 8),
+                rate: option("rate", 0))
         default:
             print("usage: kiln-bench scheduler [--jobs N] [--decisions N] [--accounts N]")
-            print("       kiln-bench system [--jobs N] [--workers K] [--submitters S]")
+            print("       kiln-bench system [--jobs N] [--workers K] [--submitters S] [--rate JOBS_PER_SECOND]")
         }
     }
 }

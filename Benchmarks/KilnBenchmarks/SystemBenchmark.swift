@@ -13,7 +13,7 @@ import NIOHTTP1
 ///
 /// Baseline, same run, same client and concurrency: `GET /healthz` round trips per second.
 enum SystemBenchmark {
-    static func run(jobs: Int, workers: Int, submitters: Int) async throws {
+    static func run(jobs: Int, workers: Int, submitters: Int, rate: Int) async throws {
         let data = FileManager.default.temporaryDirectory.appending(path: "kiln-bench-\(UUID().uuidString)")
         defer { try? FileManager.default.removeItem(at: data) }
         var logger = Logger(label: "kiln-bench")
@@ -83,11 +83,16 @@ enum SystemBenchmark {
         // The run: submitters and workers at once.
         let submitTimes = Timestamps()
         let latencies = Timestamps()
+        let begin = clock.now
         let runTime = try await clock.measure {
             try await withThrowingTaskGroup(of: Void.self) { group in
                 for client in 0..<submitters {
                     group.addTask {
                         for index in stride(from: client, to: jobs, by: submitters) {
+                            if rate > 0 {
+                                // Paced: job i is due at i / rate seconds after the start.
+                                try await Task.sleep(until: begin + .milliseconds(index * 1000 / rate), clock: clock)
+                            }
                             let key = keys[index % keys.count]
                             let sent = clock.now
                             let (status, body) = try await call(.POST, "/v1/generations", key: key, body: #"{"model":"noop","input":{}}"#)
@@ -129,7 +134,8 @@ enum SystemBenchmark {
         func percentile(_ p: Double) -> Double { sorted.isEmpty ? 0 : sorted[min(sorted.count - 1, Int(Double(sorted.count) * p))] * 1000 }
         let jobsPerSecond = Double(jobs) / seconds
         let healthPerSecond = Double(healthRequests) / healthSeconds
-        print("system benchmark: \(jobs) no-op generations, \(submitters) submitters, \(workers) workers, SQLite on disk")
+        let pacing = rate > 0 ? "paced at \(rate) submissions/s" : "submitted as fast as possible"
+        print("system benchmark: \(jobs) no-op generations \(pacing), \(submitters) submitters, \(workers) workers, SQLite on disk")
         print(String(format: "  jobs per second (submit + lease + start + complete): %.0f", jobsPerSecond))
         print(String(format: "  baseline GET /healthz per second (%d clients): %.0f", workers, healthPerSecond))
         print(String(format: "  ratio: one job costs the time of %.1f health checks (4 calls each)", healthPerSecond / jobsPerSecond))

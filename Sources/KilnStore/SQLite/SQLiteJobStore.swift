@@ -497,7 +497,7 @@ public final class SQLiteJobStore: JobStore {
         throws -> Generation
     {
         var generation = generation
-        if retryable, generation.attempts < generation.maxAttempts {
+        if RetryRule.requeues(attempts: generation.attempts, maxAttempts: generation.maxAttempts, retryable: retryable) {
             generation.state = .queued
             generation.lease = nil
             generation.progress = JobProgress(fraction: 0, stage: "requeued")

@@ -1,0 +1,372 @@
+import KilnCore
+
+/// A day of traffic and fleet to replay (the YAML format of `docs/simulator.md`).
+///
+/// Everything is plain data so that the CLI can read it from YAML or JSON and tests can build it in
+/// code. Times are hours from the start of the run unless a field says seconds.
+public struct Scenario: Codable, Sendable, Hashable {
+    public var name: String
+    public var seed: UInt64
+    public var durationHours: Double
+    /// The wall-clock label of hour 0, for charts (`"09:00"`).
+    public var startClock: String?
+    /// Tiers, their promises and their shares of the traffic, in priority order.
+    public var tiers: [TierSpec]
+    public var arrivals: [ArrivalPhase]
+    public var bursts: [Burst]
+    /// Known arrivals, replayed as they are (a recorded log, or a test's hand-made day).
+    public var trace: [TraceJob]
+    public var models: [ModelSpec]
+    public var clusters: [ClusterSpec]
+    public var failures: Failures?
+    public var leases: Leases
+    /// Seconds between samples of the time series (queue depth, waits).
+    public var sampleEverySeconds: Double
+
+    public init(
+        name: String, seed: UInt64 = 1, durationHours: Double, startClock: String? = nil, tiers: [TierSpec],
+        arrivals: [ArrivalPhase], bursts: [Burst] = [], trace: [TraceJob] = [], models: [ModelSpec], clusters: [ClusterSpec],
+        failures: Failures? = nil,
+        leases: Leases = Leases(), sampleEverySeconds: Double = 600
+    ) {
+        self.name = name
+        self.seed = seed
+        self.durationHours = durationHours
+        self.startClock = startClock
+        self.tiers = tiers
+        self.arrivals = arrivals
+        self.bursts = bursts
+        self.trace = trace
+        self.models = models
+        self.clusters = clusters
+        self.failures = failures
+        self.leases = leases
+        self.sampleEverySeconds = sampleEverySeconds
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case name, seed, tiers, arrivals, bursts, trace, models, clusters, failures, leases
+        case durationHours = "duration_hours"
+        case startClock = "start_clock"
+        case sampleEverySeconds = "sample_every_seconds"
+    }
+
+    public init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        name = try c.decode(String.self, forKey: .name)
+        seed = try c.decodeIfPresent(UInt64.self, forKey: .seed) ?? 1
+        durationHours = try c.decode(Double.self, forKey: .durationHours)
+        startClock = try c.decodeIfPresent(String.self, forKey: .startClock)
+        tiers = try c.decode([TierSpec].self, forKey: .tiers)
+        arrivals = try c.decodeIfPresent([ArrivalPhase].self, forKey: .arrivals) ?? []
+        bursts = try c.decodeIfPresent([Burst].self, forKey: .bursts) ?? []
+        trace = try c.decodeIfPresent([TraceJob].self, forKey: .trace) ?? []
+        models = try c.decode([ModelSpec].self, forKey: .models)
+        clusters = try c.decode([ClusterSpec].self, forKey: .clusters)
+        failures = try c.decodeIfPresent(Failures.self, forKey: .failures)
+        leases = try c.decodeIfPresent(Leases.self, forKey: .leases) ?? Leases()
+        sampleEverySeconds = try c.decodeIfPresent(Double.self, forKey: .sampleEverySeconds) ?? 600
+    }
+
+    /// A tier, its promise, its share of arrivals and how many accounts send them.
+    public struct TierSpec: Codable, Sendable, Hashable {
+        public var name: String
+        public var maxWaitSeconds: Double
+        /// Relative weight among tiers (normalised).
+        public var share: Double
+        public var accounts: Int
+        public var maxRunningPerAccount: Int?
+
+        public init(name: String, maxWaitSeconds: Double, share: Double, accounts: Int = 1, maxRunningPerAccount: Int? = nil) {
+            self.name = name
+            self.maxWaitSeconds = maxWaitSeconds
+            self.share = share
+            self.accounts = accounts
+            self.maxRunningPerAccount = maxRunningPerAccount
+        }
+
+        enum CodingKeys: String, CodingKey {
+            case name, share, accounts
+            case maxWaitSeconds = "max_wait_seconds"
+            case maxRunningPerAccount = "max_running_per_account"
+        }
+
+        public init(from decoder: any Decoder) throws {
+            let c = try decoder.container(keyedBy: CodingKeys.self)
+            name = try c.decode(String.self, forKey: .name)
+            maxWaitSeconds = try c.decode(Double.self, forKey: .maxWaitSeconds)
+            share = try c.decode(Double.self, forKey: .share)
+            accounts = try c.decodeIfPresent(Int.self, forKey: .accounts) ?? 1
+            maxRunningPerAccount = try c.decodeIfPresent(Int.self, forKey: .maxRunningPerAccount)
+        }
+    }
+
+    /// Arrivals at a constant rate between two hours (a Poisson process).
+    public struct ArrivalPhase: Codable, Sendable, Hashable {
+        public var fromHours: Double
+        public var toHours: Double
+        public var perHour: Double
+
+        public init(fromHours: Double, toHours: Double, perHour: Double) {
+            self.fromHours = fromHours
+            self.toHours = toHours
+            self.perHour = perHour
+        }
+
+        enum CodingKeys: String, CodingKey {
+            case fromHours = "from_hours"
+            case toHours = "to_hours"
+            case perHour = "per_hour"
+        }
+    }
+
+    /// `jobs` extra arrivals spread evenly over `overSeconds` from `atHours`.
+    public struct Burst: Codable, Sendable, Hashable {
+        public var atHours: Double
+        public var jobs: Int
+        public var overSeconds: Double
+
+        public init(atHours: Double, jobs: Int, overSeconds: Double = 0) {
+            self.atHours = atHours
+            self.jobs = jobs
+            self.overSeconds = overSeconds
+        }
+
+        enum CodingKeys: String, CodingKey {
+            case jobs
+            case atHours = "at_hours"
+            case overSeconds = "over_seconds"
+        }
+    }
+
+    /// One known arrival: when, of which tier and model, and its GPU seconds at speed 1.
+    public struct TraceJob: Codable, Sendable, Hashable {
+        public var atSeconds: Double
+        public var tier: String
+        public var model: String
+        public var gpuSeconds: Double
+        /// Which of the tier's accounts sent it (0-based).
+        public var account: Int
+
+        public init(atSeconds: Double, tier: String, model: String, gpuSeconds: Double, account: Int = 0) {
+            self.atSeconds = atSeconds
+            self.tier = tier
+            self.model = model
+            self.gpuSeconds = gpuSeconds
+            self.account = account
+        }
+
+        enum CodingKeys: String, CodingKey {
+            case tier, model, account
+            case atSeconds = "at_seconds"
+            case gpuSeconds = "gpu_seconds"
+        }
+
+        public init(from decoder: any Decoder) throws {
+            let c = try decoder.container(keyedBy: CodingKeys.self)
+            atSeconds = try c.decode(Double.self, forKey: .atSeconds)
+            tier = try c.decode(String.self, forKey: .tier)
+            model = try c.decode(String.self, forKey: .model)
+            gpuSeconds = try c.decode(Double.self, forKey: .gpuSeconds)
+            account = try c.decodeIfPresent(Int.self, forKey: .account) ?? 0
+        }
+    }
+
+    public struct ModelSpec: Codable, Sendable, Hashable {
+        public var name: String
+        /// Relative weight among models (normalised).
+        public var share: Double
+        /// GPUs one job needs.
+        public var gpus: Int
+        public var runtime: RunTime
+        /// Speed of each accelerator kind relative to the runtime's (2 = twice as fast); kinds not
+        /// named cannot run the model. Empty: any kind at speed 1.
+        public var acceleratorSpeed: [String: Double]
+        /// Seconds a worker spends loading this model when its previous job was another model.
+        public var switchSeconds: Double
+
+        public init(
+            name: String, share: Double = 1, gpus: Int = 1, runtime: RunTime, acceleratorSpeed: [String: Double] = [:],
+            switchSeconds: Double = 0
+        ) {
+            self.name = name
+            self.share = share
+            self.gpus = gpus
+            self.runtime = runtime
+            self.acceleratorSpeed = acceleratorSpeed
+            self.switchSeconds = switchSeconds
+        }
+
+        enum CodingKeys: String, CodingKey {
+            case name, share, gpus, runtime
+            case acceleratorSpeed = "accelerator_speed"
+            case switchSeconds = "switch_seconds"
+        }
+
+        public init(from decoder: any Decoder) throws {
+            let c = try decoder.container(keyedBy: CodingKeys.self)
+            name = try c.decode(String.self, forKey: .name)
+            share = try c.decodeIfPresent(Double.self, forKey: .share) ?? 1
+            gpus = try c.decodeIfPresent(Int.self, forKey: .gpus) ?? 1
+            runtime = try c.decode(RunTime.self, forKey: .runtime)
+            acceleratorSpeed = try c.decodeIfPresent([String: Double].self, forKey: .acceleratorSpeed) ?? [:]
+            switchSeconds = try c.decodeIfPresent(Double.self, forKey: .switchSeconds) ?? 0
+        }
+    }
+
+    /// A distribution of GPU seconds per job.
+    public struct RunTime: Codable, Sendable, Hashable {
+        public enum Kind: String, Codable, Sendable, Hashable {
+            case fixed, uniform, exponential, lognormal
+        }
+
+        public var distribution: Kind
+        public var meanSeconds: Double
+        /// For `lognormal` (the spread) and `uniform` (half the width × √3); ignored otherwise.
+        public var stddevSeconds: Double
+
+        public init(distribution: Kind, meanSeconds: Double, stddevSeconds: Double = 0) {
+            self.distribution = distribution
+            self.meanSeconds = meanSeconds
+            self.stddevSeconds = stddevSeconds
+        }
+
+        enum CodingKeys: String, CodingKey {
+            case distribution
+            case meanSeconds = "mean_seconds"
+            case stddevSeconds = "stddev_seconds"
+        }
+
+        public init(from decoder: any Decoder) throws {
+            let c = try decoder.container(keyedBy: CodingKeys.self)
+            distribution = try c.decodeIfPresent(Kind.self, forKey: .distribution) ?? .fixed
+            meanSeconds = try c.decode(Double.self, forKey: .meanSeconds)
+            stddevSeconds = try c.decodeIfPresent(Double.self, forKey: .stddevSeconds) ?? 0
+        }
+    }
+
+    public struct ClusterSpec: Codable, Sendable, Hashable {
+        public var name: String
+        /// Jobs leased but not yet started the cluster may hold (DESIGN §4).
+        public var dispatchLimit: Int
+        /// Seconds from lease to start: fetching inputs, handing the job to the runtime.
+        public var startDelaySeconds: Double
+        public var pools: [PoolSpec]
+
+        public init(name: String, dispatchLimit: Int = 64, startDelaySeconds: Double = 0, pools: [PoolSpec]) {
+            self.name = name
+            self.dispatchLimit = dispatchLimit
+            self.startDelaySeconds = startDelaySeconds
+            self.pools = pools
+        }
+
+        enum CodingKeys: String, CodingKey {
+            case name, pools
+            case dispatchLimit = "dispatch_limit"
+            case startDelaySeconds = "start_delay_seconds"
+        }
+
+        public init(from decoder: any Decoder) throws {
+            let c = try decoder.container(keyedBy: CodingKeys.self)
+            name = try c.decode(String.self, forKey: .name)
+            dispatchLimit = try c.decodeIfPresent(Int.self, forKey: .dispatchLimit) ?? 64
+            startDelaySeconds = try c.decodeIfPresent(Double.self, forKey: .startDelaySeconds) ?? 0
+            pools = try c.decode([PoolSpec].self, forKey: .pools)
+        }
+    }
+
+    /// Workers of one kind. A burst pool (a training cluster lent for the peak) is used last and
+    /// given back first; when its capacity drops, busy workers finish their job, then leave.
+    public struct PoolSpec: Codable, Sendable, Hashable {
+        public enum Kind: String, Codable, Sendable, Hashable { case primary, burst }
+
+        public var name: String
+        public var kind: Kind
+        public var accelerator: String
+        public var gpusPerWorker: Int
+        /// The number of workers over time.
+        public var capacity: [CapacityStep]
+
+        public init(name: String, kind: Kind = .primary, accelerator: String, gpusPerWorker: Int = 1, capacity: [CapacityStep]) {
+            self.name = name
+            self.kind = kind
+            self.accelerator = accelerator
+            self.gpusPerWorker = gpusPerWorker
+            self.capacity = capacity
+        }
+
+        enum CodingKeys: String, CodingKey {
+            case name, kind, accelerator, capacity
+            case gpusPerWorker = "gpus_per_worker"
+        }
+
+        public init(from decoder: any Decoder) throws {
+            let c = try decoder.container(keyedBy: CodingKeys.self)
+            name = try c.decode(String.self, forKey: .name)
+            kind = try c.decodeIfPresent(Kind.self, forKey: .kind) ?? .primary
+            accelerator = try c.decode(String.self, forKey: .accelerator)
+            gpusPerWorker = try c.decodeIfPresent(Int.self, forKey: .gpusPerWorker) ?? 1
+            capacity = try c.decode([CapacityStep].self, forKey: .capacity)
+        }
+    }
+
+    /// From `atHours`, the pool has `workers` workers; with `overHours`, it gets there linearly from
+    /// the level before.
+    public struct CapacityStep: Codable, Sendable, Hashable {
+        public var atHours: Double
+        public var workers: Int
+        public var overHours: Double
+
+        public init(atHours: Double, workers: Int, overHours: Double = 0) {
+            self.atHours = atHours
+            self.workers = workers
+            self.overHours = overHours
+        }
+
+        enum CodingKeys: String, CodingKey {
+            case workers
+            case atHours = "at_hours"
+            case overHours = "over_hours"
+        }
+
+        public init(from decoder: any Decoder) throws {
+            let c = try decoder.container(keyedBy: CodingKeys.self)
+            atHours = try c.decode(Double.self, forKey: .atHours)
+            workers = try c.decode(Int.self, forKey: .workers)
+            overHours = try c.decodeIfPresent(Double.self, forKey: .overHours) ?? 0
+        }
+    }
+
+    /// Workers die while running a job: its lease expires after the TTL and the job is retried.
+    public struct Failures: Codable, Sendable, Hashable {
+        /// Mean GPU-busy hours between failures of one worker.
+        public var meanHoursBetweenFailures: Double
+        /// Seconds a failed worker is gone before it returns.
+        public var recoverySeconds: Double
+
+        public init(meanHoursBetweenFailures: Double, recoverySeconds: Double) {
+            self.meanHoursBetweenFailures = meanHoursBetweenFailures
+            self.recoverySeconds = recoverySeconds
+        }
+
+        enum CodingKeys: String, CodingKey {
+            case meanHoursBetweenFailures = "mean_hours_between_failures"
+            case recoverySeconds = "recovery_seconds"
+        }
+    }
+
+    public struct Leases: Codable, Sendable, Hashable {
+        public var ttlSeconds: Double
+        public var maxAttempts: Int
+
+        public init(ttlSeconds: Double = 30, maxAttempts: Int = 3) {
+            self.ttlSeconds = ttlSeconds
+            self.maxAttempts = maxAttempts
+        }
+
+        enum CodingKeys: String, CodingKey {
+            case ttlSeconds = "ttl_seconds"
+            case maxAttempts = "max_attempts"
+        }
+    }
+}
