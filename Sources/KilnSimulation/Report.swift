@@ -128,9 +128,14 @@ struct SimulationMetrics {
     mutating func arrived(tier: Int) { arrivedByTier[tier] += 1 }
     mutating func failed(tier: Int) { failedByTier[tier] += 1 }
 
+    /// A job left the queue after `wait` seconds (any attempt): it counts in the current interval.
+    mutating func dispatched(tier: Int, wait: Double) {
+        bucketWaits[tier].append(wait)
+    }
+
+    /// A job completed; `wait` is that of its last (successful) dispatch.
     mutating func completed(tier: Int, wait: Double) {
         waits[tier].append(wait)
-        bucketWaits[tier].append(wait)
     }
 
     mutating func sample(at time: Double, queued: [Int]) {

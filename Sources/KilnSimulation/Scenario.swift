@@ -137,6 +137,13 @@ public struct Scenario: Codable, Sendable, Hashable {
             case atHours = "at_hours"
             case overSeconds = "over_seconds"
         }
+
+        public init(from decoder: any Decoder) throws {
+            let c = try decoder.container(keyedBy: CodingKeys.self)
+            atHours = try c.decode(Double.self, forKey: .atHours)
+            jobs = try c.decode(Int.self, forKey: .jobs)
+            overSeconds = try c.decodeIfPresent(Double.self, forKey: .overSeconds) ?? 0
+        }
     }
 
     /// One known arrival: when, of which tier and model, and its GPU seconds at speed 1.
@@ -367,6 +374,12 @@ public struct Scenario: Codable, Sendable, Hashable {
         enum CodingKeys: String, CodingKey {
             case ttlSeconds = "ttl_seconds"
             case maxAttempts = "max_attempts"
+        }
+
+        public init(from decoder: any Decoder) throws {
+            let c = try decoder.container(keyedBy: CodingKeys.self)
+            ttlSeconds = try c.decodeIfPresent(Double.self, forKey: .ttlSeconds) ?? 30
+            maxAttempts = try c.decodeIfPresent(Int.self, forKey: .maxAttempts) ?? 3
         }
     }
 }

@@ -222,6 +222,7 @@ struct SimulationRun {
     private mutating func lease(_ index: Int, on worker: Int, now: Double) {
         jobs[index].attempts += 1
         jobs[index].dispatchedAt = now
+        metrics.dispatched(tier: jobs[index].tier, wait: now - jobs[index].arrival)
         let model = jobs[index].model
         let cluster = scenario.clusters[workers[worker].cluster]
         var runtime = jobs[index].work / workers[worker].speed[model]
