@@ -56,19 +56,27 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // The version format: manifests, reproducible packing, unpacking without escapes.
+        .target(
+            name: "KilnModels",
+            dependencies: ["KilnCore", .product(name: "Crypto", package: "swift-crypto")],
+            swiftSettings: swiftSettings
+        ),
         // Wire types of the HTTP API and the client that speaks it (CLI, worker, benchmarks).
         .target(
             name: "KilnAPI",
             dependencies: [
                 "KilnCore",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
             ],
             swiftSettings: swiftSettings
         ),
         .target(
             name: "KilnServer",
             dependencies: [
-                "KilnCore", "KilnScheduling", "KilnStore", "KilnObjects", "KilnAPI",
+                "KilnCore", "KilnScheduling", "KilnStore", "KilnObjects", "KilnModels", "KilnAPI",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -82,7 +90,8 @@ let package = Package(
         .executableTarget(
             name: "kiln",
             dependencies: [
-                "KilnCore", "KilnScheduling", "KilnServer", "KilnAPI", "KilnSimulation",
+                "KilnCore", "KilnScheduling", "KilnServer", "KilnAPI", "KilnSimulation", "KilnModels",
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Yams", package: "Yams"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -105,13 +114,14 @@ let package = Package(
         ),
         .testTarget(name: "KilnCoreTests", dependencies: ["KilnCore"], swiftSettings: swiftSettings),
         .testTarget(name: "KilnSchedulingTests", dependencies: ["KilnCore", "KilnScheduling"], swiftSettings: swiftSettings),
+        .testTarget(name: "KilnModelsTests", dependencies: ["KilnCore", "KilnModels"], swiftSettings: swiftSettings),
         .testTarget(
             name: "KilnSimulationTests", dependencies: ["KilnCore", "KilnScheduling", "KilnSimulation"], swiftSettings: swiftSettings),
         .testTarget(name: "KilnStoreTests", dependencies: ["KilnCore", "KilnStore"], swiftSettings: swiftSettings),
         .testTarget(
             name: "KilnServerTests",
             dependencies: [
-                "KilnCore", "KilnServer", "KilnStore", "KilnAPI",
+                "KilnCore", "KilnServer", "KilnStore", "KilnAPI", "KilnModels",
                 .product(name: "HummingbirdTesting", package: "hummingbird"),
                 .product(name: "Hummingbird", package: "hummingbird"),
             ],

@@ -212,21 +212,125 @@ public struct GenerationEventObject: Codable, Sendable, Hashable {
 public struct ModelObject: Codable, Sendable, Hashable {
     public var name: String
     public var description: String
+    /// The input schema of the version `production` points at (or of the model when it has none).
     public var inputSchema: JSONValue?
+    public var aliases: [AliasObject]
     public var createdAt: Date
 
     enum CodingKeys: String, CodingKey {
-        case name, description
+        case name, description, aliases
         case inputSchema = "input_schema"
         case createdAt = "created_at"
     }
 
-    public init(name: String, description: String, inputSchema: JSONValue?, createdAt: Date) {
+    public init(name: String, description: String, inputSchema: JSONValue?, aliases: [AliasObject] = [], createdAt: Date) {
         self.name = name
         self.description = description
         self.inputSchema = inputSchema
+        self.aliases = aliases
         self.createdAt = createdAt
     }
+}
+
+// MARK: - Model repository
+
+public struct AliasTargetObject: Codable, Sendable, Hashable {
+    public var version: Digest
+    public var weight: Int
+
+    public init(version: Digest, weight: Int) {
+        self.version = version
+        self.weight = weight
+    }
+}
+
+public struct AliasObject: Codable, Sendable, Hashable {
+    public var name: String
+    public var targets: [AliasTargetObject]
+    public var updatedAt: Date
+
+    enum CodingKeys: String, CodingKey {
+        case name, targets
+        case updatedAt = "updated_at"
+    }
+
+    public init(name: String, targets: [AliasTargetObject], updatedAt: Date) {
+        self.name = name
+        self.targets = targets
+        self.updatedAt = updatedAt
+    }
+}
+
+public struct AliasChangeObject: Codable, Sendable, Hashable {
+    public var action: String
+    public var targets: [AliasTargetObject]
+    public var at: Date
+
+    public init(action: String, targets: [AliasTargetObject], at: Date) {
+        self.action = action
+        self.targets = targets
+        self.at = at
+    }
+}
+
+public struct AliasHistory: Codable, Sendable, Hashable {
+    public var data: [AliasChangeObject]
+    public init(data: [AliasChangeObject]) { self.data = data }
+}
+
+/// `PUT /v1/admin/models/{name}/aliases/{alias}`: one target promotes, several split traffic.
+public struct MoveAliasRequest: WireRequest, Hashable {
+    public static let fields: Set<String> = ["targets"]
+    public var targets: [AliasTargetObject]
+    public init(targets: [AliasTargetObject]) { self.targets = targets }
+}
+
+public struct BlobCheckRequest: WireRequest, Hashable {
+    public static let fields: Set<String> = ["digests"]
+    public var digests: [Digest]
+    public init(digests: [Digest]) { self.digests = digests }
+}
+
+public struct BlobCheckResponse: Codable, Sendable, Hashable {
+    /// The digests the server does not have yet: upload these, then the manifest.
+    public var missing: [Digest]
+    public init(missing: [Digest]) { self.missing = missing }
+}
+
+public struct BlobObject: Codable, Sendable, Hashable {
+    public var digest: Digest
+    public var size: Int64
+    public init(digest: Digest, size: Int64) {
+        self.digest = digest
+        self.size = size
+    }
+}
+
+public struct VersionObject: Codable, Sendable, Hashable {
+    public var id: Digest
+    public var model: String
+    public var manifest: JSONValue
+    public var createdAt: Date
+    /// False when the same version had been pushed before (nothing changed).
+    public var created: Bool?
+
+    enum CodingKeys: String, CodingKey {
+        case id, model, manifest, created
+        case createdAt = "created_at"
+    }
+
+    public init(id: Digest, model: String, manifest: JSONValue, createdAt: Date, created: Bool? = nil) {
+        self.id = id
+        self.model = model
+        self.manifest = manifest
+        self.createdAt = createdAt
+        self.created = created
+    }
+}
+
+public struct VersionList: Codable, Sendable, Hashable {
+    public var data: [VersionObject]
+    public init(data: [VersionObject]) { self.data = data }
 }
 
 public struct ModelList: Codable, Sendable, Hashable {

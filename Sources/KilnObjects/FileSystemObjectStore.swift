@@ -14,7 +14,8 @@ public struct FileSystemObjectStore: ObjectStore {
         try FileManager.default.createDirectory(at: root.appending(path: ".tmp"), withIntermediateDirectories: true)
     }
 
-    public func put<Body: AsyncSequence & Sendable>(_ key: String, body: Body, maxBytes: Int64) async throws -> StoredObject
+    public func put<Body: AsyncSequence & Sendable>(_ key: String, body: Body, maxBytes: Int64, expectedSHA256: String?)
+        async throws -> StoredObject
     where Body.Element == ByteBuffer {
         let target = try url(for: key)
         let temporary = root.appending(path: ".tmp/\(UUID().uuidString)")
@@ -41,12 +42,15 @@ public struct FileSystemObjectStore: ObjectStore {
             try? handle.close()
             throw error
         }
+        let digest = hasher.finalize().map { String(format: "%02x", $0) }.joined()
+        if let expectedSHA256, expectedSHA256 != digest {
+            throw KilnError(.invalidInput, "the body's SHA-256 is \(digest), not the expected \(expectedSHA256)")
+        }
         try FileManager.default.createDirectory(at: target.deletingLastPathComponent(), withIntermediateDirectories: true)
         if rename(temporary.path, target.path) != 0 {
             throw KilnError(.internal, "cannot move an object into place: errno \(errno)")
         }
         committed = true
-        let digest = hasher.finalize().map { String(format: "%02x", $0) }.joined()
         return StoredObject(size: size, sha256: digest)
     }
 

@@ -7,10 +7,13 @@ import NIOCore
 public protocol ObjectStore: Sendable {
     /// Streams `body` into `key`, atomically: readers see the whole object or none of it.
     ///
-    /// - Parameter maxBytes: refuse (and store nothing) past this many bytes.
+    /// - Parameters:
+    ///   - maxBytes: refuse (and store nothing) past this many bytes.
+    ///   - expectedSHA256: when given, the hex digest the bytes must have; otherwise nothing is stored.
     /// - Returns: the size and hex SHA-256 of what was stored.
-    /// - Throws: `.payloadTooLarge` past `maxBytes`.
-    func put<Body: AsyncSequence & Sendable>(_ key: String, body: Body, maxBytes: Int64) async throws -> StoredObject
+    /// - Throws: `.payloadTooLarge` past `maxBytes`; `.invalidInput` on a digest mismatch.
+    func put<Body: AsyncSequence & Sendable>(_ key: String, body: Body, maxBytes: Int64, expectedSHA256: String?) async throws
+        -> StoredObject
     where Body.Element == ByteBuffer
 
     /// The object's bytes, in chunks. - Throws: `.notFound`.
@@ -20,6 +23,13 @@ public protocol ObjectStore: Sendable {
     func size(of key: String) async throws -> Int64?
 
     func delete(_ key: String) async throws
+}
+
+extension ObjectStore {
+    public func put<Body: AsyncSequence & Sendable>(_ key: String, body: Body, maxBytes: Int64) async throws -> StoredObject
+    where Body.Element == ByteBuffer {
+        try await put(key, body: body, maxBytes: maxBytes, expectedSHA256: nil)
+    }
 }
 
 public struct StoredObject: Hashable, Sendable {

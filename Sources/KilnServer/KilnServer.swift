@@ -52,6 +52,7 @@ public struct KilnServer: Sendable {
         PublicRoutes(services: services).register(on: v1, authenticator: authenticator)
         AdminRoutes(services: services).register(on: v1, authenticator: authenticator)
         WorkerRoutes(services: services).register(on: v1, authenticator: authenticator)
+        ModelRoutes(services: services).register(on: v1, authenticator: authenticator)
         return router
     }
 

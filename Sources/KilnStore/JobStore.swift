@@ -37,6 +37,26 @@ public protocol JobStore: Sendable {
     func createFile(_ file: FileRecord) async throws
     func file(_ id: FileID) async throws -> FileRecord?
 
+    // MARK: Model repository
+
+    /// Stores a version; a version with the same id is never changed.
+    /// - Returns: false when the version already existed.
+    func createVersion(_ version: ModelVersionRecord) async throws -> Bool
+    func version(_ id: Digest) async throws -> ModelVersionRecord?
+    /// A model's versions, newest first.
+    func versions(of model: String) async throws -> [ModelVersionRecord]
+
+    func alias(_ name: String, of model: String) async throws -> AliasRecord?
+    func aliases(of model: String) async throws -> [AliasRecord]
+    /// Points an alias at `targets` (creating it) and appends the move to its history.
+    /// - Throws: `.invalidInput` naming a version that is not one of the model's.
+    func moveAlias(_ name: String, of model: String, to targets: [AliasTarget], at: Date) async throws -> AliasRecord
+    /// Moves an alias back to what it pointed at before its last promote or split.
+    /// - Throws: `.notFound` for an unknown alias; `.conflict` when there is nothing to go back to.
+    func rollbackAlias(_ name: String, of model: String, at: Date) async throws -> AliasRecord
+    /// An alias's moves, oldest first.
+    func aliasHistory(_ name: String, of model: String) async throws -> [AliasChange]
+
     // MARK: Workers
 
     func registerWorker(_ worker: WorkerRecord) async throws
@@ -66,7 +86,9 @@ public protocol JobStore: Sendable {
     /// - Throws: `.notFound`; `.conflict` when it already ended.
     func cancel(_ id: GenerationID, at: Date) async throws -> Generation
 
-    /// Leases a queued generation to a worker: attempts + 1, a new fencing token.
+    /// Leases a queued generation to a worker: attempts + 1, a new fencing token. A generation that
+    /// names an alias and no version gets the version the alias resolves to for it, now, recorded
+    /// in the same transaction.
     /// - Returns: nil when the generation is no longer queued (canceled meanwhile).
     func lease(sequence: Int64, to worker: WorkerRecord, at: Date, ttl: Double) async throws -> Generation?
 

@@ -9,7 +9,7 @@ struct Kiln: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "kiln",
         abstract: "Serve generative video models on a fleet of GPU workers.",
-        subcommands: [Server.self, Simulate.self])
+        subcommands: [Server.self, Models.self, Simulate.self])
 }
 
 struct Server: AsyncParsableCommand {

@@ -99,6 +99,10 @@ public struct Generation: Hashable, Sendable {
     public var version: String?
     public var alias: String?
     public var tier: String
+    /// Accelerator kinds the model's version runs on (empty: any), from its manifest.
+    public var accelerators: [String]
+    /// GPUs one replica of the version needs.
+    public var gpus: Int
     public var state: GenerationState
     public var input: [String: JSONValue]
     /// Input fields that name files, with the file each names.
@@ -120,7 +124,8 @@ public struct Generation: Hashable, Sendable {
 
     public init(
         id: GenerationID, sequence: Int64 = 0, accountID: AccountID, model: String, version: String? = nil,
-        alias: String? = nil, tier: String, state: GenerationState = .queued, input: [String: JSONValue] = [:],
+        alias: String? = nil, tier: String, accelerators: [String] = [], gpus: Int = 0, state: GenerationState = .queued,
+        input: [String: JSONValue] = [:],
         inputFiles: [String: FileID] = [:], progress: JobProgress = JobProgress(), output: [String: OutputFile] = [:],
         error: JobFailure? = nil, attempts: Int = 0, maxAttempts: Int = 3, callbackURL: String? = nil,
         createdAt: Date, queuedAt: Date? = nil, startedAt: Date? = nil, completedAt: Date? = nil, lease: LeaseInfo? = nil
@@ -132,6 +137,8 @@ public struct Generation: Hashable, Sendable {
         self.version = version
         self.alias = alias
         self.tier = tier
+        self.accelerators = accelerators
+        self.gpus = gpus
         self.state = state
         self.input = input
         self.inputFiles = inputFiles

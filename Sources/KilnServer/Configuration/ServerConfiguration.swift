@@ -25,6 +25,8 @@ public struct ServerConfiguration: Sendable, Hashable {
         public var maxJSONBytes: Int = 1 << 20
         /// Largest uploaded file (inputs and outputs).
         public var maxFileBytes: Int64 = 2 << 30
+        /// Largest model blob (a checkpoint file or a packed environment).
+        public var maxBlobBytes: Int64 = 256 << 30
         /// Longest lease long-poll.
         public var maxLeaseWaitSeconds: Double = 60
         public init() {}
@@ -83,7 +85,8 @@ public struct ServerConfiguration: Sendable, Hashable {
         }
         if let limits = top["limits"] {
             let fields = try Mapping(limits, path: "\(source): limits")
-            try fields.allow(["max_json_bytes", "max_file_bytes", "max_lease_wait_seconds"])
+            try fields.allow(["max_json_bytes", "max_file_bytes", "max_blob_bytes", "max_lease_wait_seconds"])
+            if let value = try fields.int("max_blob_bytes") { configuration.limits.maxBlobBytes = Int64(value) }
             if let value = try fields.int("max_json_bytes") { configuration.limits.maxJSONBytes = value }
             if let value = try fields.int("max_file_bytes") { configuration.limits.maxFileBytes = Int64(value) }
             if let value = try fields.double("max_lease_wait_seconds") { configuration.limits.maxLeaseWaitSeconds = value }

@@ -163,7 +163,8 @@ public actor Dispatcher {
     static func job(_ generation: Generation) -> QueuedJob {
         QueuedJob(
             sequence: generation.sequence, account: generation.accountID, tier: generation.tier,
-            requirements: JobRequirements(model: generation.model, version: generation.version),
+            requirements: JobRequirements(
+                model: generation.model, version: generation.version, accelerators: Set(generation.accelerators), gpus: generation.gpus),
             queuedAt: generation.queuedAt.timeIntervalSince1970)
     }
 

@@ -57,9 +57,7 @@ struct AdminRoutes {
                     .invalidRequest,
                     "name: '\(body.name)' must be 1 to 64 lowercase letters, digits, '-', '_' or '.', starting with a letter or digit")
             }
-            if let schema = body.inputSchema, schema.objectValue == nil {
-                throw KilnError(.invalidRequest, "input_schema: must be a JSON Schema object")
-            }
+            if let schema = body.inputSchema { _ = try InputSchema(schema) }
             let model = ModelRecord(
                 name: body.name, description: body.description ?? "", inputSchema: body.inputSchema, createdAt: services.clock.now())
             try await services.store.createModel(model)

@@ -5,6 +5,7 @@ import Hummingbird
 import NIOCore
 import KilnAPI
 import KilnCore
+import KilnModels
 import KilnObjects
 import KilnStore
 import Logging
@@ -31,7 +32,21 @@ struct PublicRoutes {
         generations.get(":id/events") { request, context in try await events(request, context) }
 
         v1.group("models").add(middleware: RequireScope(scope: .user, authenticator: authenticator)).get { _, _ in
-            try JSONBody.response(ModelList(data: try await services.store.models().map(Self.render)))
+            var models: [ModelObject] = []
+            for model in try await services.store.models() {
+                let aliases = try await services.store.aliases(of: model.name)
+                var schema = model.inputSchema
+                if let production = aliases.first(where: { $0.name == "production" })?.targets.first,
+                    let version = try await services.store.version(production.version)
+                {
+                    schema = try JSONDecoder().decode(ModelManifest.self, from: version.manifest).inputs ?? schema
+                }
+                models.append(
+                    ModelObject(
+                        name: model.name, description: model.description, inputSchema: schema, aliases: aliases.map(ModelRoutes.render),
+                        createdAt: model.createdAt))
+            }
+            return try JSONBody.response(ModelList(data: models))
         }
     }
 
@@ -105,7 +120,7 @@ struct PublicRoutes {
         guard let tier = services.configuration.tiers[owner.tier] else {
             throw KilnError(.internal, "the account's tier '\(owner.tier)' is not configured")
         }
-        guard try await services.store.model(named: body.model) != nil else {
+        guard let model = try await services.store.model(named: body.model) else {
             throw KilnError(.invalidInput, "model: no model named '\(body.model)'")
         }
         if let callback = body.callbackURL {
@@ -113,19 +128,31 @@ struct PublicRoutes {
                 throw KilnError(.invalidInput, "callback_url: '\(callback)' is not an http(s) URL")
             }
         }
+        let id = GenerationID.random()
+        let target = try await resolveVersion(of: model, requested: body, for: id)
+        var input = body.input
+        var fileFields: Set<String> = []
+        if let schemaValue = target.manifest?.inputs ?? model.inputSchema {
+            let schema = try InputSchema(schemaValue)
+            let violations = schema.validate(input)
+            guard violations.isEmpty else { throw KilnError(.invalidInput, InputSchema.message(for: violations)) }
+            input = schema.applyingDefaults(to: input)
+            fileFields = Set(schema.fileFields)
+        }
         var inputFiles: [String: FileID] = [:]
-        for (name, value) in body.input {
-            guard let text = value.stringValue, text.hasPrefix(FileID.prefix) else { continue }
-            guard let id = FileID(rawValue: text), let file = try await services.store.file(id), file.accountID == account else {
+        for (name, value) in input {
+            guard let text = value.stringValue, fileFields.contains(name) || text.hasPrefix(FileID.prefix) else { continue }
+            guard let fileID = FileID(rawValue: text), let file = try await services.store.file(fileID), file.accountID == account else {
                 throw KilnError(.invalidInput, "input.\(name): no file '\(text)'")
             }
             inputFiles[name] = file.id
         }
         let now = services.clock.now()
         let generation = Generation(
-            id: .random(), accountID: account, model: body.model, version: body.version, alias: body.alias, tier: tier.name,
-            input: body.input, inputFiles: inputFiles, maxAttempts: services.configuration.leases.maxAttempts,
-            callbackURL: body.callbackURL, createdAt: now)
+            id: id, accountID: account, model: body.model, version: target.pinned?.description, alias: target.alias,
+            tier: tier.name, accelerators: target.manifest?.accelerators ?? [], gpus: target.manifest?.gpus ?? 0, input: input,
+            inputFiles: inputFiles, maxAttempts: services.configuration.leases.maxAttempts, callbackURL: body.callbackURL,
+            createdAt: now)
         let submission: Submission
         do {
             submission = try await services.store.submit(
@@ -142,6 +169,34 @@ struct PublicRoutes {
         }
         return try JSONBody.response(
             await services.render(submission.generation), status: submission.created ? .created : .ok)
+    }
+
+    /// What a new generation will run: a pinned version, or an alias (default `production`) resolved
+    /// now for validation and again at dispatch. A model with no versions at all runs unversioned.
+    private func resolveVersion(of model: ModelRecord, requested: CreateGenerationRequest, for id: GenerationID) async throws
+        -> (pinned: KilnCore.Digest?, alias: String?, manifest: ModelManifest?)
+    {
+        if let raw = requested.version {
+            guard requested.alias == nil else { throw KilnError(.invalidRequest, "give either version or alias, not both") }
+            guard let digest = KilnCore.Digest(raw) ?? KilnCore.Digest(hex: raw), let version = try await services.store.version(digest),
+                version.model == model.name
+            else {
+                throw KilnError(.invalidInput, "version: '\(raw)' is not a version of model '\(model.name)'")
+            }
+            return (digest, nil, try JSONDecoder().decode(ModelManifest.self, from: version.manifest))
+        }
+        let aliasName = requested.alias ?? "production"
+        if let alias = try await services.store.alias(aliasName, of: model.name), let digest = alias.resolve(for: id),
+            let version = try await services.store.version(digest)
+        {
+            return (nil, aliasName, try JSONDecoder().decode(ModelManifest.self, from: version.manifest))
+        }
+        let hasVersions = !(try await services.store.versions(of: model.name)).isEmpty
+        if requested.alias != nil || hasVersions {
+            throw KilnError(
+                .invalidInput, "alias: model '\(model.name)' has no alias '\(aliasName)'; promote a version to it first")
+        }
+        return (nil, nil, nil)
     }
 
     private func listGenerations(_ request: Request, _ context: KilnRequestContext) async throws -> Response {

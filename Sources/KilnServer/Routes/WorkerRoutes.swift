@@ -83,6 +83,23 @@ struct WorkerRoutes {
             return try await PublicRoutes.stream(file, from: services)
         }
 
+        workers.get(":worker/blobs/:digest") { _, context in
+            _ = try await registeredWorker(context)
+            let digest = try ModelRoutes.digest(try context.parameters.require("digest"))
+            let key = ModelRoutes.blobKey(digest)
+            guard let size = try await services.objects.size(of: key) else { throw KilnError(.notFound, "no blob \(digest)") }
+            return Response(
+                status: .ok, headers: [.contentType: "application/octet-stream", .contentLength: String(size)],
+                body: ResponseBody(asyncSequence: try await services.objects.get(key)))
+        }
+
+        workers.get(":worker/versions/:version") { _, context in
+            _ = try await registeredWorker(context)
+            let id = try ModelRoutes.digest(try context.parameters.require("version"))
+            guard let version = try await services.store.version(id) else { throw KilnError(.notFound, "no version \(id)") }
+            return try JSONBody.response(try ModelRoutes.render(version))
+        }
+
         workers.put(":worker/jobs/:job/outputs/:name") { request, context in
             let (worker, job) = try ids(context)
             let token = try queryToken(request)

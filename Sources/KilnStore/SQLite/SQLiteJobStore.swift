@@ -117,6 +117,123 @@ public final class SQLiteJobStore: JobStore {
         }
     }
 
+    // MARK: Model repository
+
+    public func createVersion(_ version: ModelVersionRecord) async throws -> Bool {
+        try await write { db in
+            guard try Bool.fetchOne(db, sql: "SELECT 1 FROM models WHERE name = ?", arguments: [version.model]) == true else {
+                throw KilnError(.notFound, "no model named '\(version.model)'")
+            }
+            if let model = try String.fetchOne(db, sql: "SELECT model FROM model_versions WHERE id = ?", arguments: [version.id.description]) {
+                guard model == version.model else {
+                    throw KilnError(.conflict, "version \(version.id) already belongs to model '\(model)'")
+                }
+                return false
+            }
+            try db.execute(
+                sql: "INSERT INTO model_versions (id, model, manifest, created_at) VALUES (?, ?, ?, ?)",
+                arguments: [version.id.description, version.model, version.manifest, version.createdAt.timeIntervalSince1970])
+            return true
+        }
+    }
+
+    public func version(_ id: Digest) async throws -> ModelVersionRecord? {
+        try await pool.read { db in
+            try Row.fetchOne(db, sql: "SELECT * FROM model_versions WHERE id = ?", arguments: [id.description]).map(Self.version(from:))
+        }
+    }
+
+    public func versions(of model: String) async throws -> [ModelVersionRecord] {
+        try await pool.read { db in
+            try Row.fetchAll(
+                db, sql: "SELECT * FROM model_versions WHERE model = ? ORDER BY created_at DESC, id", arguments: [model]
+            ).map(Self.version(from:))
+        }
+    }
+
+    public func alias(_ name: String, of model: String) async throws -> AliasRecord? {
+        try await pool.read { db in try Self.fetchAlias(db, name, of: model) }
+    }
+
+    public func aliases(of model: String) async throws -> [AliasRecord] {
+        try await pool.read { db in
+            try Row.fetchAll(db, sql: "SELECT * FROM aliases WHERE model = ? ORDER BY name", arguments: [model]).map(Self.alias(from:))
+        }
+    }
+
+    public func moveAlias(_ name: String, of model: String, to targets: [AliasTarget], at: Date) async throws -> AliasRecord {
+        try AliasRecord.validate(targets)
+        return try await write { db in
+            for target in targets {
+                let owner = try String.fetchOne(
+                    db, sql: "SELECT model FROM model_versions WHERE id = ?", arguments: [target.version.description])
+                guard owner == model else {
+                    throw KilnError(.invalidInput, "targets: \(target.version) is not a version of model '\(model)'")
+                }
+            }
+            return try Self.setAlias(db, name, of: model, targets: targets, action: targets.count == 1 ? .promote : .split, at: at)
+        }
+    }
+
+    public func rollbackAlias(_ name: String, of model: String, at: Date) async throws -> AliasRecord {
+        try await write { db in
+            guard try Self.fetchAlias(db, name, of: model) != nil else {
+                throw KilnError(.notFound, "model '\(model)' has no alias '\(name)'")
+            }
+            guard let previous = AliasChange.rollbackTarget(history: try Self.fetchHistory(db, name, of: model)) else {
+                throw KilnError(.conflict, "alias '\(name)' of model '\(model)' has nothing to roll back to")
+            }
+            return try Self.setAlias(db, name, of: model, targets: previous, action: .rollback, at: at)
+        }
+    }
+
+    public func aliasHistory(_ name: String, of model: String) async throws -> [AliasChange] {
+        try await pool.read { db in try Self.fetchHistory(db, name, of: model) }
+    }
+
+    private static func setAlias(
+        _ db: Database, _ name: String, of model: String, targets: [AliasTarget], action: AliasChange.Action, at: Date
+    ) throws -> AliasRecord {
+        let encoded = encode(targets)
+        try db.execute(
+            sql: """
+                INSERT INTO aliases (model, name, targets, updated_at) VALUES (?, ?, ?, ?)
+                ON CONFLICT (model, name) DO UPDATE SET targets = excluded.targets, updated_at = excluded.updated_at
+                """,
+            arguments: [model, name, encoded, at.timeIntervalSince1970])
+        try db.execute(
+            sql: "INSERT INTO alias_history (model, alias, action, targets, at) VALUES (?, ?, ?, ?, ?)",
+            arguments: [model, name, action.rawValue, encoded, at.timeIntervalSince1970])
+        return AliasRecord(model: model, name: name, targets: targets, updatedAt: at)
+    }
+
+    private static func fetchAlias(_ db: Database, _ name: String, of model: String) throws -> AliasRecord? {
+        try Row.fetchOne(db, sql: "SELECT * FROM aliases WHERE model = ? AND name = ?", arguments: [model, name]).map(alias(from:))
+    }
+
+    private static func fetchHistory(_ db: Database, _ name: String, of model: String) throws -> [AliasChange] {
+        try Row.fetchAll(
+            db, sql: "SELECT * FROM alias_history WHERE model = ? AND alias = ? ORDER BY seq", arguments: [model, name]
+        ).map { row in
+            AliasChange(
+                sequence: row["seq"], model: row["model"], alias: row["alias"],
+                action: AliasChange.Action(rawValue: row["action"]) ?? .promote, targets: decode(row["targets"]) ?? [],
+                at: Date(timeIntervalSince1970: row["at"]))
+        }
+    }
+
+    private static func version(from row: Row) -> ModelVersionRecord {
+        ModelVersionRecord(
+            id: Digest(row["id"] as String)!, model: row["model"], manifest: row["manifest"],
+            createdAt: Date(timeIntervalSince1970: row["created_at"]))
+    }
+
+    private static func alias(from row: Row) -> AliasRecord {
+        AliasRecord(
+            model: row["model"], name: row["name"], targets: decode(row["targets"]) ?? [],
+            updatedAt: Date(timeIntervalSince1970: row["updated_at"]))
+    }
+
     // MARK: Workers
 
     public func registerWorker(_ worker: WorkerRecord) async throws {
@@ -212,12 +329,14 @@ public final class SQLiteJobStore: JobStore {
             stored.completedAt = nil
             try db.execute(
                 sql: """
-                    INSERT INTO generations (id, account_id, model, version, alias, tier, state, input, input_files,
-                        progress_fraction, progress_stage, output, attempts, max_attempts, callback_url, created_at, queued_at)
-                    VALUES (?, ?, ?, ?, ?, ?, 'queued', ?, ?, 0, '', '{}', 0, ?, ?, ?, ?)
+                    INSERT INTO generations (id, account_id, model, version, alias, tier, accelerators, gpus, state, input,
+                        input_files, progress_fraction, progress_stage, output, attempts, max_attempts, callback_url, created_at,
+                        queued_at)
+                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, 0, '', '{}', 0, ?, ?, ?, ?)
                     """,
                 arguments: [
                     stored.id.rawValue, stored.accountID.rawValue, stored.model, stored.version, stored.alias, stored.tier,
+                    Self.encode(stored.accelerators), stored.gpus,
                     JSONValue.object(stored.input).canonicalJSON(), Self.json(stored.inputFiles.mapValues(\.rawValue)),
                     stored.maxAttempts, stored.callbackURL, stored.createdAt.timeIntervalSince1970,
                     stored.queuedAt.timeIntervalSince1970,
@@ -286,6 +405,16 @@ public final class SQLiteJobStore: JobStore {
 
     public func lease(sequence: Int64, to worker: WorkerRecord, at: Date, ttl: Double) async throws -> Generation? {
         try await write { db in
+            // Resolve the alias now, in the same transaction: the generation records what it runs.
+            if let row = try Row.fetchOne(
+                db, sql: "SELECT id, model, alias FROM generations WHERE seq = ? AND state = 'queued' AND version IS NULL",
+                arguments: [sequence]),
+                let aliasName = row["alias"] as String?,
+                let alias = try Self.fetchAlias(db, aliasName, of: row["model"]),
+                let version = alias.resolve(for: GenerationID(unchecked: row["id"]))
+            {
+                try db.execute(sql: "UPDATE generations SET version = ? WHERE seq = ?", arguments: [version.description, sequence])
+            }
             try db.execute(
                 sql: """
                     UPDATE generations SET state = 'running', attempts = attempts + 1, lease_token = lease_token + 1,
@@ -572,6 +701,7 @@ public final class SQLiteJobStore: JobStore {
         return Generation(
             id: GenerationID(unchecked: row["id"]), sequence: row["seq"], accountID: AccountID(unchecked: row["account_id"]),
             model: row["model"], version: row["version"], alias: row["alias"], tier: row["tier"],
+            accelerators: decode(row["accelerators"]) ?? [], gpus: row["gpus"],
             state: GenerationState(rawValue: row["state"]) ?? .failed, input: input,
             inputFiles: inputFiles.mapValues(FileID.init(unchecked:)),
             progress: JobProgress(fraction: row["progress_fraction"], stage: row["progress_stage"]),

@@ -54,6 +54,24 @@ enum SQLiteSchema {
                     CREATE INDEX generation_events_by_generation ON generation_events(generation_id, seq);
                     """)
         }
+        migrator.registerMigration("v2-model-repository") { db in
+            try db.execute(
+                sql: """
+                    CREATE TABLE model_versions (
+                        id TEXT PRIMARY KEY, model TEXT NOT NULL REFERENCES models(name), manifest BLOB NOT NULL,
+                        created_at REAL NOT NULL);
+                    CREATE INDEX model_versions_by_model ON model_versions(model, created_at);
+                    CREATE TABLE aliases (
+                        model TEXT NOT NULL, name TEXT NOT NULL, targets TEXT NOT NULL, updated_at REAL NOT NULL,
+                        PRIMARY KEY (model, name));
+                    CREATE TABLE alias_history (
+                        seq INTEGER PRIMARY KEY AUTOINCREMENT, model TEXT NOT NULL, alias TEXT NOT NULL, action TEXT NOT NULL,
+                        targets TEXT NOT NULL, at REAL NOT NULL);
+                    CREATE INDEX alias_history_by_alias ON alias_history(model, alias, seq);
+                    ALTER TABLE generations ADD COLUMN accelerators TEXT NOT NULL DEFAULT '[]';
+                    ALTER TABLE generations ADD COLUMN gpus INTEGER NOT NULL DEFAULT 0;
+                    """)
+        }
         return migrator
     }
 }

@@ -1,0 +1,169 @@
+import Foundation
+import HTTPTypes
+import Hummingbird
+import KilnAPI
+import KilnCore
+import KilnModels
+import KilnServer
+import Testing
+
+/// A model folder whose input schema asks for a prompt and a bounded frame count.
+func videoModelFolder(code: String) throws -> (URL, ModelFolderSpec) {
+    let folder = FileManager.default.temporaryDirectory.appending(path: "kiln-model-\(UUID().uuidString)")
+    try FileManager.default.createDirectory(at: folder.appending(path: "weights"), withIntermediateDirectories: true)
+    try Data(code.utf8).write(to: folder.appending(path: "predict.py"))
+    try Data("checkpoint bytes".utf8).write(to: folder.appending(path: "weights/model.bin"))
+    let schema = try JSONValue.parse(
+        #"{"type":"object","additionalProperties":false,"required":["prompt"],"properties":{"prompt":{"type":"string","minLength":1},"num_frames":{"type":"integer","minimum":1,"maximum":240,"default":48},"video":{"type":"string","format":"file"}}}"#
+    )
+    return (folder, ModelFolderSpec(name: "video", entrypoint: "predict.py:Predictor", inputs: schema))
+}
+
+extension KilnClient {
+    /// Pushes a packed version as `kiln models push` does: check, upload what is missing, manifest.
+    func push(_ packed: PackedVersion) async throws -> (VersionObject, uploaded: Int) {
+        let check = try await call(.post, "/v1/admin/blobs/check", json: try encode(BlobCheckRequest(digests: packed.manifest.blobs)))
+        let missing = try check.decode(BlobCheckResponse.self).missing
+        for digest in missing {
+            let bytes = try Data(contentsOf: try #require(packed.files[digest]))
+            let uploaded = try await call(.put, "/v1/admin/blobs/\(digest)", raw: ByteBuffer(bytes: bytes))
+            try #require(uploaded.status == .created, "\(uploaded.text)")
+        }
+        let manifest = String(decoding: try packed.manifest.canonicalJSON(), as: UTF8.self)
+        let created = try await call(.post, "/v1/admin/models/\(packed.manifest.model)/versions", json: manifest)
+        try #require(created.status == .created || created.status == .ok, "\(created.text)")
+        return (try created.decode(VersionObject.self), missing.count)
+    }
+
+    func moveAlias(_ model: String, _ alias: String, _ targets: [(Digest, Int)]) async throws -> HTTPResult {
+        try await call(
+            .put, "/v1/admin/models/\(model)/aliases/\(alias)",
+            json: try encode(MoveAliasRequest(targets: targets.map { AliasTargetObject(version: $0.0, weight: $0.1) })))
+    }
+}
+
+@Suite("Model repository over the API")
+struct ModelRepositoryTests {
+    func pack(_ code: String) throws -> PackedVersion {
+        let (folder, spec) = try videoModelFolder(code: code)
+        let workspace = FileManager.default.temporaryDirectory.appending(path: "kiln-pack-\(UUID().uuidString)")
+        return try ModelPackager.pack(folder: folder, spec: spec, environments: [:], workspace: workspace)
+    }
+
+    @Test("push uploads only missing blobs; pushing again moves nothing and gives the same version")
+    func pushDedupes() async throws {
+        let kiln = try await KilnHarness.make()
+        try await kiln.withClient { api in
+            let v1 = try pack("class Predictor: pass\n")
+            let (first, uploadedFirst) = try await api.push(v1)
+            #expect(first.id == v1.id)
+            #expect(first.created == true)
+            #expect(uploadedFirst == 2)
+            let (again, uploadedAgain) = try await api.push(v1)
+            #expect(again.id == v1.id)
+            #expect(again.created == false)
+            #expect(uploadedAgain == 0)
+            // A code change uploads only the new code layer; the checkpoint is shared.
+            let (_, uploadedV2) = try await api.push(try pack("class Predictor: # v2\n    pass\n"))
+            #expect(uploadedV2 == 1)
+            let versions = try await api.call(.get, "/v1/admin/models/video/versions").decode(VersionList.self)
+            #expect(versions.data.count == 2)
+        }
+    }
+
+    @Test("a blob whose bytes do not match its digest is refused and not stored; a manifest with a missing blob too")
+    func digestsVerified() async throws {
+        let kiln = try await KilnHarness.make()
+        try await kiln.withClient { api in
+            let packed = try pack("class Predictor: pass\n")
+            let digest = packed.manifest.blobs[0]
+            let wrong = try await api.call(.put, "/v1/admin/blobs/\(digest)", raw: ByteBuffer(string: "not those bytes"))
+            #expect(wrong.status == .unprocessableContent)
+            let check = try await api.call(.post, "/v1/admin/blobs/check", json: try api.encode(BlobCheckRequest(digests: [digest])))
+            #expect(try check.decode(BlobCheckResponse.self).missing == [digest])
+            let manifest = String(decoding: try packed.manifest.canonicalJSON(), as: UTF8.self)
+            let refused = try await api.call(.post, "/v1/admin/models/video/versions", json: manifest)
+            #expect(refused.status == .unprocessableContent)
+            #expect(refused.error?.message.contains("was not uploaded") == true)
+        }
+    }
+
+    @Test("promote, canary and rollback change what new generations resolve to; pinned ones are unaffected")
+    func aliasesDriveResolution() async throws {
+        let kiln = try await KilnHarness.make()
+        try await kiln.withClient { api in
+            let (v1, _) = try await api.push(try pack("class Predictor: pass\n"))
+            let (v2, _) = try await api.push(try pack("class Predictor: # v2\n    pass\n"))
+            let (_, user) = try await api.account(tier: "api")
+            let workerKey = try await api.workerKey()
+            let worker = try await api.register(workerKey)
+            let input: [String: JSONValue] = ["prompt": .string("a kiln")]
+
+            // No alias yet: a versioned model refuses unpinned generations with a clear reason.
+            let refused = try await api.call(.post, "/v1/generations", key: user, json: #"{"model":"video","input":{"prompt":"x"}}"#)
+            #expect(refused.status == .unprocessableContent)
+            #expect(refused.error?.message.contains("no alias 'production'") == true)
+
+            #expect(try await api.moveAlias("video", "production", [(v1.id, 100)]).status == .ok)
+            let pinned = try await api.call(
+                .post, "/v1/generations", key: user, json: #"{"model":"video","version":"\#(v2.id)","input":{"prompt":"x"}}"#)
+            #expect(pinned.status == .created)
+            let first = try await api.submit(user, model: "video", input: input)
+            #expect(first.input["num_frames"] == .number(48), "the schema's default is applied")
+
+            func leaseAndRun() async throws -> String? {
+                let lease = try #require(try await api.lease(workerKey, worker: worker))
+                _ = try await api.complete(workerKey, worker, lease)
+                return lease.job.version
+            }
+            #expect(try await leaseAndRun() == v2.id.description)  // the pinned one was queued first
+            #expect(try await leaseAndRun() == v1.id.description)
+
+            #expect(try await api.moveAlias("video", "production", [(v2.id, 100)]).status == .ok)
+            _ = try await api.submit(user, model: "video", input: input)
+            #expect(try await leaseAndRun() == v2.id.description)
+
+            let rolledBack = try await api.call(.post, "/v1/admin/models/video/aliases/production/rollback")
+            #expect(try rolledBack.decode(AliasObject.self).targets.map(\.version) == [v1.id])
+            let done = try await api.submit(user, model: "video", input: input)
+            #expect(try await leaseAndRun() == v1.id.description)
+            #expect(try await api.generation(user, done.id).version == v1.id.description)
+
+            // A 50/50 split sends generations to both versions.
+            #expect(try await api.moveAlias("video", "production", [(v1.id, 50), (v2.id, 50)]).status == .ok)
+            var seen = Set<String>()
+            for _ in 0..<40 {
+                _ = try await api.submit(user, model: "video", input: input)
+                if let version = try await leaseAndRun() { seen.insert(version) }
+            }
+            #expect(seen == [v1.id.description, v2.id.description])
+
+            let history = try await api.call(.get, "/v1/admin/models/video/aliases/production/history").decode(AliasHistory.self)
+            #expect(history.data.map(\.action) == ["promote", "promote", "rollback", "split"])
+            let models = try await api.call(.get, "/v1/models", key: user).decode(ModelList.self)
+            #expect(models.data.first { $0.name == "video" }?.aliases.first?.name == "production")
+        }
+    }
+
+    @Test("input is checked against the version's schema: 422 naming every offending field, nothing stored")
+    func schemaValidation() async throws {
+        let kiln = try await KilnHarness.make()
+        try await kiln.withClient { api in
+            let (v1, _) = try await api.push(try pack("class Predictor: pass\n"))
+            _ = try await api.moveAlias("video", "production", [(v1.id, 100)])
+            let (_, user) = try await api.account(tier: "api")
+            let bad = try await api.call(
+                .post, "/v1/generations", key: user, json: #"{"model":"video","input":{"num_frames":500,"style":"noir"}}"#)
+            #expect(bad.status == .unprocessableContent)
+            let message = bad.error?.message ?? ""
+            #expect(message.contains("input.num_frames"), "\(message)")
+            #expect(message.contains("input.prompt"), "\(message)")
+            #expect(message.contains("input.style"), "\(message)")
+            let foreignFile = try await api.call(
+                .post, "/v1/generations", key: user,
+                json: #"{"model":"video","input":{"prompt":"x","video":"file_0000000000000000000000"}}"#)
+            #expect(foreignFile.status == .unprocessableContent)
+            #expect(try await api.call(.get, "/v1/generations", key: user).decode(GenerationList.self).data.isEmpty)
+        }
+    }
+}
