@@ -114,6 +114,14 @@ let package = Package(
         ),
         .testTarget(name: "KilnCoreTests", dependencies: ["KilnCore"], swiftSettings: swiftSettings),
         .testTarget(name: "KilnSchedulingTests", dependencies: ["KilnCore", "KilnScheduling"], swiftSettings: swiftSettings),
+        .testTarget(
+            name: "KilnObjectsTests",
+            dependencies: [
+                "KilnCore", "KilnObjects", .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "Crypto", package: "swift-crypto"),
+            ],
+            swiftSettings: swiftSettings
+        ),
         .testTarget(name: "KilnModelsTests", dependencies: ["KilnCore", "KilnModels"], swiftSettings: swiftSettings),
         .testTarget(
             name: "KilnSimulationTests", dependencies: ["KilnCore", "KilnScheduling", "KilnSimulation"], swiftSettings: swiftSettings),

@@ -54,16 +54,29 @@ public struct FileSystemObjectStore: ObjectStore {
         return StoredObject(size: size, sha256: digest)
     }
 
-    public func get(_ key: String) async throws -> AsyncThrowingStream<ByteBuffer, any Error> {
+    public func get(_ key: String, range: ClosedRange<Int64>?) async throws -> AsyncThrowingStream<ByteBuffer, any Error> {
         let path = try url(for: key)
         guard let handle = try? FileHandle(forReadingFrom: path) else {
             throw KilnError(.notFound, "no object '\(key)'")
         }
+        var remaining = Int64.max
+        if let range {
+            let size = try handle.seekToEnd()
+            guard range.lowerBound >= 0, UInt64(range.lowerBound) < size else {
+                try? handle.close()
+                throw KilnError(.invalidInput, "the range \(range.lowerBound)-\(range.upperBound) starts past the end of '\(key)' (\(size) bytes)")
+            }
+            try handle.seek(toOffset: UInt64(range.lowerBound))
+            remaining = min(range.upperBound, Int64(size) - 1) - range.lowerBound + 1
+        }
+        let limit = remaining
         return AsyncThrowingStream { continuation in
             let task = Task {
                 do {
-                    while let chunk = try handle.read(upToCount: 256 * 1024), !chunk.isEmpty {
+                    var left = limit
+                    while left > 0, let chunk = try handle.read(upToCount: Int(min(256 * 1024, left))), !chunk.isEmpty {
                         try Task.checkCancellation()
+                        left -= Int64(chunk.count)
                         continuation.yield(ByteBuffer(bytes: chunk))
                     }
                     try? handle.close()
@@ -80,6 +93,19 @@ public struct FileSystemObjectStore: ObjectStore {
     public func size(of key: String) async throws -> Int64? {
         let attributes = try? FileManager.default.attributesOfItem(atPath: try url(for: key).path)
         return (attributes?[.size] as? NSNumber)?.int64Value
+    }
+
+    public func list(prefix: String) async throws -> [String] {
+        guard prefix.isEmpty || ObjectKey.isValid(prefix.hasSuffix("/") ? String(prefix.dropLast()) : prefix) else {
+            throw KilnError(.invalidInput, "'\(prefix)' is not a valid key prefix")
+        }
+        let all = (try? FileManager.default.subpathsOfDirectory(atPath: root.path)) ?? []
+        return all.filter { path in
+            guard path.hasPrefix(prefix), !path.hasPrefix(".tmp") else { return false }
+            var isDirectory: ObjCBool = false
+            FileManager.default.fileExists(atPath: root.appending(path: path).path, isDirectory: &isDirectory)
+            return !isDirectory.boolValue
+        }.sorted()
     }
 
     public func delete(_ key: String) async throws {

@@ -16,16 +16,25 @@ public protocol ObjectStore: Sendable {
         -> StoredObject
     where Body.Element == ByteBuffer
 
-    /// The object's bytes, in chunks. - Throws: `.notFound`.
-    func get(_ key: String) async throws -> AsyncThrowingStream<ByteBuffer, any Error>
+    /// The object's bytes, in chunks; only `range` of them when given (clamped to the object).
+    /// - Throws: `.notFound`; `.invalidInput` for a range that starts past the end.
+    func get(_ key: String, range: ClosedRange<Int64>?) async throws -> AsyncThrowingStream<ByteBuffer, any Error>
 
-    /// Size of the object, or nil when absent.
+    /// Size of the object, or nil when absent (a HEAD).
     func size(of key: String) async throws -> Int64?
 
+    /// The keys under `prefix`, sorted.
+    func list(prefix: String) async throws -> [String]
+
+    /// Removes the object; removing an absent one is not an error.
     func delete(_ key: String) async throws
 }
 
 extension ObjectStore {
+    public func get(_ key: String) async throws -> AsyncThrowingStream<ByteBuffer, any Error> {
+        try await get(key, range: nil)
+    }
+
     public func put<Body: AsyncSequence & Sendable>(_ key: String, body: Body, maxBytes: Int64) async throws -> StoredObject
     where Body.Element == ByteBuffer {
         try await put(key, body: body, maxBytes: maxBytes, expectedSHA256: nil)

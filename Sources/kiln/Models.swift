@@ -22,12 +22,18 @@ struct Connection: ParsableArguments {
     }
 }
 
+/// A failure to report in one line, without the usage text that `ValidationError` adds.
+struct CommandFailure: Error, CustomStringConvertible {
+    let description: String
+    init(_ description: String) { self.description = description }
+}
+
 /// Runs a client call, turning the server's errors into a one-line message.
 func reporting<T>(_ body: () async throws -> T) async throws -> T {
     do {
         return try await body()
     } catch let error as KilnError {
-        throw ValidationError(error.message)
+        throw CommandFailure(error.message)
     }
 }
 
@@ -85,6 +91,11 @@ struct Models: AsyncParsableCommand {
             guard let text = try? String(contentsOf: path, encoding: .utf8) else {
                 throw ValidationError("\(folder) has no kiln.yaml")
             }
+            let keys = [
+                "name", "description", "entrypoint", "requirements", "environments", "accelerators", "gpus", "weights", "inputs",
+            ]
+            try ScenarioFile.checkKeys(
+                try Yams.load(yaml: text), schema: .object(Dictionary(uniqueKeysWithValues: keys.map { ($0, .value) })), path: "kiln.yaml")
             do {
                 return try YAMLDecoder().decode(ModelFolderSpec.self, from: text)
             } catch let error as DecodingError {
@@ -107,13 +118,14 @@ struct Models: AsyncParsableCommand {
             let pip = Process()
             pip.executableURL = URL(filePath: "/usr/bin/env")
             pip.arguments = [
-                "python3", "-m", "pip", "install", "--quiet", "--no-compile", "--disable-pip-version-check", "--target", target.path,
+                "python3", "-m", "pip", "install", "--quiet", "--no-compile", "--disable-pip-version-check", "--root-user-action=ignore",
+                "--target", target.path,
                 "-r", root.appending(path: requirements).path,
             ]
             try pip.run()
             pip.waitUntilExit()
             guard pip.terminationStatus == 0 else {
-                throw ValidationError("pip could not install \(requirements) (exit \(pip.terminationStatus))")
+                throw CommandFailure("pip could not install \(requirements) (exit \(pip.terminationStatus))")
             }
             return [platform: target]
         }
@@ -124,7 +136,7 @@ struct Models: AsyncParsableCommand {
         @OptionGroup var connection: Connection
 
         func run() async throws {
-            let models: ModelList = try await reporting { try await connection.client().call(.GET, "/v1/models") }
+            let models: ModelList = try await reporting { try await connection.client().call(.GET, "/v1/admin/models") }
             for model in models.data {
                 let aliases = model.aliases.map { alias in
                     "\(alias.name) → " + alias.targets.map { $0.weight == 100 && alias.targets.count == 1 ? $0.version.short : "\($0.version.short)@\($0.weight)" }.joined(separator: ", ")
@@ -246,7 +258,7 @@ enum VersionReference {
         let versions: VersionList = try await reporting { try await client.call(.GET, "/v1/admin/models/\(model)/versions") }
         let matches = versions.data.filter { $0.id.hex.hasPrefix(prefix) }
         guard matches.count == 1, let match = matches.first else {
-            throw ValidationError(matches.isEmpty ? "model '\(model)' has no version \(text)" : "'\(text)' names \(matches.count) versions; give more digits")
+            throw CommandFailure(matches.isEmpty ? "model '\(model)' has no version \(text)" : "'\(text)' names \(matches.count) versions; give more digits")
         }
         return match.id
     }
@@ -256,7 +268,7 @@ func reportingSync<T>(_ body: () throws -> T) throws -> T {
     do {
         return try body()
     } catch let error as KilnError {
-        throw ValidationError(error.message)
+        throw CommandFailure(error.message)
     }
 }
 

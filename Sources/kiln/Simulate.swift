@@ -97,7 +97,7 @@ enum ScenarioFile {
         }
     }
 
-    /// The keys each part of the format allows, so a misspelt key is named rather than ignored.
+    /// The keys each part of a YAML format allows, so a misspelt key is named rather than ignored.
     indirect enum Schema: Sendable {
         case object([String: Schema])
         case list(Schema)

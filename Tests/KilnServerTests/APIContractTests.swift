@@ -221,6 +221,11 @@ struct APIContractTests {
                 "/v1/workers/{id}/jobs/{job}/inputs/{name}:", "/v1/workers/{id}/jobs/{job}/outputs/{name}:",
                 "/v1/workers/{id}/jobs/{job}/start:", "/v1/workers/{id}/jobs/{job}/heartbeat:",
                 "/v1/workers/{id}/jobs/{job}/complete:", "/v1/workers/{id}/jobs/{job}/fail:", "/healthz:", "/openapi.yaml:",
+                "/v1/admin/models:", "/v1/admin/blobs/check:", "/v1/admin/blobs/{digest}:", "/v1/admin/models/{name}/versions:",
+                "/v1/admin/models/{name}/versions/{version}:", "/v1/admin/models/{name}/aliases:",
+                "/v1/admin/models/{name}/aliases/{alias}:", "/v1/admin/models/{name}/aliases/{alias}/rollback:",
+                "/v1/admin/models/{name}/aliases/{alias}/history:", "/v1/workers/{id}/blobs/{digest}:",
+                "/v1/workers/{id}/versions/{version}:",
             ] {
                 #expect(text.contains("  \(path)"), "openapi.yaml lacks \(path)")
             }

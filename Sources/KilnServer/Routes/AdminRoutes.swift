@@ -63,6 +63,9 @@ struct AdminRoutes {
             try await services.store.createModel(model)
             return try JSONBody.response(PublicRoutes.render(model), status: .created)
         }
+        admin.get("models") { _, _ in
+            try JSONBody.response(try await PublicRoutes.modelList(services))
+        }
         admin.get("queue") { request, _ in
             var count = 50
             if let raw = request.uri.queryParameters["limit"] {

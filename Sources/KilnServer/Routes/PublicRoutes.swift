@@ -32,26 +32,31 @@ struct PublicRoutes {
         generations.get(":id/events") { request, context in try await events(request, context) }
 
         v1.group("models").add(middleware: RequireScope(scope: .user, authenticator: authenticator)).get { _, _ in
-            var models: [ModelObject] = []
-            for model in try await services.store.models() {
-                let aliases = try await services.store.aliases(of: model.name)
-                var schema = model.inputSchema
-                if let production = aliases.first(where: { $0.name == "production" })?.targets.first,
-                    let version = try await services.store.version(production.version)
-                {
-                    schema = try JSONDecoder().decode(ModelManifest.self, from: version.manifest).inputs ?? schema
-                }
-                models.append(
-                    ModelObject(
-                        name: model.name, description: model.description, inputSchema: schema, aliases: aliases.map(ModelRoutes.render),
-                        createdAt: model.createdAt))
-            }
-            return try JSONBody.response(ModelList(data: models))
+            try JSONBody.response(try await Self.modelList(services))
         }
     }
 
     static func render(_ model: ModelRecord) -> ModelObject {
         ModelObject(name: model.name, description: model.description, inputSchema: model.inputSchema, createdAt: model.createdAt)
+    }
+
+    /// Every model with its aliases and the input schema of the version `production` points at.
+    static func modelList(_ services: KilnServices) async throws -> ModelList {
+        var models: [ModelObject] = []
+        for model in try await services.store.models() {
+            let aliases = try await services.store.aliases(of: model.name)
+            var schema = model.inputSchema
+            if let production = aliases.first(where: { $0.name == "production" })?.targets.first,
+                let version = try await services.store.version(production.version)
+            {
+                schema = try JSONDecoder().decode(ModelManifest.self, from: version.manifest).inputs ?? schema
+            }
+            models.append(
+                ModelObject(
+                    name: model.name, description: model.description, inputSchema: schema, aliases: aliases.map(ModelRoutes.render),
+                    createdAt: model.createdAt))
+        }
+        return ModelList(data: models)
     }
 
     // MARK: Files
