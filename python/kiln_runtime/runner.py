@@ -1,0 +1,145 @@
+"""The process the Kiln worker starts for one model version.
+
+It speaks JSON lines with the worker: commands on stdin, events on the original stdout. The
+model's own prints (and anything its libraries print) go to stderr, so they can never corrupt the
+protocol.
+
+Commands:  {"op": "setup"}
+           {"op": "predict", "id", "inputs", "files": {name: path}, "output_dir"}
+           {"op": "cancel", "id"}
+           {"op": "shutdown"}
+Events:    {"event": "ready"} | {"event": "setup_failed", "message"}
+           {"event": "progress", "id", "fraction", "stage"}
+           {"event": "done", "id", "outputs": {name: path}}
+           {"event": "canceled", "id"}
+           {"event": "error", "id", "code", "message"}
+"""
+
+import argparse
+import importlib.util
+import json
+import os
+import pathlib
+import sys
+import threading
+import traceback
+
+from . import protocol
+
+
+class Channel:
+    """The protocol stream: the process's original stdout, written one whole line at a time."""
+
+    def __init__(self):
+        self._out = os.fdopen(os.dup(1), "w", buffering=1)
+        os.dup2(2, 1)  # from now on, print() and C libraries writing to fd 1 go to stderr
+        sys.stdout = sys.stderr
+        self._lock = threading.Lock()
+
+    def send(self, **event):
+        line = json.dumps(event, separators=(",", ":"))
+        with self._lock:
+            self._out.write(line + "\n")
+            self._out.flush()
+
+
+def load_predictor(code_dir, entrypoint):
+    file_name, _, class_name = entrypoint.partition(":")
+    path = pathlib.Path(code_dir) / file_name
+    sys.path.insert(0, str(code_dir))
+    spec = importlib.util.spec_from_file_location("kiln_model", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return getattr(module, class_name)()
+
+
+class Job:
+    def __init__(self, channel, job_id):
+        self.channel = channel
+        self.id = job_id
+        self.canceled = threading.Event()
+        self.last = (-1.0, None)
+
+    def progress(self, fraction, stage=""):
+        if self.canceled.is_set():
+            raise protocol.Canceled()
+        fraction = min(max(float(fraction), 0.0), 1.0)
+        if (fraction, stage) != self.last:
+            self.last = (fraction, stage)
+            self.channel.send(event="progress", id=self.id, fraction=fraction, stage=str(stage))
+
+
+def run_predict(channel, predictor, command, job):
+    try:
+        protocol._set_output_dir(command["output_dir"])
+        inputs = dict(command.get("inputs") or {})
+        for name, path in (command.get("files") or {}).items():
+            inputs[name] = pathlib.Path(path)
+        result = predictor.predict(inputs, job.progress)
+        if job.canceled.is_set():
+            channel.send(event="canceled", id=job.id)
+            return
+        if result is None:
+            outputs = {}
+        elif isinstance(result, dict):
+            outputs = {str(name): str(path) for name, path in result.items()}
+        else:
+            outputs = {"output": str(result)}
+        for name, path in outputs.items():
+            if not os.path.isfile(path):
+                raise FileNotFoundError(f"output {name!r} is not a file: {path}")
+        channel.send(event="done", id=job.id, outputs=outputs)
+    except protocol.Canceled:
+        channel.send(event="canceled", id=job.id)
+    except Exception as error:  # the model's failure, reported, not fatal to the runtime
+        traceback.print_exc()
+        channel.send(event="error", id=job.id, code=type(error).__name__, message=str(error)[:2000])
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="kiln_runtime")
+    parser.add_argument("--code", required=True)
+    parser.add_argument("--entrypoint", required=True)
+    parser.add_argument("--weights", required=True)
+    args = parser.parse_args(argv)
+
+    channel = Channel()
+    predictor = None
+    current = None
+    worker = None
+    for line in sys.stdin:
+        line = line.strip()
+        if not line:
+            continue
+        command = json.loads(line)
+        op = command.get("op")
+        if op == "setup":
+            try:
+                predictor = load_predictor(args.code, args.entrypoint)
+                if hasattr(predictor, "setup"):
+                    predictor.setup(pathlib.Path(args.weights))
+                channel.send(event="ready")
+            except Exception as error:
+                traceback.print_exc()
+                channel.send(event="setup_failed", message=f"{type(error).__name__}: {error}"[:2000])
+        elif op == "predict":
+            if predictor is None:
+                channel.send(event="error", id=command.get("id"), code="not_set_up", message="predict before setup")
+                continue
+            if worker is not None and worker.is_alive():
+                channel.send(event="error", id=command.get("id"), code="busy", message="a prediction is running")
+                continue
+            current = Job(channel, command["id"])
+            worker = threading.Thread(target=run_predict, args=(channel, predictor, command, current), daemon=True)
+            worker.start()
+        elif op == "cancel":
+            if current is not None and current.id == command.get("id"):
+                current.canceled.set()
+        elif op == "shutdown":
+            break
+    if worker is not None:
+        worker.join(timeout=5)
+
+
+if __name__ == "__main__":
+    main()
