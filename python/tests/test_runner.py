@@ -1,0 +1,153 @@
+"""The runtime against real model processes: protocol, prints kept off it, cancel, errors."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import tempfile
+import time
+
+import pytest
+
+PYTHON_DIR = pathlib.Path(__file__).resolve().parents[1]
+DEMO = PYTHON_DIR.parent / "examples" / "models" / "demo-video"
+
+
+class Runtime:
+    def __init__(self, code, entrypoint="predict.py:Predictor", weights=None):
+        env = dict(os.environ, PYTHONPATH=str(PYTHON_DIR))
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "kiln_runtime", "--code", str(code), "--entrypoint", entrypoint, "--weights", str(weights or code)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+    def send(self, **command):
+        self.process.stdin.write(json.dumps(command) + "\n")
+        self.process.stdin.flush()
+
+    def event(self):
+        line = self.process.stdout.readline()
+        assert line, "the runtime closed its protocol stream"
+        return json.loads(line)
+
+    def until(self, kinds):
+        while True:
+            event = self.event()
+            if event["event"] in kinds:
+                return event
+
+    def close(self):
+        self.send(op="shutdown")
+        self.process.wait(timeout=10)
+
+
+def model(tmp_path, body):
+    (tmp_path / "predict.py").write_text(body)
+    return tmp_path
+
+
+def test_prints_stay_off_the_protocol_and_outputs_come_back(tmp_path):
+    code = model(tmp_path, """
+import kiln_runtime
+class Predictor:
+    def setup(self, weights_dir):
+        print("loading weights")
+    def predict(self, inputs, progress):
+        print("noise on stdout")
+        progress(0.5, "halfway")
+        path = kiln_runtime.output_path("out.txt")
+        path.write_text(inputs["text"].upper())
+        return {"text": path}
+""")
+    runtime = Runtime(code)
+    runtime.send(op="setup")
+    assert runtime.event() == {"event": "ready"}
+    out = tempfile.mkdtemp()
+    runtime.send(op="predict", id="gen_1", inputs={"text": "hi"}, files={}, output_dir=out)
+    assert runtime.event() == {"event": "progress", "id": "gen_1", "fraction": 0.5, "stage": "halfway"}
+    done = runtime.event()
+    assert done["event"] == "done"
+    assert pathlib.Path(done["outputs"]["text"]).read_text() == "HI"
+    runtime.close()
+    assert "noise on stdout" in runtime.process.stderr.read()
+
+
+def test_cancel_stops_a_running_predict_within_a_second(tmp_path):
+    code = model(tmp_path, """
+import time
+class Predictor:
+    def predict(self, inputs, progress):
+        for i in range(10000):
+            progress(i / 10000, "working")
+            time.sleep(0.01)
+""")
+    runtime = Runtime(code)
+    runtime.send(op="setup")
+    runtime.until({"ready"})
+    runtime.send(op="predict", id="gen_2", inputs={}, files={}, output_dir=tempfile.mkdtemp())
+    runtime.until({"progress"})
+    started = time.monotonic()
+    runtime.send(op="cancel", id="gen_2")
+    assert runtime.until({"canceled", "done", "error"})["event"] == "canceled"
+    assert time.monotonic() - started < 1.0
+    runtime.close()
+
+
+def test_a_failing_model_reports_an_error_and_the_runtime_survives(tmp_path):
+    code = model(tmp_path, """
+class Predictor:
+    def predict(self, inputs, progress):
+        if inputs.get("fail"):
+            raise ValueError("bad prompt")
+        return None
+""")
+    runtime = Runtime(code)
+    runtime.send(op="setup")
+    runtime.until({"ready"})
+    runtime.send(op="predict", id="a", inputs={"fail": True}, files={}, output_dir=tempfile.mkdtemp())
+    error = runtime.until({"error", "done"})
+    assert (error["event"], error["code"], error["message"]) == ("error", "ValueError", "bad prompt")
+    runtime.send(op="predict", id="b", inputs={}, files={}, output_dir=tempfile.mkdtemp())
+    assert runtime.until({"error", "done"}) == {"event": "done", "id": "b", "outputs": {}}
+    runtime.close()
+
+
+def test_setup_failure_is_reported(tmp_path):
+    code = model(tmp_path, "class Predictor:\n    def setup(self, weights_dir):\n        raise RuntimeError('no checkpoint')\n")
+    runtime = Runtime(code)
+    runtime.send(op="setup")
+    event = runtime.event()
+    assert event["event"] == "setup_failed"
+    assert "no checkpoint" in event["message"]
+    runtime.close()
+
+
+av = pytest.importorskip("av")
+
+
+def frames_of(path):
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        frames = [frame for frame in container.decode(stream)]
+        return len(frames), frames[0].width, frames[0].height, stream.codec_context.name
+
+
+def test_demo_model_text_to_video_and_modify_video():
+    runtime = Runtime(DEMO, weights=DEMO / "weights")
+    runtime.send(op="setup")
+    assert runtime.event() == {"event": "ready"}
+    out = pathlib.Path(tempfile.mkdtemp())
+    runtime.send(op="predict", id="t2v", inputs={"prompt": "a red kiln at dusk", "num_frames": 10, "width": 96, "height": 64, "fps": 8},
+                 files={}, output_dir=str(out))
+    done = runtime.until({"done", "error"})
+    assert done["event"] == "done", done
+    clip = pathlib.Path(done["outputs"]["video"])
+    assert frames_of(clip) == (10, 96, 64, "h264")
+
+    modified = pathlib.Path(tempfile.mkdtemp())
+    runtime.send(op="predict", id="mod", inputs={"prompt": "make it snow at night", "seed": 3}, files={"video": str(clip)},
+                 output_dir=str(modified))
+    result = runtime.until({"done", "error"})
+    assert result["event"] == "done", result
+    assert frames_of(result["outputs"]["video"]) == (10, 96, 64, "h264")
+    runtime.close()
