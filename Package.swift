@@ -68,8 +68,20 @@ let package = Package(
             dependencies: [
                 "KilnCore",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        // The worker agent: speaks only the worker protocol; runs models as Python processes.
+        .target(
+            name: "KilnWorker",
+            dependencies: [
+                "KilnCore", "KilnModels", "KilnAPI",
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
             swiftSettings: swiftSettings
         ),
@@ -90,7 +102,7 @@ let package = Package(
         .executableTarget(
             name: "kiln",
             dependencies: [
-                "KilnCore", "KilnScheduling", "KilnServer", "KilnAPI", "KilnSimulation", "KilnModels",
+                "KilnCore", "KilnScheduling", "KilnServer", "KilnAPI", "KilnSimulation", "KilnModels", "KilnWorker",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Yams", package: "Yams"),

@@ -1,4 +1,5 @@
 import AsyncHTTPClient
+import Crypto
 import Foundation
 import KilnCore
 import NIOCore
@@ -35,6 +36,17 @@ public struct KilnAPIClient: Sendable {
         return try WireFormat.decoder().decode(Response.self, from: bytes)
     }
 
+    /// A JSON call that may answer 204 with nothing (a long-poll that timed out): nil then.
+    public func callIfContent<Response: Decodable>(
+        _ method: Method, _ path: String, body: (some Encodable)? = Optional<Empty>.none, as: Response.Type = Response.self
+    ) async throws -> Response? {
+        var data: ByteBuffer?
+        if let body { data = ByteBuffer(bytes: try WireFormat.encoder().encode(body)) }
+        let (status, bytes) = try await send(method, path, body: data.map { .bytes($0) }, contentType: "application/json")
+        if status == 204 { return nil }
+        return try WireFormat.decoder().decode(Response.self, from: bytes)
+    }
+
     /// Uploads a file's bytes with `PUT` (or the given method), streaming it from disk.
     public func upload<Response: Decodable>(
         _ file: URL, method: Method = .PUT, to path: String, contentType: String = "application/octet-stream",
@@ -47,8 +59,10 @@ public struct KilnAPIClient: Sendable {
         return try WireFormat.decoder().decode(Response.self, from: bytes)
     }
 
-    /// The raw bytes of a download.
-    public func download(_ path: String, to file: URL) async throws {
+    /// Downloads to `file`, hashing as it streams.
+    /// - Returns: the hex SHA-256 of the bytes written.
+    @discardableResult
+    public func download(_ path: String, to file: URL) async throws -> String {
         var request = HTTPClientRequest(url: server + path)
         request.headers.add(name: "Authorization", value: "Bearer \(key)")
         let response = try await http.execute(request, timeout: .hours(6))
@@ -59,7 +73,13 @@ public struct KilnAPIClient: Sendable {
         FileManager.default.createFile(atPath: file.path, contents: nil)
         let handle = try FileHandle(forWritingTo: file)
         defer { try? handle.close() }
-        for try await chunk in response.body { try handle.write(contentsOf: Data(chunk.readableBytesView)) }
+        var hasher = SHA256()
+        for try await chunk in response.body {
+            let data = Data(chunk.readableBytesView)
+            hasher.update(data: data)
+            try handle.write(contentsOf: data)
+        }
+        return hasher.finalize().map { String(format: "%02x", $0) }.joined()
     }
 
     func send(_ method: Method, _ path: String, body: HTTPClientRequest.Body?, contentType: String) async throws

@@ -9,7 +9,7 @@ struct Kiln: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "kiln",
         abstract: "Serve generative video models on a fleet of GPU workers.",
-        subcommands: [Server.self, Models.self, Simulate.self])
+        subcommands: [Up.self, Server.self, Worker.self, Generate.self, Jobs.self, Models.self, Simulate.self])
 }
 
 struct Server: AsyncParsableCommand {

@@ -5,20 +5,25 @@ import KilnCore
 import KilnModels
 import Yams
 
-/// Where the API is and which key to use: flags, then `KILN_URL` / `KILN_KEY` (`KILN_ADMIN_KEY`).
+/// Where the API is and which key to use: flags, then `KILN_URL` and `KILN_KEY` (`KILN_ADMIN_KEY`
+/// for admin calls), then the `kiln up` of the current folder (`.kiln/up.json`).
 struct Connection: ParsableArguments {
-    @Option(help: "The Kiln server (default: $KILN_URL, else http://127.0.0.1:8080).")
+    enum Role { case user, admin }
+
+    @Option(help: "The Kiln server (default: $KILN_URL, else the kiln up of this folder).")
     var server: String?
 
-    @Option(help: "The API key (default: $KILN_KEY, else $KILN_ADMIN_KEY).")
+    @Option(help: "The API key (default: $KILN_KEY, else the kiln up of this folder).")
     var key: String?
 
-    func client() throws -> KilnAPIClient {
+    func client(_ role: Role = .admin) throws -> KilnAPIClient {
         let environment = ProcessInfo.processInfo.environment
-        guard let key = key ?? environment["KILN_KEY"] ?? environment["KILN_ADMIN_KEY"] else {
-            throw ValidationError("no API key: pass --key or set KILN_KEY")
+        let local = UpState.load(from: URL(filePath: ".kiln", directoryHint: .isDirectory))
+        let fallbackKey = role == .admin ? environment["KILN_ADMIN_KEY"] ?? local?.adminKey : local?.userKey
+        guard let key = key ?? environment["KILN_KEY"] ?? fallbackKey else {
+            throw ValidationError("no API key: pass --key, set KILN_KEY, or run kiln up in this folder")
         }
-        return KilnAPIClient(server: server ?? environment["KILN_URL"] ?? "http://127.0.0.1:8080", key: key)
+        return KilnAPIClient(server: server ?? environment["KILN_URL"] ?? local?.url ?? "http://127.0.0.1:8080", key: key)
     }
 }
 
@@ -58,76 +63,8 @@ struct Models: AsyncParsableCommand {
         @OptionGroup var connection: Connection
 
         func run() async throws {
-            let client = try connection.client()
-            let root = URL(filePath: folder, directoryHint: .isDirectory)
-            let spec = try readSpec(root)
-            let workspace = FileManager.default.temporaryDirectory.appending(path: "kiln-push-\(UUID().uuidString)")
-            defer { try? FileManager.default.removeItem(at: workspace) }
-            let environments = try buildEnvironments(root, spec, workspace: workspace)
-            let packed = try reportingSync { try ModelPackager.pack(folder: root, spec: spec, environments: environments, workspace: workspace) }
-            print("packed \(spec.name) \(packed.id.short): \(packed.manifest.layers.count) layers, \(format(bytes: packed.manifest.layers.reduce(0) { $0 + $1.size }))")
-            try await reporting {
-                let check: BlobCheckResponse = try await client.call(.POST, "/v1/admin/blobs/check", body: BlobCheckRequest(digests: packed.manifest.blobs))
-                let sizes = Dictionary(packed.manifest.layers.map { ($0.digest, $0.size) }, uniquingKeysWith: { a, _ in a })
-                for digest in check.missing {
-                    guard let file = packed.files[digest] else { continue }
-                    print("  uploading \(digest.short) (\(format(bytes: sizes[digest] ?? 0)))")
-                    let _: BlobObject = try await client.upload(file, to: "/v1/admin/blobs/\(digest)")
-                }
-                print("  \(check.missing.count) of \(packed.manifest.blobs.count) blobs uploaded; the server had the rest")
-                let version: VersionObject = try await client.call(.POST, "/v1/admin/models/\(spec.name)/versions", body: packed.manifest)
-                print("\(version.created == false ? "unchanged" : "pushed") \(spec.name) version \(version.id)")
-                if let alias = promote {
-                    let _: AliasObject = try await client.call(
-                        .PUT, "/v1/admin/models/\(spec.name)/aliases/\(alias)",
-                        body: MoveAliasRequest(targets: [AliasTargetObject(version: version.id, weight: 100)]))
-                    print("\(alias) → \(version.id.short)")
-                }
-            }
-        }
-
-        private func readSpec(_ root: URL) throws -> ModelFolderSpec {
-            let path = root.appending(path: "kiln.yaml")
-            guard let text = try? String(contentsOf: path, encoding: .utf8) else {
-                throw ValidationError("\(folder) has no kiln.yaml")
-            }
-            let keys = [
-                "name", "description", "entrypoint", "requirements", "environments", "accelerators", "gpus", "weights", "inputs",
-            ]
-            try ScenarioFile.checkKeys(
-                try Yams.load(yaml: text), schema: .object(Dictionary(uniqueKeysWithValues: keys.map { ($0, .value) })), path: "kiln.yaml")
-            do {
-                return try YAMLDecoder().decode(ModelFolderSpec.self, from: text)
-            } catch let error as DecodingError {
-                throw ValidationError("kiln.yaml: \(ScenarioFile.describe(error))")
-            }
-        }
-
-        /// The prebuilt environments of `spec.environments`, or one built from `spec.requirements`
-        /// with pip into a clean folder.
-        private func buildEnvironments(_ root: URL, _ spec: ModelFolderSpec, workspace: URL) throws -> [String: URL] {
-            if let folder = spec.environments {
-                let base = root.appending(path: folder)
-                let platforms = try FileManager.default.contentsOfDirectory(atPath: base.path).filter { !$0.hasPrefix(".") }.sorted()
-                return Dictionary(uniqueKeysWithValues: platforms.map { ($0, base.appending(path: $0)) })
-            }
-            guard let requirements = spec.requirements else { return [:] }
-            let target = workspace.appending(path: "env-\(platform)")
-            try FileManager.default.createDirectory(at: target, withIntermediateDirectories: true)
-            print("building the \(platform) environment from \(requirements) …")
-            let pip = Process()
-            pip.executableURL = URL(filePath: "/usr/bin/env")
-            pip.arguments = [
-                "python3", "-m", "pip", "install", "--quiet", "--no-compile", "--disable-pip-version-check", "--root-user-action=ignore",
-                "--target", target.path,
-                "-r", root.appending(path: requirements).path,
-            ]
-            try pip.run()
-            pip.waitUntilExit()
-            guard pip.terminationStatus == 0 else {
-                throw CommandFailure("pip could not install \(requirements) (exit \(pip.terminationStatus))")
-            }
-            return [platform: target]
+            let pusher = ModelPusher(client: try connection.client(), platform: platform)
+            _ = try await pusher.push(URL(filePath: folder, directoryHint: .isDirectory), promote: promote)
         }
     }
 
@@ -247,6 +184,89 @@ struct Models: AsyncParsableCommand {
                 print("\(RFC3339.format(change.at))  \(change.action.padding(toLength: 8, withPad: " ", startingAt: 0))  " + change.targets.map { "\($0.version.short)@\($0.weight)" }.joined(separator: ", "))
             }
         }
+    }
+}
+
+/// Packs a model folder and pushes it: only the blobs the server lacks, then the manifest.
+struct ModelPusher {
+    let client: KilnAPIClient
+    let platform: String
+    var quiet = false
+
+    /// - Returns: the version id.
+    func push(_ root: URL, promote alias: String?) async throws -> Digest {
+        let spec = try readSpec(root)
+        let workspace = FileManager.default.temporaryDirectory.appending(path: "kiln-push-\(UUID().uuidString)")
+        defer { try? FileManager.default.removeItem(at: workspace) }
+        let environments = try buildEnvironments(root, spec, workspace: workspace)
+        let packed = try reportingSync { try ModelPackager.pack(folder: root, spec: spec, environments: environments, workspace: workspace) }
+        say("packed \(spec.name) \(packed.id.short): \(packed.manifest.layers.count) layers, \(format(bytes: packed.manifest.layers.reduce(0) { $0 + $1.size }))")
+        return try await reporting {
+            let check: BlobCheckResponse = try await client.call(.POST, "/v1/admin/blobs/check", body: BlobCheckRequest(digests: packed.manifest.blobs))
+            let sizes = Dictionary(packed.manifest.layers.map { ($0.digest, $0.size) }, uniquingKeysWith: { a, _ in a })
+            for digest in check.missing {
+                guard let file = packed.files[digest] else { continue }
+                say("  uploading \(digest.short) (\(format(bytes: sizes[digest] ?? 0)))")
+                let _: BlobObject = try await client.upload(file, to: "/v1/admin/blobs/\(digest)")
+            }
+            say("  \(check.missing.count) of \(packed.manifest.blobs.count) blobs uploaded; the server had the rest")
+            let version: VersionObject = try await client.call(.POST, "/v1/admin/models/\(spec.name)/versions", body: packed.manifest)
+            say("\(version.created == false ? "unchanged" : "pushed") \(spec.name) version \(version.id)")
+            if let alias {
+                let _: AliasObject = try await client.call(
+                    .PUT, "/v1/admin/models/\(spec.name)/aliases/\(alias)",
+                    body: MoveAliasRequest(targets: [AliasTargetObject(version: version.id, weight: 100)]))
+                say("\(alias) → \(version.id.short)")
+            }
+            return version.id
+        }
+    }
+
+    private func say(_ line: String) {
+        if !quiet { print(line) }
+    }
+
+    private func readSpec(_ root: URL) throws -> ModelFolderSpec {
+        let path = root.appending(path: "kiln.yaml")
+        guard let text = try? String(contentsOf: path, encoding: .utf8) else {
+            throw ValidationError("\(root.path) has no kiln.yaml")
+        }
+        let keys = [
+            "name", "description", "entrypoint", "requirements", "environments", "accelerators", "gpus", "weights", "inputs",
+        ]
+        try ScenarioFile.checkKeys(
+            try Yams.load(yaml: text), schema: .object(Dictionary(uniqueKeysWithValues: keys.map { ($0, .value) })), path: "kiln.yaml")
+        do {
+            return try YAMLDecoder().decode(ModelFolderSpec.self, from: text)
+        } catch let error as DecodingError {
+            throw ValidationError("kiln.yaml: \(ScenarioFile.describe(error))")
+        }
+    }
+
+    /// The prebuilt environments of `spec.environments`, or one built from `spec.requirements`
+    /// with pip into a clean folder.
+    private func buildEnvironments(_ root: URL, _ spec: ModelFolderSpec, workspace: URL) throws -> [String: URL] {
+        if let folder = spec.environments {
+            let base = root.appending(path: folder)
+            let platforms = try FileManager.default.contentsOfDirectory(atPath: base.path).filter { !$0.hasPrefix(".") }.sorted()
+            return Dictionary(uniqueKeysWithValues: platforms.map { ($0, base.appending(path: $0)) })
+        }
+        guard let requirements = spec.requirements else { return [:] }
+        let target = workspace.appending(path: "env-\(platform)")
+        try FileManager.default.createDirectory(at: target, withIntermediateDirectories: true)
+        say("building the \(platform) environment from \(requirements) …")
+        let pip = Process()
+        pip.executableURL = URL(filePath: "/usr/bin/env")
+        pip.arguments = [
+            "python3", "-m", "pip", "install", "--quiet", "--no-compile", "--disable-pip-version-check", "--root-user-action=ignore",
+            "--target", target.path, "-r", root.appending(path: requirements).path,
+        ]
+        try pip.run()
+        pip.waitUntilExit()
+        guard pip.terminationStatus == 0 else {
+            throw CommandFailure("pip could not install \(requirements) (exit \(pip.terminationStatus))")
+        }
+        return [platform: target]
     }
 }
 

@@ -1,0 +1,298 @@
+import Foundation
+import KilnAPI
+import KilnCore
+import KilnModels
+import Logging
+import ServiceLifecycle
+
+/// What `kiln worker` is told.
+public struct WorkerOptions: Sendable {
+    public var server: String
+    public var key: String
+    public var cluster: String = "default"
+    public var accelerator: String = "cpu"
+    public var gpus: Int = 0
+    public var labels: [String: String] = [:]
+    /// The environment layer this worker uses (`cpu`, `cuda12-x86_64`, …).
+    public var platform: String = "cpu"
+    public var cache: URL
+    public var cacheBudgetBytes: Int64 = 50 << 30
+    public var python: String = "python3"
+    /// The folder holding the `kiln_runtime` package.
+    public var runtimePath: URL
+    public var leaseWaitSeconds: Double = 20
+    /// A job running longer than this is stopped and failed (retryable).
+    public var jobTimeoutSeconds: Double = 3600
+
+    public init(server: String, key: String, cache: URL, runtimePath: URL) {
+        self.server = server
+        self.key = key
+        self.cache = cache
+        self.runtimePath = runtimePath
+    }
+}
+
+/// The worker agent (DESIGN §2, §7): registers, long-polls for leases, keeps model versions in its
+/// cache, runs each job in a model-runtime process, streams progress through heartbeats, uploads the
+/// outputs and completes or fails the job. On SIGTERM it drains: it finishes the job it runs and
+/// takes no new one.
+///
+/// A job's steps:
+/// 1. prepare its version (cache, or fetch and unpack) and fetch its inputs, checking digests;
+/// 2. make the version's runtime current: a new version is started and set up beside the old one,
+///    which is stopped once the new one is ready, so switching never fails a job;
+/// 3. `start`, then `predict`, heartbeating every `heartbeat_seconds` with the latest progress;
+///    a heartbeat answering `cancel` cancels the prediction, killing the runtime after a second;
+/// 4. upload the outputs and `complete`; a model error fails the job; a runtime that dies or hangs
+///    past the time limit fails it as retryable, and is started afresh for the next job.
+public final class WorkerAgent: Service, @unchecked Sendable {
+    let options: WorkerOptions
+    let client: KilnAPIClient
+    let logger: Logger
+    private var runtime: RuntimeProcess?
+    private var runtimeEvents: AsyncStream<RuntimeProcess.Event>.Iterator?
+    /// Set once registered.
+    public private(set) var id: WorkerID?
+
+    public init(options: WorkerOptions, logger: Logger) {
+        self.options = options
+        self.client = KilnAPIClient(server: options.server, key: options.key)
+        self.logger = logger
+    }
+
+    public func run() async throws {
+        let registration: RegisterWorkerResponse = try await client.call(
+            .POST, "/v1/workers",
+            body: RegisterWorkerRequest(cluster: options.cluster, accelerator: options.accelerator, gpus: options.gpus, labels: options.labels))
+        id = registration.id
+        var logger = self.logger
+        logger[metadataKey: "worker"] = "\(registration.id)"
+        logger.info("registered", metadata: ["cluster": "\(options.cluster)", "accelerator": "\(options.accelerator)"])
+        let cache = try VersionCache(
+            root: options.cache, budgetBytes: options.cacheBudgetBytes, platform: options.platform, client: client, workerID: registration.id)
+        while !Task.isShuttingDownGracefully && !Task.isCancelled {
+            let lease: LeaseResponse?
+            do {
+                lease = try await cancelWhenGracefulShutdown {
+                    try await self.client.callIfContent(
+                        .POST, "/v1/workers/\(registration.id)/lease", body: LeaseRequest(waitSeconds: self.options.leaseWaitSeconds),
+                        as: LeaseResponse.self)
+                }
+            } catch {
+                if Task.isShuttingDownGracefully || Task.isCancelled { break }
+                logger.warning("lease failed: \(error); retrying")
+                try? await Task.sleep(for: .seconds(1))
+                continue
+            }
+            guard let lease else { continue }
+            await execute(lease, worker: registration.id, heartbeat: registration.heartbeatSeconds, cache: cache, logger: logger)
+        }
+        logger.info("draining done; stopping")
+        await runtime?.stop()
+    }
+
+    // MARK: - One job
+
+    private func execute(_ lease: LeaseResponse, worker: WorkerID, heartbeat: Double, cache: VersionCache, logger: Logger) async {
+        let job = lease.job
+        let token = lease.lease.token
+        let base = "/v1/workers/\(worker)/jobs/\(job.id)"
+        var logger = logger
+        logger[metadataKey: "generation"] = "\(job.id)"
+        let folder = options.cache.appending(path: "jobs/\(job.id)-\(job.attempt)")
+        defer { try? FileManager.default.removeItem(at: folder) }
+        do {
+            guard let text = job.version, let versionID = KilnCore.Digest(text) else {
+                try await fail(base, token, code: "no_version", message: "model '\(job.model)' has no version to run", retryable: false)
+                return
+            }
+            // 1. Version and inputs.
+            let version = try await cache.prepare(versionID, keeping: Set([runtime?.version].compactMap { $0 }))
+            var files: [String: JSONValue] = [:]
+            for (name, meta) in job.inputFiles.sorted(by: { $0.key < $1.key }) {
+                let path = folder.appending(path: "inputs/\(name)")
+                try FileManager.default.createDirectory(at: path.deletingLastPathComponent(), withIntermediateDirectories: true)
+                let digest = try await client.download("\(base)/inputs/\(name)?token=\(token)", to: path)
+                guard digest == meta.sha256 else { throw KilnError(.invalidInput, "input '\(name)' arrived with another digest") }
+                files[name] = .string(path.path)
+            }
+            let outputs = folder.appending(path: "outputs")
+            try FileManager.default.createDirectory(at: outputs, withIntermediateDirectories: true)
+            // 2. The runtime.
+            try await makeCurrent(version, logger: logger)
+            // 3. Run.
+            let _: HeartbeatResponse = try await client.call(.POST, "\(base)/start", body: TokenRequest(token: token))
+            var predict: [String: JSONValue] = ["op": .string("predict"), "id": .string(job.id.rawValue)]
+            predict["inputs"] = .object(job.input)
+            predict["files"] = .object(files)
+            predict["output_dir"] = .string(outputs.path)
+            runtime?.send(predict)
+            let outcome = await follow(job.id.rawValue, base: base, token: token, heartbeat: heartbeat, logger: logger)
+            // 4. Report.
+            switch outcome {
+            case .done(let produced):
+                var names: [String] = []
+                for (name, path) in produced.sorted(by: { $0.key < $1.key }) {
+                    let _: FileObject = try await client.upload(
+                        URL(filePath: path), to: "\(base)/outputs/\(name)?token=\(token)", contentType: Self.contentType(of: path))
+                    names.append(name)
+                }
+                let _: Empty = try await client.call(.POST, "\(base)/complete", body: CompleteRequest(token: token, outputs: names))
+                logger.info("succeeded", metadata: ["outputs": "\(names)"])
+            case .failed(let code, let message):
+                try await fail(base, token, code: code, message: message, retryable: false)
+                logger.info("model failed", metadata: ["code": "\(code)"])
+            case .crashed(let message):
+                try await fail(base, token, code: "runtime_crashed", message: message, retryable: true)
+                logger.warning("runtime crashed: \(message)")
+            case .canceled:
+                logger.info("canceled")
+            }
+        } catch let error as KilnError where error.code == .staleLease || error.code == .conflict {
+            logger.info("the job is no longer ours: \(error.message)")
+        } catch {
+            logger.error("job failed on this worker: \(error)")
+            try? await fail(base, token, code: "worker_error", message: "\(error)", retryable: true)
+        }
+    }
+
+    enum Outcome {
+        case done([String: String])
+        case failed(code: String, message: String)
+        case crashed(String)
+        case canceled
+    }
+
+    /// Reads runtime events until this job ends, heartbeating meanwhile.
+    private func follow(_ job: String, base: String, token: String, heartbeat: Double, logger: Logger) async -> Outcome {
+        let progress = ProgressBox()
+        let runtime = self.runtime
+        let client = self.client
+        let timeout = options.jobTimeoutSeconds
+        let watchdog = Task {
+            let started = ContinuousClock.now
+            var canceledAt: ContinuousClock.Instant?
+            while !Task.isCancelled {
+                try? await Task.sleep(for: .milliseconds(Int(min(heartbeat, 1) * 1000)))
+                if Task.isCancelled { break }
+                if let canceledAt, ContinuousClock.now - canceledAt > .seconds(1) {
+                    runtime?.kill()  // did not stop within a second
+                }
+                if ContinuousClock.now - started > .seconds(timeout) {
+                    logger.warning("job ran past its time limit of \(Int(timeout)) s; stopping its runtime")
+                    runtime?.kill()
+                }
+                guard progress.dueForHeartbeat(every: heartbeat) else { continue }
+                let response: HeartbeatResponse? = try? await client.call(
+                    .POST, "\(base)/heartbeat", body: HeartbeatRequest(token: token, progress: progress.current))
+                if response?.cancel == true, canceledAt == nil {
+                    progress.cancel()
+                    canceledAt = .now
+                    runtime?.send(["op": .string("cancel"), "id": .string(job)])
+                }
+            }
+        }
+        defer { watchdog.cancel() }
+        while var iterator = runtimeEvents, let event = await iterator.next() {
+            runtimeEvents = iterator
+            switch event {
+            case .progress(let id, let fraction, let stage) where id == job:
+                progress.update(ProgressObject(fraction: fraction, stage: stage))
+            case .done(let id, let outputs) where id == job:
+                return progress.isCanceled ? .canceled : .done(outputs)
+            case .error(let id, let code, let message) where id == job:
+                return progress.isCanceled ? .canceled : .failed(code: code, message: message)
+            case .canceled(let id) where id == job:
+                return .canceled
+            case .exited(let status):
+                self.runtime = nil
+                runtimeEvents = nil
+                return progress.isCanceled ? .canceled : .crashed("the model runtime exited (status \(status)) during the job")
+            default:
+                continue
+            }
+        }
+        self.runtime = nil
+        return progress.isCanceled ? .canceled : .crashed("the model runtime stopped answering")
+    }
+
+    /// Makes `version`'s runtime the current one: started and set up beside the old, which then stops.
+    private func makeCurrent(_ version: PreparedVersion, logger: Logger) async throws {
+        if let runtime, runtime.version == version.id, runtime.isRunning { return }
+        let fresh = try RuntimeProcess(
+            version: version, python: options.python, runtimePath: options.runtimePath,
+            devices: Array(0..<version.manifest.gpus), logger: logger)
+        var events = fresh.events.makeAsyncIterator()
+        fresh.send(["op": .string("setup")])
+        setup: while let event = await events.next() {
+            switch event {
+            case .ready: break setup
+            case .setupFailed(let message):
+                fresh.kill()
+                throw KilnError(.unavailable, "version \(version.id.short) failed to set up: \(message)")
+            case .exited(let status):
+                throw KilnError(.unavailable, "version \(version.id.short)'s runtime exited during setup (status \(status))")
+            default: continue
+            }
+        }
+        let old = runtime
+        runtime = fresh
+        runtimeEvents = events
+        if let old {
+            logger.info("switched version", metadata: ["from": "\(old.version.short)", "to": "\(version.id.short)"])
+            await old.stop()
+        }
+    }
+
+    private func fail(_ base: String, _ token: String, code: String, message: String, retryable: Bool) async throws {
+        let _: Empty = try await client.call(
+            .POST, "\(base)/fail",
+            body: FailRequest(token: token, error: ErrorBody.Detail(code: code, message: message), retryable: retryable))
+    }
+
+    static func contentType(of path: String) -> String {
+        switch URL(filePath: path).pathExtension.lowercased() {
+        case "mp4": "video/mp4"
+        case "webm": "video/webm"
+        case "png": "image/png"
+        case "jpg", "jpeg": "image/jpeg"
+        case "gif": "image/gif"
+        case "wav": "audio/wav"
+        case "json": "application/json"
+        case "txt": "text/plain"
+        default: "application/octet-stream"
+        }
+    }
+}
+
+/// The latest progress of the running job, shared with its heartbeat task.
+final class ProgressBox: @unchecked Sendable {
+    private let lock = NSLock()
+    private var value = ProgressObject(fraction: 0, stage: "started")
+    private var changed = true
+    private var lastBeat = ContinuousClock.now
+    private var canceled = false
+
+    var current: ProgressObject { lock.withLock { value } }
+    var isCanceled: Bool { lock.withLock { canceled } }
+
+    func update(_ progress: ProgressObject) {
+        lock.withLock {
+            changed = changed || progress != value
+            value = progress
+        }
+    }
+
+    func cancel() { lock.withLock { canceled = true } }
+
+    /// A heartbeat is due when the interval has passed, or a second has and progress moved.
+    func dueForHeartbeat(every interval: Double) -> Bool {
+        lock.withLock {
+            let elapsed = ContinuousClock.now - lastBeat
+            guard elapsed >= .seconds(interval) || (changed && elapsed >= .seconds(1)) else { return false }
+            lastBeat = .now
+            changed = false
+            return true
+        }
+    }
+}

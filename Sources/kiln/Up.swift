@@ -1,0 +1,135 @@
+import ArgumentParser
+import Foundation
+import KilnAPI
+import KilnCore
+import KilnServer
+import KilnWorker
+import Logging
+import ServiceLifecycle
+import UnixSignals
+
+/// What `kiln up` keeps in its data folder so that a second run reuses it: `up.json`.
+struct UpState: Codable {
+    var url: String
+    var adminKey: String
+    var userKey: String
+    var workerKey: String
+    var accountID: String
+
+    enum CodingKeys: String, CodingKey {
+        case url
+        case adminKey = "admin_key"
+        case userKey = "user_key"
+        case workerKey = "worker_key"
+        case accountID = "account_id"
+    }
+
+    static func load(from data: URL) -> UpState? {
+        guard let bytes = try? Data(contentsOf: data.appending(path: "up.json")) else { return nil }
+        return try? JSONDecoder().decode(UpState.self, from: bytes)
+    }
+
+    func save(to data: URL) throws {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+        let file = data.appending(path: "up.json")
+        try encoder.encode(self).write(to: file)
+        try FileManager.default.setAttributes([.posixPermissions: 0o600], ofItemAtPath: file.path)
+    }
+}
+
+struct Up: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Run Kiln on this machine: the server, local CPU workers and the demo model, ready to use.")
+
+    @Option(help: "Folder of the embedded state.") var data: String = ".kiln"
+    @Option(help: "Address to listen on.") var host: String = "127.0.0.1"
+    @Option(help: "Port to listen on.") var port: Int = 8080
+    @Option(help: "Local CPU workers to run.") var workers: Int = 2
+    @Option(help: "YAML configuration of the server.") var config: String?
+    @Option(help: "The model folder to push and promote to production (default: the demo video model).") var model: String?
+
+    func run() async throws {
+        let logger = {
+            var logger = Logger(label: "kiln")
+            logger.logLevel = .warning
+            return logger
+        }()
+        let folder = URL(filePath: data, directoryHint: .isDirectory)
+        try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
+        let previous = UpState.load(from: folder)
+        let adminKey = ProcessInfo.processInfo.environment["KILN_ADMIN_KEY"] ?? previous?.adminKey ?? KeySecret.generate(scope: .admin)
+        var configuration = ServerConfiguration()
+        if let config { configuration = try ServerConfiguration.load(yaml: String(contentsOfFile: config, encoding: .utf8), source: config) }
+        let server = try await KilnServer.open(data: folder, configuration: configuration, adminKey: adminKey, logger: logger)
+        let runtimePath = try RuntimeLocator.find(nil)
+        let modelFolder = try model.map { URL(filePath: $0, directoryHint: .isDirectory) } ?? Self.demoModel(near: runtimePath)
+
+        let (ports, portsContinuation) = AsyncStream.makeStream(of: Int.self)
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { try await server.run(host: host, port: port) { portsContinuation.yield($0) } }
+            var iterator = ports.makeAsyncIterator()
+            guard let bound = await iterator.next() else { return }
+            let url = "http://\(host):\(bound)"
+            let admin = KilnAPIClient(server: url, key: adminKey)
+            print("Kiln server on \(url); preparing the demo model and workers …")
+            fflush(nil)
+            let state = try await Self.bootstrap(admin: admin, url: url, adminKey: adminKey, previous: previous)
+            try state.save(to: folder)
+            let version = try await ModelPusher(client: admin, platform: "cpu", quiet: true).push(modelFolder, promote: "production")
+            let agents: [any Service] = (0..<max(workers, 0)).map { index in
+                var options = WorkerOptions(
+                    server: url, key: state.workerKey, cache: folder.appending(path: "worker-cache"), runtimePath: runtimePath)
+                options.labels = ["local": "\(index)"]
+                return WorkerAgent(options: options, logger: logger)
+            }
+            group.addTask {
+                try await ServiceGroup(
+                    configuration: .init(services: agents, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
+                ).run()
+            }
+            print(
+                """
+
+                Kiln is up at \(url)  (state in \(data); Ctrl-C stops it, a second run reuses it)
+                  admin key   \(state.adminKey)
+                  user key    \(state.userKey)  (account \(state.accountID), tier api)
+                  model       demo-video: production → \(version.short)
+                  workers     \(workers) local CPU workers
+
+                Try, from this folder in another terminal:
+                  kiln generate --model demo-video --prompt "a red kiln at dusk" --out kiln.mp4
+                  kiln generate --model demo-video --prompt "make it snow" --video kiln.mp4 --out snow.mp4
+                  kiln jobs list
+
+                """)
+            fflush(nil)
+            try await group.waitForAll()
+        }
+    }
+
+    /// Keys and the demo account, created once and reused while they still work.
+    static func bootstrap(admin: KilnAPIClient, url: String, adminKey: String, previous: UpState?) async throws -> UpState {
+        if var previous {
+            let user = KilnAPIClient(server: url, key: previous.userKey)
+            if (try? await user.call(.GET, "/v1/generations?limit=1", as: GenerationList.self)) != nil {
+                previous.url = url
+                previous.adminKey = adminKey
+                return previous
+            }
+        }
+        let account: AccountObject = try await admin.call(.POST, "/v1/admin/accounts", body: CreateAccountRequest(name: "demo", tier: "api"))
+        let user: KeyObject = try await admin.call(.POST, "/v1/admin/accounts/\(account.id)/keys")
+        let worker: KeyObject = try await admin.call(.POST, "/v1/admin/keys", body: CreateKeyRequest(scope: .worker))
+        return UpState(url: url, adminKey: adminKey, userKey: user.key, workerKey: worker.key, accountID: account.id.rawValue)
+    }
+
+    /// `examples/models/demo-video` of the checkout this program was built in.
+    static func demoModel(near runtimePath: URL) throws -> URL {
+        let folder = runtimePath.deletingLastPathComponent().appending(path: "examples/models/demo-video")
+        guard FileManager.default.fileExists(atPath: folder.appending(path: "kiln.yaml").path) else {
+            throw ValidationError("cannot find examples/models/demo-video; pass --model FOLDER")
+        }
+        return folder
+    }
+}

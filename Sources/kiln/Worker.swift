@@ -1,0 +1,73 @@
+import ArgumentParser
+import Foundation
+import KilnWorker
+import Logging
+import ServiceLifecycle
+import UnixSignals
+
+struct Worker: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Run a worker: lease jobs, run models as Python processes, report results. SIGTERM drains it.")
+
+    @Option(help: "The Kiln server (default: $KILN_URL).") var server: String?
+    @Option(help: "A worker key (default: $KILN_WORKER_KEY).") var key: String?
+    @Option(help: "The cluster this worker belongs to.") var cluster: String = "default"
+    @Option(help: "Accelerator kind (cpu, h100, mi300x, …).") var accelerator: String = "cpu"
+    @Option(help: "GPUs on this node.") var gpus: Int = 0
+    @Option(help: "Environment platform to run (cpu, cuda12-x86_64, …).") var platform: String = "cpu"
+    @Option(help: "Folder for cached model versions and job files.") var cache: String = ".kiln/worker-cache"
+    @Option(help: "Disk budget of the version cache, in GiB.") var cacheGib: Int = 50
+    @Option(help: "The Python interpreter for model runtimes.") var python: String = "python3"
+    @Option(help: "Folder holding the kiln_runtime package (default: found beside this program).") var runtimePath: String?
+    @Option(help: "Stop and fail (retryably) a job running longer than this many seconds.") var jobTimeout: Double = 3600
+    @Option(name: .customLong("label"), help: "A label KEY=VALUE (repeatable).") var labels: [String] = []
+
+    func run() async throws {
+        let environment = ProcessInfo.processInfo.environment
+        guard let server = server ?? environment["KILN_URL"] else { throw ValidationError("pass --server or set KILN_URL") }
+        guard let key = key ?? environment["KILN_WORKER_KEY"] else { throw ValidationError("pass --key or set KILN_WORKER_KEY") }
+        var options = WorkerOptions(
+            server: server, key: key, cache: URL(filePath: cache, directoryHint: .isDirectory),
+            runtimePath: try RuntimeLocator.find(runtimePath))
+        options.cluster = cluster
+        options.accelerator = accelerator
+        options.gpus = gpus
+        options.platform = platform
+        options.cacheBudgetBytes = Int64(cacheGib) << 30
+        options.python = python
+        options.jobTimeoutSeconds = jobTimeout
+        for label in labels {
+            let parts = label.split(separator: "=", maxSplits: 1)
+            guard parts.count == 2 else { throw ValidationError("--label '\(label)' is not KEY=VALUE") }
+            options.labels[String(parts[0])] = String(parts[1])
+        }
+        let logger = Logger(label: "kiln.worker")
+        let group = ServiceGroup(
+            configuration: .init(services: [WorkerAgent(options: options, logger: logger)], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+        try await group.run()
+    }
+}
+
+/// Finds the `kiln_runtime` Python package: `--runtime-path`, `$KILN_RUNTIME_PATH`, then a
+/// `python/` folder beside or above this program (a source checkout), then `./python`.
+enum RuntimeLocator {
+    static func find(_ explicit: String?) throws -> URL {
+        let manager = FileManager.default
+        func holdsRuntime(_ url: URL) -> Bool { manager.fileExists(atPath: url.appending(path: "kiln_runtime/__init__.py").path) }
+        if let path = explicit ?? ProcessInfo.processInfo.environment["KILN_RUNTIME_PATH"] {
+            let url = URL(filePath: path, directoryHint: .isDirectory)
+            guard holdsRuntime(url) else { throw ValidationError("\(path) does not hold the kiln_runtime package") }
+            return url
+        }
+        var folder = URL(filePath: CommandLine.arguments[0]).standardizedFileURL.resolvingSymlinksInPath().deletingLastPathComponent()
+        for _ in 0..<6 {
+            if holdsRuntime(folder.appending(path: "python")) { return folder.appending(path: "python") }
+            folder = folder.deletingLastPathComponent()
+        }
+        let local = URL(filePath: manager.currentDirectoryPath).appending(path: "python")
+        guard holdsRuntime(local) else {
+            throw ValidationError("cannot find the kiln_runtime package; pass --runtime-path or set KILN_RUNTIME_PATH")
+        }
+        return local
+    }
+}
