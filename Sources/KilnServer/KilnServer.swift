@@ -7,6 +7,7 @@ import KilnScheduling
 import KilnStore
 import Logging
 import ServiceLifecycle
+import UnixSignals
 
 /// The control plane (`kiln server`, DESIGN §2): the HTTP API over the store, the dispatcher and
 /// the lease reaper, run as services of one `ServiceGroup` with graceful shutdown.
@@ -63,22 +64,23 @@ public struct KilnServer: Sendable {
             interval: interval, logger: services.logger)
     }
 
-    /// The HTTP application with the reaper as a service; run it with `runService()` (it handles
-    /// SIGTERM and SIGINT with a graceful shutdown).
-    public func application(
-        host: String, port: Int, onServerRunning: @escaping @Sendable (Int) async -> Void = { _ in }
-    ) -> some ApplicationProtocol {
-        Application(
+    /// The long-running parts of the control plane: the HTTP application and the lease reaper.
+    public func services(
+        host: String, port: Int, reaperInterval: Duration = .seconds(1), onServerRunning: @escaping @Sendable (Int) async -> Void = { _ in }
+    ) -> [any Service] {
+        let application = Application(
             router: router(), configuration: .init(address: .hostname(host, port: port), serverName: "kiln"),
-            services: [reaper()], onServerRunning: { channel in await onServerRunning(channel.localAddress?.port ?? port) },
-            logger: services.logger)
+            onServerRunning: { channel in await onServerRunning(channel.localAddress?.port ?? port) }, logger: services.logger)
+        return [application, reaper(interval: reaperInterval)]
     }
-}
 
-extension KilnServer {
     /// Serves until SIGTERM or SIGINT, then shuts down gracefully.
     public func run(host: String, port: Int, onServerRunning: @escaping @Sendable (Int) async -> Void = { _ in }) async throws {
-        try await application(host: host, port: port, onServerRunning: onServerRunning).runService()
+        let group = ServiceGroup(
+            configuration: .init(
+                services: services(host: host, port: port, onServerRunning: onServerRunning),
+                gracefulShutdownSignals: [.sigterm, .sigint], logger: services.logger))
+        try await group.run()
     }
 }
 

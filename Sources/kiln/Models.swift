@@ -5,8 +5,8 @@ import KilnCore
 import KilnModels
 import Yams
 
-/// Where the API is and which key to use: flags, then `KILN_URL` and `KILN_KEY` (`KILN_ADMIN_KEY`
-/// for admin calls), then the `kiln up` of the current folder (`.kiln/up.json`).
+/// Where the API is and which key to use: flags, then `KILN_URL` and `KILN_KEY` (admin calls try
+/// `KILN_ADMIN_KEY` first), then the `kiln up` of the current folder (`.kiln/up.json`).
 struct Connection: ParsableArguments {
     enum Role { case user, admin }
 
@@ -19,8 +19,11 @@ struct Connection: ParsableArguments {
     func client(_ role: Role = .admin) throws -> KilnAPIClient {
         let environment = ProcessInfo.processInfo.environment
         let local = UpState.load(from: URL(filePath: ".kiln", directoryHint: .isDirectory))
-        let fallbackKey = role == .admin ? environment["KILN_ADMIN_KEY"] ?? local?.adminKey : local?.userKey
-        guard let key = key ?? environment["KILN_KEY"] ?? fallbackKey else {
+        let chosen: String? = switch role {
+        case .admin: key ?? environment["KILN_ADMIN_KEY"] ?? environment["KILN_KEY"] ?? local?.adminKey
+        case .user: key ?? environment["KILN_KEY"] ?? local?.userKey
+        }
+        guard let key = chosen else {
             throw ValidationError("no API key: pass --key, set KILN_KEY, or run kiln up in this folder")
         }
         return KilnAPIClient(server: server ?? environment["KILN_URL"] ?? local?.url ?? "http://127.0.0.1:8080", key: key)

@@ -94,12 +94,12 @@ struct Up: AsyncParsableCommand {
                 Kiln is up at \(url)  (state in \(data); Ctrl-C stops it, a second run reuses it)
                   admin key   \(state.adminKey)
                   user key    \(state.userKey)  (account \(state.accountID), tier api)
-                  model       demo-video: production → \(version.short)
+                  model       \(modelFolder.lastPathComponent): production → \(version.short)
                   workers     \(workers) local CPU workers
 
                 Try, from this folder in another terminal:
                   kiln generate --model demo-video --prompt "a red kiln at dusk" --out kiln.mp4
-                  kiln generate --model demo-video --prompt "make it snow" --video kiln.mp4 --out snow.mp4
+                  kiln generate --model demo-video --prompt "make it snow at night" --video kiln.mp4 --out snow.mp4
                   kiln jobs list
 
                 """)

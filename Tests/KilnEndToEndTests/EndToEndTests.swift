@@ -1,0 +1,146 @@
+import Foundation
+import KilnAPI
+import KilnCore
+import Testing
+
+/// Kiln end to end over real processes: `kiln worker` processes running the demo model in Python
+/// runtimes, against a control plane on a loopback port.
+@Suite("End to end with worker processes", .serialized)
+struct EndToEndTests {
+    /// An input clip made here: 20 frames, 160×96, H.264.
+    func makeClip(at url: URL) throws {
+        let script = """
+            import av, numpy as np, sys
+            c = av.open(sys.argv[1], "w"); s = c.add_stream("h264", rate=10); s.width, s.height, s.pix_fmt = 160, 96, "yuv420p"
+            for i in range(20):
+                f = np.zeros((96, 160, 3), np.uint8); f[:, : (i + 1) * 8] = (200, 120, 40)
+                for p in s.encode(av.VideoFrame.from_ndarray(f, format="rgb24")): c.mux(p)
+            for p in s.encode(): c.mux(p)
+            c.close()
+            """
+        try LocalCluster.python(["-c", script, url.path])
+    }
+
+    @Test("a modify-video generation of a clip made here comes back as an MP4 of its frame count and size")
+    func modifyVideo() async throws {
+        let cluster = try await LocalCluster.start()
+        do {
+            _ = try await cluster.pushDemo()
+            try cluster.startWorker("a")
+            let clip = cluster.data.appending(path: "clip.mp4")
+            try makeClip(at: clip)
+            let file: FileObject = try await cluster.user.upload(clip, method: .POST, to: "/v1/files", contentType: "video/mp4")
+            let submitted = try await cluster.submit(["prompt": .string("sepia and snow"), "video": .string(file.id.rawValue)])
+            let done = try await cluster.waitFor(submitted.id) { $0.state.isFinal }
+            #expect(done.state == .succeeded, "\(done.error?.message ?? "") \(cluster.workerLogs())")
+            let output = try #require(done.output["video"])
+            #expect(output.contentType == "video/mp4")
+            let result = cluster.data.appending(path: "result.mp4")
+            try await cluster.user.download("/v1/files/\(output.fileID)", to: result)
+            let probe = try LocalCluster.probe(result)
+            #expect(probe.frames == 20)
+            #expect(probe.width == 160 && probe.height == 96)
+            #expect(probe.codec == "h264")
+        } catch {
+            Issue.record("\(error) \(cluster.workerLogs())")
+        }
+        await cluster.stop()
+    }
+
+    @Test("cancel of a running generation stops its prediction, and the worker goes on to the next job")
+    func cancelRunning() async throws {
+        let cluster = try await LocalCluster.start()
+        do {
+            _ = try await cluster.pushDemo()
+            try cluster.startWorker("a")
+            let long = try await cluster.submit([
+                "prompt": .string("a very long clip"), "num_frames": .number(240), "width": .number(1280), "height": .number(720),
+            ])
+            _ = try await cluster.waitFor(long.id) { $0.state == .running && $0.progress.fraction > 0 }
+            let _: GenerationObject = try await cluster.user.call(.POST, "/v1/generations/\(long.id)/cancel")
+            let next = try await cluster.submit(["prompt": .string("a short clip"), "num_frames": .number(4), "width": .number(64), "height": .number(64)])
+            let done = try await cluster.waitFor(next.id) { $0.state.isFinal }
+            #expect(done.state == .succeeded, "\(cluster.workerLogs())")
+            let canceled = try await cluster.generation(long.id)
+            #expect(canceled.state == .canceled)
+            #expect(canceled.output.isEmpty)
+        } catch {
+            Issue.record("\(error) \(cluster.workerLogs())")
+        }
+        await cluster.stop()
+    }
+
+    @Test("a worker killed mid-job (SIGKILL): the job is retried on another worker and succeeds")
+    func workerKilled() async throws {
+        let cluster = try await LocalCluster.start(leaseTTL: 3)
+        do {
+            _ = try await cluster.pushDemo()
+            try cluster.startWorker("doomed")
+            let job = try await cluster.submit(["prompt": .string("survive"), "num_frames": .number(120), "width": .number(640), "height": .number(360)])
+            _ = try await cluster.waitFor(job.id) { $0.state == .running && $0.progress.fraction > 0 }
+            cluster.signalWorker("doomed", SIGKILL)
+            for pid in try cluster.runtimePIDs(of: "doomed") { kill(pid, SIGKILL) }
+            try cluster.startWorker("rescuer")
+            let done = try await cluster.waitFor(job.id, seconds: 180) { $0.state.isFinal }
+            #expect(done.state == .succeeded, "\(cluster.workerLogs())")
+            #expect(done.attempts == 2)
+        } catch {
+            Issue.record("\(error) \(cluster.workerLogs())")
+        }
+        await cluster.stop()
+    }
+
+    @Test("a model runtime killed mid-job: the job is retried cleanly and succeeds on a fresh runtime")
+    func runtimeKilled() async throws {
+        let cluster = try await LocalCluster.start()
+        do {
+            _ = try await cluster.pushDemo()
+            try cluster.startWorker("a")
+            let job = try await cluster.submit(["prompt": .string("again"), "num_frames": .number(120), "width": .number(640), "height": .number(360)])
+            _ = try await cluster.waitFor(job.id) { $0.state == .running && $0.progress.fraction > 0 }
+            let runtimes = try cluster.runtimePIDs(of: "a")
+            try #require(!runtimes.isEmpty)
+            for pid in runtimes { kill(pid, SIGKILL) }
+            let done = try await cluster.waitFor(job.id, seconds: 180) { $0.state.isFinal }
+            #expect(done.state == .succeeded, "\(cluster.workerLogs())")
+            #expect(done.attempts == 2)
+            #expect(try cluster.runtimePIDs(of: "a").allSatisfy { !runtimes.contains($0) })
+        } catch {
+            Issue.record("\(error) \(cluster.workerLogs())")
+        }
+        await cluster.stop()
+    }
+
+    @Test("promote and rollback while generations flow: none fails, each records the version that ran")
+    func switchVersionsUnderLoad() async throws {
+        let cluster = try await LocalCluster.start()
+        do {
+            let v1 = try await cluster.pushDemo()
+            let v2 = try await cluster.pushDemo(variant: "two", promote: false)
+            try cluster.startWorker("a")
+            try cluster.startWorker("b")
+            var ids: [GenerationID] = []
+            for index in 0..<12 {
+                if index == 4 { try await cluster.promoteVersion(v2) }
+                if index == 8 {
+                    let _: AliasObject = try await cluster.admin.call(.POST, "/v1/admin/models/demo-video/aliases/production/rollback")
+                }
+                let job = try await cluster.submit(["prompt": .string("flow \(index)"), "num_frames": .number(6), "width": .number(64), "height": .number(64)])
+                ids.append(job.id)
+                try await Task.sleep(for: .milliseconds(300))
+            }
+            var versions = Set<String>()
+            for id in ids {
+                let done = try await cluster.waitFor(id) { $0.state.isFinal }
+                #expect(done.state == .succeeded, "\(id): \(done.error?.message ?? "") \(cluster.workerLogs())")
+                let version = try #require(done.version)
+                #expect([v1.description, v2.description].contains(version))
+                versions.insert(version)
+            }
+            #expect(versions == [v1.description, v2.description], "both versions should have served some jobs")
+        } catch {
+            Issue.record("\(error) \(cluster.workerLogs())")
+        }
+        await cluster.stop()
+    }
+}
