@@ -151,3 +151,36 @@ def test_demo_model_text_to_video_and_modify_video():
     assert result["event"] == "done", result
     assert frames_of(result["outputs"]["video"]) == (10, 96, 64, "h264")
     runtime.close()
+
+
+TORCH_EXAMPLE = PYTHON_DIR.parent / "examples" / "models" / "torch-video"
+
+
+def test_torch_example_text_to_video_and_modify_video():
+    pytest.importorskip("torch")
+    runtime = Runtime(TORCH_EXAMPLE, weights=TORCH_EXAMPLE / "weights")
+    runtime.send(op="setup")
+    assert runtime.event() == {"event": "ready"}
+    out = pathlib.Path(tempfile.mkdtemp())
+    runtime.send(op="predict", id="t2v", inputs={"prompt": "a kiln in the rain", "num_frames": 6, "width": 64, "height": 48},
+                 files={}, output_dir=str(out))
+    done = runtime.until({"done", "error"})
+    assert done["event"] == "done", done
+    clip = pathlib.Path(done["outputs"]["video"])
+    assert frames_of(clip) == (6, 64, 48, "h264")
+    modified = pathlib.Path(tempfile.mkdtemp())
+    runtime.send(op="predict", id="mod", inputs={"prompt": "golden hour"}, files={"video": str(clip)}, output_dir=str(modified))
+    result = runtime.until({"done", "error"})
+    assert result["event"] == "done", result
+    assert frames_of(result["outputs"]["video"]) == (6, 64, 48, "h264")
+    runtime.close()
+
+
+def test_torch_example_checkpoint_is_the_one_make_weights_writes(tmp_path):
+    torch = pytest.importorskip("torch")
+    shipped = torch.load(TORCH_EXAMPLE / "weights" / "model.pt", weights_only=True)
+    subprocess.run([sys.executable, "-c", f"import sys, torch; sys.path.insert(0, {str(TORCH_EXAMPLE)!r}); from network import VideoNet; "
+                    f"torch.manual_seed(0); torch.save(VideoNet().state_dict(), {str(tmp_path / 'model.pt')!r})"], check=True)
+    remade = torch.load(tmp_path / "model.pt", weights_only=True)
+    assert shipped.keys() == remade.keys()
+    assert all(torch.equal(shipped[name], remade[name]) for name in shipped)
