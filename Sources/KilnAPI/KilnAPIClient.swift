@@ -26,23 +26,29 @@ public struct KilnAPIClient: Sendable {
     }
 
     /// A JSON call. `Response` may be `Empty` for calls that answer 204.
+    /// - Parameter timeout: seconds before the call is abandoned (JSON calls are short; a long poll
+    ///   passes its wait plus a margin).
     public func call<Response: Decodable>(
-        _ method: Method, _ path: String, body: (some Encodable)? = Optional<Empty>.none, as: Response.Type = Response.self
+        _ method: Method, _ path: String, body: (some Encodable)? = Optional<Empty>.none, as: Response.Type = Response.self,
+        timeout: Double = 60
     ) async throws -> Response {
         var data: ByteBuffer?
         if let body { data = ByteBuffer(bytes: try WireFormat.encoder().encode(body)) }
-        let (status, bytes) = try await send(method, path, body: data.map { .bytes($0) }, contentType: "application/json")
+        let (status, bytes) = try await send(
+            method, path, body: data.map { .bytes($0) }, contentType: "application/json", timeout: timeout)
         if Response.self == Empty.self || status == 204 { return try decodeEmpty() }
         return try WireFormat.decoder().decode(Response.self, from: bytes)
     }
 
     /// A JSON call that may answer 204 with nothing (a long-poll that timed out): nil then.
     public func callIfContent<Response: Decodable>(
-        _ method: Method, _ path: String, body: (some Encodable)? = Optional<Empty>.none, as: Response.Type = Response.self
+        _ method: Method, _ path: String, body: (some Encodable)? = Optional<Empty>.none, as: Response.Type = Response.self,
+        timeout: Double = 60
     ) async throws -> Response? {
         var data: ByteBuffer?
         if let body { data = ByteBuffer(bytes: try WireFormat.encoder().encode(body)) }
-        let (status, bytes) = try await send(method, path, body: data.map { .bytes($0) }, contentType: "application/json")
+        let (status, bytes) = try await send(
+            method, path, body: data.map { .bytes($0) }, contentType: "application/json", timeout: timeout)
         if status == 204 { return nil }
         return try WireFormat.decoder().decode(Response.self, from: bytes)
     }
@@ -55,7 +61,7 @@ public struct KilnAPIClient: Sendable {
         let size = try FileManager.default.attributesOfItem(atPath: file.path)[.size] as? NSNumber
         let chunks = FileChunks(url: file)
         let (_, bytes) = try await send(
-            method, path, body: .stream(chunks, length: .known(size?.int64Value ?? 0)), contentType: contentType)
+            method, path, body: .stream(chunks, length: .known(size?.int64Value ?? 0)), contentType: contentType, timeout: 6 * 3600)
         return try WireFormat.decoder().decode(Response.self, from: bytes)
     }
 
@@ -82,7 +88,7 @@ public struct KilnAPIClient: Sendable {
         return hasher.finalize().map { String(format: "%02x", $0) }.joined()
     }
 
-    func send(_ method: Method, _ path: String, body: HTTPClientRequest.Body?, contentType: String) async throws
+    func send(_ method: Method, _ path: String, body: HTTPClientRequest.Body?, contentType: String, timeout: Double) async throws
         -> (UInt, Data)
     {
         var request = HTTPClientRequest(url: server + path)
@@ -94,7 +100,7 @@ public struct KilnAPIClient: Sendable {
         }
         let response: HTTPClientResponse
         do {
-            response = try await http.execute(request, timeout: .hours(6))
+            response = try await http.execute(request, timeout: .milliseconds(Int64(timeout * 1000)))
         } catch {
             throw KilnError(.unavailable, "cannot reach the Kiln server at \(server): \(error)")
         }

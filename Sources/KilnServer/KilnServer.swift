@@ -32,7 +32,12 @@ public struct KilnServer: Sendable {
         adminKey: String?, logger: Logger
     ) async throws {
         let dispatcher = try Dispatcher(store: store, clock: clock, configuration: configuration)
-        try await dispatcher.load()
+        let skipped = try await dispatcher.load()
+        for tier in Set(skipped.map(\.tier)).sorted() {
+            logger.error(
+                "generations of tier '\(tier)' are kept but not scheduled: the configuration no longer has that tier",
+                metadata: ["count": "\(skipped.filter { $0.tier == tier }.count)"])
+        }
         self.services = KilnServices(
             store: store, objects: objects, dispatcher: dispatcher, signals: GenerationSignals(), clock: clock,
             configuration: configuration, logger: logger)

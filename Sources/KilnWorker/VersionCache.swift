@@ -31,6 +31,8 @@ public actor VersionCache {
         self.platform = platform
         self.client = client
         self.workerID = workerID
+        // What a previous run left half done is of no use.
+        try? FileManager.default.removeItem(at: root.appending(path: "tmp"))
         try FileManager.default.createDirectory(at: root.appending(path: "versions"), withIntermediateDirectories: true)
         try FileManager.default.createDirectory(at: root.appending(path: "tmp"), withIntermediateDirectories: true)
     }
@@ -111,7 +113,10 @@ public actor VersionCache {
         var total = entries.reduce(0) { $0 + $1.2 }
         for (url, _, size) in entries.sorted(by: { $0.1 < $1.1 }) where total > budgetBytes {
             guard let digest = KilnCore.Digest(hex: url.lastPathComponent), !keeping.contains(digest) else { continue }
-            try? manager.removeItem(at: url)
+            // Out of the versions folder first, in one rename, so a crash never leaves half a version.
+            let doomed = root.appending(path: "tmp/evicted-\(UUID().uuidString)")
+            guard rename(url.path, doomed.path) == 0 else { continue }
+            try? manager.removeItem(at: doomed)
             total -= size
         }
     }

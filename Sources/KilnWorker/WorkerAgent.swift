@@ -72,11 +72,12 @@ public final class WorkerAgent: Service, @unchecked Sendable {
             root: options.cache, budgetBytes: options.cacheBudgetBytes, platform: options.platform, client: client, workerID: registration.id)
         while !Task.isShuttingDownGracefully && !Task.isCancelled {
             let lease: LeaseResponse?
+            let asked = ContinuousClock.now
             do {
                 lease = try await cancelWhenGracefulShutdown {
                     try await self.client.callIfContent(
                         .POST, "/v1/workers/\(registration.id)/lease", body: LeaseRequest(waitSeconds: self.options.leaseWaitSeconds),
-                        as: LeaseResponse.self)
+                        as: LeaseResponse.self, timeout: self.options.leaseWaitSeconds + 30)
                 }
             } catch {
                 if Task.isShuttingDownGracefully || Task.isCancelled { break }
@@ -84,7 +85,12 @@ public final class WorkerAgent: Service, @unchecked Sendable {
                 try? await Task.sleep(for: .seconds(1))
                 continue
             }
-            guard let lease else { continue }
+            guard let lease else {
+                // Nothing came. An answer well before the wait (a draining worker) is no reason to
+                // ask again at once.
+                if ContinuousClock.now - asked < .seconds(1) { try? await Task.sleep(for: .seconds(1)) }
+                continue
+            }
             await execute(lease, worker: registration.id, heartbeat: registration.heartbeatSeconds, cache: cache, logger: logger)
         }
         logger.info("draining done; stopping")
@@ -101,6 +107,10 @@ public final class WorkerAgent: Service, @unchecked Sendable {
         logger[metadataKey: "generation"] = "\(job.id)"
         let folder = options.cache.appending(path: "jobs/\(job.id)-\(job.attempt)")
         defer { try? FileManager.default.removeItem(at: folder) }
+        // The lease is kept alive from now until the job is reported, preparation and uploads included.
+        let progress = ProgressBox(ProgressObject(fraction: 0, stage: "preparing"))
+        let watchdog = heartbeats(job.id.rawValue, base: base, token: token, every: heartbeat, progress: progress, logger: logger)
+        defer { watchdog.cancel() }
         do {
             guard let text = job.version, let versionID = KilnCore.Digest(text) else {
                 try await fail(base, token, code: "no_version", message: "model '\(job.model)' has no version to run", retryable: false)
@@ -120,14 +130,20 @@ public final class WorkerAgent: Service, @unchecked Sendable {
             try FileManager.default.createDirectory(at: outputs, withIntermediateDirectories: true)
             // 2. The runtime.
             try await makeCurrent(version, logger: logger)
+            guard !progress.isCanceled else {
+                logger.info(progress.isLost ? "the lease was lost while preparing" : "canceled while preparing")
+                return
+            }
             // 3. Run.
             let _: HeartbeatResponse = try await client.call(.POST, "\(base)/start", body: TokenRequest(token: token))
+            progress.attach(runtime)
             var predict: [String: JSONValue] = ["op": .string("predict"), "id": .string(job.id.rawValue)]
             predict["inputs"] = .object(job.input)
             predict["files"] = .object(files)
             predict["output_dir"] = .string(outputs.path)
             runtime?.send(predict)
-            let outcome = await follow(job.id.rawValue, base: base, token: token, heartbeat: heartbeat, logger: logger)
+            let outcome = await follow(job.id.rawValue, progress: progress)
+            progress.attach(nil)
             // 4. Report.
             switch outcome {
             case .done(let produced):
@@ -146,13 +162,63 @@ public final class WorkerAgent: Service, @unchecked Sendable {
                 try await fail(base, token, code: "runtime_crashed", message: message, retryable: true)
                 logger.warning("runtime crashed: \(message)")
             case .canceled:
-                logger.info("canceled")
+                logger.info(progress.isLost ? "the lease was lost; the job was stopped" : "canceled")
             }
         } catch let error as KilnError where error.code == .staleLease || error.code == .conflict {
             logger.info("the job is no longer ours: \(error.message)")
+        } catch let error as KilnError where [.invalidRequest, .invalidInput, .payloadTooLarge].contains(error.code) {
+            // The server refused what this job produced (an output name, a size): running it
+            // again would produce the same.
+            logger.error("the server refused the job's results: \(error.message)")
+            try? await fail(base, token, code: "invalid_output", message: error.message, retryable: false)
         } catch {
             logger.error("job failed on this worker: \(error)")
             try? await fail(base, token, code: "worker_error", message: "\(error)", retryable: true)
+        }
+    }
+
+    /// Heartbeats the lease every `interval` (sooner when progress moved) until cancelled; stops the
+    /// runtime when the job is canceled (a second's grace) or the lease is lost, and when the job
+    /// runs past its time limit.
+    private func heartbeats(
+        _ job: String, base: String, token: String, every interval: Double, progress: ProgressBox, logger: Logger
+    ) -> Task<Void, Never> {
+        let client = self.client
+        let timeout = options.jobTimeoutSeconds
+        return Task {
+            let started = ContinuousClock.now
+            var stoppedAt: ContinuousClock.Instant?
+            while !Task.isCancelled {
+                try? await Task.sleep(for: .milliseconds(Int(min(interval, 1) * 1000)))
+                if Task.isCancelled { break }
+                if let stoppedAt, ContinuousClock.now - stoppedAt > .seconds(1) {
+                    progress.runtime?.kill()  // did not stop within a second
+                }
+                if ContinuousClock.now - started > .seconds(timeout) {
+                    logger.warning("job ran past its time limit of \(Int(timeout)) s; stopping its runtime")
+                    progress.runtime?.kill()
+                }
+                guard progress.dueForHeartbeat(every: interval) else { continue }
+                let stop: Bool
+                do {
+                    let response: HeartbeatResponse = try await client.call(
+                        .POST, "\(base)/heartbeat", body: HeartbeatRequest(token: token, progress: progress.current),
+                        timeout: max(interval, 5))
+                    stop = response.cancel
+                } catch let error as KilnError where error.code == .staleLease || error.code == .conflict || error.code == .notFound {
+                    // Another worker holds the job now: whatever this one produces would be refused.
+                    logger.warning("lost the lease: \(error.message)")
+                    progress.lose()
+                    stop = true
+                } catch {
+                    continue  // a missed heartbeat; the next one may get through before the TTL
+                }
+                if stop, stoppedAt == nil {
+                    progress.cancel()
+                    stoppedAt = .now
+                    progress.runtime?.send(["op": .string("cancel"), "id": .string(job)])
+                }
+            }
         }
     }
 
@@ -163,36 +229,8 @@ public final class WorkerAgent: Service, @unchecked Sendable {
         case canceled
     }
 
-    /// Reads runtime events until this job ends, heartbeating meanwhile.
-    private func follow(_ job: String, base: String, token: String, heartbeat: Double, logger: Logger) async -> Outcome {
-        let progress = ProgressBox()
-        let runtime = self.runtime
-        let client = self.client
-        let timeout = options.jobTimeoutSeconds
-        let watchdog = Task {
-            let started = ContinuousClock.now
-            var canceledAt: ContinuousClock.Instant?
-            while !Task.isCancelled {
-                try? await Task.sleep(for: .milliseconds(Int(min(heartbeat, 1) * 1000)))
-                if Task.isCancelled { break }
-                if let canceledAt, ContinuousClock.now - canceledAt > .seconds(1) {
-                    runtime?.kill()  // did not stop within a second
-                }
-                if ContinuousClock.now - started > .seconds(timeout) {
-                    logger.warning("job ran past its time limit of \(Int(timeout)) s; stopping its runtime")
-                    runtime?.kill()
-                }
-                guard progress.dueForHeartbeat(every: heartbeat) else { continue }
-                let response: HeartbeatResponse? = try? await client.call(
-                    .POST, "\(base)/heartbeat", body: HeartbeatRequest(token: token, progress: progress.current))
-                if response?.cancel == true, canceledAt == nil {
-                    progress.cancel()
-                    canceledAt = .now
-                    runtime?.send(["op": .string("cancel"), "id": .string(job)])
-                }
-            }
-        }
-        defer { watchdog.cancel() }
+    /// Reads runtime events until this job ends.
+    private func follow(_ job: String, progress: ProgressBox) async -> Outcome {
         while var iterator = runtimeEvents, let event = await iterator.next() {
             runtimeEvents = iterator
             switch event {
@@ -224,6 +262,13 @@ public final class WorkerAgent: Service, @unchecked Sendable {
             devices: Array(0..<version.manifest.gpus), logger: logger)
         var events = fresh.events.makeAsyncIterator()
         fresh.send(["op": .string("setup")])
+        // A setup that hangs is killed at the job's time limit; its exit ends the wait below.
+        let limit = options.jobTimeoutSeconds
+        let guardTask = Task {
+            try? await Task.sleep(for: .seconds(limit))
+            if !Task.isCancelled { fresh.kill() }
+        }
+        defer { guardTask.cancel() }
         setup: while let event = await events.next() {
             switch event {
             case .ready: break setup
@@ -265,16 +310,32 @@ public final class WorkerAgent: Service, @unchecked Sendable {
     }
 }
 
-/// The latest progress of the running job, shared with its heartbeat task.
+/// The latest progress of the job, and the runtime running it, shared with its heartbeat task.
 final class ProgressBox: @unchecked Sendable {
     private let lock = NSLock()
-    private var value = ProgressObject(fraction: 0, stage: "started")
+    private var value: ProgressObject
     private var changed = true
     private var lastBeat = ContinuousClock.now
     private var canceled = false
+    private var lost = false
+    private var running: RuntimeProcess?
+
+    init(_ initial: ProgressObject) { value = initial }
 
     var current: ProgressObject { lock.withLock { value } }
+    /// Canceled by its owner, or lost to another worker: stop and report nothing.
     var isCanceled: Bool { lock.withLock { canceled } }
+    var isLost: Bool { lock.withLock { lost } }
+    var runtime: RuntimeProcess? { lock.withLock { running } }
+
+    func attach(_ runtime: RuntimeProcess?) { lock.withLock { running = runtime } }
+
+    func lose() {
+        lock.withLock {
+            lost = true
+            canceled = true
+        }
+    }
 
     func update(_ progress: ProgressObject) {
         lock.withLock {

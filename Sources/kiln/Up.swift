@@ -55,6 +55,7 @@ struct Up: AsyncParsableCommand {
             logger.logLevel = .warning
             return logger
         }()
+        signal(SIGPIPE, SIG_IGN)
         let folder = URL(filePath: data, directoryHint: .isDirectory)
         try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
         let previous = UpState.load(from: folder)
@@ -79,7 +80,7 @@ struct Up: AsyncParsableCommand {
             let version = try await ModelPusher(client: admin, platform: "cpu", quiet: true).push(modelFolder, promote: "production")
             let agents: [any Service] = (0..<max(workers, 0)).map { index in
                 var options = WorkerOptions(
-                    server: url, key: state.workerKey, cache: folder.appending(path: "worker-cache"), runtimePath: runtimePath)
+                    server: url, key: state.workerKey, cache: folder.appending(path: "worker-cache-\(index)"), runtimePath: runtimePath)
                 options.labels = ["local": "\(index)"]
                 return WorkerAgent(options: options, logger: logger)
             }

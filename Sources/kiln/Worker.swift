@@ -41,6 +41,8 @@ struct Worker: AsyncParsableCommand {
             guard parts.count == 2 else { throw ValidationError("--label '\(label)' is not KEY=VALUE") }
             options.labels[String(parts[0])] = String(parts[1])
         }
+        // A model runtime that died is written to before it is reaped: that must not kill the worker.
+        signal(SIGPIPE, SIG_IGN)
         let logger = Logger(label: "kiln.worker")
         let group = ServiceGroup(
             configuration: .init(services: [WorkerAgent(options: options, logger: logger)], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))

@@ -166,6 +166,27 @@ struct GenerationFlowTests {
         }
     }
 
+    @Test("a worker key acts only as the workers it registered: another key cannot lease for it or touch its job")
+    func workerKeysAreBound() async throws {
+        let kiln = try await KilnHarness.make()
+        try await kiln.withClient { api in
+            try await api.model()
+            let (_, user) = try await api.account(tier: "api")
+            let owner = try await api.workerKey()
+            let intruder = try await api.workerKey()
+            let worker = try await api.register(owner)
+            let submitted = try await api.submit(user)
+            let stolen = try await api.call(.post, "/v1/workers/\(worker)/lease", key: intruder, json: #"{"wait_seconds":0}"#)
+            #expect(stolen.status == .notFound)
+            let lease = try #require(try await api.lease(owner, worker: worker))
+            #expect(lease.job.id == submitted.id)
+            let forged = try await api.complete(intruder, worker, lease)
+            #expect(forged.status == .notFound)
+            #expect(try await api.generation(user, submitted.id).state == .running)
+            #expect(try await api.complete(owner, worker, lease).status == .noContent)
+        }
+    }
+
     @Test("a draining worker is given no new work")
     func drain() async throws {
         let kiln = try await KilnHarness.make()

@@ -20,6 +20,7 @@ import importlib.util
 import json
 import os
 import pathlib
+import signal
 import sys
 import threading
 import traceback
@@ -103,6 +104,10 @@ def main(argv=None):
     parser.add_argument("--weights", required=True)
     args = parser.parse_args(argv)
 
+    # The worker stops this process itself (shutdown, then SIGKILL): a terminal's Ctrl-C or a service
+    # manager's SIGTERM meant for the worker must not cut a running prediction short.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     channel = Channel()
     predictor = None
     current = None

@@ -104,13 +104,16 @@ public struct WorkerRecord: Hashable, Sendable {
     public var gpus: Int
     public var labels: [String: String]
     public var state: State
+    /// The key that registered it: the only one that may act as this worker.
+    public var keyID: KeyID?
     public var registeredAt: Date
     public var lastSeenAt: Date
 
     public init(
         id: WorkerID, cluster: String, accelerator: String, gpus: Int, labels: [String: String] = [:], state: State = .active,
-        registeredAt: Date, lastSeenAt: Date
+        keyID: KeyID? = nil, registeredAt: Date, lastSeenAt: Date
     ) {
+        self.keyID = keyID
         self.id = id
         self.cluster = cluster
         self.accelerator = accelerator

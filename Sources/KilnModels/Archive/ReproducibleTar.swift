@@ -162,6 +162,21 @@ struct HashingWriter {
 
 /// Whether a symbolic link's target, resolved from the link's folder, stays inside the root.
 enum LinkCheck {
+    /// The paths a link's target passes through, resolved lexically from the link's folder.
+    static func resolvedPrefixes(link: String, target: String) -> [String] {
+        var components = link.split(separator: "/").dropLast().map(String.init)
+        var prefixes: [String] = []
+        for part in target.split(separator: "/", omittingEmptySubsequences: true) {
+            switch part {
+            case ".": continue
+            case "..": if !components.isEmpty { components.removeLast() }
+            default: components.append(String(part))
+            }
+            prefixes.append(components.joined(separator: "/"))
+        }
+        return prefixes
+    }
+
     static func staysInside(link: String, target: String) -> Bool {
         guard !target.isEmpty, !target.hasPrefix("/") else { return false }
         var components = link.split(separator: "/").dropLast().map(String.init)

@@ -115,6 +115,10 @@ public enum SafeUnpacker {
             guard LinkCheck.staysInside(link: entry.path, target: entry.linkTarget) else {
                 throw KilnError(.invalidInput, "archive entry '\(entry.path)' is a link to '\(entry.linkTarget)', outside its folder")
             }
+            // The lexical check holds only if the target does not pass through an earlier link.
+            if let through = LinkCheck.resolvedPrefixes(link: entry.path, target: entry.linkTarget).first(where: links.contains) {
+                throw KilnError(.invalidInput, "archive entry '\(entry.path)' is a link through the link '\(through)'")
+            }
         case UInt8(ascii: "1"):
             throw KilnError(.invalidInput, "archive entry '\(entry.path)' is a hard link; layers may not contain them")
         default:

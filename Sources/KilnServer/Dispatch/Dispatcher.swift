@@ -17,7 +17,7 @@ public actor Dispatcher {
     private var scheduler: Scheduler
     private var throughput = ThroughputEstimator()
     private var identifiers: [Int64: GenerationID] = [:]
-    private var waiters: [UUID: CheckedContinuation<Void, Never>] = [:]
+    private var waiters: [UUID: (continuation: CheckedContinuation<Void, Never>, timer: Task<Void, Never>)] = [:]
     private let store: any JobStore
     private let clock: any WallClock
     private let configuration: ServerConfiguration
@@ -33,16 +33,30 @@ public actor Dispatcher {
     }
 
     /// Rebuilds the queues from the store.
-    public func load() async throws {
+    ///
+    /// - Returns: the generations left out because their tier is no longer configured (they stay in
+    ///   the store, untouched, until the tier is configured again).
+    @discardableResult
+    public func load() async throws -> [Generation] {
+        var skipped: [Generation] = []
         for generation in try await store.queuedGenerations() {
+            guard configuration.tiers[generation.tier] != nil else {
+                skipped.append(generation)
+                continue
+            }
             try enqueue(generation)
         }
         for generation in try await store.runningGenerations() {
             guard let lease = generation.lease else { continue }
+            guard configuration.tiers[generation.tier] != nil else {
+                skipped.append(generation)
+                continue
+            }
             identifiers[generation.sequence] = generation.id
             try scheduler.restoreDispatched(
                 Self.job(generation), cluster: lease.cluster, started: lease.startedAt != nil)
         }
+        return skipped
     }
 
     // MARK: Events from the API
@@ -57,24 +71,18 @@ public actor Dispatcher {
         wakeAll()
     }
 
-    /// The generation went back to the queue (lease expired, retryable failure).
-    public func requeued(_ generation: Generation) throws {
-        if scheduler.isDispatched(generation.sequence) {
-            scheduler.requeue(generation.sequence)
-        } else {
-            try enqueue(generation)
-        }
+    /// The generation went back to the queue (lease expired, retryable failure). One the scheduler
+    /// no longer holds as dispatched has ended meanwhile (a cancel won the race): it stays gone.
+    public func requeued(_ generation: Generation) {
+        guard scheduler.isDispatched(generation.sequence) else { return }
+        scheduler.requeue(generation.sequence)
         wakeAll()
     }
 
     /// The generation ended (succeeded, failed, canceled).
     public func ended(_ generation: Generation) {
-        let wasDispatched = scheduler.isDispatched(generation.sequence)
         scheduler.remove(generation.sequence)
         identifiers[generation.sequence] = nil
-        if wasDispatched, generation.state == .succeeded || generation.state == .failed {
-            throughput.record(at: now)
-        }
         wakeAll()
     }
 
@@ -171,21 +179,24 @@ public actor Dispatcher {
     private func waitForChange(for duration: Duration) async {
         let id = UUID()
         await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-            waiters[id] = continuation
-            Task { [weak self] in
+            let timer = Task { [weak self] in
                 try? await Task.sleep(for: duration)
-                await self?.wake(id)
+                if !Task.isCancelled { await self?.wake(id) }
             }
+            waiters[id] = (continuation, timer)
         }
     }
 
     private func wake(_ id: UUID) {
-        waiters.removeValue(forKey: id)?.resume()
+        waiters.removeValue(forKey: id)?.continuation.resume()
     }
 
     private func wakeAll() {
         let all = waiters
         waiters.removeAll()
-        for continuation in all.values { continuation.resume() }
+        for waiter in all.values {
+            waiter.timer.cancel()
+            waiter.continuation.resume()
+        }
     }
 }

@@ -44,7 +44,7 @@ public struct LeaseReaper: Service {
         for generation in changed {
             if generation.state == .queued {
                 logger.info("lease expired; requeued", metadata: ["generation": "\(generation.id)", "attempts": "\(generation.attempts)"])
-                try await dispatcher.requeued(generation)
+                await dispatcher.requeued(generation)
             } else {
                 logger.warning("lease expired; failed", metadata: ["generation": "\(generation.id)", "attempts": "\(generation.attempts)"])
                 await dispatcher.ended(generation)

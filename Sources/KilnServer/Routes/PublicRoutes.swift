@@ -146,7 +146,10 @@ struct PublicRoutes {
         }
         var inputFiles: [String: FileID] = [:]
         for (name, value) in input {
-            guard let text = value.stringValue, fileFields.contains(name) || text.hasPrefix(FileID.prefix) else { continue }
+            // Declared file fields when the version has a schema; otherwise any string that is a file id.
+            guard let text = value.stringValue,
+                fileFields.isEmpty ? FileID.isValid(text) : fileFields.contains(name)
+            else { continue }
             guard let fileID = FileID(rawValue: text), let file = try await services.store.file(fileID), file.accountID == account else {
                 throw KilnError(.invalidInput, "input.\(name): no file '\(text)'")
             }

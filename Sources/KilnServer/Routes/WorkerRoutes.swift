@@ -16,7 +16,8 @@ struct WorkerRoutes {
         let limit = services.configuration.limits.maxJSONBytes
         let leases = services.configuration.leases
 
-        workers.post { request, _ in
+        workers.post { request, context in
+            guard case .worker(let keyID) = context.principal else { throw KilnError(.forbidden, "this call needs a worker key") }
             let body = try await JSONBody.decode(RegisterWorkerRequest.self, from: request, limit: limit)
             guard !body.cluster.isEmpty, body.cluster.count <= 64 else {
                 throw KilnError(.invalidRequest, "cluster: must be 1 to 64 characters")
@@ -28,7 +29,7 @@ struct WorkerRoutes {
             let now = services.clock.now()
             let worker = WorkerRecord(
                 id: .random(), cluster: body.cluster, accelerator: body.accelerator, gpus: body.gpus, labels: body.labels ?? [:],
-                registeredAt: now, lastSeenAt: now)
+                keyID: keyID, registeredAt: now, lastSeenAt: now)
             try await services.store.registerWorker(worker)
             services.logger.info("worker registered", metadata: ["worker": "\(worker.id)", "cluster": "\(worker.cluster)"])
             return try JSONBody.response(
@@ -46,7 +47,11 @@ struct WorkerRoutes {
                 throw KilnError(.invalidRequest, "wait_seconds: must be from 0 to \(Int(maxWait))")
             }
             try await services.store.touchWorker(worker.id, at: services.clock.now())
-            guard worker.state == .active else { return Response(status: .noContent) }
+            guard worker.state == .active else {
+                // A draining worker gets nothing, after the wait it asked for, so it does not spin.
+                try? await Task.sleep(for: .milliseconds(Int(wait * 1000)))
+                return Response(status: .noContent)
+            }
             guard let generation = try await services.dispatcher.lease(for: worker, wait: wait), let lease = generation.lease
             else {
                 return Response(status: .noContent)
@@ -67,7 +72,7 @@ struct WorkerRoutes {
         }
 
         workers.get(":worker/jobs/:job/inputs/:name") { request, context in
-            let (worker, job) = try ids(context)
+            let (worker, job) = try await ids(context)
             let token = try queryToken(request)
             let generation = try await services.store.generation(job)
             guard let generation, let lease = generation.lease, generation.state == .running else {
@@ -101,7 +106,7 @@ struct WorkerRoutes {
         }
 
         workers.put(":worker/jobs/:job/outputs/:name") { request, context in
-            let (worker, job) = try ids(context)
+            let (worker, job) = try await ids(context)
             let token = try queryToken(request)
             let name = try context.parameters.require("name")
             guard Self.isValidOutputName(name) else {
@@ -127,7 +132,7 @@ struct WorkerRoutes {
         }
 
         workers.post(":worker/jobs/:job/start") { request, context in
-            let (worker, job) = try ids(context)
+            let (worker, job) = try await ids(context)
             let body = try await JSONBody.decode(TokenRequest.self, from: request, limit: limit)
             let generation = try await services.store.start(
                 job, worker: worker, token: try token(body.token), at: services.clock.now(), ttl: leases.ttlSeconds)
@@ -137,7 +142,7 @@ struct WorkerRoutes {
         }
 
         workers.post(":worker/jobs/:job/heartbeat") { request, context in
-            let (worker, job) = try ids(context)
+            let (worker, job) = try await ids(context)
             let body = try await JSONBody.decode(HeartbeatRequest.self, from: request, limit: limit)
             var progress: JobProgress?
             if let value = body.progress {
@@ -156,7 +161,7 @@ struct WorkerRoutes {
         }
 
         workers.post(":worker/jobs/:job/complete") { request, context in
-            let (worker, job) = try ids(context)
+            let (worker, job) = try await ids(context)
             let body = try await JSONBody.decode(CompleteRequest.self, from: request, limit: limit)
             let generation = try await services.store.complete(
                 job, worker: worker, token: try token(body.token), outputs: body.outputs, at: services.clock.now())
@@ -166,14 +171,14 @@ struct WorkerRoutes {
         }
 
         workers.post(":worker/jobs/:job/fail") { request, context in
-            let (worker, job) = try ids(context)
+            let (worker, job) = try await ids(context)
             let body = try await JSONBody.decode(FailRequest.self, from: request, limit: limit)
             let failure = JobFailure(code: String(body.error.code.prefix(64)), message: String(body.error.message.prefix(4000)))
             let generation = try await services.store.fail(
                 job, worker: worker, token: try token(body.token), error: failure, retryable: body.retryable,
                 at: services.clock.now())
             if generation.state == .queued {
-                try await services.dispatcher.requeued(generation)
+                await services.dispatcher.requeued(generation)
             } else {
                 await services.dispatcher.ended(generation)
             }
@@ -182,20 +187,23 @@ struct WorkerRoutes {
         }
     }
 
+    /// The worker named in the path, if the caller's key is the one that registered it: a worker
+    /// key can act only as its own workers.
     private func registeredWorker(_ context: KilnRequestContext) async throws -> WorkerRecord {
         let raw = try context.parameters.require("worker")
-        guard let id = WorkerID(rawValue: raw), let worker = try await services.store.worker(id) else {
-            throw KilnError(.notFound, "no worker '\(raw)'; register with POST /v1/workers")
+        guard let id = WorkerID(rawValue: raw), let worker = try await services.store.worker(id),
+            case .worker(let keyID) = context.principal, worker.keyID == keyID
+        else {
+            throw KilnError(.notFound, "no worker '\(raw)' registered with this key; register with POST /v1/workers")
         }
         return worker
     }
 
-    private func ids(_ context: KilnRequestContext) throws -> (WorkerID, GenerationID) {
-        let rawWorker = try context.parameters.require("worker")
+    private func ids(_ context: KilnRequestContext) async throws -> (WorkerID, GenerationID) {
+        let worker = try await registeredWorker(context)
         let rawJob = try context.parameters.require("job")
-        guard let worker = WorkerID(rawValue: rawWorker) else { throw KilnError(.notFound, "no worker '\(rawWorker)'") }
         guard let job = GenerationID(rawValue: rawJob) else { throw KilnError(.notFound, "no generation '\(rawJob)'") }
-        return (worker, job)
+        return (worker.id, job)
     }
 
     private func token(_ raw: String) throws -> FencingToken {

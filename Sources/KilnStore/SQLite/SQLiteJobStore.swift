@@ -12,7 +12,8 @@ public final class SQLiteJobStore: JobStore {
         var configuration = Configuration()
         configuration.busyMode = .timeout(10)
         configuration.prepareDatabase { db in
-            try db.execute(sql: "PRAGMA synchronous = NORMAL")
+            // FULL: an acknowledged change survives a power loss too, not only a process crash.
+            try db.execute(sql: "PRAGMA synchronous = FULL")
         }
         pool = try DatabasePool(path: path, configuration: configuration)
         try SQLiteSchema.migrator.migrate(pool)
@@ -240,12 +241,13 @@ public final class SQLiteJobStore: JobStore {
         try await write { db in
             try db.execute(
                 sql: """
-                    INSERT INTO workers (id, cluster, accelerator, gpus, labels, state, registered_at, last_seen_at)
-                    VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+                    INSERT INTO workers (id, cluster, accelerator, gpus, labels, state, key_id, registered_at, last_seen_at)
+                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
                     """,
                 arguments: [
                     worker.id.rawValue, worker.cluster, worker.accelerator, worker.gpus, Self.json(worker.labels),
-                    worker.state.rawValue, worker.registeredAt.timeIntervalSince1970, worker.lastSeenAt.timeIntervalSince1970,
+                    worker.state.rawValue, worker.keyID?.rawValue, worker.registeredAt.timeIntervalSince1970,
+                    worker.lastSeenAt.timeIntervalSince1970,
                 ])
         }
     }
@@ -736,7 +738,7 @@ public final class SQLiteJobStore: JobStore {
         WorkerRecord(
             id: WorkerID(unchecked: row["id"]), cluster: row["cluster"], accelerator: row["accelerator"], gpus: row["gpus"],
             labels: decode(row["labels"]) ?? [:], state: WorkerRecord.State(rawValue: row["state"]) ?? .active,
-            registeredAt: Date(timeIntervalSince1970: row["registered_at"]),
+            keyID: (row["key_id"] as String?).map(KeyID.init(unchecked:)), registeredAt: Date(timeIntervalSince1970: row["registered_at"]),
             lastSeenAt: Date(timeIntervalSince1970: row["last_seen_at"]))
     }
 

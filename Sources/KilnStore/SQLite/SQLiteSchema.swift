@@ -72,6 +72,9 @@ enum SQLiteSchema {
                     ALTER TABLE generations ADD COLUMN gpus INTEGER NOT NULL DEFAULT 0;
                     """)
         }
+        migrator.registerMigration("v3-worker-keys") { db in
+            try db.execute(sql: "ALTER TABLE workers ADD COLUMN key_id TEXT")
+        }
         return migrator
     }
 }
