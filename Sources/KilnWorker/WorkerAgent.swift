@@ -34,8 +34,12 @@ public struct WorkerOptions: Sendable {
 
 /// The worker agent (DESIGN §2, §7): registers, long-polls for leases, keeps model versions in its
 /// cache, runs each job in a model-runtime process, streams progress through heartbeats, uploads the
-/// outputs and completes or fails the job. On SIGTERM it drains: it finishes the job it runs and
+/// outputs and completes or fails the job. On SIGTERM it drains: it finishes the jobs it runs and
 /// takes no new one.
+///
+/// A worker with G GPUs runs up to G replicas ("lanes"), each with its own runtime process; a job
+/// whose version needs N GPUs takes N devices (`CUDA_VISIBLE_DEVICES`), so G/N replicas of it run at
+/// once. A worker without GPUs runs one.
 ///
 /// A job's steps:
 /// 1. prepare its version (cache, or fetch and unpack) and fetch its inputs, checking digests;
@@ -49,8 +53,9 @@ public final class WorkerAgent: Service, @unchecked Sendable {
     let options: WorkerOptions
     let client: KilnAPIClient
     let logger: Logger
-    private var runtime: RuntimeProcess?
-    private var runtimeEvents: AsyncStream<RuntimeProcess.Event>.Iterator?
+    private let devices: DeviceAllocator
+    private var lanes: [Lane] = []
+    private let lanesLock = NSLock()
     /// Set once registered.
     public private(set) var id: WorkerID?
 
@@ -58,6 +63,22 @@ public final class WorkerAgent: Service, @unchecked Sendable {
         self.options = options
         self.client = KilnAPIClient(server: options.server, key: options.key)
         self.logger = logger
+        self.devices = DeviceAllocator(count: options.gpus)
+    }
+
+    /// One replica: its runtime process and the devices that runtime was started on.
+    final class Lane: @unchecked Sendable {
+        let index: Int
+        var runtime: RuntimeProcess?
+        var runtimeEvents: AsyncStream<RuntimeProcess.Event>.Iterator?
+        var devices: [Int] = []
+
+        init(index: Int) { self.index = index }
+    }
+
+    /// Versions some lane's runtime serves: the cache keeps them.
+    private var versionsInUse: Set<KilnCore.Digest> {
+        lanesLock.withLock { Set(lanes.compactMap { $0.runtime?.version }) }
     }
 
     public func run() async throws {
@@ -65,12 +86,33 @@ public final class WorkerAgent: Service, @unchecked Sendable {
             .POST, "/v1/workers",
             body: RegisterWorkerRequest(cluster: options.cluster, accelerator: options.accelerator, gpus: options.gpus, labels: options.labels))
         id = registration.id
-        var logger = self.logger
-        logger[metadataKey: "worker"] = "\(registration.id)"
+        let logger = {
+            var logger = self.logger
+            logger[metadataKey: "worker"] = "\(registration.id)"
+            return logger
+        }()
         logger.info("registered", metadata: ["cluster": "\(options.cluster)", "accelerator": "\(options.accelerator)"])
         let cache = try VersionCache(
             root: options.cache, budgetBytes: options.cacheBudgetBytes, platform: options.platform, client: client, workerID: registration.id)
+        let count = max(1, options.gpus)
+        let lanes = (0..<count).map(Lane.init(index:))
+        lanesLock.withLock { self.lanes = lanes }
+        await withTaskGroup(of: Void.self) { group in
+            for lane in lanes {
+                group.addTask {
+                    var logger = logger
+                    if count > 1 { logger[metadataKey: "replica"] = "\(lane.index)" }
+                    await self.poll(lane, worker: registration, cache: cache, logger: logger)
+                }
+            }
+        }
+        logger.info("drained; stopping")
+    }
+
+    /// One replica's loop: ask for work while a device is free, run it, until shutdown.
+    private func poll(_ lane: Lane, worker registration: RegisterWorkerResponse, cache: VersionCache, logger: Logger) async {
         while !Task.isShuttingDownGracefully && !Task.isCancelled {
+            await devices.waitForAnyFree()
             let lease: LeaseResponse?
             let asked = ContinuousClock.now
             do {
@@ -91,15 +133,16 @@ public final class WorkerAgent: Service, @unchecked Sendable {
                 if ContinuousClock.now - asked < .seconds(1) { try? await Task.sleep(for: .seconds(1)) }
                 continue
             }
-            await execute(lease, worker: registration.id, heartbeat: registration.heartbeatSeconds, cache: cache, logger: logger)
+            await execute(lease, on: lane, worker: registration.id, heartbeat: registration.heartbeatSeconds, cache: cache, logger: logger)
         }
-        logger.info("draining done; stopping")
-        await runtime?.stop()
+        await lane.runtime?.stop()
     }
 
     // MARK: - One job
 
-    private func execute(_ lease: LeaseResponse, worker: WorkerID, heartbeat: Double, cache: VersionCache, logger: Logger) async {
+    private func execute(
+        _ lease: LeaseResponse, on lane: Lane, worker: WorkerID, heartbeat: Double, cache: VersionCache, logger: Logger
+    ) async {
         let job = lease.job
         let token = lease.lease.token
         let base = "/v1/workers/\(worker)/jobs/\(job.id)"
@@ -117,7 +160,7 @@ public final class WorkerAgent: Service, @unchecked Sendable {
                 return
             }
             // 1. Version and inputs.
-            let version = try await cache.prepare(versionID, keeping: Set([runtime?.version].compactMap { $0 }))
+            let version = try await cache.prepare(versionID, keeping: versionsInUse)
             var files: [String: JSONValue] = [:]
             for (name, meta) in job.inputFiles.sorted(by: { $0.key < $1.key }) {
                 let path = folder.appending(path: "inputs/\(name)")
@@ -128,21 +171,30 @@ public final class WorkerAgent: Service, @unchecked Sendable {
             }
             let outputs = folder.appending(path: "outputs")
             try FileManager.default.createDirectory(at: outputs, withIntermediateDirectories: true)
-            // 2. The runtime.
-            try await makeCurrent(version, logger: logger)
+            // 2. Devices and the runtime.
+            let needed = version.manifest.gpus
+            guard needed <= devices.total else {
+                try await fail(
+                    base, token, code: "not_enough_gpus", message: "version needs \(needed) GPUs; this worker has \(devices.total)",
+                    retryable: true)
+                return
+            }
+            let held = await devices.acquire(needed, prefer: lane.devices)
+            defer { Task { await self.devices.release(held) } }
+            try await makeCurrent(version, on: lane, devices: held, logger: logger)
             guard !progress.isCanceled else {
                 logger.info(progress.isLost ? "the lease was lost while preparing" : "canceled while preparing")
                 return
             }
             // 3. Run.
             let _: HeartbeatResponse = try await client.call(.POST, "\(base)/start", body: TokenRequest(token: token))
-            progress.attach(runtime)
+            progress.attach(lane.runtime)
             var predict: [String: JSONValue] = ["op": .string("predict"), "id": .string(job.id.rawValue)]
             predict["inputs"] = .object(job.input)
             predict["files"] = .object(files)
             predict["output_dir"] = .string(outputs.path)
-            runtime?.send(predict)
-            let outcome = await follow(job.id.rawValue, progress: progress)
+            lane.runtime?.send(predict)
+            let outcome = await follow(job.id.rawValue, on: lane, progress: progress)
             progress.attach(nil)
             // 4. Report.
             switch outcome {
@@ -230,9 +282,9 @@ public final class WorkerAgent: Service, @unchecked Sendable {
     }
 
     /// Reads runtime events until this job ends.
-    private func follow(_ job: String, progress: ProgressBox) async -> Outcome {
-        while var iterator = runtimeEvents, let event = await iterator.next() {
-            runtimeEvents = iterator
+    private func follow(_ job: String, on lane: Lane, progress: ProgressBox) async -> Outcome {
+        while var iterator = lane.runtimeEvents, let event = await iterator.next() {
+            lane.runtimeEvents = iterator
             switch event {
             case .progress(let id, let fraction, let stage) where id == job:
                 progress.update(ProgressObject(fraction: fraction, stage: stage))
@@ -243,23 +295,23 @@ public final class WorkerAgent: Service, @unchecked Sendable {
             case .canceled(let id) where id == job:
                 return .canceled
             case .exited(let status):
-                self.runtime = nil
-                runtimeEvents = nil
+                lane.runtime = nil
+                lane.runtimeEvents = nil
                 return progress.isCanceled ? .canceled : .crashed("the model runtime exited (status \(status)) during the job")
             default:
                 continue
             }
         }
-        self.runtime = nil
+        lane.runtime = nil
         return progress.isCanceled ? .canceled : .crashed("the model runtime stopped answering")
     }
 
-    /// Makes `version`'s runtime the current one: started and set up beside the old, which then stops.
-    private func makeCurrent(_ version: PreparedVersion, logger: Logger) async throws {
-        if let runtime, runtime.version == version.id, runtime.isRunning { return }
+    /// Makes `version`'s runtime on `devices` the lane's current one: started and set up beside the
+    /// old, which then stops.
+    private func makeCurrent(_ version: PreparedVersion, on lane: Lane, devices: [Int], logger: Logger) async throws {
+        if let runtime = lane.runtime, runtime.version == version.id, lane.devices == devices, runtime.isRunning { return }
         let fresh = try RuntimeProcess(
-            version: version, python: options.python, runtimePath: options.runtimePath,
-            devices: Array(0..<version.manifest.gpus), logger: logger)
+            version: version, python: options.python, runtimePath: options.runtimePath, devices: devices, logger: logger)
         var events = fresh.events.makeAsyncIterator()
         fresh.send(["op": .string("setup")])
         // A setup that hangs is killed at the job's time limit; its exit ends the wait below.
@@ -280,9 +332,12 @@ public final class WorkerAgent: Service, @unchecked Sendable {
             default: continue
             }
         }
-        let old = runtime
-        runtime = fresh
-        runtimeEvents = events
+        let old = lane.runtime
+        lanesLock.withLock {
+            lane.runtime = fresh
+            lane.runtimeEvents = events
+            lane.devices = devices
+        }
         if let old {
             logger.info("switched version", metadata: ["from": "\(old.version.short)", "to": "\(version.id.short)"])
             await old.stop()

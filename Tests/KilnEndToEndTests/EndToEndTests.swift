@@ -111,6 +111,40 @@ struct EndToEndTests {
         await cluster.stop()
     }
 
+    @Test("a worker with two GPUs runs two replicas at once, each in its own runtime")
+    func replicas() async throws {
+        let cluster = try await LocalCluster.start()
+        do {
+            _ = try await cluster.pushDemo()
+            // The demo needs no GPU, so each replica takes none and both lanes run it.
+            try cluster.startWorker("wide", arguments: ["--gpus", "2"])
+            let input: [String: JSONValue] = [
+                "prompt": .string("side by side"), "num_frames": .number(120), "width": .number(640), "height": .number(360),
+            ]
+            let first = try await cluster.submit(input)
+            let second = try await cluster.submit(input)
+            // Both running at the same moment, on the one worker there is.
+            let deadline = ContinuousClock.now + .seconds(120)
+            var together = false
+            while !together, ContinuousClock.now < deadline {
+                let a = try await cluster.generation(first.id)
+                let b = try await cluster.generation(second.id)
+                together = a.state == .running && b.state == .running && a.progress.fraction > 0 && b.progress.fraction > 0
+                if a.state.isFinal || b.state.isFinal { break }
+                if !together { try await Task.sleep(for: .milliseconds(100)) }
+            }
+            #expect(together, "the two jobs never ran at the same time: \(cluster.workerLogs())")
+            #expect(try cluster.runtimePIDs(of: "wide").count == 2)
+            for id in [first.id, second.id] {
+                let done = try await cluster.waitFor(id, seconds: 180) { $0.state.isFinal }
+                #expect(done.state == .succeeded)
+            }
+        } catch {
+            Issue.record("\(error) \(cluster.workerLogs())")
+        }
+        await cluster.stop()
+    }
+
     @Test("promote and rollback while generations flow: none fails, each records the version that ran")
     func switchVersionsUnderLoad() async throws {
         let cluster = try await LocalCluster.start()

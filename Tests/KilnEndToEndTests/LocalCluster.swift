@@ -97,13 +97,13 @@ final class LocalCluster: @unchecked Sendable {
 
     /// Starts a `kiln worker` process.
     @discardableResult
-    func startWorker(_ name: String) throws -> Process {
+    func startWorker(_ name: String, arguments extra: [String] = []) throws -> Process {
         let process = Process()
         process.executableURL = Self.repository.appending(path: ".build/debug/kiln")
         process.arguments = [
             "worker", "--server", url, "--key", workerKey, "--cache", data.appending(path: "cache-\(name)").path,
             "--runtime-path", Self.repository.appending(path: "python").path, "--label", "name=\(name)",
-        ]
+        ] + extra
         let log = data.appending(path: "worker-\(name).log")
         FileManager.default.createFile(atPath: log.path, contents: nil)
         let handle = try FileHandle(forWritingTo: log)
