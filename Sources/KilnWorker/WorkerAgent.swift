@@ -109,70 +109,129 @@ public final class WorkerAgent: Service, @unchecked Sendable {
         logger.info("drained; stopping")
     }
 
-    /// One replica's loop: ask for work while a device is free, run it, until shutdown.
+    /// One replica's loop. While a job runs, the next one is leased and prepared (prefetched): its
+    /// version pulled, its inputs fetched, its lease kept alive by heartbeats, so the replica starts
+    /// it the moment it is free. The cluster's dispatch limit bounds how many jobs are held this way.
     private func poll(_ lane: Lane, worker registration: RegisterWorkerResponse, cache: VersionCache, logger: Logger) async {
-        while !Task.isShuttingDownGracefully && !Task.isCancelled {
-            await devices.waitForAnyFree()
-            let lease: LeaseResponse?
-            let asked = ContinuousClock.now
-            do {
-                lease = try await cancelWhenGracefulShutdown {
-                    try await self.client.callIfContent(
-                        .POST, "/v1/workers/\(registration.id)/lease", body: LeaseRequest(waitSeconds: self.options.leaseWaitSeconds),
-                        as: LeaseResponse.self, timeout: self.options.leaseWaitSeconds + 30)
-                }
-            } catch {
-                if Task.isShuttingDownGracefully || Task.isCancelled { break }
-                logger.warning("lease failed: \(error); retrying")
-                try? await Task.sleep(for: .seconds(1))
+        var prefetch: Task<PreparedJob?, Never>?
+        while true {
+            let current: PreparedJob?
+            if let prefetch {
+                current = await prefetch.value
+            } else {
+                await devices.waitForAnyFree()
+                current = await leaseAndPrepare(worker: registration, cache: cache, logger: logger)
+            }
+            prefetch = nil
+            let draining = Task.isShuttingDownGracefully || Task.isCancelled
+            guard let current else {
+                if draining { break }
                 continue
             }
-            guard let lease else {
-                // Nothing came. An answer well before the wait (a draining worker) is no reason to
-                // ask again at once.
-                if ContinuousClock.now - asked < .seconds(1) { try? await Task.sleep(for: .seconds(1)) }
-                continue
+            if !draining {
+                prefetch = Task { await self.leaseAndPrepare(worker: registration, cache: cache, logger: logger) }
             }
-            await execute(lease, on: lane, worker: registration.id, heartbeat: registration.heartbeatSeconds, cache: cache, logger: logger)
+            await run(current, on: lane)
         }
         await lane.runtime?.stop()
     }
 
     // MARK: - One job
 
-    private func execute(
-        _ lease: LeaseResponse, on lane: Lane, worker: WorkerID, heartbeat: Double, cache: VersionCache, logger: Logger
-    ) async {
+    /// A leased job made ready to run: version in the cache, inputs on disk, lease kept alive.
+    struct PreparedJob {
+        var lease: LeaseResponse
+        var base: String
+        var logger: Logger
+        var folder: URL
+        var files: [String: JSONValue]
+        var version: PreparedVersion
+        var progress: ProgressBox
+        var heartbeats: Task<Void, Never>
+
+        var token: String { lease.lease.token }
+        var outputs: URL { folder.appending(path: "outputs") }
+
+        func release() {
+            heartbeats.cancel()
+            try? FileManager.default.removeItem(at: folder)
+        }
+    }
+
+    /// Leases a job (long poll) and prepares it. Nil when nothing came, or when the job could not be
+    /// prepared (it has then been reported).
+    private func leaseAndPrepare(worker registration: RegisterWorkerResponse, cache: VersionCache, logger: Logger) async
+        -> PreparedJob?
+    {
+        guard !Task.isShuttingDownGracefully, !Task.isCancelled else { return nil }
+        let lease: LeaseResponse?
+        let asked = ContinuousClock.now
+        do {
+            lease = try await cancelWhenGracefulShutdown {
+                try await self.client.callIfContent(
+                    .POST, "/v1/workers/\(registration.id)/lease", body: LeaseRequest(waitSeconds: self.options.leaseWaitSeconds),
+                    as: LeaseResponse.self, timeout: self.options.leaseWaitSeconds + 30)
+            }
+        } catch {
+            if !Task.isShuttingDownGracefully, !Task.isCancelled {
+                logger.warning("lease failed: \(error); retrying")
+                try? await Task.sleep(for: .seconds(1))
+            }
+            return nil
+        }
+        guard let lease else {
+            // Nothing came. An answer well before the wait (a draining worker) is no reason to ask
+            // again at once.
+            if ContinuousClock.now - asked < .seconds(1) { try? await Task.sleep(for: .seconds(1)) }
+            return nil
+        }
         let job = lease.job
-        let token = lease.lease.token
-        let base = "/v1/workers/\(worker)/jobs/\(job.id)"
+        let base = "/v1/workers/\(registration.id)/jobs/\(job.id)"
         var logger = logger
         logger[metadataKey: "generation"] = "\(job.id)"
         let folder = options.cache.appending(path: "jobs/\(job.id)-\(job.attempt)")
-        defer { try? FileManager.default.removeItem(at: folder) }
         // The lease is kept alive from now until the job is reported, preparation and uploads included.
         let progress = ProgressBox(ProgressObject(fraction: 0, stage: "preparing"))
-        let watchdog = heartbeats(job.id.rawValue, base: base, token: token, every: heartbeat, progress: progress, logger: logger)
-        defer { watchdog.cancel() }
+        let heartbeats = heartbeats(
+            job.id.rawValue, base: base, token: lease.lease.token, every: registration.heartbeatSeconds, progress: progress,
+            logger: logger)
         do {
             guard let text = job.version, let versionID = KilnCore.Digest(text) else {
-                try await fail(base, token, code: "no_version", message: "model '\(job.model)' has no version to run", retryable: false)
-                return
+                throw KilnError(.invalidInput, "model '\(job.model)' has no version to run")
             }
-            // 1. Version and inputs.
             let version = try await cache.prepare(versionID, keeping: versionsInUse)
             var files: [String: JSONValue] = [:]
             for (name, meta) in job.inputFiles.sorted(by: { $0.key < $1.key }) {
                 let path = folder.appending(path: "inputs/\(name)")
                 try FileManager.default.createDirectory(at: path.deletingLastPathComponent(), withIntermediateDirectories: true)
-                let digest = try await client.download("\(base)/inputs/\(name)?token=\(token)", to: path)
+                let digest = try await client.download("\(base)/inputs/\(name)?token=\(lease.lease.token)", to: path)
                 guard digest == meta.sha256 else { throw KilnError(.invalidInput, "input '\(name)' arrived with another digest") }
                 files[name] = .string(path.path)
             }
-            let outputs = folder.appending(path: "outputs")
-            try FileManager.default.createDirectory(at: outputs, withIntermediateDirectories: true)
-            // 2. Devices and the runtime.
-            let needed = version.manifest.gpus
+            try FileManager.default.createDirectory(at: folder.appending(path: "outputs"), withIntermediateDirectories: true)
+            progress.update(ProgressObject(fraction: 0, stage: "ready"))
+            return PreparedJob(
+                lease: lease, base: base, logger: logger, folder: folder, files: files, version: version, progress: progress,
+                heartbeats: heartbeats)
+        } catch {
+            heartbeats.cancel()
+            try? FileManager.default.removeItem(at: folder)
+            await report(error, base: base, token: lease.lease.token, logger: logger)
+            return nil
+        }
+    }
+
+    /// Runs a prepared job on a replica and reports how it ended.
+    private func run(_ prepared: PreparedJob, on lane: Lane) async {
+        defer { prepared.release() }
+        let (job, base, token, logger, progress) = (prepared.lease.job, prepared.base, prepared.token, prepared.logger, prepared.progress)
+        do {
+            guard !progress.isCanceled else {
+                logger.info(progress.isLost ? "the lease was lost before the job started" : "canceled before it started")
+                return
+            }
+            // 1. Devices and the runtime.
+            let needed = prepared.version.manifest.gpus
             guard needed <= devices.total else {
                 try await fail(
                     base, token, code: "not_enough_gpus", message: "version needs \(needed) GPUs; this worker has \(devices.total)",
@@ -181,22 +240,23 @@ public final class WorkerAgent: Service, @unchecked Sendable {
             }
             let held = await devices.acquire(needed, prefer: lane.devices)
             defer { Task { await self.devices.release(held) } }
-            try await makeCurrent(version, on: lane, devices: held, logger: logger)
+            try await makeCurrent(prepared.version, on: lane, devices: held, logger: logger)
             guard !progress.isCanceled else {
                 logger.info(progress.isLost ? "the lease was lost while preparing" : "canceled while preparing")
                 return
             }
-            // 3. Run.
+            // 2. Run.
             let _: HeartbeatResponse = try await client.call(.POST, "\(base)/start", body: TokenRequest(token: token))
+            progress.update(ProgressObject(fraction: 0, stage: "started"))
             progress.attach(lane.runtime)
             var predict: [String: JSONValue] = ["op": .string("predict"), "id": .string(job.id.rawValue)]
             predict["inputs"] = .object(job.input)
-            predict["files"] = .object(files)
-            predict["output_dir"] = .string(outputs.path)
+            predict["files"] = .object(prepared.files)
+            predict["output_dir"] = .string(prepared.outputs.path)
             lane.runtime?.send(predict)
             let outcome = await follow(job.id.rawValue, on: lane, progress: progress)
             progress.attach(nil)
-            // 4. Report.
+            // 3. Report.
             switch outcome {
             case .done(let produced):
                 var names: [String] = []
@@ -216,14 +276,22 @@ public final class WorkerAgent: Service, @unchecked Sendable {
             case .canceled:
                 logger.info(progress.isLost ? "the lease was lost; the job was stopped" : "canceled")
             }
-        } catch let error as KilnError where error.code == .staleLease || error.code == .conflict {
-            logger.info("the job is no longer ours: \(error.message)")
-        } catch let error as KilnError where [.invalidRequest, .invalidInput, .payloadTooLarge].contains(error.code) {
-            // The server refused what this job produced (an output name, a size): running it
-            // again would produce the same.
-            logger.error("the server refused the job's results: \(error.message)")
-            try? await fail(base, token, code: "invalid_output", message: error.message, retryable: false)
         } catch {
+            await report(error, base: base, token: token, logger: logger)
+        }
+    }
+
+    /// Reports a job this worker could not carry through.
+    private func report(_ error: any Error, base: String, token: String, logger: Logger) async {
+        switch error {
+        case let error as KilnError where error.code == .staleLease || error.code == .conflict:
+            logger.info("the job is no longer ours: \(error.message)")
+        case let error as KilnError where [.invalidRequest, .invalidInput, .payloadTooLarge].contains(error.code):
+            // Refused content (an output name, a size, a job without a version): running it again
+            // would fail the same way.
+            logger.error("the job cannot run: \(error.message)")
+            try? await fail(base, token, code: "invalid_job", message: error.message, retryable: false)
+        default:
             logger.error("job failed on this worker: \(error)")
             try? await fail(base, token, code: "worker_error", message: "\(error)", retryable: true)
         }
@@ -241,7 +309,8 @@ public final class WorkerAgent: Service, @unchecked Sendable {
             let started = ContinuousClock.now
             var stoppedAt: ContinuousClock.Instant?
             while !Task.isCancelled {
-                try? await Task.sleep(for: .milliseconds(Int(min(interval, 1) * 1000)))
+                // Checked four times an interval, so a heartbeat is never more than a quarter late.
+                try? await Task.sleep(for: .milliseconds(Int(min(interval / 4, 1) * 1000)))
                 if Task.isCancelled { break }
                 if let stoppedAt, ContinuousClock.now - stoppedAt > .seconds(1) {
                     progress.runtime?.kill()  // did not stop within a second

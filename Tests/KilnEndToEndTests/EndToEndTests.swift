@@ -72,7 +72,7 @@ struct EndToEndTests {
 
     @Test("a worker killed mid-job (SIGKILL): the job is retried on another worker and succeeds")
     func workerKilled() async throws {
-        let cluster = try await LocalCluster.start(leaseTTL: 3)
+        let cluster = try await LocalCluster.start(leaseTTL: 6)
         do {
             _ = try await cluster.pushDemo()
             try cluster.startWorker("doomed")
@@ -105,6 +105,32 @@ struct EndToEndTests {
             #expect(done.state == .succeeded, "\(cluster.workerLogs())")
             #expect(done.attempts == 2)
             #expect(try cluster.runtimePIDs(of: "a").allSatisfy { !runtimes.contains($0) })
+        } catch {
+            Issue.record("\(error) \(cluster.workerLogs())")
+        }
+        await cluster.stop()
+    }
+
+    @Test("while a job runs, the worker leases and prepares the next one, and runs it when free")
+    func prefetch() async throws {
+        let cluster = try await LocalCluster.start()
+        do {
+            _ = try await cluster.pushDemo()
+            try cluster.startWorker("single")
+            let long = try await cluster.submit([
+                "prompt": .string("first"), "num_frames": .number(120), "width": .number(640), "height": .number(360),
+            ])
+            _ = try await cluster.waitFor(long.id) { $0.state == .running && $0.progress.fraction > 0 }
+            let next = try await cluster.submit(["prompt": .string("second"), "num_frames": .number(4), "width": .number(64), "height": .number(64)])
+            // The next job is leased and made ready while the first still runs.
+            let held = try await cluster.waitFor(next.id) { $0.progress.stage == "ready" }
+            #expect(held.state == .running)
+            #expect(held.startedAt == nil, "a prefetched job has not started")
+            #expect(try await cluster.generation(long.id).state == .running)
+            for id in [long.id, next.id] {
+                let done = try await cluster.waitFor(id, seconds: 180) { $0.state.isFinal }
+                #expect(done.state == .succeeded, "\(cluster.workerLogs())")
+            }
         } catch {
             Issue.record("\(error) \(cluster.workerLogs())")
         }

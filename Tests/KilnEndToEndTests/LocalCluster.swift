@@ -32,7 +32,7 @@ final class LocalCluster: @unchecked Sendable {
         self.workerKey = workerKey
     }
 
-    static func start(leaseTTL: Double = 4) async throws -> LocalCluster {
+    static func start(leaseTTL: Double = 8) async throws -> LocalCluster {
         let binary = repository.appending(path: ".build/debug/kiln")
         try #require(FileManager.default.isExecutableFile(atPath: binary.path), "build the kiln executable first (swift build)")
         let data = FileManager.default.temporaryDirectory.appending(path: "kiln-e2e-\(UUID().uuidString)")
