@@ -120,7 +120,8 @@ public protocol JobStore: Sendable {
     ) async throws -> Generation
 
     /// Returns every running generation whose lease expired before `now` to the queue, or fails it
-    /// when it has used its attempts.
+    /// when it has used its attempts. A lease its worker never acknowledged (no heartbeat, no start)
+    /// never reached the worker: its generation goes back without the attempt being counted.
     /// - Returns: the changed generations.
     func expireLeases(at now: Date) async throws -> [Generation]
 

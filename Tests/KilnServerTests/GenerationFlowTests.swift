@@ -86,6 +86,7 @@ struct GenerationFlowTests {
             let worker = try await api.register(workerKey)
             let submitted = try await api.submit(user)
             let old = try #require(try await api.lease(workerKey, worker: worker))
+            #expect(try await api.heartbeat(workerKey, worker, old, fraction: 0.1).status == .ok)
             kiln.clock.advance(by: 31)
             try await kiln.server.reaper().reap()
             let current = try #require(try await api.lease(workerKey, worker: worker))

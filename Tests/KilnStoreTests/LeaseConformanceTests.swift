@@ -65,6 +65,8 @@ struct LeaseConformanceTests {
         let first = try await store.leaseQueued(queued, to: worker, at: Fixture.time(10), ttl: 30)
         let staleToken = try #require(first.lease?.token)
         #expect(staleToken == FencingToken(1))
+        // The worker acknowledges the lease, then falls silent.
+        _ = try await store.heartbeat(queued.id, worker: worker.id, token: staleToken, progress: nil, at: Fixture.time(10), ttl: 30)
         let expired = try await store.expireLeases(at: Fixture.time(41))
         #expect(expired.map(\.id) == [queued.id])
 
@@ -129,7 +131,9 @@ struct LeaseConformanceTests {
         let worker = try await store.seedWorker()
         let queued = try await store.submitQueued(makeGeneration(account: account.id, maxAttempts: 2, at: Fixture.time(0)))
 
-        _ = try await store.leaseQueued(queued, to: worker, at: Fixture.time(10), ttl: 30)
+        let firstLease = try await store.leaseQueued(queued, to: worker, at: Fixture.time(10), ttl: 30)
+        _ = try await store.heartbeat(
+            queued.id, worker: worker.id, token: try #require(firstLease.lease?.token), progress: nil, at: Fixture.time(10), ttl: 30)
         let early = try await store.expireLeases(at: Fixture.time(20))
         #expect(early.isEmpty, "a lease is not expired before its time")
         let stillRunning = try await store.fetch(queued.id)
@@ -152,6 +156,8 @@ struct LeaseConformanceTests {
 
         let relet = try await store.leaseQueued(queued, to: worker, at: Fixture.time(50), ttl: 30)
         #expect(relet.attempts == 2)
+        _ = try await store.heartbeat(
+            queued.id, worker: worker.id, token: try #require(relet.lease?.token), progress: nil, at: Fixture.time(50), ttl: 30)
         let failed = try await store.expireLeases(at: Fixture.time(81))
         #expect(failed.map(\.id) == [queued.id])
         #expect(failed.first?.state == .failed)
@@ -474,5 +480,27 @@ struct LeaseConformanceTests {
         let bystanderKinds = try await store.eventKinds(of: bystander.id)
         let expectedBystander: [GenerationEvent.Kind] = [.queued, .leased]
         #expect(bystanderKinds == expectedBystander)
+    }
+
+    @Test(
+        "a lease its worker never acknowledged expires without costing an attempt, even at max_attempts",
+        arguments: StoreBackend.allCases)
+    func unacknowledgedLease(_ backend: StoreBackend) async throws {
+        let store = try backend.make()
+        let account = try await store.seedAccount()
+        let worker = try await store.seedWorker()
+        let queued = try await store.submitQueued(makeGeneration(account: account.id, maxAttempts: 1, at: Fixture.time(0)))
+        // Handed to a long poll whose worker had died: no heartbeat, no start ever comes.
+        for round in 0..<3 {
+            let start = Fixture.time(Double(10 + 100 * round))
+            let lease = try await store.leaseQueued(queued, to: worker, at: start, ttl: 30)
+            #expect(lease.attempts == 1)
+            let returned = try await store.expireLeases(at: start.addingTimeInterval(31))
+            #expect(returned.first?.state == .queued)
+            let back = try await store.fetch(queued.id)
+            #expect(back.state == .queued)
+            #expect(back.attempts == 0)
+            #expect(back.queuedAt == Fixture.time(0))
+        }
     }
 }

@@ -78,8 +78,15 @@ public struct LeaseInfo: Hashable, Sendable {
     public var expiresAt: Date
     /// When the worker began running the model; nil while it only holds the job (prefetching).
     public var startedAt: Date?
+    /// Whether the worker has answered for the lease (a heartbeat or a start). A lease that expires
+    /// unacknowledged never reached its worker (a long poll whose worker had died): it costs no attempt.
+    public var acknowledged: Bool
 
-    public init(workerID: WorkerID, cluster: String, token: FencingToken, leasedAt: Date, expiresAt: Date, startedAt: Date? = nil) {
+    public init(
+        workerID: WorkerID, cluster: String, token: FencingToken, leasedAt: Date, expiresAt: Date, startedAt: Date? = nil,
+        acknowledged: Bool = false
+    ) {
+        self.acknowledged = acknowledged
         self.workerID = workerID
         self.cluster = cluster
         self.token = token

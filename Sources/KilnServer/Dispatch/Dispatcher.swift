@@ -94,6 +94,8 @@ public actor Dispatcher {
         // The long poll's timeout is real time (the I/O shell's), not the injected decision clock.
         let deadline = ContinuousClock.now + .milliseconds(Int(max(0, wait) * 1000))
         while true {
+            // A request whose client went away must not take a job it can never receive.
+            try Task.checkCancellation()
             if let job = scheduler.next(for: offer, now: now) {
                 let leased: Generation?
                 do {

@@ -420,7 +420,7 @@ public final class SQLiteJobStore: JobStore {
             try db.execute(
                 sql: """
                     UPDATE generations SET state = 'running', attempts = attempts + 1, lease_token = lease_token + 1,
-                        lease_worker = ?, lease_cluster = ?, leased_at = ?, lease_expires_at = ?, lease_started_at = NULL,
+                        lease_worker = ?, lease_cluster = ?, leased_at = ?, lease_expires_at = ?, lease_started_at = NULL, lease_acked = 0,
                         progress_fraction = 0, progress_stage = 'dispatched'
                     WHERE seq = ? AND state = 'queued'
                     """,
@@ -444,7 +444,7 @@ public final class SQLiteJobStore: JobStore {
             guard generation.lease?.startedAt == nil else {
                 // A retried start only extends the lease.
                 try db.execute(
-                    sql: "UPDATE generations SET lease_expires_at = ? WHERE id = ?",
+                    sql: "UPDATE generations SET lease_expires_at = ?, lease_acked = 1 WHERE id = ?",
                     arguments: [(at + ttl).timeIntervalSince1970, id.rawValue])
                 generation.lease?.expiresAt = at + ttl
                 return generation
@@ -452,7 +452,7 @@ public final class SQLiteJobStore: JobStore {
             try db.execute(
                 sql: """
                     UPDATE generations SET lease_started_at = ?, started_at = COALESCE(started_at, ?), lease_expires_at = ?,
-                        progress_stage = 'started'
+                        progress_stage = 'started', lease_acked = 1
                     WHERE id = ?
                     """,
                 arguments: [at.timeIntervalSince1970, at.timeIntervalSince1970, (at + ttl).timeIntervalSince1970, id.rawValue])
@@ -469,8 +469,9 @@ public final class SQLiteJobStore: JobStore {
             var generation = try Self.holding(db, id, worker: worker, token: token, allowCanceled: true)
             guard generation.state == .running else { return generation }
             try db.execute(
-                sql: "UPDATE generations SET lease_expires_at = ? WHERE id = ?",
+                sql: "UPDATE generations SET lease_expires_at = ?, lease_acked = 1 WHERE id = ?",
                 arguments: [(at + ttl).timeIntervalSince1970, id.rawValue])
+            generation.lease?.acknowledged = true
             if let progress, progress != generation.progress {
                 try db.execute(
                     sql: "UPDATE generations SET progress_fraction = ?, progress_stage = ? WHERE id = ?",
@@ -548,6 +549,9 @@ public final class SQLiteJobStore: JobStore {
                 arguments: [now.timeIntervalSince1970]
             ).map(Self.generation(from:))
             return try expired.map { generation in
+                if let lease = generation.lease, !lease.acknowledged {
+                    return try Self.returnUnacknowledged(db, generation, worker: lease.workerID, at: now)
+                }
                 let worker = generation.lease.map { " on \($0.workerID)" } ?? ""
                 return try Self.endAttempt(
                     db, generation,
@@ -623,6 +627,26 @@ public final class SQLiteJobStore: JobStore {
         }
     }
 
+    /// Puts back a generation whose lease never reached its worker, without counting the attempt.
+    private static func returnUnacknowledged(_ db: Database, _ generation: Generation, worker: WorkerID, at: Date) throws
+        -> Generation
+    {
+        var generation = generation
+        generation.state = .queued
+        generation.lease = nil
+        generation.attempts -= 1
+        generation.progress = JobProgress(fraction: 0, stage: "requeued")
+        try db.execute(
+            sql: """
+                UPDATE generations SET state = 'queued', attempts = attempts - 1, lease_worker = NULL, lease_cluster = NULL,
+                    leased_at = NULL, lease_expires_at = NULL, lease_started_at = NULL, progress_fraction = 0,
+                    progress_stage = 'requeued'
+                WHERE id = ?
+                """, arguments: [generation.id.rawValue])
+        try appendEvent(db, generation, .requeued, at: at, message: "the lease never reached worker \(worker); not counted as an attempt")
+        return generation
+    }
+
     /// Requeues (same `queuedAt`) or fails a running generation whose attempt ended.
     private static func endAttempt(_ db: Database, _ generation: Generation, failure: JobFailure, retryable: Bool, at: Date)
         throws -> Generation
@@ -692,7 +716,8 @@ public final class SQLiteJobStore: JobStore {
             lease = LeaseInfo(
                 workerID: WorkerID(unchecked: worker), cluster: row["lease_cluster"] ?? "", token: FencingToken(row["lease_token"] as Int64),
                 leasedAt: Date(timeIntervalSince1970: leasedAt), expiresAt: Date(timeIntervalSince1970: expires),
-                startedAt: (row["lease_started_at"] as Double?).map(Date.init(timeIntervalSince1970:)))
+                startedAt: (row["lease_started_at"] as Double?).map(Date.init(timeIntervalSince1970:)),
+                acknowledged: (row["lease_acked"] as Int?) == 1)
         }
         var error: JobFailure?
         if let code = row["error_code"] as String? {

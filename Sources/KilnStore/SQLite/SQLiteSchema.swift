@@ -75,6 +75,9 @@ enum SQLiteSchema {
         migrator.registerMigration("v3-worker-keys") { db in
             try db.execute(sql: "ALTER TABLE workers ADD COLUMN key_id TEXT")
         }
+        migrator.registerMigration("v4-lease-acknowledged") { db in
+            try db.execute(sql: "ALTER TABLE generations ADD COLUMN lease_acked INTEGER NOT NULL DEFAULT 0")
+        }
         return migrator
     }
 }
