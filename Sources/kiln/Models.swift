@@ -242,7 +242,7 @@ struct ModelPusher {
         do {
             return try YAMLDecoder().decode(ModelFolderSpec.self, from: text)
         } catch let error as DecodingError {
-            throw ValidationError("kiln.yaml: \(ScenarioFile.describe(error))")
+            throw ValidationError("kiln.yaml: \(error.message(noun: "key"))")
         }
     }
 

@@ -93,7 +93,7 @@ enum ScenarioFile {
         do {
             return try YAMLDecoder().decode(Scenario.self, from: text)
         } catch let error as DecodingError {
-            throw ValidationError("\(nameOrPath): \(describe(error))")
+            throw ValidationError("\(nameOrPath): \(error.message(noun: "key"))")
         }
     }
 
@@ -152,23 +152,6 @@ enum ScenarioFile {
         case .map(let element):
             guard let dictionary = value as? [String: Any] else { throw ValidationError("\(path) must be a mapping") }
             for (key, item) in dictionary { try checkKeys(item, schema: element, path: "\(path).\(key)") }
-        }
-    }
-
-    static func describe(_ error: DecodingError) -> String {
-        func path(_ codingPath: [any CodingKey]) -> String {
-            codingPath.map { $0.intValue.map { "[\($0)]" } ?? ".\($0.stringValue)" }.joined().trimmingPrefix(".").description
-        }
-        switch error {
-        case .keyNotFound(let key, let context):
-            let parent = path(context.codingPath)
-            return "missing key '\(parent.isEmpty ? key.stringValue : parent + "." + key.stringValue)'"
-        case .typeMismatch(_, let context), .valueNotFound(_, let context):
-            return "'\(path(context.codingPath))': \(context.debugDescription)"
-        case .dataCorrupted(let context):
-            return "'\(path(context.codingPath))': \(context.debugDescription)"
-        @unknown default:
-            return "the scenario does not match the format"
         }
     }
 }

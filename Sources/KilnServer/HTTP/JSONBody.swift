@@ -12,14 +12,17 @@ enum JSONBody {
     /// - Throws: `.payloadTooLarge` past `limit`; `.invalidRequest` for malformed JSON, a body that is
     ///   not an object, an unknown field, a missing field or a value of the wrong type, each named.
     static func decode<T: WireRequest>(_ type: T.Type, from request: Request, limit: Int) async throws -> T {
-        let buffer: ByteBuffer
+        try decode(type, from: try await collect(request, limit: limit))
+    }
+
+    /// The whole body, up to `limit` bytes.
+    /// - Throws: `.payloadTooLarge` naming `what` and the limit.
+    static func collect(_ request: Request, limit: Int, what: String = "the JSON body") async throws -> Data {
         do {
-            buffer = try await request.body.collect(upTo: limit)
+            return Data(try await request.body.collect(upTo: limit).readableBytesView)
         } catch is NIOTooManyBytesError {
-            throw KilnError(.payloadTooLarge, "the JSON body is larger than the limit of \(limit) bytes")
+            throw KilnError(.payloadTooLarge, "\(what) is larger than the limit of \(limit) bytes")
         }
-        let data = Data(buffer.readableBytesView)
-        return try decode(type, from: data)
     }
 
     static func decode<T: WireRequest>(_ type: T.Type, from data: Data) throws -> T {
@@ -43,36 +46,7 @@ enum JSONBody {
         do {
             return try WireFormat.decoder().decode(T.self, from: data)
         } catch let error as DecodingError {
-            throw KilnError(.invalidRequest, describe(error))
-        }
-    }
-
-    static func describe(_ error: DecodingError) -> String {
-        func path(_ codingPath: [any CodingKey]) -> String {
-            codingPath.map { $0.intValue.map { "[\($0)]" } ?? ".\($0.stringValue)" }.joined().trimmingPrefix(".").description
-        }
-        func kind(_ type: Any.Type) -> String {
-            switch type {
-            case is String.Type: "a string"
-            case is Bool.Type: "a boolean"
-            case is Int.Type, is Int64.Type, is Double.Type: "a number"
-            case is [Any].Type, is [String].Type: "an array"
-            default: String(describing: type).hasPrefix("Dictionary") ? "an object" : "\(type)"
-            }
-        }
-        switch error {
-        case .keyNotFound(let key, let context):
-            let parent = path(context.codingPath)
-            return "missing field '\(parent.isEmpty ? key.stringValue : parent + "." + key.stringValue)'"
-        case .typeMismatch(let type, let context):
-            return "field '\(path(context.codingPath))' must be \(kind(type))"
-        case .valueNotFound(let type, let context):
-            return "field '\(path(context.codingPath))' must be \(kind(type)), not null"
-        case .dataCorrupted(let context):
-            let field = path(context.codingPath)
-            return field.isEmpty ? context.debugDescription : "field '\(field)': \(context.debugDescription)"
-        @unknown default:
-            return "the body does not match the expected shape"
+            throw KilnError(.invalidRequest, error.message())
         }
     }
 

@@ -47,17 +47,12 @@ struct ModelRoutes {
 
         admin.post("models/:name/versions") { request, context in
             let name = try context.parameters.require("name")
-            let buffer: ByteBuffer
-            do {
-                buffer = try await request.body.collect(upTo: limit)
-            } catch is NIOTooManyBytesError {
-                throw KilnError(.payloadTooLarge, "the manifest is larger than the limit of \(limit) bytes")
-            }
+            let data = try await JSONBody.collect(request, limit: limit, what: "the manifest")
             let manifest: ModelManifest
             do {
-                manifest = try JSONDecoder().decode(ModelManifest.self, from: Data(buffer.readableBytesView))
+                manifest = try JSONDecoder().decode(ModelManifest.self, from: data)
             } catch let error as DecodingError {
-                throw KilnError(.invalidRequest, "manifest: \(JSONBody.describe(error))")
+                throw KilnError(.invalidRequest, "manifest: \(error.message())")
             } catch {
                 throw KilnError(.invalidRequest, "manifest: not valid JSON")
             }

@@ -102,14 +102,7 @@ struct PublicRoutes {
 
     private func createGeneration(_ request: Request, _ context: KilnRequestContext) async throws -> Response {
         let account = try context.account()
-        let buffer: ByteBuffer
-        let limit = services.configuration.limits.maxJSONBytes
-        do {
-            buffer = try await request.body.collect(upTo: limit)
-        } catch is NIOTooManyBytesError {
-            throw KilnError(.payloadTooLarge, "the JSON body is larger than the limit of \(limit) bytes")
-        }
-        let data = Data(buffer.readableBytesView)
+        let data = try await JSONBody.collect(request, limit: services.configuration.limits.maxJSONBytes)
         let body = try JSONBody.decode(CreateGenerationRequest.self, from: data)
 
         var claim: IdempotencyClaim?
