@@ -4,8 +4,6 @@ import KilnAPI
 import KilnCore
 import KilnServer
 import Logging
-import NIOCore
-import NIOHTTP1
 
 /// (b) The whole system over HTTP: `jobs` no-op generations submitted by `submitters` concurrent
 /// clients and drained by `workers` concurrent clients speaking the worker protocol (lease, start,
@@ -36,33 +34,19 @@ enum SystemBenchmark {
         guard let port = await ports.next() else { return }
         let base = "http://127.0.0.1:\(port)"
         let http = HTTPClient(eventLoopGroupProvider: .singleton)
-
-        func call(_ method: HTTPMethod, _ path: String, key: String, body: String? = nil) async throws -> (UInt, ByteBuffer) {
-            var request = HTTPClientRequest(url: base + path)
-            request.method = method
-            request.headers.add(name: "Authorization", value: "Bearer \(key)")
-            if let body {
-                request.headers.add(name: "Content-Type", value: "application/json")
-                request.body = .bytes(ByteBuffer(string: body))
-            }
-            let response = try await http.execute(request, timeout: .seconds(60))
-            return (response.status.code, try await response.body.collect(upTo: 1 << 20))
-        }
-        func decode<T: Decodable>(_ type: T.Type, _ buffer: ByteBuffer) throws -> T {
-            try WireFormat.decoder().decode(T.self, from: Data(buffer.readableBytesView))
-        }
+        let admin = try KilnAPIClient(server: base, key: adminKey, http: http)
 
         // Setup: a model, one account per tier, a worker key.
-        _ = try await call(.POST, "/v1/admin/models", key: adminKey, body: #"{"name":"noop"}"#)
-        var userKeys: [String] = []
+        _ = try await admin { try await $0.createModel(body: .json(.init(name: "noop"))).created }
+        var users: [KilnAPIClient] = []
         for tier in TierTable.standard.names {
-            let account = try decode(
-                AccountObject.self,
-                try await call(.POST, "/v1/admin/accounts", key: adminKey, body: #"{"name":"\#(tier)","tier":"\#(tier)"}"#).1)
-            userKeys.append(try decode(KeyObject.self, try await call(.POST, "/v1/admin/accounts/\(account.id)/keys", key: adminKey).1).key)
+            let account = try await admin { try await $0.createAccount(body: .json(.init(name: tier, tier: tier))).created.body.json }
+            let key = try await admin { try await $0.createAccountKey(path: .init(id: account.id)).created.body.json.key }
+            users.append(try KilnAPIClient(server: base, key: key, http: http))
         }
-        let keys = userKeys
-        let workerKey = try decode(KeyObject.self, try await call(.POST, "/v1/admin/keys", key: adminKey, body: #"{"scope":"worker"}"#).1).key
+        let clients = users
+        let workerKey = try await admin { try await $0.createKey(body: .json(.init(scope: .worker))).created.body.json.key }
+        let workerClient = try KilnAPIClient(server: base, key: workerKey, http: http)
 
         // Baseline: health checks, same concurrency as the workers.
         let clock = ContinuousClock()
@@ -72,7 +56,7 @@ enum SystemBenchmark {
                 for client in 0..<workers {
                     group.addTask {
                         for _ in stride(from: client, to: healthRequests, by: workers) {
-                            _ = try await call(.GET, "/healthz", key: adminKey)
+                            _ = try await admin { try await $0.getHealth().ok }
                         }
                     }
                 }
@@ -93,31 +77,36 @@ enum SystemBenchmark {
                                 // Paced: job i is due at i / rate seconds after the start.
                                 try await Task.sleep(until: begin + .milliseconds(index * 1000 / rate), clock: clock)
                             }
-                            let key = keys[index % keys.count]
+                            let user = clients[index % clients.count]
                             let sent = clock.now
-                            let (status, body) = try await call(.POST, "/v1/generations", key: key, body: #"{"model":"noop","input":{}}"#)
-                            guard status == 201 else { throw KilnError(.internal, "submit answered \(status)") }
-                            await submitTimes.set(try decode(GenerationObject.self, body).id.rawValue, sent)
+                            let created = try await user {
+                                try await $0.createGeneration(body: .json(.init(model: "noop", input: .init()))).created.body.json
+                            }
+                            await submitTimes.set(created.id, sent)
                         }
                     }
                 }
                 for _ in 0..<workers {
                     group.addTask {
-                        let registered = try decode(
-                            RegisterWorkerResponse.self,
-                            try await call(.POST, "/v1/workers", key: workerKey, body: #"{"cluster":"default","accelerator":"cpu","gpus":0}"#).1)
-                        let worker = registered.id
+                        let worker = try await workerClient {
+                            try await $0.registerWorker(body: .json(.init(cluster: "default", accelerator: "cpu", gpus: 0))).created.body.json.id
+                        }
                         while await latencies.count < jobs {
-                            let (status, body) = try await call(.POST, "/v1/workers/\(worker)/lease", key: workerKey, body: #"{"wait_seconds":1}"#)
-                            if status == 204 { continue }
-                            let lease = try decode(LeaseResponse.self, body)
+                            let leased = try await workerClient {
+                                try await $0.leaseJob(path: .init(id: worker), body: .json(.init(waitSeconds: 1)))
+                            }
+                            guard case .ok(let answer) = leased else { continue }
+                            let lease = try answer.body.json
                             let received = clock.now
-                            await latencies.record(lease.job.id.rawValue, at: received, submits: submitTimes)
-                            let path = "/v1/workers/\(worker)/jobs/\(lease.job.id)"
-                            _ = try await call(.POST, "\(path)/start", key: workerKey, body: #"{"token":"\#(lease.lease.token)"}"#)
-                            let (done, _) = try await call(
-                                .POST, "\(path)/complete", key: workerKey, body: #"{"token":"\#(lease.lease.token)","outputs":[]}"#)
-                            guard done == 204 else { throw KilnError(.internal, "complete answered \(done)") }
+                            await latencies.record(lease.job.id, at: received, submits: submitTimes)
+                            let (job, token) = (lease.job.id, lease.lease.token)
+                            _ = try await workerClient {
+                                try await $0.startJob(path: .init(id: worker, job: job), body: .json(.init(token: token))).ok
+                            }
+                            _ = try await workerClient {
+                                try await $0.completeJob(path: .init(id: worker, job: job), body: .json(.init(token: token, outputs: [])))
+                                    .noContent
+                            }
                         }
                     }
                 }

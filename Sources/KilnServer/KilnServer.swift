@@ -6,6 +6,8 @@ import KilnObjects
 import KilnScheduling
 import KilnStore
 import Logging
+import OpenAPIHummingbird
+import OpenAPIRuntime
 import ServiceLifecycle
 import UnixSignals
 
@@ -44,21 +46,13 @@ public struct KilnServer: Sendable {
         self.authenticator = Authenticator(store: store, bootstrapAdminKey: adminKey.flatMap { $0.isEmpty ? nil : $0 })
     }
 
-    /// Every route of the API.
-    public func router() -> Router<KilnRequestContext> {
+    /// Every operation of the API, as the OpenAPI document declares it.
+    public func router() throws -> Router<KilnRequestContext> {
         let router = Router(context: KilnRequestContext.self)
         router.add(middleware: ErrorMiddleware(logger: services.logger))
-        router.get("healthz") { _, _ in try JSONBody.response(["status": "ok"]) }
-        router.get("openapi.yaml") { _, _ in
-            Response(
-                status: .ok, headers: [.contentType: "application/yaml"],
-                body: .init(byteBuffer: ByteBuffer(bytes: Array(OpenAPIDocument.text.utf8))))
-        }
-        let v1 = router.group("v1")
-        PublicRoutes(services: services).register(on: v1, authenticator: authenticator)
-        AdminRoutes(services: services).register(on: v1, authenticator: authenticator)
-        WorkerRoutes(services: services).register(on: v1, authenticator: authenticator)
-        ModelRoutes(services: services).register(on: v1, authenticator: authenticator)
+        router.add(middleware: RequireScope(authenticator: authenticator))
+        router.add(middleware: JSONBodyLimit(limit: services.configuration.limits.maxJSONBytes))
+        try APIHandler(services: services).registerHandlers(on: router, configuration: .kiln, middlewares: [RawMediaTypes()])
         return router
     }
 
@@ -72,9 +66,9 @@ public struct KilnServer: Sendable {
     /// The long-running parts of the control plane: the HTTP application and the lease reaper.
     public func services(
         host: String, port: Int, reaperInterval: Duration = .seconds(1), onServerRunning: @escaping @Sendable (Int) async -> Void = { _ in }
-    ) -> [any Service] {
+    ) throws -> [any Service] {
         let application = Application(
-            router: router(), configuration: .init(address: .hostname(host, port: port), serverName: "kiln"),
+            router: try router(), configuration: .init(address: .hostname(host, port: port), serverName: "kiln"),
             onServerRunning: { channel in await onServerRunning(channel.localAddress?.port ?? port) }, logger: services.logger)
         return [application, reaper(interval: reaperInterval)]
     }
@@ -83,18 +77,8 @@ public struct KilnServer: Sendable {
     public func run(host: String, port: Int, onServerRunning: @escaping @Sendable (Int) async -> Void = { _ in }) async throws {
         let group = ServiceGroup(
             configuration: .init(
-                services: services(host: host, port: port, onServerRunning: onServerRunning),
+                services: try services(host: host, port: port, onServerRunning: onServerRunning),
                 gracefulShutdownSignals: [.sigterm, .sigint], logger: services.logger))
         try await group.run()
     }
-}
-
-/// The OpenAPI document of the API, served at `/openapi.yaml`.
-public enum OpenAPIDocument {
-    public static let text: String = {
-        guard let url = Bundle.module.url(forResource: "openapi", withExtension: "yaml"),
-            let text = try? String(contentsOf: url, encoding: .utf8)
-        else { return "openapi: 3.1.0\ninfo: {title: Kiln, version: v1}\npaths: {}\n" }
-        return text
-    }()
 }

@@ -28,19 +28,8 @@ public struct KilnServices: Sendable {
         self.logger = logger
     }
 
-    /// The API's view of a generation, with its queue position while queued.
-    func render(_ generation: Generation) async -> GenerationObject {
-        let queue = await dispatcher.queueInfo(for: generation)
-        return GenerationObject(
-            id: generation.id, model: generation.model, version: generation.version, alias: generation.alias,
-            state: generation.state, tier: generation.tier, input: generation.input,
-            progress: ProgressObject(fraction: generation.progress.fraction, stage: generation.progress.stage), queue: queue,
-            output: generation.output.mapValues { OutputObject(fileID: $0.fileID, contentType: $0.contentType, size: $0.size) },
-            error: generation.error.map { ErrorBody.Detail(code: $0.code, message: $0.message) }, attempts: generation.attempts,
-            createdAt: generation.createdAt, startedAt: generation.startedAt, completedAt: generation.completedAt)
-    }
-
-    static func render(_ file: FileRecord) -> FileObject {
-        FileObject(id: file.id, size: file.size, sha256: file.sha256, contentType: file.contentType, createdAt: file.createdAt)
+    /// The API's view of a generation, with its place in the queue while queued.
+    func render(_ generation: Generation) async throws -> Components.Schemas.GenerationObject {
+        try Components.Schemas.GenerationObject(generation, place: await dispatcher.queuePlace(for: generation))
     }
 }

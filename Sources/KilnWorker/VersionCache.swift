@@ -57,8 +57,11 @@ public actor VersionCache {
             try? FileManager.default.setAttributes([.modificationDate: Date()], ofItemAtPath: target.path)
             return try layout(id, manifest: JSONDecoder().decode(ModelManifest.self, from: data))
         }
-        let object: VersionObject = try await client.call(.GET, "/v1/workers/\(workerID)/versions/\(id)")
-        let manifest = try JSONDecoder().decode(ModelManifest.self, from: WireFormat.encoder().encode(object.manifest))
+        let worker = workerID.rawValue
+        let object = try await client {
+            try await $0.getWorkerModelVersion(path: .init(id: worker, version: .init(value1: id.description))).ok.body.json
+        }
+        let manifest = try ModelManifest(object.manifest)
         guard try manifest.versionID() == id else {
             throw KilnError(.invalidInput, "the manifest served for \(id) has another digest")
         }
@@ -69,7 +72,10 @@ public actor VersionCache {
             if layer.kind == .environment, layer.platform != platform { continue }
             let blob = root.appending(path: "tmp/blob-\(UUID().uuidString)")
             defer { try? FileManager.default.removeItem(at: blob) }
-            let digest = try await client.download("/v1/workers/\(workerID)/blobs/\(layer.digest)", to: blob)
+            let digest = try await client.transfer {
+                try await $0.downloadBlob(path: .init(id: worker, digest: .init(value1: layer.digest.description))).ok.body.binary
+                    .write(to: blob)
+            }
             guard digest == layer.digest.hex else {
                 throw KilnError(.invalidInput, "blob \(layer.digest) arrived with digest sha256:\(digest)")
             }

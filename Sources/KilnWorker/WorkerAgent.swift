@@ -3,6 +3,7 @@ import KilnAPI
 import KilnCore
 import KilnModels
 import Logging
+import OpenAPIRuntime
 import ServiceLifecycle
 
 /// What `kiln worker` is told.
@@ -59,9 +60,10 @@ public final class WorkerAgent: Service, @unchecked Sendable {
     /// Set once registered.
     public private(set) var id: WorkerID?
 
-    public init(options: WorkerOptions, logger: Logger) {
+    /// - Throws: `.invalidRequest` when the server is not an http(s) URL.
+    public init(options: WorkerOptions, logger: Logger) throws {
         self.options = options
-        self.client = KilnAPIClient(server: options.server, key: options.key)
+        self.client = try KilnAPIClient(server: options.server, key: options.key)
         self.logger = logger
         self.devices = DeviceAllocator(count: options.gpus)
     }
@@ -82,10 +84,20 @@ public final class WorkerAgent: Service, @unchecked Sendable {
     }
 
     public func run() async throws {
-        let registration: RegisterWorkerResponse = try await client.call(
-            .POST, "/v1/workers",
-            body: RegisterWorkerRequest(cluster: options.cluster, accelerator: options.accelerator, gpus: options.gpus, labels: options.labels))
-        id = registration.id
+        let options = self.options
+        let answer = try await client {
+            try await $0.registerWorker(
+                body: .json(
+                    .init(
+                        cluster: options.cluster, accelerator: options.accelerator, gpus: options.gpus,
+                        labels: .init(additionalProperties: options.labels)))
+            ).created.body.json
+        }
+        guard let workerID = WorkerID(rawValue: answer.id) else {
+            throw KilnError(.internal, "the server registered this worker as '\(answer.id)', which is not a worker id")
+        }
+        let registration = Registration(id: workerID, heartbeatSeconds: answer.heartbeatSeconds)
+        id = workerID
         let logger = {
             var logger = self.logger
             logger[metadataKey: "worker"] = "\(registration.id)"
@@ -112,7 +124,7 @@ public final class WorkerAgent: Service, @unchecked Sendable {
     /// One replica's loop. While a job runs, the next one is leased and prepared (prefetched): its
     /// version pulled, its inputs fetched, its lease kept alive by heartbeats, so the replica starts
     /// it the moment it is free. The cluster's dispatch limit bounds how many jobs are held this way.
-    private func poll(_ lane: Lane, worker registration: RegisterWorkerResponse, cache: VersionCache, logger: Logger) async {
+    private func poll(_ lane: Lane, worker registration: Registration, cache: VersionCache, logger: Logger) async {
         var prefetch: Task<PreparedJob?, Never>?
         while true {
             let current: PreparedJob?
@@ -138,10 +150,23 @@ public final class WorkerAgent: Service, @unchecked Sendable {
 
     // MARK: - One job
 
+    /// What registering told this worker.
+    struct Registration: Sendable {
+        var id: WorkerID
+        var heartbeatSeconds: Double
+    }
+
+    /// A leased job, as the worker protocol names it in every call about it.
+    struct JobLease: Sendable {
+        var worker: String
+        var job: GenerationID
+        var token: String
+    }
+
     /// A leased job made ready to run: version in the cache, inputs on disk, lease kept alive.
     struct PreparedJob {
-        var lease: LeaseResponse
-        var base: String
+        var lease: JobLease
+        var input: [String: JSONValue]
         var logger: Logger
         var folder: URL
         var files: [String: JSONValue]
@@ -149,7 +174,6 @@ public final class WorkerAgent: Service, @unchecked Sendable {
         var progress: ProgressBox
         var heartbeats: Task<Void, Never>
 
-        var token: String { lease.lease.token }
         var outputs: URL { folder.appending(path: "outputs") }
 
         func release() {
@@ -160,17 +184,22 @@ public final class WorkerAgent: Service, @unchecked Sendable {
 
     /// Leases a job (long poll) and prepares it. Nil when nothing came, or when the job could not be
     /// prepared (it has then been reported).
-    private func leaseAndPrepare(worker registration: RegisterWorkerResponse, cache: VersionCache, logger: Logger) async
+    private func leaseAndPrepare(worker registration: Registration, cache: VersionCache, logger: Logger) async
         -> PreparedJob?
     {
         guard !Task.isShuttingDownGracefully, !Task.isCancelled else { return nil }
-        let lease: LeaseResponse?
+        let answer: Components.Schemas.LeaseResponse?
         let asked = ContinuousClock.now
+        let (worker, wait) = (registration.id.rawValue, options.leaseWaitSeconds)
         do {
-            lease = try await cancelWhenGracefulShutdown {
-                try await self.client.callIfContent(
-                    .POST, "/v1/workers/\(registration.id)/lease", body: LeaseRequest(waitSeconds: self.options.leaseWaitSeconds),
-                    as: LeaseResponse.self, timeout: self.options.leaseWaitSeconds + 30)
+            answer = try await cancelWhenGracefulShutdown {
+                try await self.client(timeout: .seconds(wait + 30)) {
+                    switch try await $0.leaseJob(path: .init(id: worker), body: .json(.init(waitSeconds: wait))) {
+                    case .ok(let leased): return try leased.body.json
+                    case .noContent: return nil
+                    default: throw KilnError(.internal, "the lease call answered with a status the worker protocol does not have")
+                    }
+                }
             }
         } catch {
             if !Task.isShuttingDownGracefully, !Task.isCancelled {
@@ -179,44 +208,50 @@ public final class WorkerAgent: Service, @unchecked Sendable {
             }
             return nil
         }
-        guard let lease else {
+        guard let answer else {
             // Nothing came. An answer well before the wait (a draining worker) is no reason to ask
             // again at once.
             if ContinuousClock.now - asked < .seconds(1) { try? await Task.sleep(for: .seconds(1)) }
             return nil
         }
-        let job = lease.job
-        let base = "/v1/workers/\(registration.id)/jobs/\(job.id)"
+        let job = answer.job
+        guard let jobID = GenerationID(rawValue: job.id) else {
+            logger.error("the server leased '\(job.id)', which is not a generation id")
+            return nil
+        }
+        let lease = JobLease(worker: worker, job: jobID, token: answer.lease.token)
         var logger = logger
         logger[metadataKey: "generation"] = "\(job.id)"
         let folder = options.cache.appending(path: "jobs/\(job.id)-\(job.attempt)")
         // The lease is kept alive from now until the job is reported, preparation and uploads included.
-        let progress = ProgressBox(ProgressObject(fraction: 0, stage: "preparing"))
-        let heartbeats = heartbeats(
-            job.id.rawValue, base: base, token: lease.lease.token, every: registration.heartbeatSeconds, progress: progress,
-            logger: logger)
+        let progress = ProgressBox(JobProgress(fraction: 0, stage: "preparing"))
+        let heartbeats = heartbeats(lease, every: registration.heartbeatSeconds, progress: progress, logger: logger)
         do {
             guard let text = job.version, let versionID = KilnCore.Digest(text) else {
                 throw KilnError(.invalidInput, "model '\(job.model)' has no version to run")
             }
             let version = try await cache.prepare(versionID, keeping: versionsInUse)
             var files: [String: JSONValue] = [:]
-            for (name, meta) in job.inputFiles.sorted(by: { $0.key < $1.key }) {
+            for (name, meta) in job.inputFiles.additionalProperties.sorted(by: { $0.key < $1.key }) {
                 let path = folder.appending(path: "inputs/\(name)")
                 try FileManager.default.createDirectory(at: path.deletingLastPathComponent(), withIntermediateDirectories: true)
-                let digest = try await client.download("\(base)/inputs/\(name)?token=\(lease.lease.token)", to: path)
+                let digest = try await client.transfer {
+                    try await $0.downloadJobInput(
+                        path: .init(id: lease.worker, job: lease.job.rawValue, name: name), query: .init(token: lease.token)
+                    ).ok.body.any.write(to: path)
+                }
                 guard digest == meta.sha256 else { throw KilnError(.invalidInput, "input '\(name)' arrived with another digest") }
                 files[name] = .string(path.path)
             }
             try FileManager.default.createDirectory(at: folder.appending(path: "outputs"), withIntermediateDirectories: true)
-            progress.update(ProgressObject(fraction: 0, stage: "ready"))
+            progress.update(JobProgress(fraction: 0, stage: "ready"))
             return PreparedJob(
-                lease: lease, base: base, logger: logger, folder: folder, files: files, version: version, progress: progress,
-                heartbeats: heartbeats)
+                lease: lease, input: [String: JSONValue](job.input.additionalProperties), logger: logger, folder: folder, files: files,
+                version: version, progress: progress, heartbeats: heartbeats)
         } catch {
             heartbeats.cancel()
             try? FileManager.default.removeItem(at: folder)
-            await report(error, base: base, token: lease.lease.token, logger: logger)
+            await report(error, lease, logger: logger)
             return nil
         }
     }
@@ -224,7 +259,7 @@ public final class WorkerAgent: Service, @unchecked Sendable {
     /// Runs a prepared job on a replica and reports how it ended.
     private func run(_ prepared: PreparedJob, on lane: Lane) async {
         defer { prepared.release() }
-        let (job, base, token, logger, progress) = (prepared.lease.job, prepared.base, prepared.token, prepared.logger, prepared.progress)
+        let (lease, logger, progress) = (prepared.lease, prepared.logger, prepared.progress)
         do {
             guard !progress.isCanceled else {
                 logger.info(progress.isLost ? "the lease was lost before the job started" : "canceled before it started")
@@ -234,7 +269,7 @@ public final class WorkerAgent: Service, @unchecked Sendable {
             let needed = prepared.version.manifest.gpus
             guard needed <= devices.total else {
                 try await fail(
-                    base, token, code: "not_enough_gpus", message: "version needs \(needed) GPUs; this worker has \(devices.total)",
+                    lease, code: "not_enough_gpus", message: "version needs \(needed) GPUs; this worker has \(devices.total)",
                     retryable: true)
                 return
             }
@@ -246,43 +281,50 @@ public final class WorkerAgent: Service, @unchecked Sendable {
                 return
             }
             // 2. Run.
-            let _: HeartbeatResponse = try await client.call(.POST, "\(base)/start", body: TokenRequest(token: token))
-            progress.update(ProgressObject(fraction: 0, stage: "started"))
+            _ = try await client { try await $0.startJob(path: .init(id: lease.worker, job: lease.job.rawValue), body: .json(.init(token: lease.token))).ok }
+            progress.update(JobProgress(fraction: 0, stage: "started"))
             progress.attach(lane.runtime)
-            var predict: [String: JSONValue] = ["op": .string("predict"), "id": .string(job.id.rawValue)]
-            predict["inputs"] = .object(job.input)
+            var predict: [String: JSONValue] = ["op": .string("predict"), "id": .string(lease.job.rawValue)]
+            predict["inputs"] = .object(prepared.input)
             predict["files"] = .object(prepared.files)
             predict["output_dir"] = .string(prepared.outputs.path)
             lane.runtime?.send(predict)
-            let outcome = await follow(job.id.rawValue, on: lane, progress: progress)
+            let outcome = await follow(lease.job.rawValue, on: lane, progress: progress)
             progress.attach(nil)
             // 3. Report.
             switch outcome {
             case .done(let produced):
                 var names: [String] = []
                 for (name, path) in produced.sorted(by: { $0.key < $1.key }) {
-                    let _: FileObject = try await client.upload(
-                        URL(filePath: path), to: "\(base)/outputs/\(name)?token=\(token)", contentType: Self.contentType(of: path))
+                    _ = try await client.transfer(contentType: Self.contentType(of: path)) {
+                        try await $0.uploadJobOutput(
+                            path: .init(id: lease.worker, job: lease.job.rawValue, name: name), query: .init(token: lease.token),
+                            body: .any(try HTTPBody.file(URL(filePath: path)))
+                        ).created
+                    }
                     names.append(name)
                 }
-                let _: Empty = try await client.call(.POST, "\(base)/complete", body: CompleteRequest(token: token, outputs: names))
+                let published = names
+                _ = try await client {
+                    try await $0.completeJob(path: .init(id: lease.worker, job: lease.job.rawValue), body: .json(.init(token: lease.token, outputs: published))).noContent
+                }
                 logger.info("succeeded", metadata: ["outputs": "\(names)"])
             case .failed(let code, let message):
-                try await fail(base, token, code: code, message: message, retryable: false)
+                try await fail(lease, code: code, message: message, retryable: false)
                 logger.info("model failed", metadata: ["code": "\(code)"])
             case .crashed(let message):
-                try await fail(base, token, code: "runtime_crashed", message: message, retryable: true)
+                try await fail(lease, code: "runtime_crashed", message: message, retryable: true)
                 logger.warning("runtime crashed: \(message)")
             case .canceled:
                 logger.info(progress.isLost ? "the lease was lost; the job was stopped" : "canceled")
             }
         } catch {
-            await report(error, base: base, token: token, logger: logger)
+            await report(error, lease, logger: logger)
         }
     }
 
     /// Reports a job this worker could not carry through.
-    private func report(_ error: any Error, base: String, token: String, logger: Logger) async {
+    private func report(_ error: any Error, _ lease: JobLease, logger: Logger) async {
         switch error {
         case let error as KilnError where error.code == .staleLease || error.code == .conflict:
             logger.info("the job is no longer ours: \(error.message)")
@@ -290,19 +332,17 @@ public final class WorkerAgent: Service, @unchecked Sendable {
             // Refused content (an output name, a size, a job without a version): running it again
             // would fail the same way.
             logger.error("the job cannot run: \(error.message)")
-            try? await fail(base, token, code: "invalid_job", message: error.message, retryable: false)
+            try? await fail(lease, code: "invalid_job", message: error.message, retryable: false)
         default:
             logger.error("job failed on this worker: \(error)")
-            try? await fail(base, token, code: "worker_error", message: "\(error)", retryable: true)
+            try? await fail(lease, code: "worker_error", message: "\(error)", retryable: true)
         }
     }
 
     /// Heartbeats the lease every `interval` (sooner when progress moved) until cancelled; stops the
     /// runtime when the job is canceled (a second's grace) or the lease is lost, and when the job
     /// runs past its time limit.
-    private func heartbeats(
-        _ job: String, base: String, token: String, every interval: Double, progress: ProgressBox, logger: Logger
-    ) -> Task<Void, Never> {
+    private func heartbeats(_ lease: JobLease, every interval: Double, progress: ProgressBox, logger: Logger) -> Task<Void, Never> {
         let client = self.client
         let timeout = options.jobTimeoutSeconds
         return Task {
@@ -322,10 +362,11 @@ public final class WorkerAgent: Service, @unchecked Sendable {
                 guard progress.dueForHeartbeat(every: interval) else { continue }
                 let stop: Bool
                 do {
-                    let response: HeartbeatResponse = try await client.call(
-                        .POST, "\(base)/heartbeat", body: HeartbeatRequest(token: token, progress: progress.current),
-                        timeout: max(interval, 5))
-                    stop = response.cancel
+                    let current = Components.Schemas.ProgressObject(progress.current)
+                    stop = try await client(timeout: .seconds(max(interval, 5))) {
+                        try await $0.heartbeatJob(path: .init(id: lease.worker, job: lease.job.rawValue), body: .json(.init(token: lease.token, progress: current))).ok
+                            .body.json.cancel
+                    }
                 } catch let error as KilnError where error.code == .staleLease || error.code == .conflict || error.code == .notFound {
                     // Another worker holds the job now: whatever this one produces would be refused.
                     logger.warning("lost the lease: \(error.message)")
@@ -337,7 +378,7 @@ public final class WorkerAgent: Service, @unchecked Sendable {
                 if stop, stoppedAt == nil {
                     progress.cancel()
                     stoppedAt = .now
-                    progress.runtime?.send(["op": .string("cancel"), "id": .string(job)])
+                    progress.runtime?.send(["op": .string("cancel"), "id": .string(lease.job.rawValue)])
                 }
             }
         }
@@ -356,7 +397,7 @@ public final class WorkerAgent: Service, @unchecked Sendable {
             lane.runtimeEvents = iterator
             switch event {
             case .progress(let id, let fraction, let stage) where id == job:
-                progress.update(ProgressObject(fraction: fraction, stage: stage))
+                progress.update(JobProgress(fraction: fraction, stage: stage))
             case .done(let id, let outputs) where id == job:
                 return progress.isCanceled ? .canceled : .done(outputs)
             case .error(let id, let code, let message) where id == job:
@@ -413,10 +454,13 @@ public final class WorkerAgent: Service, @unchecked Sendable {
         }
     }
 
-    private func fail(_ base: String, _ token: String, code: String, message: String, retryable: Bool) async throws {
-        let _: Empty = try await client.call(
-            .POST, "\(base)/fail",
-            body: FailRequest(token: token, error: ErrorBody.Detail(code: code, message: message), retryable: retryable))
+    private func fail(_ lease: JobLease, code: String, message: String, retryable: Bool) async throws {
+        _ = try await client {
+            try await $0.failJob(
+                path: .init(id: lease.worker, job: lease.job.rawValue),
+                body: .json(.init(token: lease.token, error: .init(code: code, message: message), retryable: retryable))
+            ).noContent
+        }
     }
 
     static func contentType(of path: String) -> String {
@@ -437,16 +481,16 @@ public final class WorkerAgent: Service, @unchecked Sendable {
 /// The latest progress of the job, and the runtime running it, shared with its heartbeat task.
 final class ProgressBox: @unchecked Sendable {
     private let lock = NSLock()
-    private var value: ProgressObject
+    private var value: JobProgress
     private var changed = true
     private var lastBeat = ContinuousClock.now
     private var canceled = false
     private var lost = false
     private var running: RuntimeProcess?
 
-    init(_ initial: ProgressObject) { value = initial }
+    init(_ initial: JobProgress) { value = initial }
 
-    var current: ProgressObject { lock.withLock { value } }
+    var current: JobProgress { lock.withLock { value } }
     /// Canceled by its owner, or lost to another worker: stop and report nothing.
     var isCanceled: Bool { lock.withLock { canceled } }
     var isLost: Bool { lock.withLock { lost } }
@@ -461,7 +505,7 @@ final class ProgressBox: @unchecked Sendable {
         }
     }
 
-    func update(_ progress: ProgressObject) {
+    func update(_ progress: JobProgress) {
         lock.withLock {
             changed = changed || progress != value
             value = progress

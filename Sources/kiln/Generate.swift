@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import KilnAPI
 import KilnCore
+import OpenAPIRuntime
 
 struct Generate: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -26,22 +27,29 @@ struct Generate: AsyncParsableCommand {
         }
         try await reporting {
             if let video {
-                let file: FileObject = try await client.upload(
-                    URL(filePath: video), method: .POST, to: "/v1/files", contentType: "video/mp4")
-                input["video"] = .string(file.id.rawValue)
+                let file = try await client.transfer(contentType: "video/mp4") {
+                    try await $0.uploadFile(body: .any(try HTTPBody.file(URL(filePath: video)))).created.body.json
+                }
+                input["video"] = .string(file.id)
                 print("uploaded \(video) as \(file.id)")
             }
-            let created: GenerationObject = try await client.call(
-                .POST, "/v1/generations", body: CreateGenerationRequest(model: model, alias: alias, version: version, input: input))
+            let request = Components.Schemas.CreateGenerationRequest(
+                model: model, alias: alias, version: version, input: .init(additionalProperties: try .init(input)))
+            let created = try await client {
+                // The key makes a retried submission safe: the server answers it with the same generation.
+                try await $0.createGeneration(headers: .init(idempotencyKey: UUID().uuidString), body: .json(request)).created.body.json
+            }
             print("generation \(created.id)")
             let done = try await Watch.follow(created.id, client: client)
             guard done.state == .succeeded else {
                 throw CommandFailure("generation \(done.state.rawValue): \(done.error?.message ?? "no reason given")")
             }
-            for (index, (name, output)) in done.output.sorted(by: { $0.key < $1.key }).enumerated() {
+            for (index, (name, output)) in done.output.additionalProperties.sorted(by: { $0.key < $1.key }).enumerated() {
                 let suffix = output.contentType == "video/mp4" ? "mp4" : "bin"
                 let path = index == 0 ? (out ?? "\(done.id).\(suffix)") : "\(done.id)-\(name).\(suffix)"
-                try await client.download("/v1/files/\(output.fileID)", to: URL(filePath: path))
+                try await client.transfer {
+                    try await $0.downloadFile(path: .init(id: output.fileId)).ok.body.any.write(to: URL(filePath: path))
+                }
                 print("saved \(name) to \(path) (\(format(bytes: output.size)))")
             }
         }
@@ -50,11 +58,11 @@ struct Generate: AsyncParsableCommand {
 
 /// A live line for one generation until it ends.
 enum Watch {
-    static func follow(_ id: GenerationID, client: KilnAPIClient) async throws -> GenerationObject {
+    static func follow(_ id: String, client: KilnAPIClient) async throws -> Components.Schemas.GenerationObject {
         let interactive = isatty(STDOUT_FILENO) == 1
         var last = ""
         while true {
-            let generation: GenerationObject = try await client.call(.GET, "/v1/generations/\(id)")
+            let generation = try await client { try await $0.getGeneration(path: .init(id: id)).ok.body.json }
             let line = describe(generation)
             if line != last {
                 if interactive {
@@ -64,7 +72,7 @@ enum Watch {
                 }
                 last = line
             }
-            if generation.state.isFinal {
+            if GenerationState(generation.state).isFinal {
                 if interactive { print("") }
                 return generation
             }
@@ -72,7 +80,7 @@ enum Watch {
         }
     }
 
-    static func describe(_ generation: GenerationObject) -> String {
+    static func describe(_ generation: Components.Schemas.GenerationObject) -> String {
         switch generation.state {
         case .queued:
             let position = generation.queue.map { "position \($0.position + 1)" } ?? ""
@@ -100,8 +108,18 @@ struct Jobs: AsyncParsableCommand {
         @OptionGroup var connection: Connection
 
         func run() async throws {
-            let query = "?limit=\(limit)" + (state.map { "&state=\($0)" } ?? "")
-            let list: GenerationList = try await reporting { try await connection.client(.user).call(.GET, "/v1/generations\(query)") }
+            var only: Components.Schemas.GenerationState?
+            if let state {
+                guard let parsed = Components.Schemas.GenerationState(rawValue: state) else {
+                    throw ValidationError(
+                        "--state '\(state)' is not one of \(Components.Schemas.GenerationState.allCases.map(\.rawValue).joined(separator: ", "))")
+                }
+                only = parsed
+            }
+            let (client, query) = (try connection.client(.user), Operations.ListGenerations.Input.Query(state: only, limit: limit))
+            let list = try await reporting {
+                try await client { try await $0.listGenerations(query: query).ok.body.json }
+            }
             for generation in list.data {
                 print("\(generation.id)  \(generation.state.rawValue.padding(toLength: 9, withPad: " ", startingAt: 0))  \(generation.model)  \(RFC3339.format(generation.createdAt))")
             }
@@ -114,9 +132,14 @@ struct Jobs: AsyncParsableCommand {
         @OptionGroup var connection: Connection
 
         func run() async throws {
-            let generation: GenerationObject = try await reporting { try await connection.client(.user).call(.GET, "/v1/generations/\(id)") }
-            let encoder = WireFormat.encoder()
-            encoder.outputFormatting.insert(.prettyPrinted)
+            let client = try connection.client(.user)
+            let generation = try await reporting { try await client { try await $0.getGeneration(path: .init(id: id)).ok.body.json } }
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+            encoder.dateEncodingStrategy = .custom { date, encoder in
+                var container = encoder.singleValueContainer()
+                try container.encode(RFC3339.format(date))
+            }
             print(String(decoding: try encoder.encode(generation), as: UTF8.self))
         }
     }
@@ -127,8 +150,8 @@ struct Jobs: AsyncParsableCommand {
         @OptionGroup var connection: Connection
 
         func run() async throws {
-            guard let generationID = GenerationID(rawValue: id) else { throw ValidationError("'\(id)' is not a generation id") }
-            let done = try await reporting { try await Watch.follow(generationID, client: try connection.client(.user)) }
+            guard GenerationID(rawValue: id) != nil else { throw ValidationError("'\(id)' is not a generation id") }
+            let done = try await reporting { try await Watch.follow(id, client: try connection.client(.user)) }
             if done.state != .succeeded { throw ExitCode(1) }
         }
     }
@@ -139,7 +162,8 @@ struct Jobs: AsyncParsableCommand {
         @OptionGroup var connection: Connection
 
         func run() async throws {
-            let generation: GenerationObject = try await reporting { try await connection.client(.user).call(.POST, "/v1/generations/\(id)/cancel") }
+            let client = try connection.client(.user)
+            let generation = try await reporting { try await client { try await $0.cancelGeneration(path: .init(id: id)).ok.body.json } }
             print("\(generation.id) \(generation.state.rawValue)")
         }
     }

@@ -3,6 +3,7 @@ import Foundation
 import KilnAPI
 import KilnCore
 import KilnModels
+import OpenAPIRuntime
 import Yams
 
 /// Where the API is and which key to use: flags, then `KILN_URL` and `KILN_KEY` (admin calls try
@@ -26,7 +27,7 @@ struct Connection: ParsableArguments {
         guard let key = chosen else {
             throw ValidationError("no API key: pass --key, set KILN_KEY, or run kiln up in this folder")
         }
-        return KilnAPIClient(server: server ?? environment["KILN_URL"] ?? local?.url ?? "http://127.0.0.1:8080", key: key)
+        return try KilnAPIClient(server: server ?? environment["KILN_URL"] ?? local?.url ?? "http://127.0.0.1:8080", key: key)
     }
 }
 
@@ -76,10 +77,11 @@ struct Models: AsyncParsableCommand {
         @OptionGroup var connection: Connection
 
         func run() async throws {
-            let models: ModelList = try await reporting { try await connection.client().call(.GET, "/v1/admin/models") }
+            let client = try connection.client()
+            let models = try await reporting { try await client { try await $0.listModelsAsAdmin().ok.body.json } }
             for model in models.data {
                 let aliases = model.aliases.map { alias in
-                    "\(alias.name) → " + alias.targets.map { $0.weight == 100 && alias.targets.count == 1 ? $0.version.short : "\($0.version.short)@\($0.weight)" }.joined(separator: ", ")
+                    "\(alias.name) → " + alias.targets.map { alias.targets.count == 1 ? short($0.version) : "\(short($0.version))@\($0.weight)" }.joined(separator: ", ")
                 }
                 print([model.name, aliases.joined(separator: "; ")].filter { !$0.isEmpty }.joined(separator: "  "))
             }
@@ -92,9 +94,12 @@ struct Models: AsyncParsableCommand {
         @OptionGroup var connection: Connection
 
         func run() async throws {
-            let versions: VersionList = try await reporting { try await connection.client().call(.GET, "/v1/admin/models/\(model)/versions") }
+            let client = try connection.client()
+            let versions = try await reporting {
+                try await client { try await $0.listModelVersions(path: .init(name: model)).ok.body.json }
+            }
             for version in versions.data {
-                print("\(version.id.short)  \(RFC3339.format(version.createdAt))  \(version.id)")
+                print("\(short(version.id))  \(RFC3339.format(version.createdAt))  \(version.id)")
             }
         }
     }
@@ -108,7 +113,11 @@ struct Models: AsyncParsableCommand {
         func run() async throws {
             let client = try connection.client()
             let id = try await VersionReference.resolve(version, of: model, client: client)
-            let object: VersionObject = try await reporting { try await client.call(.GET, "/v1/admin/models/\(model)/versions/\(id)") }
+            let object = try await reporting {
+                try await client {
+                    try await $0.getModelVersion(path: .init(name: model, version: .init(value1: id.description))).ok.body.json
+                }
+            }
             let encoder = JSONEncoder()
             encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
             print("version \(object.id)")
@@ -126,11 +135,7 @@ struct Models: AsyncParsableCommand {
         func run() async throws {
             let client = try connection.client()
             let id = try await VersionReference.resolve(version, of: model, client: client)
-            let moved: AliasObject = try await reporting {
-                try await client.call(
-                    .PUT, "/v1/admin/models/\(model)/aliases/\(alias)",
-                    body: MoveAliasRequest(targets: [AliasTargetObject(version: id, weight: 100)]))
-            }
+            let moved = try await reporting { try await move(alias, of: model, to: [.init(version: id, weight: 100)], client: client) }
             print("\(model) \(moved.name) → \(id.short)")
         }
     }
@@ -146,16 +151,14 @@ struct Models: AsyncParsableCommand {
 
         func run() async throws {
             let client = try connection.client()
-            var objects: [AliasTargetObject] = []
+            var split: [AliasTarget] = []
             for pair in targets {
                 let parts = pair.split(separator: "=")
                 guard parts.count == 2, let weight = Int(parts[1]) else { throw ValidationError("'\(pair)' is not VERSION=WEIGHT") }
-                objects.append(AliasTargetObject(version: try await VersionReference.resolve(String(parts[0]), of: model, client: client), weight: weight))
+                split.append(.init(version: try await VersionReference.resolve(String(parts[0]), of: model, client: client), weight: weight))
             }
-            let moved: AliasObject = try await reporting {
-                try await client.call(.PUT, "/v1/admin/models/\(model)/aliases/\(alias)", body: MoveAliasRequest(targets: objects))
-            }
-            print("\(model) \(moved.name) → " + moved.targets.map { "\($0.version.short)@\($0.weight)" }.joined(separator: ", "))
+            let moved = try await reporting { try await move(alias, of: model, to: split, client: client) }
+            print("\(model) \(moved.name) → " + moved.targets.map { "\(short($0.version))@\($0.weight)" }.joined(separator: ", "))
         }
     }
 
@@ -166,10 +169,11 @@ struct Models: AsyncParsableCommand {
         @OptionGroup var connection: Connection
 
         func run() async throws {
-            let moved: AliasObject = try await reporting {
-                try await connection.client().call(.POST, "/v1/admin/models/\(model)/aliases/\(alias)/rollback")
+            let client = try connection.client()
+            let moved = try await reporting {
+                try await client { try await $0.rollbackModelAlias(path: .init(name: model, alias: alias)).ok.body.json }
             }
-            print("\(model) \(moved.name) → " + moved.targets.map { "\($0.version.short)@\($0.weight)" }.joined(separator: ", "))
+            print("\(model) \(moved.name) → " + moved.targets.map { "\(short($0.version))@\($0.weight)" }.joined(separator: ", "))
         }
     }
 
@@ -180,11 +184,12 @@ struct Models: AsyncParsableCommand {
         @OptionGroup var connection: Connection
 
         func run() async throws {
-            let history: AliasHistory = try await reporting {
-                try await connection.client().call(.GET, "/v1/admin/models/\(model)/aliases/\(alias)/history")
+            let client = try connection.client()
+            let history = try await reporting {
+                try await client { try await $0.getModelAliasHistory(path: .init(name: model, alias: alias)).ok.body.json }
             }
             for change in history.data {
-                print("\(RFC3339.format(change.at))  \(change.action.padding(toLength: 8, withPad: " ", startingAt: 0))  " + change.targets.map { "\($0.version.short)@\($0.weight)" }.joined(separator: ", "))
+                print("\(RFC3339.format(change.at))  \(change.action.rawValue.padding(toLength: 8, withPad: " ", startingAt: 0))  " + change.targets.map { "\(short($0.version))@\($0.weight)" }.joined(separator: ", "))
             }
         }
     }
@@ -204,24 +209,33 @@ struct ModelPusher {
         let environments = try buildEnvironments(root, spec, workspace: workspace)
         let packed = try reportingSync { try ModelPackager.pack(folder: root, spec: spec, environments: environments, workspace: workspace) }
         say("packed \(spec.name) \(packed.id.short): \(packed.manifest.layers.count) layers, \(format(bytes: packed.manifest.layers.reduce(0) { $0 + $1.size }))")
+        let (client, blobs) = (self.client, packed.manifest.blobs.map(\.description))
         return try await reporting {
-            let check: BlobCheckResponse = try await client.call(.POST, "/v1/admin/blobs/check", body: BlobCheckRequest(digests: packed.manifest.blobs))
+            let check = try await client { try await $0.checkBlobs(body: .json(.init(digests: blobs))).ok.body.json }
             let sizes = Dictionary(packed.manifest.layers.map { ($0.digest, $0.size) }, uniquingKeysWith: { a, _ in a })
-            for digest in check.missing {
-                guard let file = packed.files[digest] else { continue }
+            for text in check.missing {
+                guard let digest = Digest(text), let file = packed.files[digest] else { continue }
                 say("  uploading \(digest.short) (\(format(bytes: sizes[digest] ?? 0)))")
-                let _: BlobObject = try await client.upload(file, to: "/v1/admin/blobs/\(digest)")
+                _ = try await client.transfer(contentType: "application/octet-stream") {
+                    try await $0.uploadBlob(path: .init(digest: .init(value1: text)), body: .any(try HTTPBody.file(file)))
+                }
             }
             say("  \(check.missing.count) of \(packed.manifest.blobs.count) blobs uploaded; the server had the rest")
-            let version: VersionObject = try await client.call(.POST, "/v1/admin/models/\(spec.name)/versions", body: packed.manifest)
-            say("\(version.created == false ? "unchanged" : "pushed") \(spec.name) version \(version.id)")
-            if let alias {
-                let _: AliasObject = try await client.call(
-                    .PUT, "/v1/admin/models/\(spec.name)/aliases/\(alias)",
-                    body: MoveAliasRequest(targets: [AliasTargetObject(version: version.id, weight: 100)]))
-                say("\(alias) → \(version.id.short)")
+            let manifest = try Components.Schemas.ModelManifest(packed.manifest)
+            let pushed = try await client {
+                switch try await $0.pushModelVersion(path: .init(name: spec.name), body: .json(manifest)) {
+                case .created(let created): return try created.body.json
+                case .ok(let known): return try known.body.json
+                default: throw KilnError(.internal, "the push answered with a status the API does not have")
+                }
             }
-            return version.id
+            let version = try Digest(wire: pushed.id, field: "id")
+            say("\(pushed.created == false ? "unchanged" : "pushed") \(spec.name) version \(version)")
+            if let alias {
+                _ = try await move(alias, of: spec.name, to: [.init(version: version, weight: 100)], client: client)
+                say("\(alias) → \(version.short)")
+            }
+            return version
         }
     }
 
@@ -278,13 +292,28 @@ enum VersionReference {
     static func resolve(_ text: String, of model: String, client: KilnAPIClient) async throws -> Digest {
         if let digest = Digest(text) ?? Digest(hex: text) { return digest }
         let prefix = text.hasPrefix("sha256:") ? String(text.dropFirst(7)) : text
-        let versions: VersionList = try await reporting { try await client.call(.GET, "/v1/admin/models/\(model)/versions") }
-        let matches = versions.data.filter { $0.id.hex.hasPrefix(prefix) }
+        let versions = try await reporting {
+            try await client { try await $0.listModelVersions(path: .init(name: model)).ok.body.json }
+        }
+        let matches = versions.data.compactMap { Digest($0.id) }.filter { $0.hex.hasPrefix(prefix) }
         guard matches.count == 1, let match = matches.first else {
             throw CommandFailure(matches.isEmpty ? "model '\(model)' has no version \(text)" : "'\(text)' names \(matches.count) versions; give more digits")
         }
-        return match.id
+        return match
     }
+}
+
+/// Points `alias` of `model` at `targets`: one promotes, several split.
+func move(_ alias: String, of model: String, to targets: [AliasTarget], client: KilnAPIClient) async throws
+    -> Components.Schemas.AliasObject
+{
+    let request = Components.Schemas.MoveAliasRequest(targets: targets.map(Components.Schemas.AliasTargetObject.init))
+    return try await client { try await $0.moveModelAlias(path: .init(name: model, alias: alias), body: .json(request)).ok.body.json }
+}
+
+/// The first hex digits of a digest, as the command line shows versions.
+func short(_ digest: String) -> String {
+    Digest(digest)?.short ?? digest
 }
 
 func reportingSync<T>(_ body: () throws -> T) throws -> T {

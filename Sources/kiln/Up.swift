@@ -72,17 +72,17 @@ struct Up: AsyncParsableCommand {
             var iterator = ports.makeAsyncIterator()
             guard let bound = await iterator.next() else { return }
             let url = "http://\(host):\(bound)"
-            let admin = KilnAPIClient(server: url, key: adminKey)
+            let admin = try KilnAPIClient(server: url, key: adminKey)
             print("Kiln server on \(url); preparing the demo model and workers …")
             fflush(nil)
             let state = try await Self.bootstrap(admin: admin, url: url, adminKey: adminKey, previous: previous)
             try state.save(to: folder)
             let version = try await ModelPusher(client: admin, platform: "cpu", quiet: true).push(modelFolder, promote: "production")
-            let agents: [any Service] = (0..<max(workers, 0)).map { index in
+            let agents: [any Service] = try (0..<max(workers, 0)).map { index in
                 var options = WorkerOptions(
                     server: url, key: state.workerKey, cache: folder.appending(path: "worker-cache-\(index)"), runtimePath: runtimePath)
                 options.labels = ["local": "\(index)"]
-                return WorkerAgent(options: options, logger: logger)
+                return try WorkerAgent(options: options, logger: logger)
             }
             group.addTask {
                 try await ServiceGroup(
@@ -112,17 +112,19 @@ struct Up: AsyncParsableCommand {
     /// Keys and the demo account, created once and reused while they still work.
     static func bootstrap(admin: KilnAPIClient, url: String, adminKey: String, previous: UpState?) async throws -> UpState {
         if var previous {
-            let user = KilnAPIClient(server: url, key: previous.userKey)
-            if (try? await user.call(.GET, "/v1/generations?limit=1", as: GenerationList.self)) != nil {
+            let user = try KilnAPIClient(server: url, key: previous.userKey)
+            if (try? await user { try await $0.listGenerations(query: .init(limit: 1)).ok }) != nil {
                 previous.url = url
                 previous.adminKey = adminKey
                 return previous
             }
         }
-        let account: AccountObject = try await admin.call(.POST, "/v1/admin/accounts", body: CreateAccountRequest(name: "demo", tier: "api"))
-        let user: KeyObject = try await admin.call(.POST, "/v1/admin/accounts/\(account.id)/keys")
-        let worker: KeyObject = try await admin.call(.POST, "/v1/admin/keys", body: CreateKeyRequest(scope: .worker))
-        return UpState(url: url, adminKey: adminKey, userKey: user.key, workerKey: worker.key, accountID: account.id.rawValue)
+        let account = try await admin {
+            try await $0.createAccount(body: .json(.init(name: "demo", tier: "api"))).created.body.json
+        }
+        let user = try await admin { try await $0.createAccountKey(path: .init(id: account.id)).created.body.json }
+        let worker = try await admin { try await $0.createKey(body: .json(.init(scope: .worker))).created.body.json }
+        return UpState(url: url, adminKey: adminKey, userKey: user.key, workerKey: worker.key, accountID: account.id)
     }
 
     /// `examples/models/demo-video` of the checkout this program was built in.

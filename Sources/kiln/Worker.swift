@@ -45,7 +45,7 @@ struct Worker: AsyncParsableCommand {
         signal(SIGPIPE, SIG_IGN)
         let logger = Logger(label: "kiln.worker")
         let group = ServiceGroup(
-            configuration: .init(services: [WorkerAgent(options: options, logger: logger)], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+            configuration: .init(services: [try WorkerAgent(options: options, logger: logger)], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
         try await group.run()
     }
 }

@@ -1,6 +1,7 @@
 import Foundation
 import KilnAPI
 import KilnCore
+import OpenAPIRuntime
 import Testing
 
 /// Kiln end to end over real processes: `kiln worker` processes running the demo model in Python
@@ -29,14 +30,16 @@ struct EndToEndTests {
             try cluster.startWorker("a")
             let clip = cluster.data.appending(path: "clip.mp4")
             try makeClip(at: clip)
-            let file: FileObject = try await cluster.user.upload(clip, method: .POST, to: "/v1/files", contentType: "video/mp4")
-            let submitted = try await cluster.submit(["prompt": .string("sepia and snow"), "video": .string(file.id.rawValue)])
+            let file = try await cluster.user.transfer(contentType: "video/mp4") {
+                try await $0.uploadFile(body: .any(try HTTPBody.file(clip))).created.body.json
+            }
+            let submitted = try await cluster.submit(["prompt": .string("sepia and snow"), "video": .string(file.id)])
             let done = try await cluster.waitFor(submitted.id) { $0.state.isFinal }
             #expect(done.state == .succeeded, "\(done.error?.message ?? "") \(cluster.workerLogs())")
-            let output = try #require(done.output["video"])
+            let output = try #require(done.output.additionalProperties["video"])
             #expect(output.contentType == "video/mp4")
             let result = cluster.data.appending(path: "result.mp4")
-            try await cluster.user.download("/v1/files/\(output.fileID)", to: result)
+            try await cluster.user.transfer { try await $0.downloadFile(path: .init(id: output.fileId)).ok.body.any.write(to: result) }
             let probe = try LocalCluster.probe(result)
             #expect(probe.frames == 20)
             #expect(probe.width == 160 && probe.height == 96)
@@ -57,13 +60,13 @@ struct EndToEndTests {
                 "prompt": .string("a very long clip"), "num_frames": .number(240), "width": .number(1280), "height": .number(720),
             ])
             _ = try await cluster.waitFor(long.id) { $0.state == .running && $0.progress.fraction > 0 }
-            let _: GenerationObject = try await cluster.user.call(.POST, "/v1/generations/\(long.id)/cancel")
+            _ = try await cluster.user { try await $0.cancelGeneration(path: .init(id: long.id)).ok }
             let next = try await cluster.submit(["prompt": .string("a short clip"), "num_frames": .number(4), "width": .number(64), "height": .number(64)])
             let done = try await cluster.waitFor(next.id) { $0.state.isFinal }
             #expect(done.state == .succeeded, "\(cluster.workerLogs())")
             let canceled = try await cluster.generation(long.id)
             #expect(canceled.state == .canceled)
-            #expect(canceled.output.isEmpty)
+            #expect(canceled.output.additionalProperties.isEmpty)
         } catch {
             Issue.record("\(error) \(cluster.workerLogs())")
         }
@@ -179,11 +182,13 @@ struct EndToEndTests {
             let v2 = try await cluster.pushDemo(variant: "two", promote: false)
             try cluster.startWorker("a")
             try cluster.startWorker("b")
-            var ids: [GenerationID] = []
+            var ids: [String] = []
             for index in 0..<12 {
                 if index == 4 { try await cluster.promoteVersion(v2) }
                 if index == 8 {
-                    let _: AliasObject = try await cluster.admin.call(.POST, "/v1/admin/models/demo-video/aliases/production/rollback")
+                    _ = try await cluster.admin {
+                        try await $0.rollbackModelAlias(path: .init(name: "demo-video", alias: "production")).ok
+                    }
                 }
                 let job = try await cluster.submit(["prompt": .string("flow \(index)"), "num_frames": .number(6), "width": .number(64), "height": .number(64)])
                 ids.append(job.id)

@@ -4,6 +4,7 @@ import KilnCore
 import KilnModels
 import KilnServer
 import Logging
+import OpenAPIRuntime
 import ServiceLifecycle
 import Testing
 
@@ -27,8 +28,8 @@ final class LocalCluster: @unchecked Sendable {
         self.data = data
         self.url = url
         self.serverTask = serverTask
-        self.admin = KilnAPIClient(server: url, key: Self.adminKey)
-        self.user = KilnAPIClient(server: url, key: user)
+        self.admin = try! KilnAPIClient(server: url, key: Self.adminKey)
+        self.user = try! KilnAPIClient(server: url, key: user)
         self.workerKey = workerKey
     }
 
@@ -43,17 +44,17 @@ final class LocalCluster: @unchecked Sendable {
         logger.logLevel = .warning
         let server = try await KilnServer.open(data: data, configuration: configuration, adminKey: adminKey, logger: logger)
         let (ports, continuation) = AsyncStream.makeStream(of: Int.self)
-        let services = server.services(host: "127.0.0.1", port: 0, reaperInterval: .milliseconds(250)) { continuation.yield($0) }
+        let services = try server.services(host: "127.0.0.1", port: 0, reaperInterval: .milliseconds(250)) { continuation.yield($0) }
         let task = Task {
             try await ServiceGroup(configuration: .init(services: services, logger: logger)).run()
         }
         var iterator = ports.makeAsyncIterator()
         let port = try #require(await iterator.next())
         let url = "http://127.0.0.1:\(port)"
-        let admin = KilnAPIClient(server: url, key: adminKey)
-        let account: AccountObject = try await admin.call(.POST, "/v1/admin/accounts", body: CreateAccountRequest(name: "e2e", tier: "api"))
-        let userKey: KeyObject = try await admin.call(.POST, "/v1/admin/accounts/\(account.id)/keys")
-        let workerKey: KeyObject = try await admin.call(.POST, "/v1/admin/keys", body: CreateKeyRequest(scope: .worker))
+        let admin = try KilnAPIClient(server: url, key: adminKey)
+        let account = try await admin { try await $0.createAccount(body: .json(.init(name: "e2e", tier: "api"))).created.body.json }
+        let userKey = try await admin { try await $0.createAccountKey(path: .init(id: account.id)).created.body.json }
+        let workerKey = try await admin { try await $0.createKey(body: .json(.init(scope: .worker))).created.body.json }
         return LocalCluster(data: data, url: url, serverTask: task, user: userKey.key, workerKey: workerKey.key)
     }
 
@@ -74,18 +75,26 @@ final class LocalCluster: @unchecked Sendable {
             name: "demo-video", entrypoint: "predict.py:Predictor", accelerators: ["cpu"],
             inputs: try demoInputs(folder))
         let packed = try ModelPackager.pack(folder: folder, spec: spec, environments: [:], workspace: data.appending(path: "pack-\(UUID())"))
-        let check: BlobCheckResponse = try await admin.call(.POST, "/v1/admin/blobs/check", body: BlobCheckRequest(digests: packed.manifest.blobs))
-        for digest in check.missing {
-            let _: BlobObject = try await admin.upload(try #require(packed.files[digest]), to: "/v1/admin/blobs/\(digest)")
+        let digests = packed.manifest.blobs.map(\.description)
+        let check = try await admin { try await $0.checkBlobs(body: .json(.init(digests: digests))).ok.body.json }
+        for text in check.missing {
+            let parsed: KilnCore.Digest? = KilnCore.Digest(text)
+            let digest = try #require(parsed)
+            let file = try #require(packed.files[digest])
+            _ = try await admin.transfer { try await $0.uploadBlob(path: .init(digest: .init(value1: text)), body: .any(try HTTPBody.file(file))).created }
         }
-        let version: VersionObject = try await admin.call(.POST, "/v1/admin/models/demo-video/versions", body: packed.manifest)
-        if promote { try await promoteVersion(version.id) }
-        return version.id
+        let manifest = try Components.Schemas.ModelManifest(packed.manifest)
+        let pushed = try await admin { try await $0.pushModelVersion(path: .init(name: "demo-video"), body: .json(manifest)).created.body.json }
+        let version = try KilnCore.Digest(wire: pushed.id, field: "id")
+        if promote { try await promoteVersion(version) }
+        return version
     }
 
     func promoteVersion(_ id: KilnCore.Digest) async throws {
-        let _: AliasObject = try await admin.call(
-            .PUT, "/v1/admin/models/demo-video/aliases/production", body: MoveAliasRequest(targets: [AliasTargetObject(version: id, weight: 100)]))
+        let request = Components.Schemas.MoveAliasRequest(targets: [.init(version: id.description, weight: 100)])
+        _ = try await admin {
+            try await $0.moveModelAlias(path: .init(name: "demo-video", alias: "production"), body: .json(request)).ok
+        }
     }
 
     /// The input schema of the demo's kiln.yaml, read with the runtime's interpreter (no YAML parser here).
@@ -125,16 +134,19 @@ final class LocalCluster: @unchecked Sendable {
         return output.split(separator: "\n").compactMap { Int32($0) }
     }
 
-    func submit(_ input: [String: JSONValue]) async throws -> GenerationObject {
-        try await user.call(.POST, "/v1/generations", body: CreateGenerationRequest(model: "demo-video", input: input))
+    func submit(_ input: [String: JSONValue]) async throws -> Components.Schemas.GenerationObject {
+        let request = Components.Schemas.CreateGenerationRequest(model: "demo-video", input: .init(additionalProperties: try .init(input)))
+        return try await user { try await $0.createGeneration(body: .json(request)).created.body.json }
     }
 
-    func generation(_ id: GenerationID) async throws -> GenerationObject {
-        try await user.call(.GET, "/v1/generations/\(id)")
+    func generation(_ id: String) async throws -> Components.Schemas.GenerationObject {
+        try await user { try await $0.getGeneration(path: .init(id: id)).ok.body.json }
     }
 
     /// Polls until `condition` holds (at most `seconds`, a bound against hanging, not a timing test).
-    func waitFor(_ id: GenerationID, seconds: Double = 120, _ condition: (GenerationObject) -> Bool) async throws -> GenerationObject {
+    func waitFor(
+        _ id: String, seconds: Double = 120, _ condition: (Components.Schemas.GenerationObject) -> Bool
+    ) async throws -> Components.Schemas.GenerationObject {
         let deadline = ContinuousClock.now + .seconds(seconds)
         while true {
             let generation = try await generation(id)

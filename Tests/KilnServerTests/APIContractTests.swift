@@ -5,6 +5,7 @@ import HummingbirdTesting
 import KilnAPI
 import KilnCore
 import KilnServer
+import OpenAPIRuntime
 import Testing
 
 @Suite("API contract: validation, isolation, admission, durability")
@@ -15,6 +16,7 @@ struct APIContractTests {
             (#"{"model":"nope","input":{}}"#, 422, "model: no model named 'nope'"),
             (#"{"model":"demo","input":{"prompt":"x"}"#, 400, "malformed JSON"),
             (#"not json"#, 400, "malformed JSON"),
+            (#"{"model":"demo","input":{"prompt":"x"},"alias":"a","version":"b"}"#, 400, "either version or alias"),
             (#"["model"]"#, 400, "must be a JSON object"),
             (#"{"input":{}}"#, 400, "missing field 'model'"),
             (#"{"model":"demo"}"#, 400, "missing field 'input'"),
@@ -33,7 +35,7 @@ struct APIContractTests {
             let result = try await api.call(.post, "/v1/generations", key: user, json: body)
             #expect(result.status.code == status, "\(result.text)")
             #expect(result.error?.message.contains(message) == true, "\(result.text)")
-            let list = try await api.call(.get, "/v1/generations", key: user).decode(GenerationList.self)
+            let list = try await api.call(.get, "/v1/generations", key: user).decode(Components.Schemas.GenerationList.self)
             #expect(list.data.isEmpty)
         }
     }
@@ -53,7 +55,7 @@ struct APIContractTests {
             #expect(json.error?.message.contains("256 bytes") == true)
             let file = try await api.call(.post, "/v1/files", key: user, raw: ByteBuffer(repeating: 1, count: 4096))
             #expect(file.status == .contentTooLarge)
-            #expect(try await api.call(.get, "/v1/generations", key: user).decode(GenerationList.self).data.isEmpty)
+            #expect(try await api.call(.get, "/v1/generations", key: user).decode(Components.Schemas.GenerationList.self).data.isEmpty)
             let objects = try FileManager.default.subpathsOfDirectory(atPath: kiln.data.appending(path: "objects").path)
             #expect(!objects.contains { $0.hasPrefix("files/") }, "\(objects)")
         }
@@ -67,14 +69,14 @@ struct APIContractTests {
             let (_, alice) = try await api.account(tier: "api", name: "alice")
             let (_, bob) = try await api.account(tier: "api", name: "bob")
             let upload = try await api.call(.post, "/v1/files", key: alice, raw: ByteBuffer(string: "clip"))
-            let file = try upload.decode(FileObject.self)
-            let generation = try await api.submit(alice, input: ["video": .string(file.id.rawValue)])
+            let file = try upload.decode(Components.Schemas.FileObject.self)
+            let generation = try await api.submit(alice, input: ["video": .string(file.id)])
 
             #expect(try await api.call(.get, "/v1/generations/\(generation.id)", key: bob).status == .notFound)
             #expect(try await api.call(.post, "/v1/generations/\(generation.id)/cancel", key: bob).status == .notFound)
             #expect(try await api.call(.get, "/v1/generations/\(generation.id)/events", key: bob).status == .notFound)
             #expect(try await api.call(.get, "/v1/files/\(file.id)", key: bob).status == .notFound)
-            #expect(try await api.call(.get, "/v1/generations", key: bob).decode(GenerationList.self).data.isEmpty)
+            #expect(try await api.call(.get, "/v1/generations", key: bob).decode(Components.Schemas.GenerationList.self).data.isEmpty)
             // Bob cannot use Alice's file as an input either.
             let borrowed = try await api.call(
                 .post, "/v1/generations", key: bob, json: #"{"model":"demo","input":{"video":"\#(file.id)"}}"#)
@@ -94,7 +96,7 @@ struct APIContractTests {
             #expect(try await api.call(.get, "/v1/generations", key: "kiln_user_nonsense").status == .unauthorized)
             #expect(try await api.call(.get, "/v1/admin/queue", key: user).status == .forbidden)
             #expect(try await api.call(.get, "/v1/generations", key: KilnHarness.adminKey).status == .forbidden)
-            let created = try await api.call(.post, "/v1/admin/keys", json: #"{"scope":"admin"}"#).decode(KeyObject.self)
+            let created = try await api.call(.post, "/v1/admin/keys", json: #"{"scope":"admin"}"#).decode(Components.Schemas.KeyObject.self)
             #expect(try await api.call(.get, "/v1/admin/queue", key: created.key).status == .ok)
             #expect(try await api.call(.delete, "/v1/admin/keys/\(created.id)").status == .noContent)
             #expect(try await api.call(.get, "/v1/admin/queue", key: created.key).status == .unauthorized)
@@ -113,11 +115,11 @@ struct APIContractTests {
             let again = try await api.call(.post, "/v1/generations", key: user, json: body, headers: headers)
             #expect(first.status == .created)
             #expect(again.status == .ok)
-            #expect(try first.decode(GenerationObject.self).id == again.decode(GenerationObject.self).id)
+            #expect(try first.decode(Components.Schemas.GenerationObject.self).id == again.decode(Components.Schemas.GenerationObject.self).id)
             let different = try await api.call(
                 .post, "/v1/generations", key: user, json: #"{"model":"demo","input":{"prompt":"a dog"}}"#, headers: headers)
             #expect(different.status == .conflict)
-            #expect(try await api.call(.get, "/v1/generations", key: user).decode(GenerationList.self).data.count == 1)
+            #expect(try await api.call(.get, "/v1/generations", key: user).decode(Components.Schemas.GenerationList.self).data.count == 1)
         }
     }
 
@@ -136,7 +138,7 @@ struct APIContractTests {
             #expect(refused.error?.message.contains("max_queued_per_account 2") == true)
             let retryAfter = try #require(refused.headers[.retryAfter].flatMap { Int($0) })
             #expect(retryAfter >= 1 && retryAfter <= 600)
-            #expect(try await api.call(.get, "/v1/generations", key: user).decode(GenerationList.self).data.count == 2)
+            #expect(try await api.call(.get, "/v1/generations", key: user).decode(Components.Schemas.GenerationList.self).data.count == 2)
             // Another account of the tier is not affected.
             let (_, other) = try await api.account(tier: "free", name: "other")
             _ = try await api.submit(other)
@@ -149,19 +151,19 @@ struct APIContractTests {
         try await kiln.withClient { api in
             try await api.model()
             let (_, user) = try await api.account(tier: "api")
-            var ids: [GenerationID] = []
+            var ids: [String] = []
             for _ in 0..<5 { ids.append(try await api.submit(user).id) }
             _ = try await api.call(.post, "/v1/generations/\(ids[1])/cancel", key: user)
-            let page1 = try await api.call(.get, "/v1/generations?limit=2", key: user).decode(GenerationList.self)
+            let page1 = try await api.call(.get, "/v1/generations?limit=2", key: user).decode(Components.Schemas.GenerationList.self)
             #expect(page1.data.map(\.id) == [ids[4], ids[3]])
             let cursor = try #require(page1.nextCursor)
-            let page2 = try await api.call(.get, "/v1/generations?limit=2&cursor=\(cursor)", key: user).decode(GenerationList.self)
+            let page2 = try await api.call(.get, "/v1/generations?limit=2&cursor=\(cursor)", key: user).decode(Components.Schemas.GenerationList.self)
             #expect(page2.data.map(\.id) == [ids[2], ids[1]])
             let page3 = try await api.call(.get, "/v1/generations?limit=2&cursor=\(page2.nextCursor!)", key: user)
-                .decode(GenerationList.self)
+                .decode(Components.Schemas.GenerationList.self)
             #expect(page3.data.map(\.id) == [ids[0]])
             #expect(page3.nextCursor == nil)
-            let canceled = try await api.call(.get, "/v1/generations?state=canceled", key: user).decode(GenerationList.self)
+            let canceled = try await api.call(.get, "/v1/generations?state=canceled", key: user).decode(Components.Schemas.GenerationList.self)
             #expect(canceled.data.map(\.id) == [ids[1]])
             let bad = try await api.call(.get, "/v1/generations?state=done", key: user)
             #expect(bad.status == .badRequest)
@@ -190,7 +192,7 @@ struct APIContractTests {
             let queued = try await api.submit(user)
             return (
                 user, workerKey,
-                [succeeded.id: GenerationState.succeeded, running.id: .running, canceled.id: .canceled, queued.id: .queued]
+                [succeeded.id: Components.Schemas.GenerationState.succeeded, running.id: .running, canceled.id: .canceled, queued.id: .queued]
             )
         }
         let after = try await KilnHarness.make(data: data, clock: clock)

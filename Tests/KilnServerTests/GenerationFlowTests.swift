@@ -4,6 +4,7 @@ import Hummingbird
 import KilnAPI
 import KilnCore
 import KilnServer
+import OpenAPIRuntime
 import Testing
 
 @Suite("Generation flow through the worker protocol")
@@ -19,7 +20,7 @@ struct GenerationFlowTests {
             // Submitted at these offsets; at t=1000 the urgencies are light 720/900 = 0.8,
             // api 90/120 = 0.75, enterprise 30/60 = 0.5, unlimited 100/300 = 0.33, free 1000/3600 = 0.28.
             let schedule: [(String, Double)] = [("free", 0), ("light", 280), ("unlimited", 900), ("api", 910), ("enterprise", 970)]
-            var ids: [String: GenerationID] = [:]
+            var ids: [String: String] = [:]
             for (tier, offset) in schedule {
                 kiln.clock.set(start + offset)
                 ids[tier] = try await api.submit(keys[tier]!, input: ["prompt": .string(tier)]).id
@@ -33,7 +34,7 @@ struct GenerationFlowTests {
             }
             let workerKey = try await api.workerKey()
             let worker = try await api.register(workerKey)
-            var leased: [GenerationID] = []
+            var leased: [String] = []
             while let lease = try await api.lease(workerKey, worker: worker) {
                 leased.append(lease.job.id)
                 #expect(try await api.complete(workerKey, worker, lease).status == .noContent)
@@ -58,7 +59,7 @@ struct GenerationFlowTests {
 
             kiln.clock.advance(by: 31)  // past the 30 s TTL with no heartbeat
             let changed = try await kiln.server.reaper().reap()
-            #expect(changed.map(\.id) == [submitted.id])
+            #expect(changed.map(\.id.rawValue) == [submitted.id])
             let requeued = try await api.generation(user, submitted.id)
             #expect(requeued.state == .queued)
             #expect(requeued.attempts == 1)
@@ -119,18 +120,18 @@ struct GenerationFlowTests {
             let queued = try await api.submit(user)
             let canceled = try await api.call(.post, "/v1/generations/\(queued.id)/cancel", key: user)
             #expect(canceled.status == .ok)
-            #expect(try canceled.decode(GenerationObject.self).state == .canceled)
+            #expect(try canceled.decode(Components.Schemas.GenerationObject.self).state == .canceled)
             #expect(try await api.lease(workerKey, worker: worker) == nil)
 
             let running = try await api.submit(user)
             let lease = try #require(try await api.lease(workerKey, worker: worker))
             #expect(lease.job.id == running.id)
             let before = try await api.heartbeat(workerKey, worker, lease, fraction: 0.1)
-            #expect(try before.decode(HeartbeatResponse.self).cancel == false)
+            #expect(try before.decode(Components.Schemas.HeartbeatResponse.self).cancel == false)
             #expect(try await api.call(.post, "/v1/generations/\(running.id)/cancel", key: user).status == .ok)
             let after = try await api.heartbeat(workerKey, worker, lease, fraction: 0.2)
             #expect(after.status == .ok)
-            #expect(try after.decode(HeartbeatResponse.self).cancel == true)
+            #expect(try after.decode(Components.Schemas.HeartbeatResponse.self).cancel == true)
             // The canceled job cannot be completed, and stays canceled.
             #expect(try await api.complete(workerKey, worker, lease).status == .conflict)
             #expect(try await api.generation(user, running.id).state == .canceled)
@@ -198,7 +199,7 @@ struct GenerationFlowTests {
             let worker = try await api.register(workerKey)
             _ = try await api.submit(user)
             let drained = try await api.call(.post, "/v1/admin/workers/\(worker)/drain")
-            #expect(try drained.decode(WorkerObject.self).state == .draining)
+            #expect(try drained.decode(Components.Schemas.WorkerObject.self).state == .draining)
             #expect(try await api.lease(workerKey, worker: worker) == nil)
             let other = try await api.register(workerKey)
             #expect(try await api.lease(workerKey, worker: other) != nil)

@@ -6,6 +6,7 @@ import KilnAPI
 import KilnCore
 import KilnServer
 import KilnStore
+import OpenAPIRuntime
 import Testing
 
 /// An in-process Kiln on a fresh data folder with a manual clock, and a client that speaks its API.
@@ -25,7 +26,7 @@ struct KilnHarness: Sendable {
 
     /// Runs `body` against the router in process (no socket).
     func withClient<T: Sendable>(_ body: @Sendable (KilnClient) async throws -> T) async throws -> T {
-        let app = Application(router: server.router())
+        let app = Application(router: try server.router())
         return try await app.test(.router) { client in try await body(KilnClient(client: client)) }
     }
 }
@@ -36,16 +37,39 @@ struct HTTPResult: Sendable {
     let body: ByteBuffer
 
     func decode<T: Decodable>(_ type: T.Type) throws -> T {
-        try WireFormat.decoder().decode(T.self, from: Data(body.readableBytesView))
+        let decoder = JSONDecoder()
+        decoder.dateDecodingStrategy = .custom { decoder in
+            try RFC3339Transcoder().decode(try decoder.singleValueContainer().decode(String.self))
+        }
+        return try decoder.decode(T.self, from: Data(body.readableBytesView))
     }
 
-    var error: ErrorBody.Detail? { try? decode(ErrorBody.self).error }
+    var error: Components.Schemas.ErrorDetail? { try? decode(Components.Schemas._Error.self).error }
     var text: String { String(buffer: body) }
 }
 
-/// Calls of the API, by scope, over any Hummingbird test client.
+/// The generated client's requests, carried to a Hummingbird test client.
+struct TestClientTransport: ClientTransport {
+    let client: any TestClientProtocol
+
+    func send(_ request: HTTPRequest, body: HTTPBody?, baseURL: URL, operationID: String) async throws -> (HTTPResponse, HTTPBody?) {
+        var bytes: ByteBuffer?
+        if let body { bytes = ByteBuffer(bytes: try await [UInt8](collecting: body, upTo: .max)) }
+        let response = try await client.execute(uri: request.path ?? "/", method: request.method, headers: request.headerFields, body: bytes)
+        return (HTTPResponse(status: response.status, headerFields: response.headers), HTTPBody(Array(response.body.readableBytesView)))
+    }
+}
+
+/// The API over any Hummingbird test client: set-up through the generated client, and raw calls
+/// for the tests that send what no client would (malformed bodies, stale tokens, wrong keys).
 struct KilnClient: Sendable {
     let client: any TestClientProtocol
+
+    /// The generated client, with `key`.
+    func api(_ key: String = KilnHarness.adminKey) -> KilnAPIClient {
+        let transport = TestClientTransport(client: client)
+        return KilnAPIClient(server: URL(string: "http://kiln.test")!, key: key, calls: transport, transfers: transport)
+    }
 
     func call(
         _ method: HTTPRequest.Method, _ path: String, key: String? = KilnHarness.adminKey, json: String? = nil,
@@ -64,79 +88,78 @@ struct KilnClient: Sendable {
         return HTTPResult(status: response.status, headers: response.headers, body: response.body)
     }
 
-    func encode<T: Encodable>(_ value: T) throws -> String {
-        String(decoding: try WireFormat.encoder().encode(value), as: UTF8.self)
-    }
-
     // MARK: Admin
 
     /// A new account of `tier` and a user key for it.
-    func account(tier: String, name: String = "test") async throws -> (AccountID, String) {
-        let created = try await call(.post, "/v1/admin/accounts", json: try encode(CreateAccountRequest(name: name, tier: tier)))
-        try #require(created.status == .created, "\(created.text)")
-        let account = try created.decode(AccountObject.self)
-        let key = try await call(.post, "/v1/admin/accounts/\(account.id)/keys")
-        try #require(key.status == .created)
-        return (account.id, try key.decode(KeyObject.self).key)
+    func account(tier: String, name: String = "test") async throws -> (String, String) {
+        let admin = api()
+        let account = try await admin { try await $0.createAccount(body: .json(.init(name: name, tier: tier))).created.body.json }
+        let key = try await admin { try await $0.createAccountKey(path: .init(id: account.id)).created.body.json }
+        return (account.id, key.key)
     }
 
     func model(_ name: String = "demo") async throws {
-        let result = try await call(.post, "/v1/admin/models", json: try encode(CreateModelRequest(name: name)))
-        try #require(result.status == .created, "\(result.text)")
+        let admin = api()
+        _ = try await admin { try await $0.createModel(body: .json(.init(name: name))).created }
     }
 
     func workerKey() async throws -> String {
-        let result = try await call(.post, "/v1/admin/keys", json: #"{"scope":"worker"}"#)
-        try #require(result.status == .created)
-        return try result.decode(KeyObject.self).key
+        let admin = api()
+        return try await admin { try await $0.createKey(body: .json(.init(scope: .worker))).created.body.json.key }
     }
 
     // MARK: Public
 
-    func submit(_ key: String, model: String = "demo", input: [String: JSONValue] = [:], headers: HTTPFields = [:]) async throws
-        -> GenerationObject
-    {
-        let result = try await call(
-            .post, "/v1/generations", key: key, json: try encode(CreateGenerationRequest(model: model, input: input)),
-            headers: headers)
-        try #require(result.status == .created || result.status == .ok, "\(result.text)")
-        return try result.decode(GenerationObject.self)
+    func submit(_ key: String, model: String = "demo", input: [String: JSONValue] = [:]) async throws -> Components.Schemas.GenerationObject {
+        let request = Components.Schemas.CreateGenerationRequest(model: model, input: .init(additionalProperties: try .init(input)))
+        let user = api(key)
+        return try await user { try await $0.createGeneration(body: .json(request)).created.body.json }
     }
 
-    func generation(_ key: String, _ id: GenerationID) async throws -> GenerationObject {
-        let result = try await call(.get, "/v1/generations/\(id)", key: key)
-        try #require(result.status == .ok, "\(result.text)")
-        return try result.decode(GenerationObject.self)
+    func generation(_ key: String, _ id: String) async throws -> Components.Schemas.GenerationObject {
+        let user = api(key)
+        return try await user { try await $0.getGeneration(path: .init(id: id)).ok.body.json }
     }
 
     // MARK: Worker
 
-    func register(_ key: String, cluster: String = "default", accelerator: String = "cpu", gpus: Int = 0) async throws -> WorkerID {
-        let result = try await call(
-            .post, "/v1/workers", key: key,
-            json: try encode(RegisterWorkerRequest(cluster: cluster, accelerator: accelerator, gpus: gpus)))
-        try #require(result.status == .created, "\(result.text)")
-        return try result.decode(RegisterWorkerResponse.self).id
+    func register(_ key: String, cluster: String = "default", accelerator: String = "cpu", gpus: Int = 0) async throws -> String {
+        let worker = api(key)
+        return try await worker {
+            try await $0.registerWorker(body: .json(.init(cluster: cluster, accelerator: accelerator, gpus: gpus))).created.body.json.id
+        }
     }
 
     /// A lease, or nil on 204.
-    func lease(_ key: String, worker: WorkerID, wait: Double = 0) async throws -> LeaseResponse? {
-        let result = try await call(.post, "/v1/workers/\(worker)/lease", key: key, json: #"{"wait_seconds":\#(wait)}"#)
-        if result.status == .noContent { return nil }
-        try #require(result.status == .ok, "\(result.text)")
-        return try result.decode(LeaseResponse.self)
+    func lease(_ key: String, worker: String, wait: Double = 0) async throws -> Components.Schemas.LeaseResponse? {
+        let client = api(key)
+        return try await client {
+            switch try await $0.leaseJob(path: .init(id: worker), body: .json(.init(waitSeconds: wait))) {
+            case .ok(let leased): return try leased.body.json
+            default: return nil
+            }
+        }
     }
 
-    func job(_ key: String, _ worker: WorkerID, _ lease: LeaseResponse, _ action: String, json: String) async throws -> HTTPResult {
+    // The worker calls whose answers the tests inspect, raw.
+
+    func job(_ key: String, _ worker: String, _ lease: Components.Schemas.LeaseResponse, _ action: String, json: String) async throws
+        -> HTTPResult
+    {
         try await call(.post, "/v1/workers/\(worker)/jobs/\(lease.job.id)/\(action)", key: key, json: json)
     }
 
-    func heartbeat(_ key: String, _ worker: WorkerID, _ lease: LeaseResponse, fraction: Double? = nil) async throws -> HTTPResult {
+    func heartbeat(_ key: String, _ worker: String, _ lease: Components.Schemas.LeaseResponse, fraction: Double? = nil) async throws
+        -> HTTPResult
+    {
         let progress = fraction.map { #","progress":{"fraction":\#($0),"stage":"denoising"}"# } ?? ""
         return try await job(key, worker, lease, "heartbeat", json: #"{"token":"\#(lease.lease.token)"\#(progress)}"#)
     }
 
-    func complete(_ key: String, _ worker: WorkerID, _ lease: LeaseResponse, outputs: [String] = []) async throws -> HTTPResult {
-        try await job(key, worker, lease, "complete", json: try encode(CompleteRequest(token: lease.lease.token, outputs: outputs)))
+    func complete(_ key: String, _ worker: String, _ lease: Components.Schemas.LeaseResponse, outputs: [String] = []) async throws
+        -> HTTPResult
+    {
+        let names = outputs.map { #""\#($0)""# }.joined(separator: ",")
+        return try await job(key, worker, lease, "complete", json: #"{"token":"\#(lease.lease.token)","outputs":[\#(names)]}"#)
     }
 }

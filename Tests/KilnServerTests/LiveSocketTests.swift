@@ -5,6 +5,7 @@ import HummingbirdTesting
 import KilnAPI
 import KilnCore
 import KilnServer
+import OpenAPIRuntime
 import Testing
 
 @Suite("End to end over a real socket")
@@ -12,7 +13,7 @@ struct LiveSocketTests {
     @Test("upload, submit, lease, fetch the input, upload the output, complete, stream events, download")
     func wholeLoop() async throws {
         let kiln = try await KilnHarness.make(clock: ManualWallClock(Date()))
-        let app = Application(router: kiln.server.router(), configuration: .init(address: .hostname("127.0.0.1", port: 0)))
+        let app = Application(router: try kiln.server.router(), configuration: .init(address: .hostname("127.0.0.1", port: 0)))
         try await app.test(.live) { client in
             let api = KilnClient(client: client)
             try await api.model()
@@ -21,16 +22,16 @@ struct LiveSocketTests {
             let uploaded = try await api.call(
                 .post, "/v1/files", key: user, raw: clip, headers: [.contentType: "video/mp4"])
             #expect(uploaded.status == .created)
-            let file = try uploaded.decode(FileObject.self)
+            let file = try uploaded.decode(Components.Schemas.FileObject.self)
             #expect(file.size == 100_000)
             #expect(file.contentType == "video/mp4")
 
-            let generation = try await api.submit(user, input: ["prompt": .string("make it snow"), "video": .string(file.id.rawValue)])
+            let generation = try await api.submit(user, input: ["prompt": .string("make it snow"), "video": .string(file.id)])
             let workerKey = try await api.workerKey()
             let worker = try await api.register(workerKey)
             let lease = try #require(try await api.lease(workerKey, worker: worker, wait: 5))
             #expect(lease.job.id == generation.id)
-            #expect(lease.job.inputFiles["video"]?.sha256 == file.sha256)
+            #expect(lease.job.inputFiles.additionalProperties["video"]?.sha256 == file.sha256)
 
             let token = lease.lease.token
             let base = "/v1/workers/\(worker)/jobs/\(generation.id)"
@@ -53,8 +54,8 @@ struct LiveSocketTests {
 
             let done = try await api.generation(user, generation.id)
             #expect(done.state == .succeeded)
-            let result = try #require(done.output["video"])
-            let downloaded = try await api.call(.get, "/v1/files/\(result.fileID)", key: user)
+            let result = try #require(done.output.additionalProperties["video"])
+            let downloaded = try await api.call(.get, "/v1/files/\(result.fileId)", key: user)
             #expect(downloaded.text == "mp4 bytes")
             #expect(downloaded.headers[.contentType] == "video/mp4")
         }

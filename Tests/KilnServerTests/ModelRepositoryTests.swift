@@ -5,6 +5,7 @@ import KilnAPI
 import KilnCore
 import KilnModels
 import KilnServer
+import OpenAPIRuntime
 import Testing
 
 /// A model folder whose input schema asks for a prompt and a bounded frame count.
@@ -21,24 +22,30 @@ func videoModelFolder(code: String) throws -> (URL, ModelFolderSpec) {
 
 extension KilnClient {
     /// Pushes a packed version as `kiln models push` does: check, upload what is missing, manifest.
-    func push(_ packed: PackedVersion) async throws -> (VersionObject, uploaded: Int) {
-        let check = try await call(.post, "/v1/admin/blobs/check", json: try encode(BlobCheckRequest(digests: packed.manifest.blobs)))
-        let missing = try check.decode(BlobCheckResponse.self).missing
-        for digest in missing {
-            let bytes = try Data(contentsOf: try #require(packed.files[digest]))
-            let uploaded = try await call(.put, "/v1/admin/blobs/\(digest)", raw: ByteBuffer(bytes: bytes))
-            try #require(uploaded.status == .created, "\(uploaded.text)")
+    func push(_ packed: PackedVersion) async throws -> (Components.Schemas.VersionObject, uploaded: Int) {
+        let admin = api()
+        let digests = packed.manifest.blobs.map(\.description)
+        let missing = try await admin { try await $0.checkBlobs(body: .json(.init(digests: digests))).ok.body.json.missing }
+        for text in missing {
+            let digest = try #require(Digest(text))
+            let file = try #require(packed.files[digest])
+            _ = try await admin.transfer { try await $0.uploadBlob(path: .init(digest: .init(value1: text)), body: .any(try HTTPBody.file(file))).created }
         }
-        let manifest = String(decoding: try packed.manifest.canonicalJSON(), as: UTF8.self)
-        let created = try await call(.post, "/v1/admin/models/\(packed.manifest.model)/versions", json: manifest)
-        try #require(created.status == .created || created.status == .ok, "\(created.text)")
-        return (try created.decode(VersionObject.self), missing.count)
+        let manifest = try Components.Schemas.ModelManifest(packed.manifest)
+        let version = try await admin {
+            switch try await $0.pushModelVersion(path: .init(name: packed.manifest.model), body: .json(manifest)) {
+            case .created(let created): return try created.body.json
+            case .ok(let known): return try known.body.json
+            default: throw KilnError(.internal, "unexpected answer to a push")
+            }
+        }
+        return (version, missing.count)
     }
 
-    func moveAlias(_ model: String, _ alias: String, _ targets: [(Digest, Int)]) async throws -> HTTPResult {
-        try await call(
-            .put, "/v1/admin/models/\(model)/aliases/\(alias)",
-            json: try encode(MoveAliasRequest(targets: targets.map { AliasTargetObject(version: $0.0, weight: $0.1) })))
+    func moveAlias(_ model: String, _ alias: String, _ targets: [(String, Int)]) async throws -> Components.Schemas.AliasObject {
+        let admin = api()
+        let request = Components.Schemas.MoveAliasRequest(targets: targets.map { .init(version: $0.0, weight: $0.1) })
+        return try await admin { try await $0.moveModelAlias(path: .init(name: model, alias: alias), body: .json(request)).ok.body.json }
     }
 }
 
@@ -56,17 +63,17 @@ struct ModelRepositoryTests {
         try await kiln.withClient { api in
             let v1 = try pack("class Predictor: pass\n")
             let (first, uploadedFirst) = try await api.push(v1)
-            #expect(first.id == v1.id)
+            #expect(first.id == v1.id.description)
             #expect(first.created == true)
             #expect(uploadedFirst == 2)
             let (again, uploadedAgain) = try await api.push(v1)
-            #expect(again.id == v1.id)
+            #expect(again.id == v1.id.description)
             #expect(again.created == false)
             #expect(uploadedAgain == 0)
             // A code change uploads only the new code layer; the checkpoint is shared.
             let (_, uploadedV2) = try await api.push(try pack("class Predictor: # v2\n    pass\n"))
             #expect(uploadedV2 == 1)
-            let versions = try await api.call(.get, "/v1/admin/models/video/versions").decode(VersionList.self)
+            let versions = try await api.call(.get, "/v1/admin/models/video/versions").decode(Components.Schemas.VersionList.self)
             #expect(versions.data.count == 2)
         }
     }
@@ -79,8 +86,8 @@ struct ModelRepositoryTests {
             let digest = packed.manifest.blobs[0]
             let wrong = try await api.call(.put, "/v1/admin/blobs/\(digest)", raw: ByteBuffer(string: "not those bytes"))
             #expect(wrong.status == .unprocessableContent)
-            let check = try await api.call(.post, "/v1/admin/blobs/check", json: try api.encode(BlobCheckRequest(digests: [digest])))
-            #expect(try check.decode(BlobCheckResponse.self).missing == [digest])
+            let check = try await api.call(.post, "/v1/admin/blobs/check", json: #"{"digests":["\#(digest)"]}"#)
+            #expect(try check.decode(Components.Schemas.BlobCheckResponse.self).missing == [digest.description])
             let manifest = String(decoding: try packed.manifest.canonicalJSON(), as: UTF8.self)
             let refused = try await api.call(.post, "/v1/admin/models/video/versions", json: manifest)
             #expect(refused.status == .unprocessableContent)
@@ -104,12 +111,12 @@ struct ModelRepositoryTests {
             #expect(refused.status == .unprocessableContent)
             #expect(refused.error?.message.contains("no alias 'production'") == true)
 
-            #expect(try await api.moveAlias("video", "production", [(v1.id, 100)]).status == .ok)
+            #expect(try await api.moveAlias("video", "production", [(v1.id, 100)]).targets.map(\.version) == [v1.id])
             let pinned = try await api.call(
                 .post, "/v1/generations", key: user, json: #"{"model":"video","version":"\#(v2.id)","input":{"prompt":"x"}}"#)
             #expect(pinned.status == .created)
             let first = try await api.submit(user, model: "video", input: input)
-            #expect(first.input["num_frames"] == .number(48), "the schema's default is applied")
+            #expect([String: JSONValue](first.input.additionalProperties)["num_frames"] == .number(48), "the schema's default is applied")
 
             func leaseAndRun() async throws -> String? {
                 let lease = try #require(try await api.lease(workerKey, worker: worker))
@@ -119,18 +126,18 @@ struct ModelRepositoryTests {
             #expect(try await leaseAndRun() == v2.id.description)  // the pinned one was queued first
             #expect(try await leaseAndRun() == v1.id.description)
 
-            #expect(try await api.moveAlias("video", "production", [(v2.id, 100)]).status == .ok)
+            #expect(try await api.moveAlias("video", "production", [(v2.id, 100)]).targets.map(\.version) == [v2.id])
             _ = try await api.submit(user, model: "video", input: input)
             #expect(try await leaseAndRun() == v2.id.description)
 
             let rolledBack = try await api.call(.post, "/v1/admin/models/video/aliases/production/rollback")
-            #expect(try rolledBack.decode(AliasObject.self).targets.map(\.version) == [v1.id])
+            #expect(try rolledBack.decode(Components.Schemas.AliasObject.self).targets.map(\.version) == [v1.id])
             let done = try await api.submit(user, model: "video", input: input)
             #expect(try await leaseAndRun() == v1.id.description)
             #expect(try await api.generation(user, done.id).version == v1.id.description)
 
             // A 50/50 split sends generations to both versions.
-            #expect(try await api.moveAlias("video", "production", [(v1.id, 50), (v2.id, 50)]).status == .ok)
+            #expect(try await api.moveAlias("video", "production", [(v1.id, 50), (v2.id, 50)]).targets.count == 2)
             var seen = Set<String>()
             for _ in 0..<40 {
                 _ = try await api.submit(user, model: "video", input: input)
@@ -138,9 +145,9 @@ struct ModelRepositoryTests {
             }
             #expect(seen == [v1.id.description, v2.id.description])
 
-            let history = try await api.call(.get, "/v1/admin/models/video/aliases/production/history").decode(AliasHistory.self)
-            #expect(history.data.map(\.action) == ["promote", "promote", "rollback", "split"])
-            let models = try await api.call(.get, "/v1/models", key: user).decode(ModelList.self)
+            let history = try await api.call(.get, "/v1/admin/models/video/aliases/production/history").decode(Components.Schemas.AliasHistory.self)
+            #expect(history.data.map(\.action.rawValue) == ["promote", "promote", "rollback", "split"])
+            let models = try await api.call(.get, "/v1/models", key: user).decode(Components.Schemas.ModelList.self)
             #expect(models.data.first { $0.name == "video" }?.aliases.first?.name == "production")
         }
     }
@@ -163,7 +170,7 @@ struct ModelRepositoryTests {
                 .post, "/v1/generations", key: user,
                 json: #"{"model":"video","input":{"prompt":"x","video":"file_0000000000000000000000"}}"#)
             #expect(foreignFile.status == .unprocessableContent)
-            #expect(try await api.call(.get, "/v1/generations", key: user).decode(GenerationList.self).data.isEmpty)
+            #expect(try await api.call(.get, "/v1/generations", key: user).decode(Components.Schemas.GenerationList.self).data.isEmpty)
         }
     }
 }

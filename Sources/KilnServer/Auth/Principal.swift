@@ -8,6 +8,25 @@ public enum Principal: Sendable, Hashable {
     case worker(KeyID)
     /// `key` is nil for the bootstrap key from `KILN_ADMIN_KEY`.
     case admin(KeyID?)
+
+    /// The caller of the request being handled, set by ``RequireScope`` for every `/v1/` path.
+    @TaskLocal public static var current: Principal?
+
+    /// The account of the calling user key.
+    /// - Throws: `.forbidden` for other callers.
+    static func account() throws -> AccountID {
+        guard case .user(let account, _) = current else {
+            throw KilnError(.forbidden, "this call needs a user key (one that belongs to an account)")
+        }
+        return account
+    }
+
+    /// The calling worker key.
+    /// - Throws: `.forbidden` for other callers.
+    static func workerKey() throws -> KeyID {
+        guard case .worker(let key) = current else { throw KilnError(.forbidden, "this call needs a worker key") }
+        return key
+    }
 }
 
 /// Key secrets: random, shown once, stored as a SHA-256 hash (they carry 190 bits of entropy, so a

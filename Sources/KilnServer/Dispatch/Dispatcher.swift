@@ -1,7 +1,6 @@
 import Foundation
 import KilnCore
 import KilnScheduling
-import KilnAPI
 import KilnStore
 
 /// Runs the pure ``Scheduler`` against the store: the I/O shell around the policy.
@@ -124,12 +123,12 @@ public actor Dispatcher {
     // MARK: Views
 
     /// Position, ETA and deadline of a queued generation.
-    public func queueInfo(for generation: Generation) -> QueueInfo? {
+    public func queuePlace(for generation: Generation) -> QueuePlace? {
         guard generation.state == .queued, let position = scheduler.position(of: generation.sequence, now: now) else {
             return nil
         }
         let maxWait = configuration.tiers[generation.tier]?.maxWait ?? 0
-        return QueueInfo(
+        return QueuePlace(
             position: position, etaSeconds: throughput.eta(position: position, now: now).map { ($0 * 10).rounded() / 10 },
             deadline: generation.queuedAt + maxWait)
     }
@@ -143,20 +142,20 @@ public actor Dispatcher {
         return Int(min(max(estimate, 1), maxWait).rounded(.up))
     }
 
-    public func view(limit: Int) -> QueueView {
+    public func view(limit: Int) -> QueueSnapshot {
         let now = self.now
         let rows = scheduler.summary(now: now).map { row in
-            QueueView.Row(
+            QueueSnapshot.Row(
                 tier: row.tier, model: row.model, queued: row.queued, parked: row.parked,
                 oldestQueuedAt: row.oldestQueuedAt.map(Date.init(timeIntervalSince1970:)), maxUrgency: row.maxUrgency)
         }
-        let next = scheduler.dispatchOrder(now: now, limit: limit).compactMap { job -> QueueView.Entry? in
+        let next = scheduler.dispatchOrder(now: now, limit: limit).compactMap { job -> QueueSnapshot.Entry? in
             guard let id = identifiers[job.sequence], let tier = configuration.tiers[job.tier] else { return nil }
-            return QueueView.Entry(
+            return QueueSnapshot.Entry(
                 id: id, tier: job.tier, model: job.requirements.model, queuedAt: Date(timeIntervalSince1970: job.queuedAt),
                 urgency: Urgency.of(queuedAt: job.queuedAt, maxWait: tier.maxWait, now: now))
         }
-        return QueueView(
+        return QueueSnapshot(
             policy: scheduler.policy.name, queued: scheduler.queuedCount, dispatched: scheduler.dispatchedCount, rows: rows,
             next: next)
     }

@@ -32,15 +32,29 @@ struct Authenticator: Sendable {
         case .admin: return .admin(key.id)
         }
     }
+
+    /// The scope a path needs, as the document's tags say: `public` operations (`/v1/files`,
+    /// `/v1/generations`, `/v1/models`) need a user key, `admin` ones (`/v1/admin/…`) an admin key,
+    /// `worker` ones (`/v1/workers…`) a worker key; `meta` ones (`/healthz`, `/openapi.yaml`) none.
+    static func scope(of path: String) -> KeyScope? {
+        let segments = path.split(separator: "/", omittingEmptySubsequences: true)
+        guard segments.first == "v1", segments.count >= 2 else { return nil }
+        switch segments[1] {
+        case "admin": return .admin
+        case "workers": return .worker
+        default: return .user
+        }
+    }
 }
 
-/// Admits only callers whose key has `scope`, and records who they are in the context.
+/// Admits only callers whose key has the scope the path needs, and runs the rest of the request
+/// with ``Principal/current`` set to them.
 struct RequireScope: RouterMiddleware {
     typealias Context = KilnRequestContext
-    let scope: KeyScope
     let authenticator: Authenticator
 
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+        guard let scope = Authenticator.scope(of: request.uri.path) else { return try await next(request, context) }
         let principal = try await authenticator.principal(for: request)
         let granted: Bool
         switch (scope, principal) {
@@ -50,8 +64,6 @@ struct RequireScope: RouterMiddleware {
         guard granted else {
             throw KilnError(.forbidden, "this call needs a \(scope.rawValue) key")
         }
-        var context = context
-        context.principal = principal
-        return try await next(request, context)
+        return try await Principal.$current.withValue(principal) { try await next(request, context) }
     }
 }

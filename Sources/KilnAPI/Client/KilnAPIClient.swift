@@ -1,0 +1,177 @@
+import AsyncHTTPClient
+import Crypto
+import Foundation
+import HTTPTypes
+import KilnCore
+import NIOCore
+import OpenAPIAsyncHTTPClient
+import OpenAPIRuntime
+
+/// The client of the Kiln API that the command line, the worker and the benchmarks share: the
+/// ``Client`` generated from the OpenAPI document, with the key sent on every call and every error
+/// answer turned into the server's ``KilnError``.
+///
+/// ```swift
+/// let api = try KilnAPIClient(server: "http://127.0.0.1:8080", key: key)
+/// let generation = try await api { try await $0.getGeneration(path: .init(id: id)).ok.body.json }
+/// ```
+public struct KilnAPIClient: Sendable {
+    public let server: String
+    /// JSON calls and long polls: over HTTP, each abandoned after two minutes, or sooner when asked.
+    private let calls: Client
+    /// Uploads and downloads, of any size.
+    private let transfers: Client
+
+    /// - Throws: `.invalidRequest` when `server` is not an http(s) URL.
+    public init(server: String, key: String, http: HTTPClient = .shared) throws {
+        let trimmed = server.hasSuffix("/") ? String(server.dropLast()) : server
+        guard let url = URL(string: trimmed), ["http", "https"].contains(url.scheme?.lowercased() ?? ""), url.host != nil else {
+            throw KilnError(.invalidRequest, "'\(server)' is not an http(s) URL of a Kiln server")
+        }
+        self.init(
+            server: url, key: key, calls: AsyncHTTPClientTransport(configuration: .init(client: http, timeout: .minutes(2))),
+            transfers: AsyncHTTPClientTransport(configuration: .init(client: http, timeout: .hours(6))))
+    }
+
+    /// A client over other transports (an in-process server in tests, say).
+    /// - Parameters:
+    ///   - calls: carries JSON calls and long polls.
+    ///   - transfers: carries uploads and downloads.
+    public init(server: URL, key: String, calls: any ClientTransport, transfers: any ClientTransport) {
+        self.server = server.absoluteString
+        let middlewares: [any ClientMiddleware] = [BearerKey(key: key), RawBodyType(), ErrorAnswers()]
+        self.calls = Client(serverURL: server, configuration: .kiln, transport: calls, middlewares: middlewares)
+        self.transfers = Client(serverURL: server, configuration: .kiln, transport: transfers, middlewares: middlewares)
+    }
+
+    /// Runs `body`'s calls. Errors come back as ``KilnError``: the server's own (its code, message
+    /// and `Retry-After`), or `.unavailable` when the server could not be reached.
+    /// - Parameter timeout: abandons the calls after this long (a heartbeat must not hang).
+    public func callAsFunction<T: Sendable>(
+        timeout: Duration? = nil, _ body: @escaping @Sendable (Client) async throws -> T
+    ) async throws -> T {
+        let calls = self.calls
+        do {
+            guard let timeout else { return try await body(calls) }
+            return try await withThrowingTaskGroup(of: T?.self) { group in
+                group.addTask { try await body(calls) }
+                group.addTask {
+                    try await Task.sleep(for: timeout)
+                    return nil
+                }
+                defer { group.cancelAll() }
+                guard let first = try await group.next(), let value = first else {
+                    throw KilnError(.unavailable, "the Kiln server at \(server) did not answer within \(timeout)")
+                }
+                return value
+            }
+        } catch {
+            throw Self.kilnError(error, server: server)
+        }
+    }
+
+    /// Like a call, for uploads and downloads that may take hours.
+    /// - Parameter contentType: the media type of the raw body the calls send (the document
+    ///   declares raw bodies as `*/*`, and the server records the type it receives).
+    public func transfer<T: Sendable>(contentType: String? = nil, _ body: @Sendable (Client) async throws -> T) async throws -> T {
+        do {
+            return try await RawBodyType.$current.withValue(contentType) { try await body(transfers) }
+        } catch {
+            throw Self.kilnError(error, server: server)
+        }
+    }
+
+    static func kilnError(_ error: any Error, server: String) -> any Error {
+        switch error {
+        case let error as KilnError: return error
+        case let error as ClientError:
+            if let kiln = error.underlyingError as? KilnError { return kiln }
+            if error.response == nil {
+                return KilnError(.unavailable, "cannot reach the Kiln server at \(server): \(error.underlyingError)")
+            }
+            return KilnError(.internal, "the answer to \(error.operationID) does not match the API document: \(error.causeDescription)")
+        default: return error
+        }
+    }
+}
+
+/// `Authorization: Bearer <key>` on every request.
+struct BearerKey: ClientMiddleware {
+    let key: String
+
+    func intercept(
+        _ request: HTTPRequest, body: HTTPBody?, baseURL: URL, operationID: String,
+        next: @Sendable (HTTPRequest, HTTPBody?, URL) async throws -> (HTTPResponse, HTTPBody?)
+    ) async throws -> (HTTPResponse, HTTPBody?) {
+        var request = request
+        request.headerFields[.authorization] = "Bearer \(key)"
+        return try await next(request, body, baseURL)
+    }
+}
+
+/// Sends a raw body with the media type the caller gave ``KilnAPIClient/transfer(contentType:_:)``
+/// instead of the document's `*/*`.
+struct RawBodyType: ClientMiddleware {
+    @TaskLocal static var current: String?
+
+    func intercept(
+        _ request: HTTPRequest, body: HTTPBody?, baseURL: URL, operationID: String,
+        next: @Sendable (HTTPRequest, HTTPBody?, URL) async throws -> (HTTPResponse, HTTPBody?)
+    ) async throws -> (HTTPResponse, HTTPBody?) {
+        var request = request
+        if let type = Self.current, request.headerFields[.contentType] == "*/*" { request.headerFields[.contentType] = type }
+        return try await next(request, body, baseURL)
+    }
+}
+
+/// Turns an error answer (`{"error": {"code", "message"}}`, status 400 and above) into the
+/// ``KilnError`` it carries, `Retry-After` included, so that callers handle one kind of error.
+struct ErrorAnswers: ClientMiddleware {
+    func intercept(
+        _ request: HTTPRequest, body: HTTPBody?, baseURL: URL, operationID: String,
+        next: @Sendable (HTTPRequest, HTTPBody?, URL) async throws -> (HTTPResponse, HTTPBody?)
+    ) async throws -> (HTTPResponse, HTTPBody?) {
+        let (response, responseBody) = try await next(request, body, baseURL)
+        guard response.status.code >= 400 else { return (response, responseBody) }
+        let retryAfter = response.headerFields[.retryAfter].flatMap { Int($0) }
+        if let responseBody, let data = try? await Data(collecting: responseBody, upTo: 1 << 20),
+            let answer = try? JSONDecoder().decode(Components.Schemas._Error.self, from: data)
+        {
+            let code = KilnError.Code(rawValue: answer.error.code) ?? .internal
+            throw KilnError(code, answer.error.message, retryAfter: retryAfter)
+        }
+        throw KilnError(.internal, "the server answered \(response.status.code) to \(operationID)")
+    }
+}
+
+extension HTTPBody {
+    /// A file's bytes, streamed in 1 MiB chunks.
+    public static func file(_ url: URL) throws -> HTTPBody {
+        let handle = try FileHandle(forReadingFrom: url)
+        let size = try handle.seekToEnd()
+        try handle.seek(toOffset: 0)
+        let chunks = AsyncThrowingStream<ArraySlice<UInt8>, any Error> {
+            guard let data = try handle.read(upToCount: 1 << 20), !data.isEmpty else {
+                try? handle.close()
+                return nil
+            }
+            return ArraySlice(data)
+        }
+        return HTTPBody(chunks, length: .known(Int64(size)), iterationBehavior: .single)
+    }
+
+    /// Writes the body to `file` as it streams.
+    /// - Returns: the hex SHA-256 of the bytes written.
+    @discardableResult
+    public func write(to file: URL) async throws -> String {
+        FileManager.default.createFile(atPath: file.path, contents: nil)
+        let handle = try FileHandle(forWritingTo: file)
+        defer { try? handle.close() }
+        var hasher = SHA256()
+        for try await chunk in self {
+            hasher.update(data: chunk)
+            try handle.write(contentsOf: Data(chunk))
+        }
+        return hasher.finalize().map { String(format: "%02x", $0) }.joined()
+    }
+}

@@ -1,0 +1,131 @@
+import Foundation
+import KilnCore
+import KilnModels
+import OpenAPIRuntime
+
+// Wire → domain: the one place where what the document says becomes a KilnCore value. A wire
+// value the domain has no place for is refused with `invalid_request` naming the field.
+
+extension GenerationState {
+    public init(_ state: Components.Schemas.GenerationState) {
+        switch state {
+        case .queued: self = .queued
+        case .running: self = .running
+        case .succeeded: self = .succeeded
+        case .failed: self = .failed
+        case .canceled: self = .canceled
+        }
+    }
+}
+
+extension KeyScope {
+    public init(_ scope: Components.Schemas.KeyScope) {
+        switch scope {
+        case .user: self = .user
+        case .worker: self = .worker
+        case .admin: self = .admin
+        }
+    }
+}
+
+extension WorkerRecord.State {
+    public init(_ state: Components.Schemas.WorkerState) {
+        switch state {
+        case .active: self = .active
+        case .draining: self = .draining
+        }
+    }
+}
+
+extension JobProgress {
+    public init(_ progress: Components.Schemas.ProgressObject) {
+        self.init(fraction: progress.fraction, stage: progress.stage)
+    }
+}
+
+extension JobFailure {
+    public init(_ error: Components.Schemas.ErrorDetail) {
+        self.init(code: error.code, message: error.message)
+    }
+}
+
+extension AliasTarget {
+    /// - Throws: `.invalidRequest` when the version is not a digest.
+    public init(_ target: Components.Schemas.AliasTargetObject) throws {
+        self.init(version: try Digest(wire: target.version, field: "targets.version"), weight: target.weight)
+    }
+}
+
+extension Digest {
+    /// `sha256:<hex>`, or the bare hex where the document allows it.
+    /// - Throws: `.invalidRequest` naming `field`.
+    public init(wire text: String, field: String) throws {
+        guard let digest = Digest(text) ?? Digest(hex: text) else {
+            throw KilnError(.invalidRequest, "\(field): '\(text)' is not a sha256 digest (sha256:<64 hex digits>)")
+        }
+        self = digest
+    }
+}
+
+extension Components.Schemas.DigestParameter {
+    /// The digest in a path, with or without its `sha256:` prefix.
+    public var text: String { value1 ?? value2 ?? "" }
+}
+
+extension ModelManifest.Layer {
+    public init(_ layer: Components.Schemas.ManifestLayer) throws {
+        let kind: Kind =
+            switch layer.kind {
+            case .code: .code
+            case .environment: .environment
+            case .weights: .weights
+            }
+        self.init(
+            kind: kind, digest: try Digest(wire: layer.digest, field: "layers.digest"), size: layer.size, platform: layer.platform,
+            path: layer.path)
+    }
+}
+
+extension ModelManifest {
+    /// The manifest as it was sent, in canonical order; ``validate()`` judges it.
+    public init(_ manifest: Components.Schemas.ModelManifest) throws {
+        self.init(
+            model: manifest.model, entrypoint: manifest.entrypoint, accelerators: manifest.accelerators, gpus: manifest.gpus,
+            inputs: manifest.inputs.map(JSONValue.init), layers: try manifest.layers.map(ModelManifest.Layer.init))
+        self.schema = manifest.schema.rawValue
+    }
+}
+
+// MARK: - Free-form JSON
+
+extension JSONValue {
+    public init(_ container: OpenAPIValueContainer) {
+        self.init(openAPIValue: container.value)
+    }
+
+    /// - Parameter value: a value of the OpenAPI runtime's containers (`Bool`, `Int`, `Double`,
+    ///   `String`, arrays and dictionaries of them, or nil).
+    init(openAPIValue value: (any Sendable)?) {
+        switch value {
+        case nil: self = .null
+        case let value as Bool: self = .bool(value)
+        case let value as Int: self = .number(Double(value))
+        case let value as Double: self = .number(value)
+        case let value as String: self = .string(value)
+        case let values as [(any Sendable)?]: self = .array(values.map(JSONValue.init(openAPIValue:)))
+        case let values as [String: (any Sendable)?]: self = .object(values.mapValues(JSONValue.init(openAPIValue:)))
+        default: self = .null
+        }
+    }
+}
+
+extension Dictionary where Key == String, Value == JSONValue {
+    public init(_ container: OpenAPIObjectContainer) {
+        self = container.value.mapValues(JSONValue.init(openAPIValue:))
+    }
+}
+
+extension Components.Schemas.GenerationState {
+    /// `succeeded`, `failed` or `canceled`: nothing more will happen to the generation.
+    public var isFinal: Bool { GenerationState(self).isFinal }
+}

@@ -1,0 +1,106 @@
+import Foundation
+import KilnAPI
+import KilnCore
+import KilnModels
+import KilnObjects
+import KilnStore
+import Logging
+import NIOCore
+import OpenAPIRuntime
+
+/// The admin API (admin key): accounts, keys, models, the queue and the fleet.
+extension APIHandler {
+    func listAccounts(_ input: Operations.ListAccounts.Input) async throws -> Operations.ListAccounts.Output {
+        .ok(.init(body: .json(.init(data: try await services.store.accounts().map(Components.Schemas.AccountObject.init)))))
+    }
+
+    func createAccount(_ input: Operations.CreateAccount.Input) async throws -> Operations.CreateAccount.Output {
+        guard case .json(let body) = input.body else { throw KilnError(.invalidRequest, "the request needs a JSON body") }
+        let name = body.name.trimmingCharacters(in: .whitespacesAndNewlines)
+        guard (1...200).contains(name.count) else {
+            throw KilnError(.invalidRequest, "name: must be 1 to 200 characters")
+        }
+        try checkTier(body.tier)
+        let account = Account(id: .random(), name: name, tier: body.tier, createdAt: services.clock.now())
+        try await services.store.createAccount(account)
+        return .created(.init(body: .json(.init(account))))
+    }
+
+    func updateAccount(_ input: Operations.UpdateAccount.Input) async throws -> Operations.UpdateAccount.Output {
+        let id = try PathID.parse(input.path.id, as: AccountID.self, "account")
+        guard case .json(let body) = input.body else { throw KilnError(.invalidRequest, "the request needs a JSON body") }
+        try checkTier(body.tier)
+        return .ok(.init(body: .json(.init(try await services.store.updateAccountTier(id, tier: body.tier)))))
+    }
+
+    func createAccountKey(_ input: Operations.CreateAccountKey.Input) async throws -> Operations.CreateAccountKey.Output {
+        let id = try PathID.parse(input.path.id, as: AccountID.self, "account")
+        guard try await services.store.account(id) != nil else { throw KilnError(.notFound, "no account '\(id)'") }
+        return .created(.init(body: .json(try await createKey(scope: .user, account: id))))
+    }
+
+    func createKey(_ input: Operations.CreateKey.Input) async throws -> Operations.CreateKey.Output {
+        guard case .json(let body) = input.body else { throw KilnError(.invalidRequest, "the request needs a JSON body") }
+        let scope = KeyScope(body.scope)
+        guard scope != .user else {
+            throw KilnError(.invalidInput, "scope: user keys belong to an account; use POST /v1/admin/accounts/{id}/keys")
+        }
+        return .created(.init(body: .json(try await createKey(scope: scope, account: nil))))
+    }
+
+    func revokeKey(_ input: Operations.RevokeKey.Input) async throws -> Operations.RevokeKey.Output {
+        let id = try PathID.parse(input.path.id, as: KeyID.self, "key")
+        try await services.store.revokeKey(id, at: services.clock.now())
+        return .noContent(.init())
+    }
+
+    func listModelsAsAdmin(_ input: Operations.ListModelsAsAdmin.Input) async throws -> Operations.ListModelsAsAdmin.Output {
+        .ok(.init(body: .json(try await modelList())))
+    }
+
+    func createModel(_ input: Operations.CreateModel.Input) async throws -> Operations.CreateModel.Output {
+        guard case .json(let body) = input.body else { throw KilnError(.invalidRequest, "the request needs a JSON body") }
+        guard ModelRecord.isValidName(body.name) else {
+            throw KilnError(
+                .invalidRequest,
+                "name: '\(body.name)' must be 1 to 64 lowercase letters, digits, '-', '_' or '.', starting with a letter or digit")
+        }
+        let schema = body.inputSchema.map(JSONValue.init)
+        if let schema { _ = try InputSchema(schema) }
+        let model = ModelRecord(name: body.name, description: body.description ?? "", inputSchema: schema, createdAt: services.clock.now())
+        try await services.store.createModel(model)
+        return .created(.init(body: .json(try .init(model, inputSchema: schema, aliases: []))))
+    }
+
+    func getQueue(_ input: Operations.GetQueue.Input) async throws -> Operations.GetQueue.Output {
+        let count = input.query.limit ?? 50
+        guard (1...1000).contains(count) else {
+            throw KilnError(.invalidRequest, "limit: '\(count)' must be a whole number from 1 to 1000")
+        }
+        return .ok(.init(body: .json(.init(await services.dispatcher.view(limit: count)))))
+    }
+
+    func listWorkers(_ input: Operations.ListWorkers.Input) async throws -> Operations.ListWorkers.Output {
+        .ok(.init(body: .json(.init(data: try await services.store.workers().map(Components.Schemas.WorkerObject.init)))))
+    }
+
+    func drainWorker(_ input: Operations.DrainWorker.Input) async throws -> Operations.DrainWorker.Output {
+        let id = try PathID.parse(input.path.id, as: WorkerID.self, "worker")
+        return .ok(.init(body: .json(.init(try await services.store.setWorkerState(id, .draining)))))
+    }
+
+    private func checkTier(_ tier: String) throws {
+        guard services.configuration.tiers[tier] != nil else {
+            throw KilnError(
+                .invalidInput, "tier: '\(tier)' is not one of \(services.configuration.tiers.names.joined(separator: ", "))")
+        }
+    }
+
+    private func createKey(scope: KeyScope, account: AccountID?) async throws -> Components.Schemas.KeyObject {
+        let secret = KeySecret.generate(scope: scope)
+        let record = APIKeyRecord(
+            id: .random(), scope: scope, accountID: account, secretHash: KeySecret.hash(secret), createdAt: services.clock.now())
+        try await services.store.createKey(record)
+        return .init(record, secret: secret)
+    }
+}

@@ -1,0 +1,279 @@
+import Crypto
+import Foundation
+import KilnAPI
+import KilnCore
+import KilnModels
+import KilnObjects
+import KilnStore
+import Logging
+import NIOCore
+import OpenAPIRuntime
+
+/// The public API (user keys): files, generations, models.
+extension APIHandler {
+    // MARK: Files
+
+    func uploadFile(_ input: Operations.UploadFile.Input) async throws -> Operations.UploadFile.Output {
+        let account = try Principal.account()
+        guard case .any(let body) = input.body else { throw KilnError(.invalidRequest, "the file's bytes are the request body") }
+        let limit = services.configuration.limits.maxFileBytes
+        if case .known(let length) = body.length, length > limit {
+            throw KilnError(.payloadTooLarge, "the file is \(length) bytes, larger than the limit of \(limit) bytes")
+        }
+        let id = FileID.random()
+        let key = "files/\(id.rawValue)"
+        let stored = try await services.objects.put(key, body: body.buffers, maxBytes: limit)
+        let file = FileRecord(
+            id: id, accountID: account, size: stored.size, sha256: stored.sha256,
+            contentType: RawMedia.received ?? "application/octet-stream", objectKey: key, createdAt: services.clock.now())
+        do {
+            try await services.store.createFile(file)
+        } catch {
+            try? await services.objects.delete(key)
+            throw error
+        }
+        return .created(.init(body: .json(.init(file))))
+    }
+
+    func downloadFile(_ input: Operations.DownloadFile.Input) async throws -> Operations.DownloadFile.Output {
+        let account = try Principal.account()
+        let raw = input.path.id
+        guard let id = FileID(rawValue: raw), let file = try await services.store.file(id), file.accountID == account else {
+            throw KilnError(.notFound, "no file '\(raw)'")
+        }
+        return .ok(.init(body: .any(try await stream(file))))
+    }
+
+    /// A stored file's bytes, answered with its own media type.
+    func stream(_ file: FileRecord) async throws -> HTTPBody {
+        RawMedia.answer(with: file.contentType)
+        return .object(try await services.objects.get(file.objectKey), size: file.size)
+    }
+
+    // MARK: Generations
+
+    func createGeneration(_ input: Operations.CreateGeneration.Input) async throws -> Operations.CreateGeneration.Output {
+        let account = try Principal.account()
+        guard case .json(let body) = input.body else { throw KilnError(.invalidRequest, "the request needs a JSON body") }
+        var claim: IdempotencyClaim?
+        if let key = input.headers.idempotencyKey {
+            guard (1...255).contains(key.count) else {
+                throw KilnError(.invalidRequest, "the Idempotency-Key header must be 1 to 255 characters")
+            }
+            claim = IdempotencyClaim(key: key, requestHash: try Self.requestHash(body))
+        }
+        guard let owner = try await services.store.account(account) else {
+            throw KilnError(.unauthorized, "the key's account no longer exists")
+        }
+        guard let tier = services.configuration.tiers[owner.tier] else {
+            throw KilnError(.internal, "the account's tier '\(owner.tier)' is not configured")
+        }
+        guard let model = try await services.store.model(named: body.model) else {
+            throw KilnError(.invalidInput, "model: no model named '\(body.model)'")
+        }
+        if let callback = body.callbackUrl {
+            guard let url = URL(string: callback), ["http", "https"].contains(url.scheme?.lowercased() ?? ""), url.host != nil else {
+                throw KilnError(.invalidInput, "callback_url: '\(callback)' is not an http(s) URL")
+            }
+        }
+        let id = GenerationID.random()
+        let target = try await resolveVersion(of: model, version: body.version, alias: body.alias, for: id)
+        var generationInput = [String: JSONValue](body.input.additionalProperties)
+        var fileFields: Set<String> = []
+        if let schemaValue = target.manifest?.inputs ?? model.inputSchema {
+            let schema = try InputSchema(schemaValue)
+            let violations = schema.validate(generationInput)
+            guard violations.isEmpty else { throw KilnError(.invalidInput, InputSchema.message(for: violations)) }
+            generationInput = schema.applyingDefaults(to: generationInput)
+            fileFields = Set(schema.fileFields)
+        }
+        var inputFiles: [String: FileID] = [:]
+        for (name, value) in generationInput {
+            // Declared file fields when the version has a schema; otherwise any string that is a file id.
+            guard let text = value.stringValue,
+                fileFields.isEmpty ? FileID.isValid(text) : fileFields.contains(name)
+            else { continue }
+            guard let fileID = FileID(rawValue: text), let file = try await services.store.file(fileID), file.accountID == account else {
+                throw KilnError(.invalidInput, "input.\(name): no file '\(text)'")
+            }
+            inputFiles[name] = file.id
+        }
+        let generation = Generation(
+            id: id, accountID: account, model: body.model, version: target.pinned?.description, alias: target.alias,
+            tier: tier.name, accelerators: target.manifest?.accelerators ?? [], gpus: target.manifest?.gpus ?? 0,
+            input: generationInput, inputFiles: inputFiles, maxAttempts: services.configuration.leases.maxAttempts,
+            callbackURL: body.callbackUrl, createdAt: services.clock.now())
+        let submission: Submission
+        do {
+            submission = try await services.store.submit(
+                generation,
+                admission: Admission(maxQueuedPerAccount: tier.maxQueuedPerAccount, maxQueuedInTier: tier.maxQueued),
+                idempotency: claim)
+        } catch var error as KilnError where error.code == .rateLimited {
+            let oldest = try await services.store.oldestQueuedGeneration(of: account)
+            error.retryAfter = await services.dispatcher.retryAfter(oldestQueued: oldest, tier: tier.name)
+            throw error
+        }
+        guard submission.created else { return .ok(.init(body: .json(try await services.render(submission.generation)))) }
+        try await services.dispatcher.submitted(submission.generation)
+        return .created(.init(body: .json(try await services.render(submission.generation))))
+    }
+
+    /// What makes two submissions "the same request" for `Idempotency-Key`: the hash of the
+    /// decoded body in canonical form, so that spacing and key order do not matter.
+    static func requestHash(_ body: Components.Schemas.CreateGenerationRequest) throws -> String {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        return SHA256.hash(data: try encoder.encode(body)).map { String(format: "%02x", $0) }.joined()
+    }
+
+    /// What a new generation will run: a pinned version, or an alias (default `production`) resolved
+    /// now for validation and again at dispatch. A model with no versions at all runs unversioned.
+    private func resolveVersion(of model: ModelRecord, version: String?, alias: String?, for id: GenerationID) async throws
+        -> (pinned: KilnCore.Digest?, alias: String?, manifest: ModelManifest?)
+    {
+        if let raw = version {
+            guard alias == nil else { throw KilnError(.invalidRequest, "give either version or alias, not both") }
+            guard let digest = KilnCore.Digest(raw) ?? KilnCore.Digest(hex: raw), let record = try await services.store.version(digest),
+                record.model == model.name
+            else {
+                throw KilnError(.invalidInput, "version: '\(raw)' is not a version of model '\(model.name)'")
+            }
+            return (digest, nil, try JSONDecoder().decode(ModelManifest.self, from: record.manifest))
+        }
+        let aliasName = alias ?? "production"
+        if let record = try await services.store.alias(aliasName, of: model.name), let digest = record.resolve(for: id),
+            let resolved = try await services.store.version(digest)
+        {
+            return (nil, aliasName, try JSONDecoder().decode(ModelManifest.self, from: resolved.manifest))
+        }
+        let hasVersions = !(try await services.store.versions(of: model.name)).isEmpty
+        if alias != nil || hasVersions {
+            throw KilnError(
+                .invalidInput, "alias: model '\(model.name)' has no alias '\(aliasName)'; promote a version to it first")
+        }
+        return (nil, nil, nil)
+    }
+
+    func listGenerations(_ input: Operations.ListGenerations.Input) async throws -> Operations.ListGenerations.Output {
+        let account = try Principal.account()
+        let limit = input.query.limit ?? 20
+        guard (1...100).contains(limit) else {
+            throw KilnError(.invalidRequest, "limit: '\(limit)' must be a whole number from 1 to 100")
+        }
+        var before: Int64?
+        if let raw = input.query.cursor {
+            guard let parsed = Int64(raw), parsed > 0 else {
+                throw KilnError(.invalidRequest, "cursor: '\(raw)' is not a cursor this API returned")
+            }
+            before = parsed
+        }
+        let page = try await services.store.generations(
+            of: account, state: input.query.state.map(GenerationState.init), limit: limit + 1, before: before)
+        let shown = page.prefix(limit)
+        var rendered: [Components.Schemas.GenerationObject] = []
+        for generation in shown { rendered.append(try await services.render(generation)) }
+        let next = page.count > limit ? shown.last.map { String($0.sequence) } : nil
+        return .ok(.init(body: .json(.init(data: rendered, nextCursor: next))))
+    }
+
+    func getGeneration(_ input: Operations.GetGeneration.Input) async throws -> Operations.GetGeneration.Output {
+        .ok(.init(body: .json(try await services.render(try await ownedGeneration(input.path.id)))))
+    }
+
+    func cancelGeneration(_ input: Operations.CancelGeneration.Input) async throws -> Operations.CancelGeneration.Output {
+        let generation = try await ownedGeneration(input.path.id)
+        let canceled = try await services.store.cancel(generation.id, at: services.clock.now())
+        await services.dispatcher.ended(canceled)
+        await services.signals.signal(canceled.id)
+        return .ok(.init(body: .json(try await services.render(canceled))))
+    }
+
+    /// The generation `raw` names, if the caller's account owns it (404 otherwise, so that other
+    /// accounts' ids are not even confirmed to exist).
+    private func ownedGeneration(_ raw: String) async throws -> Generation {
+        let account = try Principal.account()
+        guard let id = GenerationID(rawValue: raw), let generation = try await services.store.generation(id),
+            generation.accountID == account
+        else {
+            throw KilnError(.notFound, "no generation '\(raw)'")
+        }
+        return generation
+    }
+
+    func streamGenerationEvents(_ input: Operations.StreamGenerationEvents.Input) async throws
+        -> Operations.StreamGenerationEvents.Output
+    {
+        let generation = try await ownedGeneration(input.path.id)
+        if let start = input.headers.lastEventID, start < 0 {
+            throw KilnError(.invalidRequest, "Last-Event-ID: '\(start)' is not an event sequence")
+        }
+        let events = EventStream(services: services, generation: generation.id, after: input.headers.lastEventID ?? 0)
+        return .ok(.init(body: .textEventStream(HTTPBody(events.lines(), length: .unknown, iterationBehavior: .single))))
+    }
+
+    func listModels(_ input: Operations.ListModels.Input) async throws -> Operations.ListModels.Output {
+        .ok(.init(body: .json(try await modelList())))
+    }
+
+    /// Every model with its aliases and the input schema of the version `production` points at.
+    func modelList() async throws -> Components.Schemas.ModelList {
+        var models: [Components.Schemas.ModelObject] = []
+        for model in try await services.store.models() {
+            let aliases = try await services.store.aliases(of: model.name)
+            var schema = model.inputSchema
+            if let production = aliases.first(where: { $0.name == "production" })?.targets.first,
+                let version = try await services.store.version(production.version)
+            {
+                schema = try JSONDecoder().decode(ModelManifest.self, from: version.manifest).inputs ?? schema
+            }
+            models.append(try .init(model, inputSchema: schema, aliases: aliases))
+        }
+        return .init(data: models)
+    }
+}
+
+/// A generation's events as server-sent events: the stored ones after `after`, then each new one
+/// as it is committed, ending after a final state; a comment line keeps an idle stream alive.
+struct EventStream: Sendable {
+    let services: KilnServices
+    let generation: GenerationID
+    let after: Int64
+
+    func lines() -> AsyncThrowingStream<ArraySlice<UInt8>, any Error> {
+        let (services, generation, start) = (services, generation, after)
+        return AsyncThrowingStream { continuation in
+            let task = Task {
+                do {
+                    let encoder = JSONEncoder()
+                    encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+                    encoder.dateEncodingStrategy = .custom { date, encoder in
+                        var container = encoder.singleValueContainer()
+                        try container.encode(RFC3339.format(date))
+                    }
+                    var after = start
+                    while !Task.isCancelled {
+                        let events = try await services.store.events(of: generation, after: after, limit: 100)
+                        for event in events {
+                            let data = String(decoding: try encoder.encode(Components.Schemas.GenerationEventObject(event)), as: UTF8.self)
+                            continuation.yield(ArraySlice("id: \(event.sequence)\nevent: \(event.kind.rawValue)\ndata: \(data)\n\n".utf8))
+                            after = event.sequence
+                            if event.state.isFinal {
+                                continuation.finish()
+                                return
+                            }
+                        }
+                        if events.isEmpty {
+                            await services.signals.wait(generation, seconds: 15)
+                            continuation.yield(ArraySlice(": keep-alive\n\n".utf8))
+                        }
+                    }
+                    continuation.finish()
+                } catch {
+                    continuation.finish(throwing: error)
+                }
+            }
+            continuation.onTermination = { _ in task.cancel() }
+        }
+    }
+}

@@ -1,0 +1,212 @@
+import Foundation
+import KilnAPI
+import KilnCore
+import KilnModels
+import KilnObjects
+import KilnStore
+import Logging
+import NIOCore
+import OpenAPIRuntime
+
+/// The worker protocol (worker keys): pull-based, so any process that speaks it can be a worker.
+/// Every call about a job carries the lease's fencing token; a stale one gets 409 and changes
+/// nothing.
+extension APIHandler {
+    func registerWorker(_ input: Operations.RegisterWorker.Input) async throws -> Operations.RegisterWorker.Output {
+        let keyID = try Principal.workerKey()
+        guard case .json(let body) = input.body else { throw KilnError(.invalidRequest, "the request needs a JSON body") }
+        guard !body.cluster.isEmpty, body.cluster.count <= 64 else {
+            throw KilnError(.invalidRequest, "cluster: must be 1 to 64 characters")
+        }
+        guard !body.accelerator.isEmpty, body.accelerator.count <= 64 else {
+            throw KilnError(.invalidRequest, "accelerator: must be 1 to 64 characters")
+        }
+        guard (0...1024).contains(body.gpus) else { throw KilnError(.invalidRequest, "gpus: must be from 0 to 1024") }
+        let now = services.clock.now()
+        let worker = WorkerRecord(
+            id: .random(), cluster: body.cluster, accelerator: body.accelerator, gpus: body.gpus,
+            labels: body.labels?.additionalProperties ?? [:], keyID: keyID, registeredAt: now, lastSeenAt: now)
+        try await services.store.registerWorker(worker)
+        services.logger.info("worker registered", metadata: ["worker": "\(worker.id)", "cluster": "\(worker.cluster)"])
+        let leases = services.configuration.leases
+        return .created(
+            .init(
+                body: .json(
+                    .init(
+                        id: worker.id.rawValue, leaseTtlSeconds: leases.ttlSeconds, heartbeatSeconds: leases.effectiveHeartbeatSeconds))
+            ))
+    }
+
+    func leaseJob(_ input: Operations.LeaseJob.Input) async throws -> Operations.LeaseJob.Output {
+        let worker = try await registeredWorker(input.path.id)
+        guard case .json(let body) = input.body else { throw KilnError(.invalidRequest, "the request needs a JSON body") }
+        let wait = body.waitSeconds ?? 0
+        let maxWait = services.configuration.limits.maxLeaseWaitSeconds
+        guard wait >= 0, wait <= maxWait else {
+            throw KilnError(.invalidRequest, "wait_seconds: must be from 0 to \(Int(maxWait))")
+        }
+        try await services.store.touchWorker(worker.id, at: services.clock.now())
+        guard worker.state == .active else {
+            // A draining worker gets nothing, after the wait it asked for, so it does not spin.
+            try? await Task.sleep(for: .milliseconds(Int(wait * 1000)))
+            return .noContent(.init())
+        }
+        guard let generation = try await services.dispatcher.lease(for: worker, wait: wait), let lease = generation.lease else {
+            return .noContent(.init())
+        }
+        await services.signals.signal(generation.id)
+        var inputFiles: [String: Components.Schemas.InputFileObject] = [:]
+        for (name, id) in generation.inputFiles {
+            if let file = try await services.store.file(id) {
+                inputFiles[name] = .init(size: file.size, sha256: file.sha256, contentType: file.contentType)
+            }
+        }
+        let maxWaitOfTier = services.configuration.tiers[generation.tier]?.maxWait ?? 0
+        let job = Components.Schemas.LeasedJob(
+            id: generation.id.rawValue, model: generation.model, version: generation.version,
+            input: .init(additionalProperties: try .init(generation.input)), inputFiles: .init(additionalProperties: inputFiles),
+            attempt: generation.attempts, deadline: generation.queuedAt + maxWaitOfTier)
+        return .ok(.init(body: .json(.init(job: job, lease: .init(token: lease.token.description, expiresAt: lease.expiresAt)))))
+    }
+
+    func getWorkerModelVersion(_ input: Operations.GetWorkerModelVersion.Input) async throws -> Operations.GetWorkerModelVersion.Output {
+        _ = try await registeredWorker(input.path.id)
+        let id = try KilnCore.Digest(wire: input.path.version.text, field: "version")
+        guard let version = try await services.store.version(id) else { throw KilnError(.notFound, "no version \(id)") }
+        return .ok(.init(body: .json(try .init(version))))
+    }
+
+    func downloadBlob(_ input: Operations.DownloadBlob.Input) async throws -> Operations.DownloadBlob.Output {
+        _ = try await registeredWorker(input.path.id)
+        let digest = try KilnCore.Digest(wire: input.path.digest.text, field: "digest")
+        let key = Self.blobKey(digest)
+        guard let size = try await services.objects.size(of: key) else { throw KilnError(.notFound, "no blob \(digest)") }
+        return .ok(.init(body: .binary(.object(try await services.objects.get(key), size: size))))
+    }
+
+    func downloadJobInput(_ input: Operations.DownloadJobInput.Input) async throws -> Operations.DownloadJobInput.Output {
+        let (worker, job) = try await ids(input.path.id, input.path.job)
+        let token = try token(input.query.token)
+        let generation = try await services.store.generation(job)
+        guard let generation, let lease = generation.lease, generation.state == .running else {
+            throw KilnError(.staleLease, "generation '\(job)' is not running under a lease")
+        }
+        guard lease.workerID == worker, lease.token == token else {
+            throw KilnError(.staleLease, "the lease token \(token) of worker \(worker) no longer holds generation '\(job)'")
+        }
+        let name = input.path.name
+        guard let id = generation.inputFiles[name], let file = try await services.store.file(id) else {
+            throw KilnError(.notFound, "generation '\(job)' has no input file '\(name)'")
+        }
+        return .ok(.init(body: .any(try await stream(file))))
+    }
+
+    func uploadJobOutput(_ input: Operations.UploadJobOutput.Input) async throws -> Operations.UploadJobOutput.Output {
+        let (worker, job) = try await ids(input.path.id, input.path.job)
+        let token = try token(input.query.token)
+        let name = input.path.name
+        guard Self.isValidOutputName(name) else {
+            throw KilnError(.invalidRequest, "output name '\(name)' must be 1 to 64 letters, digits, '-', '_' or '.'")
+        }
+        guard case .any(let body) = input.body else { throw KilnError(.invalidRequest, "the output's bytes are the request body") }
+        guard let generation = try await services.store.generation(job) else {
+            throw KilnError(.notFound, "no generation '\(job)'")
+        }
+        let fileID = FileID.random()
+        let key = "files/\(fileID.rawValue)"
+        let stored = try await services.objects.put(key, body: body.buffers, maxBytes: services.configuration.limits.maxFileBytes)
+        let file = FileRecord(
+            id: fileID, accountID: generation.accountID, size: stored.size, sha256: stored.sha256,
+            contentType: RawMedia.received ?? "application/octet-stream", objectKey: key, createdAt: services.clock.now())
+        do {
+            try await services.store.attachOutput(job, worker: worker, token: token, name: name, file: file)
+        } catch {
+            try? await services.objects.delete(key)
+            throw error
+        }
+        return .created(.init(body: .json(.init(file))))
+    }
+
+    func startJob(_ input: Operations.StartJob.Input) async throws -> Operations.StartJob.Output {
+        let (worker, job) = try await ids(input.path.id, input.path.job)
+        guard case .json(let body) = input.body else { throw KilnError(.invalidRequest, "the request needs a JSON body") }
+        let now = services.clock.now()
+        let generation = try await services.store.start(
+            job, worker: worker, token: try token(body.token), at: now, ttl: services.configuration.leases.ttlSeconds)
+        await services.dispatcher.started(generation)
+        await services.signals.signal(job)
+        return .ok(.init(body: .json(.init(cancel: false, leaseExpiresAt: generation.lease?.expiresAt ?? now))))
+    }
+
+    func heartbeatJob(_ input: Operations.HeartbeatJob.Input) async throws -> Operations.HeartbeatJob.Output {
+        let (worker, job) = try await ids(input.path.id, input.path.job)
+        guard case .json(let body) = input.body else { throw KilnError(.invalidRequest, "the request needs a JSON body") }
+        var progress: JobProgress?
+        if let value = body.progress {
+            guard (0...1).contains(value.fraction) else {
+                throw KilnError(.invalidRequest, "progress.fraction: must be from 0 to 1")
+            }
+            progress = JobProgress(fraction: value.fraction, stage: String(value.stage.prefix(200)))
+        }
+        let now = services.clock.now()
+        let generation = try await services.store.heartbeat(
+            job, worker: worker, token: try token(body.token), progress: progress, at: now,
+            ttl: services.configuration.leases.ttlSeconds)
+        if progress != nil { await services.signals.signal(job) }
+        return .ok(.init(body: .json(.init(cancel: generation.state == .canceled, leaseExpiresAt: generation.lease?.expiresAt ?? now))))
+    }
+
+    func completeJob(_ input: Operations.CompleteJob.Input) async throws -> Operations.CompleteJob.Output {
+        let (worker, job) = try await ids(input.path.id, input.path.job)
+        guard case .json(let body) = input.body else { throw KilnError(.invalidRequest, "the request needs a JSON body") }
+        let generation = try await services.store.complete(
+            job, worker: worker, token: try token(body.token), outputs: body.outputs, at: services.clock.now())
+        await services.dispatcher.ended(generation)
+        await services.signals.signal(job)
+        return .noContent(.init())
+    }
+
+    func failJob(_ input: Operations.FailJob.Input) async throws -> Operations.FailJob.Output {
+        let (worker, job) = try await ids(input.path.id, input.path.job)
+        guard case .json(let body) = input.body else { throw KilnError(.invalidRequest, "the request needs a JSON body") }
+        let failure = JobFailure(code: String(body.error.code.prefix(64)), message: String(body.error.message.prefix(4000)))
+        let generation = try await services.store.fail(
+            job, worker: worker, token: try token(body.token), error: failure, retryable: body.retryable, at: services.clock.now())
+        if generation.state == .queued {
+            await services.dispatcher.requeued(generation)
+        } else {
+            await services.dispatcher.ended(generation)
+        }
+        await services.signals.signal(job)
+        return .noContent(.init())
+    }
+
+    /// The worker `raw` names, if the caller's key is the one that registered it: a worker key can
+    /// act only as its own workers.
+    private func registeredWorker(_ raw: String) async throws -> WorkerRecord {
+        guard let id = WorkerID(rawValue: raw), let worker = try await services.store.worker(id),
+            case .worker(let keyID) = Principal.current, worker.keyID == keyID
+        else {
+            throw KilnError(.notFound, "no worker '\(raw)' registered with this key; register with POST /v1/workers")
+        }
+        return worker
+    }
+
+    private func ids(_ rawWorker: String, _ rawJob: String) async throws -> (WorkerID, GenerationID) {
+        let worker = try await registeredWorker(rawWorker)
+        return (worker.id, try PathID.parse(rawJob, as: GenerationID.self, "generation"))
+    }
+
+    private func token(_ raw: String) throws -> FencingToken {
+        guard let token = FencingToken(raw) else {
+            throw KilnError(.invalidRequest, "token: '\(raw)' is not a lease token")
+        }
+        return token
+    }
+
+    static func isValidOutputName(_ name: String) -> Bool {
+        (1...64).contains(name.count)
+            && name.unicodeScalars.allSatisfy { CharacterSet.alphanumerics.contains($0) || "-_.".unicodeScalars.contains($0) }
+            && name != "." && name != ".."
+    }
+}
