@@ -252,6 +252,7 @@ struct EventStream: Sendable {
                         try container.encode(RFC3339.format(date))
                     }
                     var after = start
+                    var ended = false
                     while !Task.isCancelled {
                         let events = try await services.store.events(of: generation, after: after, limit: 100)
                         for event in events {
@@ -264,6 +265,16 @@ struct EventStream: Sendable {
                             }
                         }
                         if events.isEmpty {
+                            // Resumed after its final event: nothing more will come. (Read once more
+                            // first, in case the final event was committed after the read above.)
+                            if try await services.store.generation(generation)?.state.isFinal != false {
+                                if ended {
+                                    continuation.finish()
+                                    return
+                                }
+                                ended = true
+                                continue
+                            }
                             await services.signals.wait(generation, seconds: 15)
                             continuation.yield(ArraySlice(": keep-alive\n\n".utf8))
                         }

@@ -22,6 +22,9 @@ struct ErrorMiddleware: RouterMiddleware {
             return try await next(request, context)
         } catch is CancellationError {
             throw CancellationError()
+        } catch let error as ServerError where error.underlyingError is CancellationError {
+            // The request was abandoned (shutdown, or the client went away): nothing to answer.
+            throw CancellationError()
         } catch {
             let kiln = kilnError(error, request: request)
             if kiln.code == .internal {
