@@ -42,7 +42,12 @@ extension APIHandler {
     }
 
     func pushModelVersion(_ input: Operations.PushModelVersion.Input) async throws -> Operations.PushModelVersion.Output {
-        let name = try existingModelName(input.path.name)
+        // A push creates the model when needed, so a name outside the rule is a bad request, not an unknown model.
+        let name = input.path.name
+        guard ModelRecord.isValidName(name) else {
+            throw KilnError(
+                .invalidRequest, "name: '\(name)' must be 1 to 64 lowercase letters, digits, '-', '_' or '.', starting with a letter or digit")
+        }
         guard case .json(let body) = input.body else { throw KilnError(.invalidRequest, "the request needs a JSON body") }
         let manifest = try ModelManifest(body)
         try manifest.validate()
