@@ -25,6 +25,8 @@ public struct SimulationReport: Codable, Sendable, Hashable {
         public var attainment: Double
         /// Waits of completed jobs, in seconds (max includes jobs still queued at the end).
         public var waitSeconds: Percentiles
+        /// The mean wait of completed jobs, in seconds: what queueing theory predicts.
+        public var meanWaitSeconds: Double
         /// The same waits as multiples of the promise.
         public var waitMultiple: Percentiles
 
@@ -32,6 +34,7 @@ public struct SimulationReport: Codable, Sendable, Hashable {
             case name, jobs, completed, failed, unserved, attainment
             case maxWaitSeconds = "max_wait_seconds"
             case waitSeconds = "wait_seconds"
+            case meanWaitSeconds = "mean_wait_seconds"
             case waitMultiple = "wait_multiple"
         }
     }
@@ -176,6 +179,7 @@ struct SimulationMetrics {
                     name: tier.name, maxWaitSeconds: tier.maxWaitSeconds, jobs: arrivedByTier[index], completed: sorted.count,
                     failed: failedByTier[index], unserved: stillWaiting.count,
                     attainment: judged == 0 ? 1 : Double(within) / Double(judged), waitSeconds: seconds,
+                    meanWaitSeconds: sorted.isEmpty ? 0 : sorted.reduce(0, +) / Double(sorted.count),
                     waitMultiple: SimulationReport.Percentiles(
                         p50: seconds.p50 / tier.maxWaitSeconds, p95: seconds.p95 / tier.maxWaitSeconds,
                         p99: seconds.p99 / tier.maxWaitSeconds, max: seconds.max / tier.maxWaitSeconds)))

@@ -1,4 +1,5 @@
 import KilnCore
+import KilnScheduling
 
 /// A day of traffic and fleet to replay (the YAML format of `docs/simulator.md`).
 ///
@@ -22,12 +23,14 @@ public struct Scenario: Codable, Sendable, Hashable {
     public var leases: Leases
     /// Seconds between samples of the time series (queue depth, waits).
     public var sampleEverySeconds: Double
+    /// What the `protected` policy protects, and its share; by default enterprise and api at 0.9.
+    public var protection: ProtectionSpec?
 
     public init(
         name: String, seed: UInt64 = 1, durationHours: Double, startClock: String? = nil, tiers: [TierSpec],
         arrivals: [ArrivalPhase], bursts: [Burst] = [], trace: [TraceJob] = [], models: [ModelSpec], clusters: [ClusterSpec],
         failures: Failures? = nil,
-        leases: Leases = Leases(), sampleEverySeconds: Double = 600
+        leases: Leases = Leases(), sampleEverySeconds: Double = 600, protection: ProtectionSpec? = nil
     ) {
         self.name = name
         self.seed = seed
@@ -42,10 +45,11 @@ public struct Scenario: Codable, Sendable, Hashable {
         self.failures = failures
         self.leases = leases
         self.sampleEverySeconds = sampleEverySeconds
+        self.protection = protection
     }
 
     enum CodingKeys: String, CodingKey {
-        case name, seed, tiers, arrivals, bursts, trace, models, clusters, failures, leases
+        case name, seed, tiers, arrivals, bursts, trace, models, clusters, failures, leases, protection
         case durationHours = "duration_hours"
         case startClock = "start_clock"
         case sampleEverySeconds = "sample_every_seconds"
@@ -66,6 +70,30 @@ public struct Scenario: Codable, Sendable, Hashable {
         failures = try c.decodeIfPresent(Failures.self, forKey: .failures)
         leases = try c.decodeIfPresent(Leases.self, forKey: .leases) ?? Leases()
         sampleEverySeconds = try c.decodeIfPresent(Double.self, forKey: .sampleEverySeconds) ?? 600
+        protection = try c.decodeIfPresent(ProtectionSpec.self, forKey: .protection)
+    }
+
+    /// The tiers the `protected` policy serves first, and the most of the dispatches they may take
+    /// while other tiers wait.
+    public struct ProtectionSpec: Codable, Sendable, Hashable {
+        public var tiers: [String]
+        public var share: Double
+
+        public init(tiers: [String], share: Double) {
+            self.tiers = tiers
+            self.share = share
+        }
+    }
+
+    /// `policy` as this scenario runs it: the `protected` policy with the scenario's protection.
+    /// - Throws: ``KilnError`` naming a protected tier the scenario does not have, or a bad share.
+    public func configured(_ policy: any SchedulingPolicy) throws -> any SchedulingPolicy {
+        guard policy.protection != nil else { return policy }
+        let spec = protection ?? ProtectionSpec(tiers: ["enterprise", "api"].filter { name in tiers.contains { $0.name == name } }, share: 0.9)
+        for name in spec.tiers where !tiers.contains(where: { $0.name == name }) {
+            throw KilnError(.invalidInput, "protection.tiers: '\(name)' is not a tier of the scenario")
+        }
+        return ProtectedPolicy(try Protection(tiers: Set(spec.tiers), share: spec.share))
     }
 
     /// A tier, its promise, its share of arrivals and how many accounts send them.

@@ -13,8 +13,11 @@ struct Simulate: AsyncParsableCommand {
     @Argument(help: "A built-in scenario name or a YAML scenario file.")
     var scenario: String
 
-    @Option(help: "Scheduling policy: slo, fifo, strict or edf.")
+    @Option(help: "Scheduling policy: slo, fifo, strict, edf or protected.")
     var policy: String = "slo"
+
+    @Option(help: "Under the protected policy, the most of the dispatches its tiers may take while others wait (0 to below 1).")
+    var protectedShare: Double?
 
     @Flag(help: "Run every policy on the same traffic and print them side by side.")
     var compare = false
@@ -31,12 +34,16 @@ struct Simulate: AsyncParsableCommand {
     func run() async throws {
         var loaded = try ScenarioFile.load(scenario)
         if let seed { loaded.seed = seed }
+        if let protectedShare {
+            loaded.protection = .init(tiers: loaded.protection?.tiers ?? ["enterprise", "api"], share: protectedShare)
+        }
         let policies = compare ? SchedulingPolicies.all : [try policyNamed(policy)]
         var reports: [SimulationReport] = []
         for policy in policies {
             let clock = ContinuousClock()
             var report: SimulationReport?
-            let elapsed = try clock.measure { report = try Simulator(scenario: loaded, policy: policy).run() }
+            let configured = try loaded.configured(policy)
+            let elapsed = try clock.measure { report = try Simulator(scenario: loaded, policy: configured).run() }
             guard let report else { continue }
             reports.append(report)
             if !compare { print(ReportTable.render(report)) }
@@ -107,6 +114,7 @@ enum ScenarioFile {
         static let runtime = Schema.object(["distribution": .value, "mean_seconds": .value, "stddev_seconds": .value])
         static let scenario = Schema.object([
             "name": .value, "seed": .value, "duration_hours": .value, "start_clock": .value, "sample_every_seconds": .value,
+            "protection": .object(["tiers": .list(.value), "share": .value]),
             "tiers": .list(.object(["name": .value, "max_wait_seconds": .value, "share": .value, "accounts": .value, "max_running_per_account": .value])),
             "arrivals": .list(.object(["from_hours": .value, "to_hours": .value, "per_hour": .value])),
             "bursts": .list(.object(["at_hours": .value, "jobs": .value, "over_seconds": .value])),

@@ -136,6 +136,36 @@ struct SimulatorTests {
         #expect(report.modelSwitches == 0)
     }
 
+    @Test("protected demand alone beyond the fleet for an hour: free jobs are still dispatched in every ten minutes")
+    func protectedSurge() throws {
+        // 10 workers, 60 s a job: 600 jobs an hour. For an hour, 1,000 arrive: 800 enterprise alone.
+        let scenario = Scenario(
+            name: "paid-surge", durationHours: 3,
+            tiers: [
+                .init(name: "enterprise", maxWaitSeconds: 60, share: 0.8), .init(name: "free", maxWaitSeconds: 3_600, share: 0.2),
+            ],
+            arrivals: [.init(fromHours: 0, toHours: 1, perHour: 1_000)],
+            models: [.init(name: "video", runtime: .init(distribution: .fixed, meanSeconds: 60))],
+            clusters: [
+                .init(
+                    name: "c", dispatchLimit: 1_000,
+                    pools: [.init(name: "p", accelerator: "h100", capacity: [.init(atHours: 0, workers: 10)])])
+            ],
+            sampleEverySeconds: 600, protection: .init(tiers: ["enterprise"], share: 0.9))
+        let protected = try Simulator(scenario: scenario, policy: try scenario.configured(ProtectedPolicy.standard)).run()
+        let strict = try Simulator(scenario: scenario, policy: StrictPriorityPolicy()).run()
+        let surge = { (report: SimulationReport) in report.series.filter { $0.hours > 0.2 && $0.hours <= 1 } }
+        #expect(surge(protected).count == 5)
+        for sample in surge(protected) {
+            #expect(sample.waitP50[1] != nil, "no free job dispatched in the ten minutes to \(sample.hours) h")
+        }
+        // Strict priority gives the free tier nothing once the enterprise queue has formed.
+        #expect(surge(strict).allSatisfy { $0.waitP50[1] == nil })
+        // Both serve every job by the end, and the protected tier keeps most of its promise.
+        #expect(protected.tiers.allSatisfy { $0.unserved == 0 })
+        #expect(protected.tiers[1].waitSeconds.max < strict.tiers[1].waitSeconds.max)
+    }
+
     @Test("bad scenarios are refused with the field named")
     func validation() {
         var scenario = day

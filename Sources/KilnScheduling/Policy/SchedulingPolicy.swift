@@ -8,12 +8,41 @@ public struct QueueHead: Sendable {
     public var tier: Tier
     /// The tier's place in the ``TierTable`` (0 = most valuable).
     public var tierRank: Int
+    /// Whether the policy's ``SchedulingPolicy/protection`` names the tier.
+    public var isProtected: Bool
 
-    public init(queuedAt: Double, sequence: Int64, tier: Tier, tierRank: Int) {
+    public init(queuedAt: Double, sequence: Int64, tier: Tier, tierRank: Int, isProtected: Bool = false) {
         self.queuedAt = queuedAt
         self.sequence = sequence
         self.tier = tier
         self.tierRank = tierRank
+        self.isProtected = isProtected
+    }
+}
+
+/// Tiers served first, and the bound on how much of the fleet they may take while other tiers
+/// wait: the layer DESIGN §4 composes over the urgency order.
+public struct Protection: Hashable, Sendable {
+    /// The protected tiers, by name.
+    public var tiers: Set<String>
+    /// Of the dispatches made while an unprotected job is eligible, the most that may go to
+    /// protected jobs, in thousandths (900: at least one in ten goes to an unprotected job).
+    public var sharePermille: Int
+
+    /// - Throws: ``KilnError`` when `share` is not in [0, 1).
+    public init(tiers: Set<String>, share: Double) throws {
+        guard share >= 0, share < 1 else {
+            throw KilnError(.invalidInput, "protected_share: \(share) must be at least 0 and below 1, so that no tier starves")
+        }
+        self.tiers = tiers
+        self.sharePermille = Int((share * 1000).rounded())
+    }
+
+    /// Dispatches in a row, while unprotected work waits, that can all go to protected jobs:
+    /// ⌈1000 / (1000 − share)⌉ − 1. The next one goes to an unprotected job.
+    public var longestProtectedRun: Int {
+        let unprotected = 1000 - sharePermille
+        return (1000 + unprotected - 1) / unprotected - 1
     }
 }
 
@@ -26,9 +55,15 @@ public struct QueueHead: Sendable {
 /// A policy must rank older jobs of one tier no lower than newer ones: the scheduler relies on it
 /// to keep each queue sorted by arrival and to count queue positions by binary search.
 public protocol SchedulingPolicy: Sendable {
-    /// The name used in configuration and by the simulator (`slo`, `fifo`, `strict`, `edf`).
+    /// The name used in configuration and by the simulator (`slo`, `fifo`, `strict`, `edf`, `protected`).
     var name: String { get }
     func priority(of head: QueueHead, now: Double) -> Double
+    /// Tiers the scheduler serves first within a bounded share of dispatches; nil for none.
+    var protection: Protection? { get }
+}
+
+extension SchedulingPolicy {
+    public var protection: Protection? { nil }
 }
 
 extension SchedulingPolicy {
@@ -82,6 +117,41 @@ public struct EarliestDeadlinePolicy: SchedulingPolicy {
     public func priority(of head: QueueHead, now: Double) -> Double { -(head.queuedAt + head.tier.maxWait) }
 }
 
+/// The protected layer over the SLO order (DESIGN §4): jobs of protected tiers go first, by
+/// urgency among themselves; every other job follows by urgency, as under ``SLOPolicy``.
+///
+/// Alone that would be strict priority between two classes, which starves the unprotected one when
+/// protected demand exceeds the fleet. The bound is the scheduler's, from ``protection``: while an
+/// unprotected job is eligible, protected jobs take at most `share` of the dispatches, so at least
+/// one in every ``Protection/longestProtectedRun`` + 1 dispatches goes to the most urgent
+/// unprotected job. An unprotected job with `k` unprotected jobs ahead of it (by urgency, none
+/// arriving ahead of it meanwhile) is therefore dispatched within `(k + 1) × (run + 1)` dispatches,
+/// whatever the protected load.
+///
+/// A protected job keeps its place in the protected band after its promise is broken: within a tier
+/// an older job never ranks below a newer one, which the scheduler's queues rely on.
+public struct ProtectedPolicy: SchedulingPolicy {
+    /// Above every urgency a queue can reach (urgencies are waits over promises of a second or more).
+    @usableFromInline static let band = 1e12
+
+    public let protection: Protection?
+
+    public init(_ protection: Protection) {
+        self.protection = protection
+    }
+
+    /// Enterprise and api protected, taking at most 90 % of dispatches while others wait.
+    public static let standard = ProtectedPolicy(try! Protection(tiers: ["enterprise", "api"], share: 0.9))
+
+    public var name: String { "protected" }
+
+    @inlinable
+    public func priority(of head: QueueHead, now: Double) -> Double {
+        let urgency = Urgency.of(queuedAt: head.queuedAt, maxWait: head.tier.maxWait, now: now)
+        return head.isProtected ? Self.band + urgency : urgency
+    }
+}
+
 public enum Urgency {
     /// The share of its promised wait a job has used at `now`.
     @inlinable
@@ -92,7 +162,9 @@ public enum Urgency {
 
 public enum SchedulingPolicies {
     /// Every policy, by name.
-    public static let all: [any SchedulingPolicy] = [SLOPolicy(), FIFOPolicy(), StrictPriorityPolicy(), EarliestDeadlinePolicy()]
+    public static let all: [any SchedulingPolicy] = [
+        SLOPolicy(), FIFOPolicy(), StrictPriorityPolicy(), EarliestDeadlinePolicy(), ProtectedPolicy.standard,
+    ]
 
     /// - Throws: ``KilnError`` naming the known policies when `name` is not one of them.
     public static func named(_ name: String) throws -> any SchedulingPolicy {

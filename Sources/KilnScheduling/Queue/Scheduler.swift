@@ -16,6 +16,11 @@ import KilnCore
 ///                        (same queuedAt)            └─ unparked when the account frees a slot
 ///     remove ─▶ gone (from any state: canceled, succeeded, failed)
 ///
+/// With a policy that protects tiers (``SchedulingPolicy/protection``), a pick made while an
+/// unprotected job is eligible may go to the most urgent unprotected job instead of the policy's
+/// first choice, so that protected jobs take at most their share of such dispatches. Positions and
+/// the dispatch order shown to operators are the policy's order, without that correction.
+///
 /// Eligibility, checked at every pick:
 /// 1. the worker's cluster has fewer leased-but-not-started jobs than its dispatch limit;
 /// 2. the worker can run the job's class (model, version, accelerator, GPU count);
@@ -68,7 +73,9 @@ public struct Scheduler: Sendable {
     }
 
     public let tiers: TierTable
-    public var policy: any SchedulingPolicy
+    public var policy: any SchedulingPolicy {
+        didSet { protectedTiers = Self.protectedTiers(of: policy, in: tiers) }
+    }
     /// Leased-but-not-started jobs a cluster may hold; clusters not named use `defaultDispatchLimit`.
     public var dispatchLimits: [String: Int]
     public var defaultDispatchLimit: Int
@@ -84,6 +91,10 @@ public struct Scheduler: Sendable {
     private var locations: [Int64: Location] = [:]
     private var inFlight: [Int64: InFlight] = [:]
     private var pendingByCluster: [String: Int] = [:]
+    /// By tier rank: whether the policy protects the tier.
+    private var protectedTiers: [Bool]
+    /// Thousandths of a dispatch owed to unprotected jobs (the protected share's bound).
+    private var unprotectedCredit = 0
 
     /// Jobs waiting, parked ones included.
     public private(set) var queuedCount = 0
@@ -96,6 +107,11 @@ public struct Scheduler: Sendable {
         self.policy = policy
         self.dispatchLimits = dispatchLimits
         self.defaultDispatchLimit = defaultDispatchLimit
+        self.protectedTiers = Self.protectedTiers(of: policy, in: tiers)
+    }
+
+    private static func protectedTiers(of policy: any SchedulingPolicy, in tiers: TierTable) -> [Bool] {
+        tiers.tiers.map { policy.protection?.tiers.contains($0.name) ?? false }
     }
 
     // MARK: - Events
@@ -124,27 +140,46 @@ public struct Scheduler: Sendable {
         guard pendingByCluster[worker.cluster, default: 0] < dispatchLimit(of: worker.cluster) else { return nil }
         // 2. The classes this worker can run.
         let eligible = classes.map { $0.admits(worker) }
+        let protection = policy.protection
         while true {
-            // 3. The best head among eligible queues.
+            // 3. The best head among eligible queues, and the best unprotected one.
             var best: Int?
             var bestHead: QueueHead?
+            var bestUnprotected: Int?
+            var bestUnprotectedHead: QueueHead?
             for index in queues.indices where eligible[queues[index].jobClass] {
                 guard let first = queues[index].entries.first else { continue }
                 let head = self.head(first, queue: index)
+                if protection != nil, !head.isProtected,
+                    bestUnprotectedHead.map({ policy.precedes(head, $0, now: now) }) ?? true
+                {
+                    bestUnprotected = index
+                    bestUnprotectedHead = head
+                }
                 if let current = bestHead, !policy.precedes(head, current, now: now) { continue }
                 best = index
                 bestHead = head
             }
-            guard let best else { return nil }
+            guard var best, let bestHead else { return nil }
+            // 4. The protected share: while an unprotected job is eligible, every dispatch owes it
+            //    (1 − share); once a whole dispatch is owed, the most urgent unprotected job goes.
+            var credit = unprotectedCredit
+            if let protection, let bestUnprotected {
+                credit += 1000 - protection.sharePermille
+                if bestHead.isProtected, credit >= 1000 { best = bestUnprotected }
+            }
             let entry = queues[best].entries.removeFirst()
-            // 4. The account's running cap: park and look again.
+            // 5. The account's running cap: park and look again.
             if let cap = tiers.tiers[queues[best].tier].maxRunningPerAccount,
                 dispatchedByAccount[Int(entry.account)] >= cap
             {
                 park(entry, queue: best)
                 continue
             }
-            // 5. Dispatch.
+            // 6. Dispatch.
+            if bestUnprotected != nil {
+                unprotectedCredit = protectedTiers[queues[best].tier] ? credit : max(0, credit - 1000)
+            }
             locations[entry.sequence] = nil
             queuedCount -= 1
             inFlight[entry.sequence] = InFlight(entry: entry, queue: best, cluster: worker.cluster, started: false)
@@ -335,7 +370,9 @@ public struct Scheduler: Sendable {
     @inline(__always)
     private func head(_ entry: Entry, queue: Int) -> QueueHead {
         let tier = queues[queue].tier
-        return QueueHead(queuedAt: entry.queuedAt, sequence: entry.sequence, tier: tiers.tiers[tier], tierRank: tier)
+        return QueueHead(
+            queuedAt: entry.queuedAt, sequence: entry.sequence, tier: tiers.tiers[tier], tierRank: tier,
+            isProtected: protectedTiers[tier])
     }
 
     private func job(_ entry: Entry, queue: Int) -> QueuedJob {

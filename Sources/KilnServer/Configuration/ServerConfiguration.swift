@@ -38,8 +38,11 @@ public struct ServerConfiguration: Sendable, Hashable {
     public var defaultDispatchLimit: Int = 64
     public var leases = Leases()
     public var limits = Limits()
-    /// `slo` (the default), `fifo`, `strict` or `edf`.
+    /// `slo` (the default), `fifo`, `strict`, `edf` or `protected`.
     public var policy: String = "slo"
+    /// Under `protected`: the tiers served first, and the most of the dispatches they may take while
+    /// other tiers wait (`scheduler.protected_tiers`, `scheduler.protected_share`).
+    public var protection = ProtectedPolicy.standard.protection!
 
     public init() {}
 
@@ -93,15 +96,38 @@ public struct ServerConfiguration: Sendable, Hashable {
         }
         if let scheduler = top["scheduler"] {
             let fields = try Mapping(scheduler, path: "\(source): scheduler")
-            try fields.allow(["policy", "default_dispatch_limit"])
+            try fields.allow(["policy", "default_dispatch_limit", "protected_tiers", "protected_share"])
             if let value = try fields.string("policy") { configuration.policy = value }
             if let value = try fields.int("default_dispatch_limit") { configuration.defaultDispatchLimit = value }
+            if fields["protected_tiers"] != nil || fields["protected_share"] != nil, configuration.policy != "protected" {
+                throw KilnError(
+                    .invalidInput, "\(source): scheduler.protected_tiers and protected_share apply only to policy 'protected'")
+            }
+            if let node = fields["protected_tiers"] {
+                guard let names = node.sequence?.map({ $0.string }), let tiers = names as? [String] else {
+                    throw KilnError(.invalidInput, "\(source): scheduler.protected_tiers must be a list of tier names")
+                }
+                for name in tiers where configuration.tiers[name] == nil {
+                    throw KilnError(
+                        .invalidInput,
+                        "\(source): scheduler.protected_tiers: '\(name)' is not one of \(configuration.tiers.names.joined(separator: ", "))")
+                }
+                configuration.protection.tiers = Set(tiers)
+            }
+            if let node = fields["protected_share"] {
+                guard let share = node.float else {
+                    throw KilnError(.invalidInput, "\(source): scheduler.protected_share must be a number from 0 to below 1")
+                }
+                configuration.protection = try Protection(tiers: configuration.protection.tiers, share: share)
+            }
         }
         _ = try configuration.schedulingPolicy()
         return configuration
     }
 
-    public func schedulingPolicy() throws -> any SchedulingPolicy { try SchedulingPolicies.named(policy) }
+    public func schedulingPolicy() throws -> any SchedulingPolicy {
+        policy == "protected" ? ProtectedPolicy(protection) : try SchedulingPolicies.named(policy)
+    }
 }
 
 /// A YAML mapping with the checks every section needs, its errors naming the key at fault.
