@@ -147,7 +147,7 @@ let package = Package(
         .testTarget(
             name: "KilnEndToEndTests",
             dependencies: [
-                "KilnCore", "KilnServer", "KilnAPI", "KilnModels",
+                "KilnCore", "KilnServer", "KilnAPI", "KilnModels", "KilnStore",
                 .product(name: "OpenAPIRuntime", package: "swift-openapi-runtime"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Logging", package: "swift-log"),

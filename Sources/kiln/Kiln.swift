@@ -54,6 +54,7 @@ struct Server: AsyncParsableCommand {
         try await server.run(host: host, port: port) { port in
             print("kiln server listening on http://\(host):\(port) (data: \(data))")
             if adminKey == nil { print("no KILN_ADMIN_KEY set: the admin API accepts admin keys only") }
+            fflush(nil)  // a supervisor reading a pipe learns the port now, not at exit
         }
     }
 }

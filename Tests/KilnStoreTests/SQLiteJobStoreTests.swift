@@ -17,6 +17,26 @@ struct SQLiteJobStoreTests {
         var events: [GenerationID: [GenerationEvent]] = [:]
     }
 
+    @Test("synchronous = FULL is in effect on the connection that writes")
+    func synchronousFull() throws {
+        let store = try SQLiteJobStore(path: try temporaryDatabasePath())
+        #expect(try store.writerSynchronousMode() == 2)
+    }
+
+    @Test("changes made at once commit together; one that fails rolls back alone and the rest are kept")
+    func groupCommit() async throws {
+        let store = try SQLiteJobStore(path: try temporaryDatabasePath())
+        let accounts = (0..<50).map { Account(id: .random(), name: "a\($0)", tier: "api", createdAt: Date(timeIntervalSince1970: 0)) }
+        let outcomes = await withTaskGroup(of: Bool.self) { group in
+            for account in accounts + [accounts[7]] {
+                group.addTask { (try? await store.createAccount(account)) != nil }
+            }
+            return await group.reduce(into: [Bool]()) { $0.append($1) }
+        }
+        #expect(outcomes.filter { !$0 }.count == 1, "exactly the duplicate is refused")
+        #expect(Set(try await store.accounts().map(\.id)) == Set(accounts.map(\.id)))
+    }
+
     @Test("durability: every record and generation state survives close and reopen")
     func closeAndReopen() async throws {
         let path = try temporaryDatabasePath()

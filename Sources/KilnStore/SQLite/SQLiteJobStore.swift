@@ -3,20 +3,28 @@ import GRDB
 import KilnCore
 
 /// The embedded ``JobStore``: one SQLite database in write-ahead-log mode (GRDB's `DatabasePool`),
-/// so readers never wait for the writer. Each change is one `IMMEDIATE` transaction.
+/// so readers never wait for the writer. Each change runs in its own savepoint; changes that arrive
+/// together share one transaction and one fsync (``GroupCommit``), with `synchronous = FULL` on the
+/// writing connection, so an acknowledged change survives a power loss, not only a crash.
 public final class SQLiteJobStore: JobStore {
     let pool: DatabasePool
+    private let writer: GroupCommit
 
     /// Opens (creating and migrating when needed) the database at `path`.
     public init(path: String) throws {
         var configuration = Configuration()
         configuration.busyMode = .timeout(10)
-        configuration.prepareDatabase { db in
-            // FULL: an acknowledged change survives a power loss too, not only a process crash.
-            try db.execute(sql: "PRAGMA synchronous = FULL")
-        }
         pool = try DatabasePool(path: path, configuration: configuration)
+        // After the pool is open: its write-ahead-log set-up runs on the writer after
+        // `prepareDatabase` and sets `synchronous = NORMAL`, which would override one set there.
+        try pool.writeWithoutTransaction { try $0.execute(sql: "PRAGMA synchronous = FULL") }
         try SQLiteSchema.migrator.migrate(pool)
+        writer = GroupCommit(pool: pool)
+    }
+
+    /// `PRAGMA synchronous` as the writing connection has it (2 is `FULL`).
+    public func writerSynchronousMode() throws -> Int {
+        try pool.writeWithoutTransaction { try Int.fetchOne($0, sql: "PRAGMA synchronous") ?? -1 }
     }
 
     // MARK: Accounts and keys
@@ -602,7 +610,7 @@ public final class SQLiteJobStore: JobStore {
 
     private func write<T: Sendable>(_ body: @escaping @Sendable (Database) throws -> T) async throws -> T {
         do {
-            return try await pool.write(body)
+            return try await writer.write(body)
         } catch let error as DatabaseError where error.resultCode == .SQLITE_CONSTRAINT {
             throw KilnError(.conflict, "the change conflicts with stored data: \(error.message ?? "constraint failed")")
         }

@@ -1,0 +1,188 @@
+import Foundation
+import KilnAPI
+import KilnCore
+import KilnStore
+import OpenAPIRuntime
+import Testing
+
+/// `kill -9` of the control plane in the middle of a run: DESIGN §8's "killing any process at any
+/// moment loses no accepted job and completes none twice", checked against the store afterwards.
+@Suite("Crash of the server", .serialized)
+struct CrashTests {
+    static let jobs = 10_000
+
+    /// A `kiln server` process on a data folder, restartable on the same port.
+    final class ServerProcess: @unchecked Sendable {
+        let data: URL
+        let config: URL
+        private(set) var port = 0
+        private var process: Process?
+
+        init() throws {
+            data = FileManager.default.temporaryDirectory.appending(path: "kiln-crash-\(UUID().uuidString)")
+            try FileManager.default.createDirectory(at: data, withIntermediateDirectories: true)
+            config = data.appending(path: "kiln.yaml")
+            // Short leases, so that jobs held across the crash come back quickly; attempts to spare.
+            try Data("leases: {ttl_seconds: 3, max_attempts: 20}\n".utf8).write(to: config)
+        }
+
+        var url: String { "http://127.0.0.1:\(port)" }
+
+        func start() async throws {
+            let process = Process()
+            process.executableURL = LocalCluster.repository.appending(path: ".build/debug/kiln")
+            process.arguments = [
+                "server", "--data", data.appending(path: "state").path, "--port", "\(port)", "--config", config.path,
+                "--log-level", "error",
+            ]
+            process.environment = ProcessInfo.processInfo.environment.merging(["KILN_ADMIN_KEY": "crash-admin"]) { $1 }
+            let pipe = Pipe()
+            process.standardOutput = pipe
+            try process.run()
+            self.process = process
+            // The first line names the port it listens on.
+            var line = Data()
+            while let byte = try pipe.fileHandleForReading.read(upToCount: 1), let first = byte.first, first != UInt8(ascii: "\n") {
+                line.append(first)
+            }
+            let text = String(decoding: line, as: UTF8.self)
+            guard let range = text.range(of: #"127\.0\.0\.1:(\d+)"#, options: .regularExpression),
+                let bound = Int(text[range].split(separator: ":").last ?? "")
+            else { throw KilnError(.internal, "the server did not say its port: '\(text)'") }
+            port = bound
+        }
+
+        func kill9() {
+            guard let process else { return }
+            kill(process.processIdentifier, SIGKILL)
+            process.waitUntilExit()
+        }
+
+        func stop() {
+            guard let process, process.isRunning else { return }
+            process.terminate()
+            process.waitUntilExit()
+        }
+    }
+
+    /// Acknowledgements the clients received.
+    actor Acknowledged {
+        var submissions: [String: String] = [:]  // idempotency key → generation id
+        var completions: Set<String> = []
+        var completedCount: Int { completions.count }
+        var submittedCount: Int { submissions.count }
+        func submitted(_ key: String, _ id: String) { submissions[key] = id }
+        func completed(_ id: String) { completions.insert(id) }
+    }
+
+    @Test("kill -9 mid-run: every acknowledged submission and completion survives, none is applied twice")
+    func killDuringRun() async throws {
+        let server = try ServerProcess()
+        try await server.start()
+        defer {
+            server.stop()
+            try? FileManager.default.removeItem(at: server.data)
+        }
+        let admin = try KilnAPIClient(server: server.url, key: "crash-admin")
+        _ = try await admin { try await $0.createModel(body: .json(.init(name: "noop"))).created }
+        let account = try await admin { try await $0.createAccount(body: .json(.init(name: "crash", tier: "api"))).created.body.json }
+        let userKey = try await admin { try await $0.createAccountKey(path: .init(id: account.id)).created.body.json.key }
+        let workerKey = try await admin { try await $0.createKey(body: .json(.init(scope: .worker))).created.body.json.key }
+        let user = try KilnAPIClient(server: server.url, key: userKey)
+        let worker = try KilnAPIClient(server: server.url, key: workerKey)
+        let acknowledged = Acknowledged()
+
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            // Submitters: each job under its own idempotency key, retried until acknowledged.
+            for lane in 0..<4 {
+                group.addTask {
+                    for index in stride(from: lane, to: Self.jobs, by: 4) {
+                        let key = "job-\(index)"
+                        while true {
+                            do {
+                                let created = try await user(timeout: .seconds(10)) {
+                                    switch try await $0.createGeneration(
+                                        headers: .init(idempotencyKey: key), body: .json(.init(model: "noop", input: .init())))
+                                    {
+                                    case .created(let created): return try created.body.json.id
+                                    case .ok(let again): return try again.body.json.id
+                                    default: throw KilnError(.internal, "unexpected answer to a submission")
+                                    }
+                                }
+                                await acknowledged.submitted(key, created)
+                                break
+                            } catch {
+                                try await Task.sleep(for: .milliseconds(50))
+                            }
+                        }
+                    }
+                }
+            }
+            // Workers: lease, start, complete; any failure drops the job, which the lease rules bring back.
+            for _ in 0..<4 {
+                group.addTask {
+                    var id: String?
+                    while await acknowledged.completedCount < Self.jobs {
+                        do {
+                            if id == nil {
+                                id = try await worker {
+                                    try await $0.registerWorker(body: .json(.init(cluster: "default", accelerator: "cpu", gpus: 0)))
+                                        .created.body.json.id
+                                }
+                            }
+                            let current = id!
+                            let leased = try await worker(timeout: .seconds(10)) {
+                                try await $0.leaseJob(path: .init(id: current), body: .json(.init(waitSeconds: 1)))
+                            }
+                            guard case .ok(let answer) = leased else { continue }
+                            let lease = try answer.body.json
+                            let (job, token) = (lease.job.id, lease.lease.token)
+                            _ = try await worker(timeout: .seconds(10)) {
+                                try await $0.startJob(path: .init(id: current, job: job), body: .json(.init(token: token))).ok
+                            }
+                            _ = try await worker(timeout: .seconds(10)) {
+                                try await $0.completeJob(path: .init(id: current, job: job), body: .json(.init(token: token, outputs: [])))
+                                    .noContent
+                            }
+                            await acknowledged.completed(job)
+                        } catch {
+                            try await Task.sleep(for: .milliseconds(50))
+                        }
+                    }
+                }
+            }
+            // The crash: kill -9 once a third of the jobs are in, then start again on the same folder.
+            group.addTask {
+                while await acknowledged.submittedCount < Self.jobs / 3 { try await Task.sleep(for: .milliseconds(20)) }
+                server.kill9()
+                try await server.start()
+            }
+            try await group.waitForAll()
+        }
+        server.stop()
+
+        // The store after it all: one generation per key, each succeeded exactly once.
+        let store = try SQLiteJobStore(path: server.data.appending(path: "state/kiln.sqlite").path)
+        let submissions = await acknowledged.submissions
+        #expect(submissions.count == Self.jobs)
+        #expect(Set(submissions.values).count == Self.jobs, "a retried submission created a second generation")
+        let accountID = try #require(AccountID(rawValue: account.id))
+        var stored: [Generation] = []
+        var before: Int64?
+        while true {
+            let page = try await store.generations(of: accountID, state: nil, limit: 1_000, before: before)
+            stored += page
+            guard let last = page.last, page.count == 1_000 else { break }
+            before = last.sequence
+        }
+        #expect(stored.count == Self.jobs, "no acknowledged job lost, no job created twice")
+        #expect(Set(stored.map(\.id.rawValue)) == Set(submissions.values))
+        for generation in stored {
+            #expect(generation.state == .succeeded, "\(generation.id) ended \(generation.state)")
+            let events = try await store.events(of: generation.id, after: 0, limit: 1_000)
+            #expect(events.filter { $0.kind == .succeeded }.count == 1, "\(generation.id) completed \(events.filter { $0.kind == .succeeded }.count) times")
+        }
+        let completions = await acknowledged.completions
+        #expect(completions.isSubset(of: Set(stored.filter { $0.state == .succeeded }.map(\.id.rawValue))))
+    }
+}
