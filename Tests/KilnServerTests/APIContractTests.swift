@@ -209,6 +209,34 @@ struct APIContractTests {
         }
     }
 
+    @Test("Last-Event-ID resumes the event stream after that event; after the final one it ends; a malformed one is refused")
+    func eventStreamResumes() async throws {
+        let kiln = try await KilnHarness.make()
+        try await kiln.withClient { api in
+            try await api.model()
+            let (_, user) = try await api.account(tier: "api")
+            let workerKey = try await api.workerKey()
+            let worker = try await api.register(workerKey)
+            let generation = try await api.submit(user)
+            let lease = try #require(try await api.lease(workerKey, worker: worker))
+            #expect(try await api.complete(workerKey, worker, lease).status == .noContent)
+            let path = "/v1/generations/\(generation.id)/events"
+            func sequences(_ result: HTTPResult) -> [Int64] {
+                result.text.split(separator: "\n").filter { $0.hasPrefix("id: ") }.compactMap { Int64($0.dropFirst(4)) }
+            }
+            let all = sequences(try await api.call(.get, path, key: user))
+            #expect(all.count == 3, "queued, leased, succeeded")
+            let lastEventID = HTTPField.Name("Last-Event-ID")!
+            let resumed = try await api.call(.get, path, key: user, headers: [lastEventID: "\(all[0])"])
+            #expect(sequences(resumed) == Array(all.dropFirst()))
+            let afterTheEnd = try await api.call(.get, path, key: user, headers: [lastEventID: "\(all.last!)"])
+            #expect(afterTheEnd.status == .ok)
+            #expect(sequences(afterTheEnd).isEmpty)
+            let malformed = try await api.call(.get, path, key: user, headers: [lastEventID: "soon"])
+            #expect(malformed.status == .badRequest)
+        }
+    }
+
     @Test("the server serves the document it was generated from")
     func servesItsDocument() async throws {
         let kiln = try await KilnHarness.make()
