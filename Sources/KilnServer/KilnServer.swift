@@ -40,10 +40,11 @@ public struct KilnServer: Sendable {
                 "generations of tier '\(tier)' are kept but not scheduled: the configuration no longer has that tier",
                 metadata: ["count": "\(skipped.filter { $0.tier == tier }.count)"])
         }
+        let cache = try await RecordCache.following(store)
         self.services = KilnServices(
-            store: store, objects: objects, dispatcher: dispatcher, signals: GenerationSignals(), clock: clock,
+            store: store, objects: objects, dispatcher: dispatcher, signals: GenerationSignals(), cache: cache, clock: clock,
             configuration: configuration, logger: logger)
-        self.authenticator = Authenticator(store: store, bootstrapAdminKey: adminKey.flatMap { $0.isEmpty ? nil : $0 })
+        self.authenticator = Authenticator(cache: cache, bootstrapAdminKey: adminKey.flatMap { $0.isEmpty ? nil : $0 })
     }
 
     /// Every operation of the API, as the OpenAPI document declares it.
@@ -70,7 +71,10 @@ public struct KilnServer: Sendable {
         let application = Application(
             router: try router(), configuration: .init(address: .hostname(host, port: port), serverName: "kiln"),
             onServerRunning: { channel in await onServerRunning(channel.localAddress?.port ?? port) }, logger: services.logger)
-        return [application, reaper(interval: reaperInterval)]
+        return [
+            application, reaper(interval: reaperInterval),
+            ChangeFeed(cache: services.cache, interval: .milliseconds(250), logger: services.logger),
+        ]
     }
 
     /// Serves until SIGTERM or SIGINT, then shuts down gracefully.

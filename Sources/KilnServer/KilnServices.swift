@@ -11,18 +11,21 @@ public struct KilnServices: Sendable {
     public let objects: any ObjectStore
     public let dispatcher: Dispatcher
     public let signals: GenerationSignals
+    /// Keys, workers, accounts, models, aliases and versions, as the store's change feed keeps them.
+    public let cache: RecordCache
     public let clock: any WallClock
     public let configuration: ServerConfiguration
     public let logger: Logger
 
     public init(
-        store: any JobStore, objects: any ObjectStore, dispatcher: Dispatcher, signals: GenerationSignals, clock: any WallClock,
-        configuration: ServerConfiguration, logger: Logger
+        store: any JobStore, objects: any ObjectStore, dispatcher: Dispatcher, signals: GenerationSignals, cache: RecordCache,
+        clock: any WallClock, configuration: ServerConfiguration, logger: Logger
     ) {
         self.store = store
         self.objects = objects
         self.dispatcher = dispatcher
         self.signals = signals
+        self.cache = cache
         self.clock = clock
         self.configuration = configuration
         self.logger = logger

@@ -135,6 +135,41 @@ public protocol JobStore: Sendable {
 
     /// A generation's events after the given event sequence, oldest first.
     func events(of id: GenerationID, after: Int64, limit: Int) async throws -> [GenerationEvent]
+
+    // MARK: Change feed
+
+    /// Changes to the records servers cache (keys, accounts, workers, models, versions, aliases),
+    /// after `after`, oldest first: each server applies them to its caches, so that a change made
+    /// through any server reaches them all.
+    func changes(after: Int64, limit: Int) async throws -> [StoreChange]
+    /// The sequence of the latest change (0 before any): where a fresh cache starts following.
+    func latestChange() async throws -> Int64
+}
+
+/// One entry of the change feed: which cached record changed.
+public struct StoreChange: Hashable, Sendable {
+    public enum Record: String, Hashable, Sendable {
+        /// `key` is the key's id.
+        case key
+        /// `key` is the account's id.
+        case account
+        /// `key` is the worker's id.
+        case worker
+        /// `key` is the model's name: the model itself, or its list of versions.
+        case model
+        /// `key` is `model/alias`.
+        case alias
+    }
+
+    public var sequence: Int64
+    public var record: Record
+    public var key: String
+
+    public init(sequence: Int64, record: Record, key: String) {
+        self.sequence = sequence
+        self.record = record
+        self.key = key
+    }
 }
 
 /// Caps checked when a generation is submitted.

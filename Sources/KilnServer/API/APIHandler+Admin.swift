@@ -30,7 +30,9 @@ extension APIHandler {
         let id = try PathID.parse(input.path.id, as: AccountID.self, "account")
         guard case .json(let body) = input.body else { throw KilnError(.invalidRequest, "the request needs a JSON body") }
         try checkTier(body.tier)
-        return .ok(.init(body: .json(.init(try await services.store.updateAccountTier(id, tier: body.tier)))))
+        let updated = try await services.store.updateAccountTier(id, tier: body.tier)
+        try await services.cache.catchUp()
+        return .ok(.init(body: .json(.init(updated))))
     }
 
     func createAccountKey(_ input: Operations.CreateAccountKey.Input) async throws -> Operations.CreateAccountKey.Output {
@@ -51,6 +53,7 @@ extension APIHandler {
     func revokeKey(_ input: Operations.RevokeKey.Input) async throws -> Operations.RevokeKey.Output {
         let id = try PathID.parse(input.path.id, as: KeyID.self, "key")
         try await services.store.revokeKey(id, at: services.clock.now())
+        try await services.cache.catchUp()
         return .noContent(.init())
     }
 
@@ -86,7 +89,9 @@ extension APIHandler {
 
     func drainWorker(_ input: Operations.DrainWorker.Input) async throws -> Operations.DrainWorker.Output {
         let id = try PathID.parse(input.path.id, as: WorkerID.self, "worker")
-        return .ok(.init(body: .json(.init(try await services.store.setWorkerState(id, .draining)))))
+        let drained = try await services.store.setWorkerState(id, .draining)
+        try await services.cache.catchUp()
+        return .ok(.init(body: .json(.init(drained))))
     }
 
     private func checkTier(_ tier: String) throws {

@@ -62,13 +62,13 @@ extension APIHandler {
             }
             claim = IdempotencyClaim(key: key, requestHash: try Self.requestHash(body))
         }
-        guard let owner = try await services.store.account(account) else {
+        guard let owner = try await services.cache.account(account) else {
             throw KilnError(.unauthorized, "the key's account no longer exists")
         }
         guard let tier = services.configuration.tiers[owner.tier] else {
             throw KilnError(.internal, "the account's tier '\(owner.tier)' is not configured")
         }
-        guard let model = try await services.store.model(named: body.model) else {
+        guard let model = try await services.cache.model(named: body.model) else {
             throw KilnError(.invalidInput, "model: no model named '\(body.model)'")
         }
         if let callback = body.callbackUrl {
@@ -134,7 +134,7 @@ extension APIHandler {
     {
         if let raw = version {
             guard alias == nil else { throw KilnError(.invalidRequest, "give either version or alias, not both") }
-            guard let digest = KilnCore.Digest(raw) ?? KilnCore.Digest(hex: raw), let record = try await services.store.version(digest),
+            guard let digest = KilnCore.Digest(raw) ?? KilnCore.Digest(hex: raw), let record = try await services.cache.version(digest),
                 record.model == model.name
             else {
                 throw KilnError(.invalidInput, "version: '\(raw)' is not a version of model '\(model.name)'")
@@ -142,12 +142,12 @@ extension APIHandler {
             return (digest, nil, try JSONDecoder().decode(ModelManifest.self, from: record.manifest))
         }
         let aliasName = alias ?? "production"
-        if let record = try await services.store.alias(aliasName, of: model.name), let digest = record.resolve(for: id),
-            let resolved = try await services.store.version(digest)
+        if let record = try await services.cache.alias(aliasName, of: model.name), let digest = record.resolve(for: id),
+            let resolved = try await services.cache.version(digest)
         {
             return (nil, aliasName, try JSONDecoder().decode(ModelManifest.self, from: resolved.manifest))
         }
-        let hasVersions = !(try await services.store.versions(of: model.name)).isEmpty
+        let hasVersions = try await services.cache.hasVersions(model.name)
         if alias != nil || hasVersions {
             throw KilnError(
                 .invalidInput, "alias: model '\(model.name)' has no alias '\(aliasName)'; promote a version to it first")

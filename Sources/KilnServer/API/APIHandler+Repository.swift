@@ -70,6 +70,7 @@ extension APIHandler {
         let record = ModelVersionRecord(
             id: try manifest.versionID(), model: name, manifest: try manifest.canonicalJSON(), createdAt: services.clock.now())
         let created = try await services.store.createVersion(record)
+        try await services.cache.catchUp()
         let stored = try await services.store.version(record.id) ?? record
         let object = try Components.Schemas.VersionObject(stored, created: created)
         return created ? .created(.init(body: .json(object))) : .ok(.init(body: .json(object)))
@@ -101,6 +102,7 @@ extension APIHandler {
         guard case .json(let body) = input.body else { throw KilnError(.invalidRequest, "the request needs a JSON body") }
         let moved = try await services.store.moveAlias(
             alias, of: name, to: try body.targets.map(AliasTarget.init), at: services.clock.now())
+        try await services.cache.catchUp()
         services.logger.info("alias moved", metadata: ["model": "\(name)", "alias": "\(alias)", "targets": "\(moved.targets)"])
         return .ok(.init(body: .json(.init(moved))))
     }
@@ -108,7 +110,9 @@ extension APIHandler {
     func rollbackModelAlias(_ input: Operations.RollbackModelAlias.Input) async throws -> Operations.RollbackModelAlias.Output {
         let name = try existingModelName(input.path.name)
         let alias = try aliasName(input.path.alias)
-        return .ok(.init(body: .json(.init(try await services.store.rollbackAlias(alias, of: name, at: services.clock.now())))))
+        let rolledBack = try await services.store.rollbackAlias(alias, of: name, at: services.clock.now())
+        try await services.cache.catchUp()
+        return .ok(.init(body: .json(.init(rolledBack))))
     }
 
     func getModelAliasHistory(_ input: Operations.GetModelAliasHistory.Input) async throws -> Operations.GetModelAliasHistory.Output {

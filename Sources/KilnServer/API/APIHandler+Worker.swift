@@ -45,7 +45,12 @@ extension APIHandler {
         guard wait >= 0, wait <= maxWait else {
             throw KilnError(.invalidRequest, "wait_seconds: must be from 0 to \(Int(maxWait))")
         }
-        try await services.store.touchWorker(worker.id, at: services.clock.now())
+        // Liveness is written at most every `touchInterval`, so that an empty poll writes nothing.
+        let now = services.clock.now()
+        if now.timeIntervalSince(worker.lastSeenAt) >= Self.touchInterval {
+            try await services.store.touchWorker(worker.id, at: now)
+            services.cache.touched(worker.id, at: now)
+        }
         guard worker.state == .active else {
             // A draining worker gets nothing, after the wait it asked for, so it does not spin.
             try? await Task.sleep(for: .milliseconds(Int(wait * 1000)))
@@ -184,7 +189,7 @@ extension APIHandler {
     /// The worker `raw` names, if the caller's key is the one that registered it: a worker key can
     /// act only as its own workers.
     private func registeredWorker(_ raw: String) async throws -> WorkerRecord {
-        guard let id = WorkerID(rawValue: raw), let worker = try await services.store.worker(id),
+        guard let id = WorkerID(rawValue: raw), let worker = try await services.cache.worker(id),
             case .worker(let keyID) = Principal.current, worker.keyID == keyID
         else {
             throw KilnError(.notFound, "no worker '\(raw)' registered with this key; register with POST /v1/workers")
@@ -203,6 +208,9 @@ extension APIHandler {
         }
         return token
     }
+
+    /// How stale a worker's `last_seen_at` may be: its polls write it no more often.
+    static let touchInterval: TimeInterval = 10
 
     static func isValidOutputName(_ name: String) -> Bool {
         (1...64).contains(name.count)

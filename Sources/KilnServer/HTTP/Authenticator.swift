@@ -5,7 +5,7 @@ import KilnStore
 
 /// Resolves `Authorization: Bearer <key>` to a ``Principal``.
 struct Authenticator: Sendable {
-    let store: any JobStore
+    let cache: RecordCache
     /// `KILN_ADMIN_KEY`: accepted as an admin key (bootstrap).
     let bootstrapAdminKey: String?
 
@@ -21,7 +21,7 @@ struct Authenticator: Sendable {
         if let bootstrapAdminKey, KeySecret.constantTimeEquals(secret, bootstrapAdminKey) {
             return .admin(nil)
         }
-        guard let key = try await store.key(secretHash: KeySecret.hash(secret)), key.revokedAt == nil else {
+        guard let key = try await cache.key(secretHash: KeySecret.hash(secret)), key.revokedAt == nil else {
             throw KilnError(.unauthorized, "the key is unknown or revoked")
         }
         switch key.scope {

@@ -55,6 +55,7 @@ public final class SQLiteJobStore: JobStore {
             guard db.changesCount == 1,
                 let row = try Row.fetchOne(db, sql: "SELECT * FROM accounts WHERE id = ?", arguments: [id.rawValue])
             else { throw KilnError(.notFound, "no account '\(id)'") }
+            try Self.recordChange(db, .account, id.rawValue)
             return Self.account(from: row)
         }
     }
@@ -88,6 +89,7 @@ public final class SQLiteJobStore: JobStore {
                 sql: "UPDATE api_keys SET revoked_at = COALESCE(revoked_at, ?) WHERE id = ?",
                 arguments: [at.timeIntervalSince1970, id.rawValue])
             guard db.changesCount == 1 else { throw KilnError(.notFound, "no key '\(id)'") }
+            try Self.recordChange(db, .key, id.rawValue)
         }
     }
 
@@ -142,6 +144,7 @@ public final class SQLiteJobStore: JobStore {
             try db.execute(
                 sql: "INSERT INTO model_versions (id, model, manifest, created_at) VALUES (?, ?, ?, ?)",
                 arguments: [version.id.description, version.model, version.manifest, version.createdAt.timeIntervalSince1970])
+            try Self.recordChange(db, .model, version.model)
             return true
         }
     }
@@ -213,6 +216,7 @@ public final class SQLiteJobStore: JobStore {
         try db.execute(
             sql: "INSERT INTO alias_history (model, alias, action, targets, at) VALUES (?, ?, ?, ?, ?)",
             arguments: [model, name, action.rawValue, encoded, at.timeIntervalSince1970])
+        try recordChange(db, .alias, "\(model)/\(name)")
         return AliasRecord(model: model, name: name, targets: targets, updatedAt: at)
     }
 
@@ -278,6 +282,7 @@ public final class SQLiteJobStore: JobStore {
             guard db.changesCount == 1,
                 let row = try Row.fetchOne(db, sql: "SELECT * FROM workers WHERE id = ?", arguments: [id.rawValue])
             else { throw KilnError(.notFound, "no worker '\(id)'") }
+            try Self.recordChange(db, .worker, id.rawValue)
             return Self.worker(from: row)
         }
     }
@@ -604,6 +609,28 @@ public final class SQLiteJobStore: JobStore {
                     progress: JobProgress(fraction: row["progress_fraction"], stage: row["progress_stage"]), message: row["message"])
             }
         }
+    }
+
+    // MARK: - Change feed
+
+    public func changes(after: Int64, limit: Int) async throws -> [StoreChange] {
+        try await pool.read { db in
+            try Row.fetchAll(
+                db, sql: "SELECT sequence, record, key FROM changes WHERE sequence > ? ORDER BY sequence LIMIT ?",
+                arguments: [after, limit]
+            ).compactMap { row in
+                StoreChange.Record(rawValue: row["record"]).map { StoreChange(sequence: row["sequence"], record: $0, key: row["key"]) }
+            }
+        }
+    }
+
+    public func latestChange() async throws -> Int64 {
+        try await pool.read { db in try Int64.fetchOne(db, sql: "SELECT MAX(sequence) FROM changes") ?? 0 }
+    }
+
+    /// Appends to the change feed, in the transaction of the change itself.
+    private static func recordChange(_ db: Database, _ record: StoreChange.Record, _ key: String) throws {
+        try db.execute(sql: "INSERT INTO changes (record, key) VALUES (?, ?)", arguments: [record.rawValue, key])
     }
 
     // MARK: - Transactions

@@ -78,6 +78,16 @@ enum SQLiteSchema {
         migrator.registerMigration("v4-lease-acknowledged") { db in
             try db.execute(sql: "ALTER TABLE generations ADD COLUMN lease_acked INTEGER NOT NULL DEFAULT 0")
         }
+        migrator.registerMigration("v5-change-feed") { db in
+            try db.execute(
+                sql: """
+                    CREATE TABLE changes (
+                        sequence INTEGER PRIMARY KEY AUTOINCREMENT,
+                        record TEXT NOT NULL,
+                        key TEXT NOT NULL
+                    )
+                    """)
+        }
         return migrator
     }
 }

@@ -1,0 +1,69 @@
+import Foundation
+import HTTPTypes
+import Hummingbird
+import HummingbirdTesting
+import KilnAPI
+import KilnCore
+import KilnServer
+import Testing
+
+/// Two servers on one store: what one changes, the other's caches learn from the store's change
+/// feed, not from the call that made the change.
+@Suite("Caches follow the store's change feed")
+struct ChangeFeedTests {
+    @Test("a key revoked through one server is refused by a second once it has applied the feed")
+    func revokedKeyEverywhere() async throws {
+        let clock = ManualWallClock()
+        let first = try await KilnHarness.make(clock: clock)
+        let second = try await KilnHarness.make(data: first.data, clock: clock)
+        let (keyID, secret) = try await first.withClient { api in
+            let created = try await api.call(.post, "/v1/admin/keys", json: #"{"scope":"admin"}"#)
+            let key = try created.decode(Components.Schemas.KeyObject.self)
+            return (key.id, key.key)
+        }
+        // The second server has seen the key work, so it holds it in its cache.
+        try await second.withClient { (api: KilnClient) async throws -> Void in
+            #expect(try await api.call(.get, "/v1/admin/queue", key: secret).status == .ok)
+        }
+        try await first.withClient { (api: KilnClient) async throws -> Void in
+            #expect(try await api.call(.delete, "/v1/admin/keys/\(keyID)").status == .noContent)
+            #expect(try await api.call(.get, "/v1/admin/queue", key: secret).status == .unauthorized)
+        }
+        try await second.withClient { (api: KilnClient) async throws -> Void in
+            // Until it reads the feed the second server still trusts its cache: the window the
+            // change feed's interval bounds.
+            #expect(try await api.call(.get, "/v1/admin/queue", key: secret).status == .ok)
+            try await second.server.services.cache.catchUp()
+            #expect(try await api.call(.get, "/v1/admin/queue", key: secret).status == .unauthorized)
+        }
+    }
+
+    @Test("a worker drained through one server gets no work from a second once it has applied the feed")
+    func drainedWorkerEverywhere() async throws {
+        let clock = ManualWallClock()
+        let first = try await KilnHarness.make(clock: clock)
+        let second = try await KilnHarness.make(data: first.data, clock: clock)
+        let (workerKey, worker) = try await first.withClient { api in
+            let key = try await api.workerKey()
+            return (key, try await api.register(key))
+        }
+        try await second.withClient { (api: KilnClient) async throws -> Void in
+            #expect(try await api.lease(workerKey, worker: worker) == nil)  // cached, active, nothing queued
+        }
+        try await first.withClient { (api: KilnClient) async throws -> Void in
+            #expect(try await api.call(.post, "/v1/admin/workers/\(worker)/drain").status == .ok)
+            try await api.model()
+            let (_, user) = try await api.account(tier: "api")
+            _ = try await api.submit(user)
+        }
+        try await second.server.services.cache.catchUp()
+        // A submission reaches another server's scheduler only through the hand-off of the scale-out
+        // work; until then this one rebuilds its queue from the store.
+        try await second.server.services.dispatcher.load()
+        try await second.withClient { (api: KilnClient) async throws -> Void in
+            #expect(try await api.lease(workerKey, worker: worker) == nil, "a draining worker gets nothing")
+            let other = try await api.register(workerKey)
+            #expect(try await api.lease(workerKey, worker: other) != nil)
+        }
+    }
+}
