@@ -7,9 +7,9 @@ import Testing
 
 /// `kill -9` of the control plane in the middle of a run: DESIGN §8's "killing any process at any
 /// moment loses no accepted job and completes none twice", checked against the store afterwards.
-@Suite("Crash of the server", .serialized)
-struct CrashTests {
-    static let jobs = 10_000
+/// Part of the serialized end-to-end suite, so that it never shares the machine with worker processes.
+extension EndToEndTests {
+    static let crashJobs = 10_000
 
     /// A `kiln server` process on a data folder, restartable on the same port.
     final class ServerProcess: @unchecked Sendable {
@@ -96,7 +96,7 @@ struct CrashTests {
             // Submitters: each job under its own idempotency key, retried until acknowledged.
             for lane in 0..<4 {
                 group.addTask {
-                    for index in stride(from: lane, to: Self.jobs, by: 4) {
+                    for index in stride(from: lane, to: Self.crashJobs, by: 4) {
                         let key = "job-\(index)"
                         while true {
                             do {
@@ -122,7 +122,7 @@ struct CrashTests {
             for _ in 0..<4 {
                 group.addTask {
                     var id: String?
-                    while await acknowledged.completedCount < Self.jobs {
+                    while await acknowledged.completedCount < Self.crashJobs {
                         do {
                             if id == nil {
                                 id = try await worker {
@@ -153,7 +153,7 @@ struct CrashTests {
             }
             // The crash: kill -9 once a third of the jobs are in, then start again on the same folder.
             group.addTask {
-                while await acknowledged.submittedCount < Self.jobs / 3 { try await Task.sleep(for: .milliseconds(20)) }
+                while await acknowledged.submittedCount < Self.crashJobs / 3 { try await Task.sleep(for: .milliseconds(20)) }
                 server.kill9()
                 try await server.start()
             }
@@ -164,8 +164,8 @@ struct CrashTests {
         // The store after it all: one generation per key, each succeeded exactly once.
         let store = try SQLiteJobStore(path: server.data.appending(path: "state/kiln.sqlite").path)
         let submissions = await acknowledged.submissions
-        #expect(submissions.count == Self.jobs)
-        #expect(Set(submissions.values).count == Self.jobs, "a retried submission created a second generation")
+        #expect(submissions.count == Self.crashJobs)
+        #expect(Set(submissions.values).count == Self.crashJobs, "a retried submission created a second generation")
         let accountID = try #require(AccountID(rawValue: account.id))
         var stored: [Generation] = []
         var before: Int64?
@@ -175,7 +175,7 @@ struct CrashTests {
             guard let last = page.last, page.count == 1_000 else { break }
             before = last.sequence
         }
-        #expect(stored.count == Self.jobs, "no acknowledged job lost, no job created twice")
+        #expect(stored.count == Self.crashJobs, "no acknowledged job lost, no job created twice")
         #expect(Set(stored.map(\.id.rawValue)) == Set(submissions.values))
         for generation in stored {
             #expect(generation.state == .succeeded, "\(generation.id) ended \(generation.state)")
