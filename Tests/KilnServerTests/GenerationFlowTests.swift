@@ -103,6 +103,10 @@ struct GenerationFlowTests {
 
             #expect(try await api.complete(workerKey, worker, current).status == .noContent)
             #expect(try await api.generation(user, submitted.id).state == .succeeded)
+            // A token the server never issued holds no lease either.
+            let forged = try await api.job(workerKey, worker, current, "complete", json: #"{"token":"soon","outputs":[]}"#)
+            #expect(forged.status == .conflict)
+            #expect(forged.error?.code == "stale_lease")
             // Completing twice is refused too.
             #expect(try await api.complete(workerKey, worker, current).status == .conflict)
         }
@@ -203,6 +207,31 @@ struct GenerationFlowTests {
             #expect(try await api.lease(workerKey, worker: worker) == nil)
             let other = try await api.register(workerKey)
             #expect(try await api.lease(workerKey, worker: other) != nil)
+        }
+    }
+
+    @Test("a submission hands its job to one of the waiting workers and wakes no other")
+    func submissionWakesOne() async throws {
+        let kiln = try await KilnHarness.make(clock: ManualWallClock(Date()))
+        try await kiln.withClient { api in
+            try await api.model()
+            let (_, user) = try await api.account(tier: "api")
+            let workerKey = try await api.workerKey()
+            var workers: [String] = []
+            for _ in 0..<3 { workers.append(try await api.register(workerKey)) }
+            let dispatcher = kiln.server.services.dispatcher
+            try await withThrowingTaskGroup(of: String?.self) { group in
+                for worker in workers {
+                    group.addTask { try await api.lease(workerKey, worker: worker, wait: 2)?.job.id }
+                }
+                // Not a timing: wait until all three are in their long poll, then submit.
+                while await dispatcher.waiting < 3 { try await Task.sleep(for: .milliseconds(10)) }
+                let submitted = try await api.submit(user)
+                #expect(await dispatcher.wakeups == 1)
+                let leased = try await group.reduce(into: [String]()) { if let id = $1 { $0.append(id) } }
+                #expect(leased == [submitted.id])
+                #expect(await dispatcher.wakeups == 1, "the other two ended their wait without being woken")
+            }
         }
     }
 

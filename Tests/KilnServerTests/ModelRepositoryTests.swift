@@ -86,6 +86,9 @@ struct ModelRepositoryTests {
             let digest = packed.manifest.blobs[0]
             let wrong = try await api.call(.put, "/v1/admin/blobs/\(digest)", raw: ByteBuffer(string: "not those bytes"))
             #expect(wrong.status == .unprocessableContent)
+            // The same with the digest's `:` percent-encoded, as clients encode path segments.
+            let encoded = try await api.call(.put, "/v1/admin/blobs/sha256%3A\(digest.hex)", raw: ByteBuffer(string: "not those bytes"))
+            #expect(encoded.status == .unprocessableContent, "\(encoded.text)")
             let check = try await api.call(.post, "/v1/admin/blobs/check", json: #"{"digests":["\#(digest)"]}"#)
             #expect(try check.decode(Components.Schemas.BlobCheckResponse.self).missing == [digest.description])
             let manifest = String(decoding: try packed.manifest.canonicalJSON(), as: UTF8.self)

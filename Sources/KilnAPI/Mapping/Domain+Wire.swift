@@ -60,6 +60,8 @@ extension Digest {
     /// `sha256:<hex>`, or the bare hex where the document allows it.
     /// - Throws: `.invalidRequest` naming `field`.
     public init(wire text: String, field: String) throws {
+        // In a path the `:` may come percent-encoded (`sha256%3A…`).
+        let text = text.removingPercentEncoding ?? text
         guard let digest = Digest(text) ?? Digest(hex: text) else {
             throw KilnError(.invalidRequest, "\(field): '\(text)' is not a sha256 digest (sha256:<64 hex digits>)")
         }

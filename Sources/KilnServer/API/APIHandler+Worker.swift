@@ -202,9 +202,10 @@ extension APIHandler {
         return (worker.id, try PathID.parse(rawJob, as: GenerationID.self, "generation"))
     }
 
+    /// A token this server never issued holds no lease: `409 stale_lease`, as for an old one.
     private func token(_ raw: String) throws -> FencingToken {
         guard let token = FencingToken(raw) else {
-            throw KilnError(.invalidRequest, "token: '\(raw)' is not a lease token")
+            throw KilnError(.staleLease, "token: '\(raw)' holds no lease; it is not a token this server issued")
         }
         return token
     }

@@ -9,14 +9,28 @@ import KilnStore
 /// decision. When the store refuses (the job was canceled meanwhile) the proposal is dropped and the
 /// next one is tried. The scheduler is a cache of the store, rebuilt by ``load()`` at start.
 ///
-/// Workers asking for work while nothing is eligible wait (long-poll); every change that may make
-/// a job eligible (a submission, a requeue, a start that frees a dispatch slot, an end that frees an
-/// account slot) wakes them to look again.
+/// Workers asking for work while nothing is eligible wait (long-poll), oldest first. A submission
+/// or a requeue hands its one job to the oldest waiting worker that can run it, waking no other; a
+/// start that frees a dispatch slot and an end that frees an account slot wake them all to look
+/// again, when anything is queued.
 public actor Dispatcher {
+    private struct Waiter {
+        var continuation: CheckedContinuation<Void, Never>
+        var timer: Task<Void, Never>
+        var offer: WorkerOffer
+    }
+
     private var scheduler: Scheduler
     private var throughput = ThroughputEstimator()
     private var identifiers: [Int64: GenerationID] = [:]
-    private var waiters: [UUID: (continuation: CheckedContinuation<Void, Never>, timer: Task<Void, Never>)] = [:]
+    private var waiters: [UUID: Waiter] = [:]
+    /// Waiting workers, oldest first.
+    private var waitOrder: [UUID] = []
+    /// Waiting workers woken by an event (not by the end of their wait): how hard each change
+    /// shakes the fleet.
+    public private(set) var wakeups = 0
+    /// Workers waiting in a long poll now.
+    public var waiting: Int { waiters.count }
     private let store: any JobStore
     private let clock: any WallClock
     private let configuration: ServerConfiguration
@@ -62,12 +76,12 @@ public actor Dispatcher {
 
     public func submitted(_ generation: Generation) throws {
         try enqueue(generation)
-        wakeAll()
+        wakeOne(for: Self.job(generation).requirements)
     }
 
     public func started(_ generation: Generation) {
         scheduler.started(generation.sequence)
-        wakeAll()
+        wakeAllIfQueued()
     }
 
     /// The generation went back to the queue (lease expired, retryable failure). One the scheduler
@@ -75,14 +89,14 @@ public actor Dispatcher {
     public func requeued(_ generation: Generation) {
         guard scheduler.isDispatched(generation.sequence) else { return }
         scheduler.requeue(generation.sequence)
-        wakeAll()
+        wakeOne(for: Self.job(generation).requirements)
     }
 
     /// The generation ended (succeeded, failed, canceled).
     public func ended(_ generation: Generation) {
         scheduler.remove(generation.sequence)
         identifiers[generation.sequence] = nil
-        wakeAll()
+        wakeAllIfQueued()
     }
 
     // MARK: Leasing
@@ -115,7 +129,7 @@ public actor Dispatcher {
             }
             let remaining = deadline - ContinuousClock.now
             guard remaining > .zero else { return nil }
-            await waitForChange(for: remaining)
+            await waitForChange(for: remaining, offer: offer)
             try Task.checkCancellation()
         }
     }
@@ -177,26 +191,50 @@ public actor Dispatcher {
             queuedAt: generation.queuedAt.timeIntervalSince1970)
     }
 
-    private func waitForChange(for duration: Duration) async {
+    private func waitForChange(for duration: Duration, offer: WorkerOffer) async {
         let id = UUID()
         await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
             let timer = Task { [weak self] in
                 try? await Task.sleep(for: duration)
-                if !Task.isCancelled { await self?.wake(id) }
+                if !Task.isCancelled { await self?.timedOut(id) }
             }
-            waiters[id] = (continuation, timer)
+            waiters[id] = Waiter(continuation: continuation, timer: timer, offer: offer)
+            waitOrder.append(id)
         }
     }
 
-    private func wake(_ id: UUID) {
-        waiters.removeValue(forKey: id)?.continuation.resume()
+    private func timedOut(_ id: UUID) {
+        removeWaiter(id)?.continuation.resume()
     }
 
-    private func wakeAll() {
+    private func removeWaiter(_ id: UUID) -> Waiter? {
+        guard let waiter = waiters.removeValue(forKey: id) else { return nil }
+        waitOrder.removeAll { $0 == id }
+        return waiter
+    }
+
+    /// Wakes the oldest waiting worker that can run a job of `requirements` and whose cluster may
+    /// take one more.
+    private func wakeOne(for requirements: JobRequirements) {
+        let chosen = waitOrder.first { id in
+            guard let offer = waiters[id]?.offer else { return false }
+            return requirements.admits(offer) && scheduler.pending(in: offer.cluster) < scheduler.dispatchLimit(of: offer.cluster)
+        }
+        guard let chosen, let waiter = removeWaiter(chosen) else { return }
+        waiter.timer.cancel()
+        wakeups += 1
+        waiter.continuation.resume()
+    }
+
+    /// Wakes every waiting worker, when there is anything queued for them to look at.
+    private func wakeAllIfQueued() {
+        guard scheduler.queuedCount > 0 else { return }
         let all = waiters
         waiters.removeAll()
+        waitOrder.removeAll()
         for waiter in all.values {
             waiter.timer.cancel()
+            wakeups += 1
             waiter.continuation.resume()
         }
     }
