@@ -59,7 +59,14 @@ class Job:
         self.channel = channel
         self.id = job_id
         self.canceled = threading.Event()
+        # Set before the job's last event is sent: once the worker has read that event, the runtime
+        # takes the next job, even if this thread has not quite returned yet.
+        self.ended = threading.Event()
         self.last = (-1.0, None)
+
+    def end(self, **event):
+        self.ended.set()
+        self.channel.send(id=self.id, **event)
 
     def progress(self, fraction, stage=""):
         if self.canceled.is_set():
@@ -78,7 +85,7 @@ def run_predict(channel, predictor, command, job):
             inputs[name] = pathlib.Path(path)
         result = predictor.predict(inputs, job.progress)
         if job.canceled.is_set():
-            channel.send(event="canceled", id=job.id)
+            job.end(event="canceled")
             return
         if result is None:
             outputs = {}
@@ -89,12 +96,12 @@ def run_predict(channel, predictor, command, job):
         for name, path in outputs.items():
             if not os.path.isfile(path):
                 raise FileNotFoundError(f"output {name!r} is not a file: {path}")
-        channel.send(event="done", id=job.id, outputs=outputs)
+        job.end(event="done", outputs=outputs)
     except protocol.Canceled:
-        channel.send(event="canceled", id=job.id)
+        job.end(event="canceled")
     except Exception as error:  # the model's failure, reported, not fatal to the runtime
         traceback.print_exc()
-        channel.send(event="error", id=job.id, code=type(error).__name__, message=str(error)[:2000])
+        job.end(event="error", code=type(error).__name__, message=str(error)[:2000])
 
 
 def main(argv=None):
@@ -131,7 +138,7 @@ def main(argv=None):
             if predictor is None:
                 channel.send(event="error", id=command.get("id"), code="not_set_up", message="predict before setup")
                 continue
-            if worker is not None and worker.is_alive():
+            if current is not None and not current.ended.is_set():
                 channel.send(event="error", id=command.get("id"), code="busy", message="a prediction is running")
                 continue
             current = Job(channel, command["id"])
