@@ -10,17 +10,28 @@ enum KilnBench {
             else { return fallback }
             return value
         }
+        func text(_ name: String) -> String? {
+            guard let index = arguments.firstIndex(of: "--\(name)"), index + 1 < arguments.count else { return nil }
+            return arguments[index + 1]
+        }
         switch arguments.first {
         case "scheduler":
             try SchedulerBenchmark.run(
                 jobs: option("jobs", 1_000_000), decisions: option("decisions", 200_000), accounts: option("accounts", 10_000))
         case "system":
-            try await SystemBenchmark.run(
-                jobs: option("jobs", 2_000), workers: option("workers", 8), submitters: option("submitters", 8),
-                rate: option("rate", 0))
+            // The server binary: --server PATH, or the `kiln` built beside this executable.
+            let beside = URL(filePath: CommandLine.arguments[0]).deletingLastPathComponent().appending(path: "kiln")
+            var options = SystemBenchmark.Options(server: text("server").map { URL(filePath: $0) } ?? beside)
+            options.jobs = option("jobs", options.jobs)
+            options.workers = option("workers", options.workers)
+            options.submitters = option("submitters", options.submitters)
+            options.latencySamples = option("latency-samples", options.latencySamples)
+            if let protocols = text("protocols") { options.protocols = protocols.split(separator: ",").map(String.init) }
+            try await SystemBenchmark.run(options)
         default:
             print("usage: kiln-bench scheduler [--jobs N] [--decisions N] [--accounts N]")
-            print("       kiln-bench system [--jobs N] [--workers K] [--submitters S] [--rate JOBS_PER_SECOND]")
+            print("       kiln-bench system [--jobs N] [--workers K] [--submitters S] [--latency-samples N]")
+            print("                         [--protocols classic,combined] [--server PATH_TO_KILN]")
         }
     }
 }

@@ -2,149 +2,350 @@ import AsyncHTTPClient
 import Foundation
 import KilnAPI
 import KilnCore
-import KilnServer
-import Logging
+import NIOCore
 
-/// (b) The whole system over HTTP: `jobs` no-op generations submitted by `submitters` concurrent
-/// clients and drained by `workers` concurrent clients speaking the worker protocol (lease, start,
-/// complete), against a `kiln server` on loopback with its SQLite store on disk.
+/// (b) The whole system over HTTP, with the load generator (this process) and `kiln server` (a
+/// child process, SQLite on disk, `synchronous = FULL`) apart, so that the server's CPU per job is
+/// read from `/proc` and not mixed with the client's.
 ///
-/// Baseline, same run, same client and concurrency: `GET /healthz` round trips per second.
+/// Three measures, one server, one run:
+/// - baseline: `GET /healthz` round trips with the workers' concurrency;
+/// - latency: workers idle in long polls, one submission at a time; submit sent → lease received;
+/// - throughput: `jobs` no-op generations from `submitters` clients, drained by `workers` clients,
+///   once per worker protocol: `classic` (lease, start, complete: three calls a job) and
+///   `combined` (one exchange call completes the last job and leases and starts the next).
+///
+/// Every client has a connection of its own (the pool's limit is raised to their count), so no
+/// submission queues behind a worker's long poll inside the client.
 enum SystemBenchmark {
-    static func run(jobs: Int, workers: Int, submitters: Int, rate: Int) async throws {
-        let data = FileManager.default.temporaryDirectory.appending(path: "kiln-bench-\(UUID().uuidString)")
-        defer { try? FileManager.default.removeItem(at: data) }
-        var logger = Logger(label: "kiln-bench")
-        logger.logLevel = .error
-        var configuration = ServerConfiguration()
-        configuration.tiers = try TierTable(
-            TierTable.standard.tiers.map { tier in
-                var copy = tier
-                copy.maxQueuedPerAccount = nil
-                copy.maxRunningPerAccount = nil
-                return copy
-            })
-        let adminKey = "bench-admin"
-        let server = try await KilnServer.open(data: data, configuration: configuration, adminKey: adminKey, logger: logger)
-        let (portStream, portContinuation) = AsyncStream.makeStream(of: Int.self)
-        let serverTask = Task {
-            try await server.run(host: "127.0.0.1", port: 0) { port in portContinuation.yield(port) }
-        }
-        var ports = portStream.makeAsyncIterator()
-        guard let port = await ports.next() else { return }
-        let base = "http://127.0.0.1:\(port)"
-        let http = HTTPClient(eventLoopGroupProvider: .singleton)
-        let admin = try KilnAPIClient(server: base, key: adminKey, http: http)
+    struct Options {
+        var jobs = 4_000
+        var workers = 8
+        var submitters = 8
+        var protocols = ["classic", "combined"]
+        var latencySamples = 300
+        var server: URL
+    }
 
-        // Setup: a model, one account per tier, a worker key.
+    static func run(_ options: Options) async throws {
+        let running = try await ServerProcess.start(binary: options.server)
+        defer { running.stop() }
+        let connections = Connections()
+        do {
+            try await run(options, running: running, connections: connections)
+        } catch {
+            await connections.shutdown()
+            throw error
+        }
+        await connections.shutdown()
+    }
+
+    static func run(_ options: Options, running: ServerProcess, connections: Connections) async throws {
+        let admin = try KilnAPIClient(server: running.url, key: ServerProcess.adminKey, http: await connections.open())
+
+        // Setup: a model, one account per tier, a worker key and the workers.
         _ = try await admin { try await $0.createModel(body: .json(.init(name: "noop"))).created }
-        var users: [KilnAPIClient] = []
+        var userKeys: [String] = []
         for tier in TierTable.standard.names {
             let account = try await admin { try await $0.createAccount(body: .json(.init(name: tier, tier: tier))).created.body.json }
-            let key = try await admin { try await $0.createAccountKey(path: .init(id: account.id)).created.body.json.key }
-            users.append(try KilnAPIClient(server: base, key: key, http: http))
+            userKeys.append(try await admin { try await $0.createAccountKey(path: .init(id: account.id)).created.body.json.key })
         }
-        let clients = users
         let workerKey = try await admin { try await $0.createKey(body: .json(.init(scope: .worker))).created.body.json.key }
-        let workerClient = try KilnAPIClient(server: base, key: workerKey, http: http)
+        // Each simulated client has an HTTP client, and so a connection, of its own.
+        var submitters: [[KilnAPIClient]] = []
+        for _ in 0..<options.submitters {
+            let http = await connections.open()
+            submitters.append(try userKeys.map { try KilnAPIClient(server: running.url, key: $0, http: http) })
+        }
+        var workers: [(client: KilnAPIClient, id: String)] = []
+        for _ in 0..<options.workers {
+            let client = try KilnAPIClient(server: running.url, key: workerKey, http: await connections.open())
+            let id = try await client {
+                try await $0.registerWorker(body: .json(.init(cluster: "default", accelerator: "cpu", gpus: 0))).created.body.json.id
+            }
+            workers.append((client, id))
+        }
+        let setup = Setup(submitters: submitters, workers: workers)
 
-        // Baseline: health checks, same concurrency as the workers.
+        say("system benchmark: kiln server in its own process (pid \(running.pid)), SQLite on disk, synchronous = FULL")
+        say("  load generator: this process, one connection per client; \(options.workers) workers, \(options.submitters) submitters")
+
+        let health = try await measure(running) {
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for (index, worker) in setup.workers.enumerated() {
+                    group.addTask {
+                        for _ in stride(from: index, to: options.jobs, by: options.workers) {
+                            _ = try await worker.client { try await $0.getHealth().ok }
+                        }
+                    }
+                }
+                try await group.waitForAll()
+            }
+        }
+        let healthPerSecond = Double(options.jobs) / health.seconds
+        say(
+            String(
+                format: "  baseline GET /healthz: %.0f/s, server CPU %.3f ms per request, load generator CPU %.3f ms", healthPerSecond,
+                health.serverCPU * 1000 / Double(options.jobs), health.clientCPU * 1000 / Double(options.jobs)))
+
+        let latencies = try await submitToLease(setup, samples: options.latencySamples)
+        say(
+            String(
+                format: "  submit → lease, %d idle long-polling workers, one submission at a time: p50 %.2f ms, p99 %.2f ms (%d samples)",
+                options.workers, percentile(latencies, 0.5) * 1000, percentile(latencies, 0.99) * 1000, latencies.count))
+
+        for name in options.protocols {
+            let result = try await measure(running) {
+                try await drain(setup, jobs: options.jobs, combined: name == "combined")
+            }
+            let jobsPerSecond = Double(options.jobs) / result.seconds
+            say(
+                String(
+                    format: "  %@ protocol: %d jobs in %.2f s = %.0f jobs/s (%.1f health checks' time per job); "
+                        + "server CPU %.3f ms per job, load generator CPU %.3f ms per job",
+                    name, options.jobs, result.seconds, jobsPerSecond, healthPerSecond / jobsPerSecond,
+                    result.serverCPU * 1000 / Double(options.jobs), result.clientCPU * 1000 / Double(options.jobs)))
+        }
+    }
+
+    struct Setup: Sendable {
+        /// Per submitter, a client for each tier's account.
+        let submitters: [[KilnAPIClient]]
+        let workers: [(client: KilnAPIClient, id: String)]
+    }
+
+    struct Measured {
+        var seconds: Double
+        var serverCPU: Double
+        var clientCPU: Double
+    }
+
+    static func measure(_ server: ServerProcess, _ body: () async throws -> Void) async throws -> Measured {
         let clock = ContinuousClock()
-        let healthRequests = jobs
-        let healthTime = try await clock.measure {
-            try await withThrowingTaskGroup(of: Void.self) { group in
-                for client in 0..<workers {
-                    group.addTask {
-                        for _ in stride(from: client, to: healthRequests, by: workers) {
-                            _ = try await admin { try await $0.getHealth().ok }
-                        }
-                    }
-                }
-                try await group.waitForAll()
-            }
-        }
+        let (server0, client0) = (try cpuSeconds(pid: server.pid), try cpuSeconds(pid: nil))
+        let elapsed = try await clock.measure(body)
+        let (server1, client1) = (try cpuSeconds(pid: server.pid), try cpuSeconds(pid: nil))
+        return Measured(seconds: elapsed.seconds, serverCPU: server1 - server0, clientCPU: client1 - client0)
+    }
 
-        // The run: submitters and workers at once.
-        let submitTimes = Timestamps()
-        let latencies = Timestamps()
-        let begin = clock.now
-        let runTime = try await clock.measure {
-            try await withThrowingTaskGroup(of: Void.self) { group in
-                for client in 0..<submitters {
-                    group.addTask {
-                        for index in stride(from: client, to: jobs, by: submitters) {
-                            if rate > 0 {
-                                // Paced: job i is due at i / rate seconds after the start.
-                                try await Task.sleep(until: begin + .milliseconds(index * 1000 / rate), clock: clock)
-                            }
-                            let user = clients[index % clients.count]
-                            let sent = clock.now
-                            let created = try await user {
-                                try await $0.createGeneration(body: .json(.init(model: "noop", input: .init()))).created.body.json
-                            }
-                            await submitTimes.set(created.id, sent)
+    /// Workers wait in long polls; one submission at a time, each sent once the previous one was
+    /// leased, completed by the worker that got it. The workers stop (within one poll of a second)
+    /// once the samples are taken.
+    static func submitToLease(_ setup: Setup, samples: Int) async throws -> [Double] {
+        let clock = ContinuousClock()
+        let sent = Clock0()
+        let finished = Counter()
+        return try await withThrowingTaskGroup(of: [Double].self) { group in
+            let (leases, leased) = AsyncStream.makeStream(of: Void.self)
+            for (client, worker) in setup.workers {
+                group.addTask {
+                    var seen: [Double] = []
+                    while await finished.value == 0 {
+                        try Task.checkCancellation()
+                        let answer = try await client {
+                            try await $0.leaseJob(path: .init(id: worker), body: .json(.init(waitSeconds: 1)))
                         }
+                        guard case .ok(let ok) = answer else { continue }
+                        let received = clock.now
+                        let lease = try ok.body.json
+                        if let start = await sent.value { seen.append((received - start).seconds) }
+                        let (job, token) = (lease.job.id, lease.lease.token)
+                        _ = try await client {
+                            try await $0.startJob(path: .init(id: worker, job: job), body: .json(.init(token: token))).ok
+                        }
+                        _ = try await client {
+                            try await $0.completeJob(path: .init(id: worker, job: job), body: .json(.init(token: token, outputs: []))).noContent
+                        }
+                        leased.yield()
                     }
+                    return seen
                 }
-                for _ in 0..<workers {
-                    group.addTask {
-                        let worker = try await workerClient {
-                            try await $0.registerWorker(body: .json(.init(cluster: "default", accelerator: "cpu", gpus: 0))).created.body.json.id
-                        }
-                        while await latencies.count < jobs {
-                            let leased = try await workerClient {
-                                try await $0.leaseJob(path: .init(id: worker), body: .json(.init(waitSeconds: 1)))
-                            }
-                            guard case .ok(let answer) = leased else { continue }
-                            let lease = try answer.body.json
-                            let received = clock.now
-                            await latencies.record(lease.job.id, at: received, submits: submitTimes)
-                            let (job, token) = (lease.job.id, lease.lease.token)
-                            _ = try await workerClient {
-                                try await $0.startJob(path: .init(id: worker, job: job), body: .json(.init(token: token))).ok
-                            }
-                            _ = try await workerClient {
-                                try await $0.completeJob(path: .init(id: worker, job: job), body: .json(.init(token: token, outputs: [])))
-                                    .noContent
-                            }
-                        }
-                    }
-                }
-                try await group.waitForAll()
             }
+            // Let every worker reach its long poll before the first submission.
+            try await Task.sleep(for: .milliseconds(300))
+            var done = leases.makeAsyncIterator()
+            for index in 0..<samples {
+                await sent.set(clock.now)
+                let user = setup.submitters[0][index % setup.submitters[0].count]
+                _ = try await user {
+                    try await $0.createGeneration(body: .json(.init(model: "noop", input: .init()))).created
+                }
+                _ = await done.next()
+            }
+            await finished.add(1)
+            var all: [Double] = []
+            for try await seen in group { all += seen }
+            return all
         }
-        try await http.shutdown()
-        serverTask.cancel()
-        _ = try? await serverTask.value
+    }
 
-        let seconds = Double(runTime.components.seconds) + Double(runTime.components.attoseconds) / 1e18
-        let healthSeconds = Double(healthTime.components.seconds) + Double(healthTime.components.attoseconds) / 1e18
-        let sorted = await latencies.values.sorted()
-        func percentile(_ p: Double) -> Double { sorted.isEmpty ? 0 : sorted[min(sorted.count - 1, Int(Double(sorted.count) * p))] * 1000 }
-        let jobsPerSecond = Double(jobs) / seconds
-        let healthPerSecond = Double(healthRequests) / healthSeconds
-        let pacing = rate > 0 ? "paced at \(rate) submissions/s" : "submitted as fast as possible"
-        print("system benchmark: \(jobs) no-op generations \(pacing), \(submitters) submitters, \(workers) workers, SQLite on disk")
-        print(String(format: "  jobs per second (submit + lease + start + complete): %.0f", jobsPerSecond))
-        print(String(format: "  baseline GET /healthz per second (%d clients): %.0f", workers, healthPerSecond))
-        print(String(format: "  ratio: one job costs the time of %.1f health checks (4 calls each)", healthPerSecond / jobsPerSecond))
-        print(String(format: "  submit-to-lease latency: p50 %.1f ms, p99 %.1f ms", percentile(0.5), percentile(0.99)))
+    /// `jobs` submissions as fast as the submitters go, drained by the workers.
+    static func drain(_ setup: Setup, jobs: Int, combined: Bool) async throws {
+        let completed = Counter()
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for (submitter, users) in setup.submitters.enumerated() {
+                group.addTask {
+                    for index in stride(from: submitter, to: jobs, by: setup.submitters.count) {
+                        let user = users[index % users.count]
+                        _ = try await user {
+                            try await $0.createGeneration(body: .json(.init(model: "noop", input: .init()))).created
+                        }
+                    }
+                }
+            }
+            for (client, worker) in setup.workers {
+                group.addTask {
+                    if combined {
+                        try await combinedWorker(client, id: worker, jobs: jobs, completed: completed)
+                    } else {
+                        try await classicWorker(client, id: worker, jobs: jobs, completed: completed)
+                    }
+                }
+            }
+            try await group.waitForAll()
+        }
+    }
+
+    /// Lease, start, complete: three calls a job.
+    static func classicWorker(_ client: KilnAPIClient, id: String, jobs: Int, completed: Counter) async throws {
+        while await completed.value < jobs {
+            try Task.checkCancellation()
+            let answer = try await client { try await $0.leaseJob(path: .init(id: id), body: .json(.init(waitSeconds: 1))) }
+            guard case .ok(let ok) = answer else { continue }
+            let lease = try ok.body.json
+            let (job, token) = (lease.job.id, lease.lease.token)
+            _ = try await client { try await $0.startJob(path: .init(id: id, job: job), body: .json(.init(token: token))).ok }
+            _ = try await client {
+                try await $0.completeJob(path: .init(id: id, job: job), body: .json(.init(token: token, outputs: []))).noContent
+            }
+            await completed.add(1)
+        }
+    }
+
+    /// One exchange call a job: it reports the last job done and leases and starts the next.
+    static func combinedWorker(_ client: KilnAPIClient, id: String, jobs: Int, completed: Counter) async throws {
+        var done: [Components.Schemas.CompletedReport] = []
+        while true {
+            try Task.checkCancellation()
+            let finished = done.count
+            if finished > 0 { await completed.add(finished) }
+            let more = await completed.value < jobs
+            if !more && done.isEmpty { return }
+            let request = Components.Schemas.ExchangeRequest(completed: done, lease: more ? .init(max: 1, waitSeconds: 1, start: true) : nil)
+            let answer = try await client {
+                try await $0.exchangeJobs(
+                    path: .init(id: id),
+                    body: .json(request)
+                ).ok.body.json
+            }
+            done = answer.jobs.map { .init(job: $0.job.id, token: $0.lease.token, outputs: []) }
+            if !more { return }
+        }
+    }
+
+    /// Prints a line now, also into a file or pipe, so a long run shows where it is.
+    static func say(_ line: String) {
+        print(line)
+        fflush(nil)
+    }
+
+    static func percentile(_ values: [Double], _ p: Double) -> Double {
+        let sorted = values.sorted()
+        return sorted.isEmpty ? 0 : sorted[min(sorted.count - 1, Int(Double(sorted.count) * p))]
+    }
+
+    /// User plus system CPU seconds of a process (this one when `pid` is nil), from `/proc`.
+    static func cpuSeconds(pid: Int32?) throws -> Double {
+        let text = try String(contentsOfFile: "/proc/\(pid.map(String.init) ?? "self")/stat", encoding: .utf8)
+        // Fields after the command name, which is in parentheses and may hold spaces.
+        guard let close = text.lastIndex(of: ")") else { return 0 }
+        let fields = text[text.index(after: close)...].split(separator: " ")
+        // utime and stime are fields 14 and 15 of the whole line: 12 and 13 after the name.
+        let ticks = Double(fields[11])! + Double(fields[12])!
+        return ticks / Double(sysconf(Int32(_SC_CLK_TCK)))
     }
 }
 
-/// Submit times by generation id, and the submit-to-lease latencies seen.
-actor Timestamps {
-    private var times: [String: ContinuousClock.Instant] = [:]
-    private(set) var values: [Double] = []
-    var count: Int { values.count }
+/// `kiln server` as a child process on a free loopback port, with its data in a temporary folder.
+struct ServerProcess {
+    static let adminKey = "bench-admin"
+    let process: Process
+    let url: String
+    let data: URL
+    var pid: Int32 { process.processIdentifier }
 
-    func set(_ id: String, _ instant: ContinuousClock.Instant) { times[id] = instant }
-    func get(_ id: String) -> ContinuousClock.Instant? { times[id] }
-
-    func record(_ id: String, at received: ContinuousClock.Instant, submits: Timestamps) async {
-        // A lease can arrive before its submit response did; count it from the receipt then.
-        let sent = await submits.get(id) ?? received
-        let elapsed = received - sent
-        values.append(Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18)
+    static func start(binary: URL) async throws -> ServerProcess {
+        let data = FileManager.default.temporaryDirectory.appending(path: "kiln-bench-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: data, withIntermediateDirectories: true)
+        // Per-account limits out of reach: the benchmark's five accounts submit thousands of jobs each.
+        let config = data.appending(path: "kiln.yaml")
+        let unlimited = "max_queued_per_account: 1000000, max_running_per_account: 1000000"
+        try Data(
+            """
+            tiers:
+              enterprise: {max_wait_seconds: 60, \(unlimited)}
+              api: {max_wait_seconds: 120}
+              unlimited: {max_wait_seconds: 300}
+              light: {max_wait_seconds: 900}
+              free: {max_wait_seconds: 3600, \(unlimited)}
+            scheduler: {default_dispatch_limit: 1024}
+            """.utf8
+        ).write(to: config)
+        let process = Process()
+        process.executableURL = binary
+        process.arguments = [
+            "server", "--data", data.appending(path: "state").path, "--port", "0", "--config", config.path, "--log-level", "error",
+        ]
+        process.environment = ProcessInfo.processInfo.environment.merging(["KILN_ADMIN_KEY": adminKey]) { $1 }
+        let output = Pipe()
+        process.standardOutput = output
+        try process.run()
+        // The first line says where it listens: "kiln server listening on http://127.0.0.1:PORT (…)".
+        var line = Data()
+        while let byte = try output.fileHandleForReading.read(upToCount: 1), let first = byte.first, first != UInt8(ascii: "\n") {
+            line.append(first)
+        }
+        let text = String(decoding: line, as: UTF8.self)
+        guard let range = text.range(of: "http://"), let end = text[range.lowerBound...].firstIndex(of: " ") else {
+            process.terminate()
+            throw KilnError(.internal, "kiln server did not say where it listens: '\(text)'")
+        }
+        return ServerProcess(process: process, url: String(text[range.lowerBound..<end]), data: data)
     }
+
+    func stop() {
+        process.terminate()
+        process.waitUntilExit()
+        try? FileManager.default.removeItem(at: data)
+    }
+}
+
+/// The load generator's HTTP clients, one per simulated client, on one event loop group.
+actor Connections {
+    private var clients: [HTTPClient] = []
+
+    func open() -> HTTPClient {
+        let client = HTTPClient(eventLoopGroupProvider: .singleton)
+        clients.append(client)
+        return client
+    }
+
+    func shutdown() async {
+        for client in clients { try? await client.shutdown() }
+        clients.removeAll()
+    }
+}
+
+actor Counter {
+    private(set) var value = 0
+    func add(_ count: Int) { value += count }
+}
+
+actor Clock0 {
+    private(set) var value: ContinuousClock.Instant?
+    func set(_ instant: ContinuousClock.Instant) { value = instant }
+}
+
+extension Duration {
+    var seconds: Double { Double(components.seconds) + Double(components.attoseconds) / 1e18 }
 }

@@ -42,7 +42,7 @@ public struct FileSystemObjectStore: ObjectStore {
             try? handle.close()
             throw error
         }
-        let digest = hasher.finalize().map { String(format: "%02x", $0) }.joined()
+        let digest = hasher.finalize().hexString
         if let expectedSHA256, expectedSHA256 != digest {
             throw KilnError(.invalidInput, "the body's SHA-256 is \(digest), not the expected \(expectedSHA256)")
         }

@@ -89,8 +89,10 @@ public protocol JobStore: Sendable {
     /// Leases a queued generation to a worker: attempts + 1, a new fencing token. A generation that
     /// names an alias and no version gets the version the alias resolves to for it, now, recorded
     /// in the same transaction.
+    /// With `start`, the lease is also started, as ``start(_:worker:token:at:ttl:)`` would: for a
+    /// worker that runs the job at once.
     /// - Returns: nil when the generation is no longer queued (canceled meanwhile).
-    func lease(sequence: Int64, to worker: WorkerRecord, at: Date, ttl: Double) async throws -> Generation?
+    func lease(sequence: Int64, to worker: WorkerRecord, at: Date, ttl: Double, start: Bool) async throws -> Generation?
 
     /// The worker began running the model. Extends the lease; a repeated start only extends it.
     /// - Throws: `.staleLease` when the token no longer holds the lease.
@@ -202,5 +204,12 @@ public struct Submission: Sendable, Hashable {
     public init(generation: Generation, created: Bool) {
         self.generation = generation
         self.created = created
+    }
+}
+
+extension JobStore {
+    /// Leases without starting: the worker prefetches, then calls ``start(_:worker:token:at:ttl:)``.
+    public func lease(sequence: Int64, to worker: WorkerRecord, at: Date, ttl: Double) async throws -> Generation? {
+        try await lease(sequence: sequence, to: worker, at: at, ttl: ttl, start: false)
     }
 }

@@ -172,6 +172,6 @@ extension HTTPBody {
             hasher.update(data: chunk)
             try handle.write(contentsOf: Data(chunk))
         }
-        return hasher.finalize().map { String(format: "%02x", $0) }.joined()
+        return hasher.finalize().hexString
     }
 }

@@ -34,3 +34,17 @@ public struct Digest: Hashable, Sendable, Codable, Comparable, CustomStringConve
         try container.encode(description)
     }
 }
+
+extension Sequence where Element == UInt8 {
+    /// Lowercase hex, two digits a byte (a digest's text).
+    public var hexString: String {
+        let digits = Array("0123456789abcdef".utf8)
+        var text: [UInt8] = []
+        text.reserveCapacity(underestimatedCount * 2)
+        for byte in self {
+            text.append(digits[Int(byte >> 4)])
+            text.append(digits[Int(byte & 0x0f)])
+        }
+        return String(decoding: text, as: UTF8.self)
+    }
+}

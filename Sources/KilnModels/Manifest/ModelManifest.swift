@@ -136,10 +136,6 @@ public struct ModelManifest: Codable, Sendable, Hashable {
     }
 }
 
-extension Sequence where Element == UInt8 {
-    var hexString: String { map { String(format: "%02x", $0) }.joined() }
-}
-
 extension SHA256.Digest {
     var hexString: String { Array(self).hexString }
 }

@@ -124,7 +124,7 @@ extension APIHandler {
     static func requestHash(_ body: Components.Schemas.CreateGenerationRequest) throws -> String {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
-        return SHA256.hash(data: try encoder.encode(body)).map { String(format: "%02x", $0) }.joined()
+        return SHA256.hash(data: try encoder.encode(body)).hexString
     }
 
     /// What a new generation will run: a pinned version, or an alias (default `production`) resolved

@@ -45,12 +45,7 @@ extension APIHandler {
         guard wait >= 0, wait <= maxWait else {
             throw KilnError(.invalidRequest, "wait_seconds: must be from 0 to \(Int(maxWait))")
         }
-        // Liveness is written at most every `touchInterval`, so that an empty poll writes nothing.
-        let now = services.clock.now()
-        if now.timeIntervalSince(worker.lastSeenAt) >= Self.touchInterval {
-            try await services.store.touchWorker(worker.id, at: now)
-            services.cache.touched(worker.id, at: now)
-        }
+        try await touch(worker)
         guard worker.state == .active else {
             // A draining worker gets nothing, after the wait it asked for, so it does not spin.
             try? await Task.sleep(for: .milliseconds(Int(wait * 1000)))
@@ -60,6 +55,68 @@ extension APIHandler {
             return .noContent(.init())
         }
         await services.signals.signal(generation.id)
+        return .ok(.init(body: .json(try await leaseResponse(generation, lease))))
+    }
+
+    /// Settles the reported jobs, each on its own, then leases (and starts) up to `lease.max`.
+    func exchangeJobs(_ input: Operations.ExchangeJobs.Input) async throws -> Operations.ExchangeJobs.Output {
+        let worker = try await registeredWorker(input.path.id)
+        guard case .json(let body) = input.body else { throw KilnError(.invalidRequest, "the request needs a JSON body") }
+        let (completed, failed) = (body.completed ?? [], body.failed ?? [])
+        guard completed.count + failed.count <= 64 else {
+            throw KilnError(.invalidRequest, "completed, failed: at most 64 reports in one call, not \(completed.count + failed.count)")
+        }
+        let maxWait = services.configuration.limits.maxLeaseWaitSeconds
+        if let lease = body.lease {
+            guard (0...64).contains(lease.max) else { throw KilnError(.invalidRequest, "lease.max: must be from 0 to 64") }
+            guard (0...maxWait).contains(lease.waitSeconds ?? 0) else {
+                throw KilnError(.invalidRequest, "lease.wait_seconds: must be from 0 to \(Int(maxWait))")
+            }
+        }
+        var reports: [Components.Schemas.ReportOutcome] = []
+        for report in completed {
+            reports.append(
+                await outcome(of: report.job) { job in
+                    try await self.complete(job, worker: worker.id, token: try self.token(report.token), outputs: report.outputs)
+                })
+        }
+        for report in failed {
+            reports.append(
+                await outcome(of: report.job) { job in
+                    try await self.fail(job, worker: worker.id, token: try self.token(report.token), report.error, retryable: report.retryable)
+                })
+        }
+        var jobs: [Components.Schemas.LeaseResponse] = []
+        if let lease = body.lease, lease.max > 0 {
+            try await touch(worker)
+            if worker.state == .active {
+                let start = lease.start ?? false
+                let generations = try await services.dispatcher.lease(
+                    for: worker, wait: lease.waitSeconds ?? 0, max: lease.max, start: start)
+                for generation in generations {
+                    guard let held = generation.lease else { continue }
+                    await services.signals.signal(generation.id)
+                    jobs.append(try await leaseResponse(generation, held))
+                }
+            }
+        }
+        return .ok(.init(body: .json(.init(reports: reports, jobs: jobs))))
+    }
+
+    /// A report's outcome: applied, or the error that left it unapplied.
+    private func outcome(of rawJob: String, _ settle: (GenerationID) async throws -> Void) async -> Components.Schemas.ReportOutcome {
+        do {
+            try await settle(try PathID.parse(rawJob, as: GenerationID.self, "generation"))
+            return .init(job: rawJob)
+        } catch let error as KilnError {
+            return .init(job: rawJob, error: .init(code: error.code.description, message: error.message))
+        } catch {
+            return .init(job: rawJob, error: .init(code: KilnError.Code.internal.description, message: "\(error)"))
+        }
+    }
+
+    /// What a worker receives for a lease: the job, its input files' descriptions, the lease.
+    private func leaseResponse(_ generation: Generation, _ lease: LeaseInfo) async throws -> Components.Schemas.LeaseResponse {
         var inputFiles: [String: Components.Schemas.InputFileObject] = [:]
         for (name, id) in generation.inputFiles {
             if let file = try await services.store.file(id) {
@@ -71,7 +128,7 @@ extension APIHandler {
             id: generation.id.rawValue, model: generation.model, version: generation.version,
             input: .init(additionalProperties: try .init(generation.input)), inputFiles: .init(additionalProperties: inputFiles),
             attempt: generation.attempts, deadline: generation.queuedAt + maxWaitOfTier)
-        return .ok(.init(body: .json(.init(job: job, lease: .init(token: lease.token.description, expiresAt: lease.expiresAt)))))
+        return .init(job: job, lease: .init(token: lease.token.description, expiresAt: lease.expiresAt))
     }
 
     func getWorkerModelVersion(_ input: Operations.GetWorkerModelVersion.Input) async throws -> Operations.GetWorkerModelVersion.Output {
@@ -164,26 +221,45 @@ extension APIHandler {
     func completeJob(_ input: Operations.CompleteJob.Input) async throws -> Operations.CompleteJob.Output {
         let (worker, job) = try await ids(input.path.id, input.path.job)
         guard case .json(let body) = input.body else { throw KilnError(.invalidRequest, "the request needs a JSON body") }
-        let generation = try await services.store.complete(
-            job, worker: worker, token: try token(body.token), outputs: body.outputs, at: services.clock.now())
-        await services.dispatcher.ended(generation)
-        await services.signals.signal(job)
+        try await complete(job, worker: worker, token: try token(body.token), outputs: body.outputs)
         return .noContent(.init())
     }
 
     func failJob(_ input: Operations.FailJob.Input) async throws -> Operations.FailJob.Output {
         let (worker, job) = try await ids(input.path.id, input.path.job)
         guard case .json(let body) = input.body else { throw KilnError(.invalidRequest, "the request needs a JSON body") }
-        let failure = JobFailure(code: String(body.error.code.prefix(64)), message: String(body.error.message.prefix(4000)))
+        try await fail(job, worker: worker, token: try token(body.token), body.error, retryable: body.retryable)
+        return .noContent(.init())
+    }
+
+    private func complete(_ job: GenerationID, worker: WorkerID, token: FencingToken, outputs: [String]) async throws {
+        let generation = try await services.store.complete(job, worker: worker, token: token, outputs: outputs, at: services.clock.now())
+        await services.dispatcher.ended(generation)
+        await services.signals.signal(job)
+    }
+
+    private func fail(
+        _ job: GenerationID, worker: WorkerID, token: FencingToken, _ error: Components.Schemas.ErrorDetail, retryable: Bool
+    ) async throws {
+        let failure = JobFailure(code: String(error.code.prefix(64)), message: String(error.message.prefix(4000)))
         let generation = try await services.store.fail(
-            job, worker: worker, token: try token(body.token), error: failure, retryable: body.retryable, at: services.clock.now())
+            job, worker: worker, token: token, error: failure, retryable: retryable, at: services.clock.now())
         if generation.state == .queued {
             await services.dispatcher.requeued(generation)
         } else {
             await services.dispatcher.ended(generation)
         }
         await services.signals.signal(job)
-        return .noContent(.init())
+    }
+
+    /// Records that the worker is alive: at most every `touchInterval`, so that an empty poll writes
+    /// nothing.
+    private func touch(_ worker: WorkerRecord) async throws {
+        let now = services.clock.now()
+        if now.timeIntervalSince(worker.lastSeenAt) >= Self.touchInterval {
+            try await services.store.touchWorker(worker.id, at: now)
+            services.cache.touched(worker.id, at: now)
+        }
     }
 
     /// The worker `raw` names, if the caller's key is the one that registered it: a worker key can

@@ -41,13 +41,13 @@ public enum KeySecret {
     }
 
     public static func hash(_ secret: String) -> String {
-        SHA256.hash(data: Data(secret.utf8)).map { String(format: "%02x", $0) }.joined()
+        SHA256.hash(data: Array(secret.utf8)).hexString
     }
 
-    /// Compares two secrets in time independent of where they differ.
-    public static func constantTimeEquals(_ a: String, _ b: String) -> Bool {
-        let x = Array(hash(a).utf8)
-        let y = Array(hash(b).utf8)
+    /// Compares two hashes in time independent of where they differ.
+    public static func equalHashes(_ a: String, _ b: String) -> Bool {
+        let (x, y) = (Array(a.utf8), Array(b.utf8))
+        guard x.count == y.count else { return false }
         var difference: UInt8 = 0
         for i in x.indices { difference |= x[i] ^ y[i] }
         return difference == 0

@@ -103,35 +103,47 @@ public actor Dispatcher {
 
     /// The next job for `worker`, waiting up to `wait` seconds for one; nil when none came.
     public func lease(for worker: WorkerRecord, wait: Double) async throws -> Generation? {
+        try await lease(for: worker, wait: wait, max: 1, start: false).first
+    }
+
+    /// Up to `max` jobs for `worker`, waiting up to `wait` seconds for the first; none when none
+    /// came. With `start`, each is started as it is leased.
+    public func lease(for worker: WorkerRecord, wait: Double, max: Int, start: Bool) async throws -> [Generation] {
         let offer = WorkerOffer(cluster: worker.cluster, accelerator: worker.accelerator, gpus: worker.gpus)
         // The long poll's timeout is real time (the I/O shell's), not the injected decision clock.
-        let deadline = ContinuousClock.now + .milliseconds(Int(max(0, wait) * 1000))
-        while true {
+        let deadline = ContinuousClock.now + .milliseconds(Int(Swift.max(0, wait) * 1000))
+        var leased: [Generation] = []
+        while leased.count < max {
             // A request whose client went away must not take a job it can never receive.
             try Task.checkCancellation()
             if let job = scheduler.next(for: offer, now: now) {
-                let leased: Generation?
+                let generation: Generation?
                 do {
-                    leased = try await store.lease(
-                        sequence: job.sequence, to: worker, at: clock.now(), ttl: configuration.leases.ttlSeconds)
+                    generation = try await store.lease(
+                        sequence: job.sequence, to: worker, at: clock.now(), ttl: configuration.leases.ttlSeconds, start: start)
                 } catch {
                     scheduler.requeue(job.sequence)
-                    throw error
+                    if leased.isEmpty { throw error }
+                    return leased
                 }
-                guard let leased else {
+                guard let generation else {
                     // Canceled between the pick and the lease: forget it and pick again.
                     scheduler.remove(job.sequence)
                     identifiers[job.sequence] = nil
                     continue
                 }
+                if start { scheduler.started(job.sequence) }
                 throughput.record(at: now)
-                return leased
+                leased.append(generation)
+                continue
             }
+            // Wait only for a first job; with one in hand, answer now.
             let remaining = deadline - ContinuousClock.now
-            guard remaining > .zero else { return nil }
+            guard leased.isEmpty, remaining > .zero else { return leased }
             await waitForChange(for: remaining, offer: offer)
             try Task.checkCancellation()
         }
+        return leased
     }
 
     // MARK: Views

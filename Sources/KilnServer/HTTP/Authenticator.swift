@@ -6,8 +6,13 @@ import KilnStore
 /// Resolves `Authorization: Bearer <key>` to a ``Principal``.
 struct Authenticator: Sendable {
     let cache: RecordCache
-    /// `KILN_ADMIN_KEY`: accepted as an admin key (bootstrap).
-    let bootstrapAdminKey: String?
+    /// The hash of `KILN_ADMIN_KEY`, accepted as an admin key (bootstrap).
+    let bootstrapAdminKeyHash: String?
+
+    init(cache: RecordCache, bootstrapAdminKey: String?) {
+        self.cache = cache
+        self.bootstrapAdminKeyHash = bootstrapAdminKey.map(KeySecret.hash)
+    }
 
     func principal(for request: Request) async throws -> Principal {
         guard let header = request.headers[.authorization] else {
@@ -17,11 +22,11 @@ struct Authenticator: Sendable {
         guard parts.count == 2, parts[0].lowercased() == "bearer", !parts[1].isEmpty else {
             throw KilnError(.unauthorized, "the Authorization header must be 'Bearer <key>'")
         }
-        let secret = String(parts[1])
-        if let bootstrapAdminKey, KeySecret.constantTimeEquals(secret, bootstrapAdminKey) {
+        let hash = KeySecret.hash(String(parts[1]))
+        if let bootstrapAdminKeyHash, KeySecret.equalHashes(hash, bootstrapAdminKeyHash) {
             return .admin(nil)
         }
-        guard let key = try await cache.key(secretHash: KeySecret.hash(secret)), key.revokedAt == nil else {
+        guard let key = try await cache.key(secretHash: hash), key.revokedAt == nil else {
             throw KilnError(.unauthorized, "the key is unknown or revoked")
         }
         switch key.scope {

@@ -10,7 +10,7 @@ extension SQLiteJobStore {
         try await write { db in
             if let idempotency,
                 let row = try Row.fetchOne(
-                    db, sql: "SELECT generation_id, request_hash FROM idempotency_keys WHERE account_id = ? AND key = ?",
+                    db, cached: "SELECT generation_id, request_hash FROM idempotency_keys WHERE account_id = ? AND key = ?",
                     arguments: [generation.accountID.rawValue, idempotency.key])
             {
                 guard (row["request_hash"] as String) == idempotency.requestHash else {
@@ -22,7 +22,7 @@ extension SQLiteJobStore {
             }
             if let cap = admission.maxQueuedPerAccount {
                 let queued = try Int.fetchOne(
-                    db, sql: "SELECT COUNT(*) FROM generations WHERE account_id = ? AND state = 'queued'",
+                    db, cached: "SELECT COUNT(*) FROM generations WHERE account_id = ? AND state = 'queued'",
                     arguments: [generation.accountID.rawValue]) ?? 0
                 if queued >= cap {
                     throw KilnError(
@@ -33,7 +33,7 @@ extension SQLiteJobStore {
             }
             if let cap = admission.maxQueuedInTier {
                 let queued = try Int.fetchOne(
-                    db, sql: "SELECT COUNT(*) FROM generations WHERE tier = ? AND state = 'queued'",
+                    db, cached: "SELECT COUNT(*) FROM generations WHERE tier = ? AND state = 'queued'",
                     arguments: [generation.tier]) ?? 0
                 if queued >= cap {
                     throw KilnError(
@@ -50,7 +50,7 @@ extension SQLiteJobStore {
             stored.lease = nil
             stored.startedAt = nil
             stored.completedAt = nil
-            try db.execute(
+            try db.run(
                 sql: """
                     INSERT INTO generations (id, account_id, model, version, alias, tier, accelerators, gpus, state, input,
                         input_files, progress_fraction, progress_stage, output, attempts, max_attempts, callback_url, created_at,
@@ -66,7 +66,7 @@ extension SQLiteJobStore {
                 ])
             stored.sequence = db.lastInsertedRowID
             if let idempotency {
-                try db.execute(
+                try db.run(
                     sql: "INSERT INTO idempotency_keys (account_id, key, request_hash, generation_id, created_at) VALUES (?, ?, ?, ?, ?)",
                     arguments: [
                         stored.accountID.rawValue, idempotency.key, idempotency.requestHash, stored.id.rawValue,
@@ -84,7 +84,7 @@ extension SQLiteJobStore {
 
     public func generation(sequence: Int64) async throws -> Generation? {
         try await pool.read { db in
-            try Row.fetchOne(db, sql: "SELECT * FROM generations WHERE seq = ?", arguments: [sequence]).map(Self.generation(from:))
+            try Row.fetchOne(db, cached: "SELECT * FROM generations WHERE seq = ?", arguments: [sequence]).map(Self.generation(from:))
         }
     }
 
@@ -104,7 +104,7 @@ extension SQLiteJobStore {
             }
             sql += " ORDER BY seq DESC LIMIT ?"
             arguments += [limit]
-            return try Row.fetchAll(db, sql: sql, arguments: arguments).map(Self.generation(from:))
+            return try Row.fetchAll(db, cached: sql, arguments: arguments).map(Self.generation(from:))
         }
     }
 
@@ -118,7 +118,7 @@ extension SQLiteJobStore {
             }
             generation.state = .canceled
             generation.completedAt = at
-            try db.execute(
+            try db.run(
                 sql: "UPDATE generations SET state = 'canceled', completed_at = ? WHERE id = ?",
                 arguments: [at.timeIntervalSince1970, id.rawValue])
             try Self.appendEvent(db, generation, .canceled, at: at)
@@ -126,33 +126,39 @@ extension SQLiteJobStore {
         }
     }
 
-    public func lease(sequence: Int64, to worker: WorkerRecord, at: Date, ttl: Double) async throws -> Generation? {
+    public func lease(sequence: Int64, to worker: WorkerRecord, at: Date, ttl: Double, start: Bool) async throws -> Generation? {
         try await write { db in
             // Resolve the alias now, in the same transaction: the generation records what it runs.
             if let row = try Row.fetchOne(
-                db, sql: "SELECT id, model, alias FROM generations WHERE seq = ? AND state = 'queued' AND version IS NULL",
+                db, cached: "SELECT id, model, alias FROM generations WHERE seq = ? AND state = 'queued' AND version IS NULL",
                 arguments: [sequence]),
                 let aliasName = row["alias"] as String?,
                 let alias = try Self.fetchAlias(db, aliasName, of: row["model"]),
                 let version = alias.resolve(for: GenerationID(unchecked: row["id"]))
             {
-                try db.execute(sql: "UPDATE generations SET version = ? WHERE seq = ?", arguments: [version.description, sequence])
+                try db.run(sql: "UPDATE generations SET version = ? WHERE seq = ?", arguments: [version.description, sequence])
             }
-            try db.execute(
-                sql: """
-                    UPDATE generations SET state = 'running', attempts = attempts + 1, lease_token = lease_token + 1,
-                        lease_worker = ?, lease_cluster = ?, leased_at = ?, lease_expires_at = ?, lease_started_at = NULL, lease_acked = 0,
-                        progress_fraction = 0, progress_stage = 'dispatched'
-                    WHERE seq = ? AND state = 'queued'
-                    """,
-                arguments: [
-                    worker.id.rawValue, worker.cluster, at.timeIntervalSince1970, (at + ttl).timeIntervalSince1970, sequence,
-                ])
-            guard db.changesCount == 1,
-                let generation = try Row.fetchOne(db, sql: "SELECT * FROM generations WHERE seq = ?", arguments: [sequence])
-                    .map(Self.generation(from:))
+            let time = at.timeIntervalSince1970
+            guard
+                let generation = try Row.fetchOne(
+                    db,
+                    cached: """
+                        UPDATE generations SET state = 'running', attempts = attempts + 1, lease_token = lease_token + 1,
+                            lease_worker = :worker, lease_cluster = :cluster, leased_at = :at, lease_expires_at = :expires,
+                            lease_started_at = CASE WHEN :start THEN :at END, lease_acked = :start,
+                            started_at = CASE WHEN :start THEN COALESCE(started_at, :at) ELSE started_at END,
+                            progress_fraction = 0, progress_stage = CASE WHEN :start THEN 'started' ELSE 'dispatched' END
+                        WHERE seq = :sequence AND state = 'queued'
+                        RETURNING *
+                        """,
+                    arguments: [
+                        "worker": worker.id.rawValue, "cluster": worker.cluster, "at": time,
+                        "expires": (at + ttl).timeIntervalSince1970, "start": start, "sequence": sequence,
+                    ]
+                ).map(Self.generation(from:))
             else { return nil }
-            try Self.appendEvent(db, generation, .leased, at: at, message: "attempt \(generation.attempts) on \(worker.id)")
+            try Self.appendEvent(
+                db, generation, start ? .started : .leased, at: at, message: "attempt \(generation.attempts) on \(worker.id)")
             return generation
         }
     }
@@ -164,13 +170,13 @@ extension SQLiteJobStore {
             var generation = try Self.holding(db, id, worker: worker, token: token, allowCanceled: false)
             guard generation.lease?.startedAt == nil else {
                 // A retried start only extends the lease.
-                try db.execute(
+                try db.run(
                     sql: "UPDATE generations SET lease_expires_at = ?, lease_acked = 1 WHERE id = ?",
                     arguments: [(at + ttl).timeIntervalSince1970, id.rawValue])
                 generation.lease?.expiresAt = at + ttl
                 return generation
             }
-            try db.execute(
+            try db.run(
                 sql: """
                     UPDATE generations SET lease_started_at = ?, started_at = COALESCE(started_at, ?), lease_expires_at = ?,
                         progress_stage = 'started', lease_acked = 1
@@ -189,12 +195,12 @@ extension SQLiteJobStore {
         try await write { db in
             var generation = try Self.holding(db, id, worker: worker, token: token, allowCanceled: true)
             guard generation.state == .running else { return generation }
-            try db.execute(
+            try db.run(
                 sql: "UPDATE generations SET lease_expires_at = ?, lease_acked = 1 WHERE id = ?",
                 arguments: [(at + ttl).timeIntervalSince1970, id.rawValue])
             generation.lease?.acknowledged = true
             if let progress, progress != generation.progress {
-                try db.execute(
+                try db.run(
                     sql: "UPDATE generations SET progress_fraction = ?, progress_stage = ? WHERE id = ?",
                     arguments: [progress.fraction, progress.stage, id.rawValue])
                 generation.progress = progress
@@ -211,7 +217,7 @@ extension SQLiteJobStore {
         try await write { db in
             _ = try Self.holding(db, id, worker: worker, token: token, allowCanceled: false)
             try Self.insert(file, db)
-            try db.execute(
+            try db.run(
                 sql: "INSERT OR REPLACE INTO job_outputs (generation_id, token, name, file_id) VALUES (?, ?, ?, ?)",
                 arguments: [id.rawValue, token.value, name, file.id.rawValue])
         }
@@ -227,7 +233,7 @@ extension SQLiteJobStore {
                 guard
                     let row = try Row.fetchOne(
                         db,
-                        sql: """
+                        cached: """
                             SELECT f.* FROM job_outputs o JOIN files f ON f.id = o.file_id
                             WHERE o.generation_id = ? AND o.token = ? AND o.name = ?
                             """,
@@ -242,7 +248,7 @@ extension SQLiteJobStore {
             generation.output = files
             generation.completedAt = at
             generation.progress = JobProgress(fraction: 1, stage: "succeeded")
-            try db.execute(
+            try db.run(
                 sql: """
                     UPDATE generations SET state = 'succeeded', output = ?, completed_at = ?, progress_fraction = 1,
                         progress_stage = 'succeeded'
@@ -266,7 +272,7 @@ extension SQLiteJobStore {
     public func expireLeases(at now: Date) async throws -> [Generation] {
         try await write { db in
             let expired = try Row.fetchAll(
-                db, sql: "SELECT * FROM generations WHERE state = 'running' AND lease_expires_at < ? ORDER BY seq",
+                db, cached: "SELECT * FROM generations WHERE state = 'running' AND lease_expires_at < ? ORDER BY seq",
                 arguments: [now.timeIntervalSince1970]
             ).map(Self.generation(from:))
             return try expired.map { generation in
@@ -286,7 +292,7 @@ extension SQLiteJobStore {
     public func oldestQueuedGeneration(of account: AccountID) async throws -> Generation? {
         try await pool.read { db in
             try Row.fetchOne(
-                db, sql: "SELECT * FROM generations WHERE account_id = ? AND state = 'queued' ORDER BY queued_at, seq LIMIT 1",
+                db, cached: "SELECT * FROM generations WHERE account_id = ? AND state = 'queued' ORDER BY queued_at, seq LIMIT 1",
                 arguments: [account.rawValue]
             ).map(Self.generation(from:))
         }
@@ -294,20 +300,20 @@ extension SQLiteJobStore {
 
     public func queuedGenerations() async throws -> [Generation] {
         try await pool.read { db in
-            try Row.fetchAll(db, sql: "SELECT * FROM generations WHERE state = 'queued' ORDER BY seq").map(Self.generation(from:))
+            try Row.fetchAll(db, cached: "SELECT * FROM generations WHERE state = 'queued' ORDER BY seq").map(Self.generation(from:))
         }
     }
 
     public func runningGenerations() async throws -> [Generation] {
         try await pool.read { db in
-            try Row.fetchAll(db, sql: "SELECT * FROM generations WHERE state = 'running' ORDER BY seq").map(Self.generation(from:))
+            try Row.fetchAll(db, cached: "SELECT * FROM generations WHERE state = 'running' ORDER BY seq").map(Self.generation(from:))
         }
     }
 
     public func events(of id: GenerationID, after: Int64, limit: Int) async throws -> [GenerationEvent] {
         try await pool.read { db in
             try Row.fetchAll(
-                db, sql: "SELECT * FROM generation_events WHERE generation_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+                db, cached: "SELECT * FROM generation_events WHERE generation_id = ? AND seq > ? ORDER BY seq LIMIT ?",
                 arguments: [id.rawValue, after, limit]
             ).map { row in
                 GenerationEvent(
@@ -349,7 +355,7 @@ extension SQLiteJobStore {
         generation.lease = nil
         generation.attempts -= 1
         generation.progress = JobProgress(fraction: 0, stage: "requeued")
-        try db.execute(
+        try db.run(
             sql: """
                 UPDATE generations SET state = 'queued', attempts = attempts - 1, lease_worker = NULL, lease_cluster = NULL,
                     leased_at = NULL, lease_expires_at = NULL, lease_started_at = NULL, progress_fraction = 0,
@@ -369,7 +375,7 @@ extension SQLiteJobStore {
             generation.state = .queued
             generation.lease = nil
             generation.progress = JobProgress(fraction: 0, stage: "requeued")
-            try db.execute(
+            try db.run(
                 sql: """
                     UPDATE generations SET state = 'queued', lease_worker = NULL, lease_cluster = NULL, leased_at = NULL,
                         lease_expires_at = NULL, lease_started_at = NULL, progress_fraction = 0, progress_stage = 'requeued'
@@ -384,7 +390,7 @@ extension SQLiteJobStore {
             generation.state = .failed
             generation.error = failure
             generation.completedAt = at
-            try db.execute(
+            try db.run(
                 sql: "UPDATE generations SET state = 'failed', error_code = ?, error_message = ?, completed_at = ? WHERE id = ?",
                 arguments: [failure.code, failure.message, at.timeIntervalSince1970, generation.id.rawValue])
             try appendEvent(db, generation, .failed, at: at, message: "\(failure.code): \(failure.message)")
@@ -395,7 +401,7 @@ extension SQLiteJobStore {
     static func appendEvent(_ db: Database, _ generation: Generation, _ kind: GenerationEvent.Kind, at: Date, message: String? = nil)
         throws
     {
-        try db.execute(
+        try db.run(
             sql: """
                 INSERT INTO generation_events (generation_id, kind, at, state, progress_fraction, progress_stage, message)
                 VALUES (?, ?, ?, ?, ?, ?, ?)

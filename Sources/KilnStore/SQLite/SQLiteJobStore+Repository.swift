@@ -6,10 +6,10 @@ import KilnCore
 extension SQLiteJobStore {
     public func createModel(_ model: ModelRecord) async throws {
         try await write { db in
-            if try Bool.fetchOne(db, sql: "SELECT 1 FROM models WHERE name = ?", arguments: [model.name]) == true {
+            if try Bool.fetchOne(db, cached: "SELECT 1 FROM models WHERE name = ?", arguments: [model.name]) == true {
                 throw KilnError(.conflict, "a model named '\(model.name)' already exists")
             }
-            try db.execute(
+            try db.run(
                 sql: "INSERT INTO models (name, description, input_schema, created_at) VALUES (?, ?, ?, ?)",
                 arguments: [model.name, model.description, model.inputSchema?.canonicalJSON(), model.createdAt.timeIntervalSince1970])
         }
@@ -17,13 +17,13 @@ extension SQLiteJobStore {
 
     public func model(named name: String) async throws -> ModelRecord? {
         try await pool.read { db in
-            try Row.fetchOne(db, sql: "SELECT * FROM models WHERE name = ?", arguments: [name]).map(Self.model(from:))
+            try Row.fetchOne(db, cached: "SELECT * FROM models WHERE name = ?", arguments: [name]).map(Self.model(from:))
         }
     }
 
     public func models() async throws -> [ModelRecord] {
         try await pool.read { db in
-            try Row.fetchAll(db, sql: "SELECT * FROM models ORDER BY name").map(Self.model(from:))
+            try Row.fetchAll(db, cached: "SELECT * FROM models ORDER BY name").map(Self.model(from:))
         }
     }
 
@@ -33,7 +33,7 @@ extension SQLiteJobStore {
 
     public func file(_ id: FileID) async throws -> FileRecord? {
         try await pool.read { db in
-            try Row.fetchOne(db, sql: "SELECT * FROM files WHERE id = ?", arguments: [id.rawValue]).map(Self.file(from:))
+            try Row.fetchOne(db, cached: "SELECT * FROM files WHERE id = ?", arguments: [id.rawValue]).map(Self.file(from:))
         }
     }
 
@@ -41,16 +41,16 @@ extension SQLiteJobStore {
 
     public func createVersion(_ version: ModelVersionRecord) async throws -> Bool {
         try await write { db in
-            guard try Bool.fetchOne(db, sql: "SELECT 1 FROM models WHERE name = ?", arguments: [version.model]) == true else {
+            guard try Bool.fetchOne(db, cached: "SELECT 1 FROM models WHERE name = ?", arguments: [version.model]) == true else {
                 throw KilnError(.notFound, "no model named '\(version.model)'")
             }
-            if let model = try String.fetchOne(db, sql: "SELECT model FROM model_versions WHERE id = ?", arguments: [version.id.description]) {
+            if let model = try String.fetchOne(db, cached: "SELECT model FROM model_versions WHERE id = ?", arguments: [version.id.description]) {
                 guard model == version.model else {
                     throw KilnError(.conflict, "version \(version.id) already belongs to model '\(model)'")
                 }
                 return false
             }
-            try db.execute(
+            try db.run(
                 sql: "INSERT INTO model_versions (id, model, manifest, created_at) VALUES (?, ?, ?, ?)",
                 arguments: [version.id.description, version.model, version.manifest, version.createdAt.timeIntervalSince1970])
             try Self.recordChange(db, .model, version.model)
@@ -60,14 +60,14 @@ extension SQLiteJobStore {
 
     public func version(_ id: Digest) async throws -> ModelVersionRecord? {
         try await pool.read { db in
-            try Row.fetchOne(db, sql: "SELECT * FROM model_versions WHERE id = ?", arguments: [id.description]).map(Self.version(from:))
+            try Row.fetchOne(db, cached: "SELECT * FROM model_versions WHERE id = ?", arguments: [id.description]).map(Self.version(from:))
         }
     }
 
     public func versions(of model: String) async throws -> [ModelVersionRecord] {
         try await pool.read { db in
             try Row.fetchAll(
-                db, sql: "SELECT * FROM model_versions WHERE model = ? ORDER BY created_at DESC, id", arguments: [model]
+                db, cached: "SELECT * FROM model_versions WHERE model = ? ORDER BY created_at DESC, id", arguments: [model]
             ).map(Self.version(from:))
         }
     }
@@ -78,7 +78,7 @@ extension SQLiteJobStore {
 
     public func aliases(of model: String) async throws -> [AliasRecord] {
         try await pool.read { db in
-            try Row.fetchAll(db, sql: "SELECT * FROM aliases WHERE model = ? ORDER BY name", arguments: [model]).map(Self.alias(from:))
+            try Row.fetchAll(db, cached: "SELECT * FROM aliases WHERE model = ? ORDER BY name", arguments: [model]).map(Self.alias(from:))
         }
     }
 
@@ -87,7 +87,7 @@ extension SQLiteJobStore {
         return try await write { db in
             for target in targets {
                 let owner = try String.fetchOne(
-                    db, sql: "SELECT model FROM model_versions WHERE id = ?", arguments: [target.version.description])
+                    db, cached: "SELECT model FROM model_versions WHERE id = ?", arguments: [target.version.description])
                 guard owner == model else {
                     throw KilnError(.invalidInput, "targets: \(target.version) is not a version of model '\(model)'")
                 }
@@ -116,13 +116,13 @@ extension SQLiteJobStore {
         _ db: Database, _ name: String, of model: String, targets: [AliasTarget], action: AliasChange.Action, at: Date
     ) throws -> AliasRecord {
         let encoded = encode(targets)
-        try db.execute(
+        try db.run(
             sql: """
                 INSERT INTO aliases (model, name, targets, updated_at) VALUES (?, ?, ?, ?)
                 ON CONFLICT (model, name) DO UPDATE SET targets = excluded.targets, updated_at = excluded.updated_at
                 """,
             arguments: [model, name, encoded, at.timeIntervalSince1970])
-        try db.execute(
+        try db.run(
             sql: "INSERT INTO alias_history (model, alias, action, targets, at) VALUES (?, ?, ?, ?, ?)",
             arguments: [model, name, action.rawValue, encoded, at.timeIntervalSince1970])
         try recordChange(db, .alias, "\(model)/\(name)")
@@ -130,12 +130,12 @@ extension SQLiteJobStore {
     }
 
     static func fetchAlias(_ db: Database, _ name: String, of model: String) throws -> AliasRecord? {
-        try Row.fetchOne(db, sql: "SELECT * FROM aliases WHERE model = ? AND name = ?", arguments: [model, name]).map(alias(from:))
+        try Row.fetchOne(db, cached: "SELECT * FROM aliases WHERE model = ? AND name = ?", arguments: [model, name]).map(alias(from:))
     }
 
     static func fetchHistory(_ db: Database, _ name: String, of model: String) throws -> [AliasChange] {
         try Row.fetchAll(
-            db, sql: "SELECT * FROM alias_history WHERE model = ? AND alias = ? ORDER BY seq", arguments: [model, name]
+            db, cached: "SELECT * FROM alias_history WHERE model = ? AND alias = ? ORDER BY seq", arguments: [model, name]
         ).map { row in
             AliasChange(
                 sequence: row["seq"], model: row["model"], alias: row["alias"],

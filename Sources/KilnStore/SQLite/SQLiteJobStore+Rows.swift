@@ -5,11 +5,11 @@ import KilnCore
 /// Row mapping: records from rows, and the JSON columns.
 extension SQLiteJobStore {
     static func fetchGeneration(_ db: Database, id: GenerationID) throws -> Generation? {
-        try Row.fetchOne(db, sql: "SELECT * FROM generations WHERE id = ?", arguments: [id.rawValue]).map(generation(from:))
+        try Row.fetchOne(db, cached: "SELECT * FROM generations WHERE id = ?", arguments: [id.rawValue]).map(generation(from:))
     }
 
     static func insert(_ file: FileRecord, _ db: Database) throws {
-        try db.execute(
+        try db.run(
             sql: "INSERT INTO files (id, account_id, size, sha256, content_type, object_key, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
             arguments: [
                 file.id.rawValue, file.accountID.rawValue, file.size, file.sha256, file.contentType, file.objectKey,
@@ -32,7 +32,8 @@ extension SQLiteJobStore {
         if let code = row["error_code"] as String? {
             error = JobFailure(code: code, message: row["error_message"] ?? "")
         }
-        let input = (try? JSONValue.parse(row["input"]))?.objectValue ?? [:]
+        let inputText: String = row["input"]
+        let input = inputText == "{}" ? [:] : (try? JSONValue.parse(inputText))?.objectValue ?? [:]
         let inputFiles: [String: String] = decode(row["input_files"]) ?? [:]
         return Generation(
             id: GenerationID(unchecked: row["id"]), sequence: row["seq"], accountID: AccountID(unchecked: row["account_id"]),
@@ -84,8 +85,47 @@ extension SQLiteJobStore {
         return String(decoding: (try? encoder.encode(value)) ?? Data("{}".utf8), as: UTF8.self)
     }
 
-    static func decode<T: Decodable>(_ text: String?) -> T? {
+    static func decode<T: Decodable & EmptyDecodable>(_ text: String?) -> T? {
         guard let text else { return nil }
+        // Most rows hold empty collections: no decoder for those.
+        if text == "{}" || text == "[]", let empty = T.empty { return empty }
         return try? JSONDecoder().decode(T.self, from: Data(text.utf8))
     }
+}
+
+// The store's SQL goes through each connection's statement cache: a statement is compiled once per
+// connection, not once per call (compiling also runs GRDB's authorizer over every column).
+extension Database {
+    func run(sql: String, arguments: StatementArguments = []) throws {
+        try cachedStatement(sql: sql).execute(arguments: arguments)
+    }
+}
+
+extension Row {
+    static func fetchOne(_ db: Database, cached sql: String, arguments: StatementArguments = []) throws -> Row? {
+        try fetchOne(db.cachedStatement(sql: sql), arguments: arguments)
+    }
+
+    static func fetchAll(_ db: Database, cached sql: String, arguments: StatementArguments = []) throws -> [Row] {
+        try fetchAll(db.cachedStatement(sql: sql), arguments: arguments)
+    }
+}
+
+extension DatabaseValueConvertible {
+    static func fetchOne(_ db: Database, cached sql: String, arguments: StatementArguments = []) throws -> Self? {
+        try fetchOne(db.cachedStatement(sql: sql), arguments: arguments)
+    }
+}
+
+/// A collection whose empty value needs no decoder.
+protocol EmptyDecodable {
+    static var empty: Self? { get }
+}
+
+extension Dictionary: EmptyDecodable {
+    static var empty: Self? { [:] }
+}
+
+extension Array: EmptyDecodable {
+    static var empty: Self? { [] }
 }

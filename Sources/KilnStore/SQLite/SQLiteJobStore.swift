@@ -41,7 +41,7 @@ public final class SQLiteJobStore: JobStore {
     public func changes(after: Int64, limit: Int) async throws -> [StoreChange] {
         try await pool.read { db in
             try Row.fetchAll(
-                db, sql: "SELECT sequence, record, key FROM changes WHERE sequence > ? ORDER BY sequence LIMIT ?",
+                db, cached: "SELECT sequence, record, key FROM changes WHERE sequence > ? ORDER BY sequence LIMIT ?",
                 arguments: [after, limit]
             ).compactMap { row in
                 StoreChange.Record(rawValue: row["record"]).map { StoreChange(sequence: row["sequence"], record: $0, key: row["key"]) }
@@ -50,11 +50,11 @@ public final class SQLiteJobStore: JobStore {
     }
 
     public func latestChange() async throws -> Int64 {
-        try await pool.read { db in try Int64.fetchOne(db, sql: "SELECT MAX(sequence) FROM changes") ?? 0 }
+        try await pool.read { db in try Int64.fetchOne(db, cached: "SELECT MAX(sequence) FROM changes") ?? 0 }
     }
 
     /// Appends to the change feed, in the transaction of the change itself.
     static func recordChange(_ db: Database, _ record: StoreChange.Record, _ key: String) throws {
-        try db.execute(sql: "INSERT INTO changes (record, key) VALUES (?, ?)", arguments: [record.rawValue, key])
+        try db.run(sql: "INSERT INTO changes (record, key) VALUES (?, ?)", arguments: [record.rawValue, key])
     }
 }

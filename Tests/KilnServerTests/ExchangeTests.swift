@@ -1,0 +1,138 @@
+import Foundation
+import HTTPTypes
+import KilnAPI
+import KilnCore
+import KilnServer
+import Testing
+
+/// The combined worker call: reports settled one by one, then several jobs leased (and started) at
+/// once, beside the classic calls that keep working.
+@Suite("Exchange: report and lease in one call")
+struct ExchangeTests {
+    typealias Exchange = Components.Schemas.ExchangeRequest
+
+    private func exchange(_ api: KilnClient, _ key: String, _ worker: String, _ request: Exchange) async throws
+        -> Components.Schemas.ExchangeResponse
+    {
+        let client = api.api(key)
+        return try await client { try await $0.exchangeJobs(path: .init(id: worker), body: .json(request)).ok.body.json }
+    }
+
+    @Test("one call leases and starts up to `max` jobs in urgency order; the next completes them and leases more")
+    func leaseManyThenCompleteAndLease() async throws {
+        let kiln = try await KilnHarness.make()
+        try await kiln.withClient { api in
+            try await api.model()
+            let (_, free) = try await api.account(tier: "free")
+            let (_, enterprise) = try await api.account(tier: "enterprise")
+            let workerKey = try await api.workerKey()
+            let worker = try await api.register(workerKey)
+            let low = try await api.submit(free)
+            kiln.clock.advance(by: 1)
+            let high = try await api.submit(enterprise)
+            let third = try await api.submit(enterprise)
+            kiln.clock.advance(by: 10)
+
+            let first = try await exchange(api, workerKey, worker, Exchange(lease: .init(max: 2, waitSeconds: 0, start: true)))
+            #expect(first.reports.isEmpty)
+            // The enterprise jobs come first: their promise is the shorter one.
+            #expect(first.jobs.map(\.job.id) == [high.id, third.id])
+            for leased in first.jobs {
+                let seen = try await api.generation(enterprise, leased.job.id)
+                #expect(seen.state == .running)
+                #expect(seen.startedAt != nil, "leased with start: true, the job is started at once")
+                #expect(seen.progress.stage == "started")
+            }
+
+            let second = try await exchange(
+                api, workerKey, worker,
+                Exchange(
+                    completed: first.jobs.map { .init(job: $0.job.id, token: $0.lease.token, outputs: []) },
+                    lease: .init(max: 4, waitSeconds: 0)))
+            #expect(second.reports.map(\.job) == [high.id, third.id])
+            #expect(second.reports.allSatisfy { $0.error == nil })
+            #expect(try await api.generation(enterprise, high.id).state == .succeeded)
+            #expect(try await api.generation(enterprise, third.id).state == .succeeded)
+            // Without `start`, the job is only leased: the worker prefetches, then calls start.
+            #expect(second.jobs.map(\.job.id) == [low.id])
+            let prefetched = try await api.generation(free, low.id)
+            #expect(prefetched.state == .running)
+            #expect(prefetched.startedAt == nil)
+            #expect(try await api.job(workerKey, worker, second.jobs[0], "start", json: #"{"token":"\#(second.jobs[0].lease.token)"}"#).status == .ok)
+        }
+    }
+
+    @Test("a stale report is refused in its own answer and changes nothing; the others still apply")
+    func staleReportAloneIsRefused() async throws {
+        let kiln = try await KilnHarness.make()
+        try await kiln.withClient { api in
+            try await api.model()
+            let (_, user) = try await api.account(tier: "api")
+            let workerKey = try await api.workerKey()
+            let worker = try await api.register(workerKey)
+            let good = try await api.submit(user)
+            let failing = try await api.submit(user)
+            let leased = try await exchange(api, workerKey, worker, Exchange(lease: .init(max: 2, start: true))).jobs
+            #expect(leased.count == 2)
+            let byID = Dictionary(uniqueKeysWithValues: leased.map { ($0.job.id, $0) })
+            let goodLease = try #require(byID[good.id])
+            let failingLease = try #require(byID[failing.id])
+
+            let answer = try await exchange(
+                api, workerKey, worker,
+                Exchange(
+                    completed: [
+                        .init(job: good.id, token: "\(Int(goodLease.lease.token)! + 7)", outputs: []),
+                        .init(job: good.id, token: goodLease.lease.token, outputs: ["missing.mp4"]),
+                    ],
+                    failed: [
+                        .init(job: failing.id, token: failingLease.lease.token, error: .init(code: "oom", message: "out of memory"), retryable: false)
+                    ]))
+            #expect(answer.reports.map(\.job) == [good.id, good.id, failing.id])
+            #expect(answer.reports[0].error?.code == "stale_lease")
+            #expect(answer.reports[1].error?.code == "invalid_input")
+            #expect(answer.reports[1].error?.message.contains("missing.mp4") == true)
+            #expect(answer.reports[2].error == nil)
+            #expect(answer.jobs.isEmpty, "no lease was asked for")
+            // The refused reports changed nothing: the good job still runs under its lease.
+            let unchanged = try await api.generation(user, good.id)
+            #expect(unchanged.state == .running)
+            #expect(unchanged.attempts == 1)
+            let failed = try await api.generation(user, failing.id)
+            #expect(failed.state == .failed)
+            #expect(failed.error?.code == "oom")
+            // Its right token still completes it, through the classic call.
+            #expect(try await api.complete(workerKey, worker, goodLease).status == .noContent)
+        }
+    }
+
+    @Test("bad exchanges are refused whole with a message naming the field, and change nothing")
+    func badExchanges() async throws {
+        let kiln = try await KilnHarness.make()
+        try await kiln.withClient { api in
+            try await api.model()
+            let (_, user) = try await api.account(tier: "api")
+            let workerKey = try await api.workerKey()
+            let worker = try await api.register(workerKey)
+            let queued = try await api.submit(user)
+            let path = "/v1/workers/\(worker)/exchange"
+
+            let tooMany = try await api.call(.post, path, key: workerKey, json: #"{"lease":{"max":65}}"#)
+            #expect(tooMany.status == .badRequest)
+            #expect(tooMany.error?.message.contains("max") == true)
+            let longWait = try await api.call(.post, path, key: workerKey, json: #"{"lease":{"max":1,"wait_seconds":61}}"#)
+            #expect(longWait.status == .badRequest)
+            #expect(longWait.error?.message.contains("wait_seconds") == true)
+            let unknown = try await api.call(.post, path, key: workerKey, json: #"{"lease":{"max":1},"priority":3}"#)
+            #expect(unknown.status == .badRequest)
+            #expect(unknown.error?.message.contains("priority") == true)
+            let reports = (0..<65).map { _ in #"{"job":"\#(queued.id)","token":"1","outputs":[]}"# }.joined(separator: ",")
+            let tooManyReports = try await api.call(.post, path, key: workerKey, json: #"{"completed":[\#(reports)]}"#)
+            #expect(tooManyReports.status == .badRequest)
+            // Another worker key cannot exchange for this worker.
+            let other = try await api.workerKey()
+            #expect(try await api.call(.post, path, key: other, json: #"{"lease":{"max":1}}"#).status == .notFound)
+            #expect(try await api.generation(user, queued.id).state == .queued)
+        }
+    }
+}
