@@ -26,11 +26,12 @@ enum KilnBench {
             options.workers = option("workers", options.workers)
             options.submitters = option("submitters", options.submitters)
             options.latencySamples = option("latency-samples", options.latencySamples)
+            options.replicas = option("replicas", options.replicas)
             if let protocols = text("protocols") { options.protocols = protocols.split(separator: ",").map(String.init) }
             try await SystemBenchmark.run(options)
         default:
             print("usage: kiln-bench scheduler [--jobs N] [--decisions N] [--accounts N]")
-            print("       kiln-bench system [--jobs N] [--workers K] [--submitters S] [--latency-samples N]")
+            print("       kiln-bench system [--jobs N] [--workers K] [--submitters S] [--latency-samples N] [--replicas R]")
             print("                         [--protocols classic,combined] [--server PATH_TO_KILN]")
         }
     }

@@ -23,6 +23,8 @@ enum SystemBenchmark {
         var workers = 8
         var submitters = 8
         var protocols = ["classic", "combined"]
+        /// Jobs a worker of the combined protocol runs at once (leased together, reported together).
+        var replicas = 4
         var latencySamples = 300
         var server: URL
     }
@@ -95,15 +97,17 @@ enum SystemBenchmark {
                 options.workers, percentile(latencies, 0.5) * 1000, percentile(latencies, 0.99) * 1000, latencies.count))
 
         for name in options.protocols {
+            let replicas = name == "combined" ? options.replicas : 0
             let result = try await measure(running) {
-                try await drain(setup, jobs: options.jobs, combined: name == "combined")
+                try await drain(setup, jobs: options.jobs, replicas: replicas)
             }
             let jobsPerSecond = Double(options.jobs) / result.seconds
+            let label = replicas > 0 ? "combined protocol, \(replicas) replicas a worker" : "\(name) protocol"
             say(
                 String(
-                    format: "  %@ protocol: %d jobs in %.2f s = %.0f jobs/s (%.1f health checks' time per job); "
+                    format: "  %@: %d jobs in %.2f s = %.0f jobs/s (%.1f health checks' time per job); "
                         + "server CPU %.3f ms per job, load generator CPU %.3f ms per job",
-                    name, options.jobs, result.seconds, jobsPerSecond, healthPerSecond / jobsPerSecond,
+                    label, options.jobs, result.seconds, jobsPerSecond, healthPerSecond / jobsPerSecond,
                     result.serverCPU * 1000 / Double(options.jobs), result.clientCPU * 1000 / Double(options.jobs)))
         }
     }
@@ -180,7 +184,9 @@ enum SystemBenchmark {
     }
 
     /// `jobs` submissions as fast as the submitters go, drained by the workers.
-    static func drain(_ setup: Setup, jobs: Int, combined: Bool) async throws {
+    /// - Parameter replicas: 0 for the classic protocol, else the combined one with this many jobs
+    ///   a worker at once.
+    static func drain(_ setup: Setup, jobs: Int, replicas: Int) async throws {
         let completed = Counter()
         try await withThrowingTaskGroup(of: Void.self) { group in
             for (submitter, users) in setup.submitters.enumerated() {
@@ -195,8 +201,8 @@ enum SystemBenchmark {
             }
             for (client, worker) in setup.workers {
                 group.addTask {
-                    if combined {
-                        try await combinedWorker(client, id: worker, jobs: jobs, completed: completed)
+                    if replicas > 0 {
+                        try await combinedWorker(client, id: worker, jobs: jobs, replicas: replicas, completed: completed)
                     } else {
                         try await classicWorker(client, id: worker, jobs: jobs, completed: completed)
                     }
@@ -222,8 +228,9 @@ enum SystemBenchmark {
         }
     }
 
-    /// One exchange call a job: it reports the last job done and leases and starts the next.
-    static func combinedWorker(_ client: KilnAPIClient, id: String, jobs: Int, completed: Counter) async throws {
+    /// One exchange call per round: it reports the jobs done in the last round and leases and starts
+    /// up to `replicas` more.
+    static func combinedWorker(_ client: KilnAPIClient, id: String, jobs: Int, replicas: Int, completed: Counter) async throws {
         var done: [Components.Schemas.CompletedReport] = []
         while true {
             try Task.checkCancellation()
@@ -231,7 +238,7 @@ enum SystemBenchmark {
             if finished > 0 { await completed.add(finished) }
             let more = await completed.value < jobs
             if !more && done.isEmpty { return }
-            let request = Components.Schemas.ExchangeRequest(completed: done, lease: more ? .init(max: 1, waitSeconds: 1, start: true) : nil)
+            let request = Components.Schemas.ExchangeRequest(completed: done, lease: more ? .init(max: replicas, waitSeconds: 1, start: true) : nil)
             let answer = try await client {
                 try await $0.exchangeJobs(
                     path: .init(id: id),

@@ -38,19 +38,28 @@ struct Simulate: AsyncParsableCommand {
             loaded.protection = .init(tiers: loaded.protection?.tiers ?? ["enterprise", "api"], share: protectedShare)
         }
         let policies = compare ? SchedulingPolicies.all : [try policyNamed(policy)]
-        var reports: [SimulationReport] = []
-        for policy in policies {
-            let clock = ContinuousClock()
-            var report: SimulationReport?
-            let configured = try loaded.configured(policy)
-            let elapsed = try clock.measure { report = try Simulator(scenario: loaded, policy: configured).run() }
-            guard let report else { continue }
-            reports.append(report)
+        // The policies of --compare run at once, one task each: every run is independent and
+        // deterministic, so the reports are the same as one after another.
+        let runs = try await withThrowingTaskGroup(of: (Int, SimulationReport, Duration).self) { group in
+            for (index, policy) in policies.enumerated() {
+                let simulator = try Simulator(scenario: loaded, policy: try loaded.configured(policy))
+                group.addTask {
+                    var report: SimulationReport?
+                    let elapsed = try ContinuousClock().measure { report = try simulator.run() }
+                    return (index, report!, elapsed)
+                }
+            }
+            var runs: [(Int, SimulationReport, Duration)] = []
+            for try await run in group { runs.append(run) }
+            return runs.sorted { $0.0 < $1.0 }
+        }
+        let reports = runs.map(\.1)
+        for (_, report, elapsed) in runs {
             if !compare { print(ReportTable.render(report)) }
             let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
             print(
                 String(
-                    format: "%@: simulated %.1f hours in %.2f s (%d events, %.0f events/s)", policy.name, report.durationHours, seconds,
+                    format: "%@: simulated %.1f hours in %.2f s (%d events, %.0f events/s)", report.policy, report.durationHours, seconds,
                     report.events, Double(report.events) / max(seconds, 1e-9)))
         }
         if compare {

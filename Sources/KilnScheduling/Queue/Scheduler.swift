@@ -68,14 +68,20 @@ public struct Scheduler: Sendable {
     struct InFlight: Sendable {
         var entry: Entry
         var queue: Int
-        var cluster: String
+        /// The cluster's index in `clusters`.
+        var cluster: Int
         var started: Bool
     }
 
     public let tiers: TierTable
     public var policy: any SchedulingPolicy {
-        didSet { protectedTiers = Self.protectedTiers(of: policy, in: tiers) }
+        didSet {
+            protection = policy.protection
+            protectedTiers = Self.protectedTiers(of: policy, in: tiers)
+        }
     }
+    /// The policy's protection, read once rather than at every pick.
+    private var protection: Protection?
     /// Leased-but-not-started jobs a cluster may hold; clusters not named use `defaultDispatchLimit`.
     public var dispatchLimits: [String: Int]
     public var defaultDispatchLimit: Int
@@ -88,13 +94,19 @@ public struct Scheduler: Sendable {
     private var accountIndex: [AccountID: UInt32] = [:]
     private var dispatchedByAccount: [Int] = []
     private var parked: [UInt32: Deque<Parked>] = [:]
-    private var locations: [Int64: Location] = [:]
-    private var inFlight: [Int64: InFlight] = [:]
-    private var pendingByCluster: [String: Int] = [:]
+    private var locations = SequenceSlab<Location>()
+    private var inFlight = SequenceSlab<InFlight>()
+    /// Clusters by index, as workers named them; leased-but-not-started jobs by cluster index.
+    private var clusters: [String: Int] = [:]
+    private var pendingByCluster: [Int] = []
     /// By tier rank: whether the policy protects the tier.
     private var protectedTiers: [Bool]
     /// Thousandths of a dispatch owed to unprotected jobs (the protected share's bound).
     private var unprotectedCredit = 0
+    /// Recent offers' eligibility by class (see ``eligibility(of:)``).
+    private var eligibilityCache: [(offer: WorkerOffer, mask: [Bool], cluster: Int)] = []
+    /// The number of classes `eligibilityCache` was computed for.
+    private var eligibilityClasses = 0
 
     /// Jobs waiting, parked ones included.
     public private(set) var queuedCount = 0
@@ -107,6 +119,7 @@ public struct Scheduler: Sendable {
         self.policy = policy
         self.dispatchLimits = dispatchLimits
         self.defaultDispatchLimit = defaultDispatchLimit
+        self.protection = policy.protection
         self.protectedTiers = Self.protectedTiers(of: policy, in: tiers)
     }
 
@@ -126,7 +139,7 @@ public struct Scheduler: Sendable {
         }
         let queue = queueFor(tier: tier, jobClass: classFor(job.requirements))
         let entry = Entry(sequence: job.sequence, account: accountFor(job.account), queuedAt: job.queuedAt)
-        insertSorted(entry, into: &queues[queue].entries)
+        Self.insertSorted(entry, into: &queues[queue].entries)
         locations[job.sequence] = Location(queue: queue, entry: entry, parked: false)
         queuedCount += 1
     }
@@ -137,28 +150,33 @@ public struct Scheduler: Sendable {
     /// ``started(_:)``, ``requeue(_:)`` or ``remove(_:)``.
     public mutating func next(for worker: WorkerOffer, now: Double) -> QueuedJob? {
         // 1. The cluster's dispatch limit.
-        guard pendingByCluster[worker.cluster, default: 0] < dispatchLimit(of: worker.cluster) else { return nil }
-        // 2. The classes this worker can run.
-        let eligible = classes.map { $0.admits(worker) }
-        let protection = policy.protection
+        // 2. The classes this worker can run (kept while the same offer keeps asking).
+        let (eligible, cluster) = eligibility(of: worker)
+        guard pendingByCluster[cluster] < dispatchLimit(of: worker.cluster) else { return nil }
         while true {
-            // 3. The best head among eligible queues, and the best unprotected one.
+            // 3. The best head among eligible queues, and the best unprotected one; each head's
+            //    priority is computed once.
             var best: Int?
             var bestHead: QueueHead?
+            var bestPriority = -Double.infinity
             var bestUnprotected: Int?
             var bestUnprotectedHead: QueueHead?
+            var bestUnprotectedPriority = -Double.infinity
             for index in queues.indices where eligible[queues[index].jobClass] {
                 guard let first = queues[index].entries.first else { continue }
                 let head = self.head(first, queue: index)
+                let priority = policy.priority(of: head, now: now)
                 if protection != nil, !head.isProtected,
-                    bestUnprotectedHead.map({ policy.precedes(head, $0, now: now) }) ?? true
+                    bestUnprotectedHead.map({ Self.precedes(head, priority, $0, bestUnprotectedPriority) }) ?? true
                 {
                     bestUnprotected = index
                     bestUnprotectedHead = head
+                    bestUnprotectedPriority = priority
                 }
-                if let current = bestHead, !policy.precedes(head, current, now: now) { continue }
+                if let current = bestHead, !Self.precedes(head, priority, current, bestPriority) { continue }
                 best = index
                 bestHead = head
+                bestPriority = priority
             }
             guard var best, let bestHead else { return nil }
             // 4. The protected share: while an unprotected job is eligible, every dispatch owes it
@@ -182,9 +200,9 @@ public struct Scheduler: Sendable {
             }
             locations[entry.sequence] = nil
             queuedCount -= 1
-            inFlight[entry.sequence] = InFlight(entry: entry, queue: best, cluster: worker.cluster, started: false)
+            inFlight[entry.sequence] = InFlight(entry: entry, queue: best, cluster: cluster, started: false)
             dispatchedByAccount[Int(entry.account)] += 1
-            pendingByCluster[worker.cluster, default: 0] += 1
+            pendingByCluster[cluster] += 1
             return job(entry, queue: best)
         }
     }
@@ -194,14 +212,14 @@ public struct Scheduler: Sendable {
         guard var flight = inFlight[sequence], !flight.started else { return }
         flight.started = true
         inFlight[sequence] = flight
-        pendingByCluster[flight.cluster, default: 0] -= 1
+        pendingByCluster[flight.cluster] -= 1
     }
 
     /// Puts a dispatched job back in its queue with its original `queuedAt` (lease expired, worker
     /// failed with a retryable error, or the lease could not be persisted).
     public mutating func requeue(_ sequence: Int64) {
         guard let flight = release(sequence) else { return }
-        insertSorted(flight.entry, into: &queues[flight.queue].entries)
+        Self.insertSorted(flight.entry, into: &queues[flight.queue].entries)
         locations[sequence] = Location(queue: flight.queue, entry: flight.entry, parked: false)
         queuedCount += 1
         unpark(flight.entry.account)
@@ -224,7 +242,7 @@ public struct Scheduler: Sendable {
                 parked[account]!.remove(at: index)
                 if parked[account]!.isEmpty { parked[account] = nil }
             }
-        } else if let index = indexOf(location.entry, in: queues[location.queue].entries) {
+        } else if let index = Self.indexOf(location.entry, in: queues[location.queue].entries) {
             queues[location.queue].entries.remove(at: index)
         }
         return true
@@ -238,9 +256,10 @@ public struct Scheduler: Sendable {
         }
         let queue = queueFor(tier: tier, jobClass: classFor(job.requirements))
         let entry = Entry(sequence: job.sequence, account: accountFor(job.account), queuedAt: job.queuedAt)
-        inFlight[job.sequence] = InFlight(entry: entry, queue: queue, cluster: cluster, started: started)
+        let clusterIndex = clusterFor(cluster)
+        inFlight[job.sequence] = InFlight(entry: entry, queue: queue, cluster: clusterIndex, started: started)
         dispatchedByAccount[Int(entry.account)] += 1
-        if !started { pendingByCluster[cluster, default: 0] += 1 }
+        if !started { pendingByCluster[clusterIndex] += 1 }
     }
 
     // MARK: - Views
@@ -251,7 +270,7 @@ public struct Scheduler: Sendable {
     public var dispatchedCount: Int { inFlight.count }
 
     /// Leased-but-not-started jobs of a cluster.
-    public func pending(in cluster: String) -> Int { pendingByCluster[cluster, default: 0] }
+    public func pending(in cluster: String) -> Int { clusters[cluster].map { pendingByCluster[$0] } ?? 0 }
 
     public func dispatchLimit(of cluster: String) -> Int { dispatchLimits[cluster] ?? defaultDispatchLimit }
 
@@ -338,6 +357,36 @@ public struct Scheduler: Sendable {
 
     // MARK: - Internals
 
+    /// The policy's order (``SchedulingPolicy/precedes(_:_:now:)``) with both priorities known.
+    @inline(__always)
+    private static func precedes(_ a: QueueHead, _ pa: Double, _ b: QueueHead, _ pb: Double) -> Bool {
+        if pa != pb { return pa > pb }
+        if a.queuedAt != b.queuedAt { return a.queuedAt < b.queuedAt }
+        return a.sequence < b.sequence
+    }
+
+    /// By class: whether `worker` can run it; and the index of its cluster. Workers ask again and
+    /// again with a few distinct offers, so the answers for the last few are kept until the classes
+    /// change (a linear scan: offers of one fleet share their strings, so comparing is cheap).
+    private mutating func eligibility(of worker: WorkerOffer) -> (mask: [Bool], cluster: Int) {
+        if eligibilityClasses != classes.count {
+            eligibilityCache.removeAll(keepingCapacity: true)
+            eligibilityClasses = classes.count
+        }
+        for cached in eligibilityCache where cached.offer == worker { return (cached.mask, cached.cluster) }
+        let answer = (mask: classes.map { $0.admits(worker) }, cluster: clusterFor(worker.cluster))
+        if eligibilityCache.count >= 16 { eligibilityCache.removeFirst() }
+        eligibilityCache.append((worker, answer.mask, answer.cluster))
+        return answer
+    }
+
+    private mutating func clusterFor(_ name: String) -> Int {
+        if let index = clusters[name] { return index }
+        pendingByCluster.append(0)
+        clusters[name] = pendingByCluster.count - 1
+        return pendingByCluster.count - 1
+    }
+
     private struct QueueKeyByModel: Hashable {
         var tier: Int
         var model: String
@@ -383,14 +432,14 @@ public struct Scheduler: Sendable {
 
     private mutating func release(_ sequence: Int64) -> InFlight? {
         guard let flight = inFlight.removeValue(forKey: sequence) else { return nil }
-        if !flight.started { pendingByCluster[flight.cluster, default: 0] -= 1 }
+        if !flight.started { pendingByCluster[flight.cluster] -= 1 }
         dispatchedByAccount[Int(flight.entry.account)] -= 1
         return flight
     }
 
     private mutating func park(_ entry: Entry, queue: Int) {
         var list = parked[entry.account] ?? []
-        insertSorted(Parked(entry: entry, queue: queue), into: &list)
+        Self.insertSorted(Parked(entry: entry, queue: queue), into: &list)
         parked[entry.account] = list
         locations[entry.sequence] = Location(queue: queue, entry: entry, parked: true)
     }
@@ -402,7 +451,7 @@ public struct Scheduler: Sendable {
         var free = cap - dispatchedByAccount[Int(account)]
         while free > 0, let item = list.first {
             list.removeFirst()
-            insertSorted(item.entry, into: &queues[item.queue].entries)
+            Self.insertSorted(item.entry, into: &queues[item.queue].entries)
             locations[item.entry.sequence] = Location(queue: item.queue, entry: item.entry, parked: false)
             free -= 1
         }
@@ -410,7 +459,7 @@ public struct Scheduler: Sendable {
     }
 
     /// The index of `entry` in a queue sorted by (queuedAt, sequence): O(log n).
-    private func indexOf(_ entry: Entry, in entries: Deque<Entry>) -> Int? {
+    private static func indexOf(_ entry: Entry, in entries: Deque<Entry>) -> Int? {
         var low = 0
         var high = entries.count
         while low < high {
@@ -420,7 +469,9 @@ public struct Scheduler: Sendable {
         return low < entries.count && entries[low].sequence == entry.sequence ? low : nil
     }
 
-    private func insertSorted(_ entry: Entry, into entries: inout Deque<Entry>) {
+    // Static, so that a call borrows no `self` while it mutates part of it: an instance method here
+    // made Swift copy the scheduler, and with it the whole queue, on every insert.
+    private static func insertSorted(_ entry: Entry, into entries: inout Deque<Entry>) {
         if let last = entries.last, entry.isBefore(last) {
             var low = 0
             var high = entries.count
@@ -434,7 +485,7 @@ public struct Scheduler: Sendable {
         }
     }
 
-    private func insertSorted(_ item: Parked, into list: inout Deque<Parked>) {
+    private static func insertSorted(_ item: Parked, into list: inout Deque<Parked>) {
         var low = 0
         var high = list.count
         while low < high {

@@ -1,0 +1,52 @@
+import Testing
+
+@testable import KilnScheduling
+
+@Suite("Sequence slab")
+struct SequenceSlabTests {
+    /// Random sets and removals, mostly near the newest sequence as in a queue, some far below or
+    /// above it (outliers), checked after every step against a dictionary.
+    @Test("holds exactly what a dictionary would, outliers and spans that grow over them included", arguments: [1, 2, 3])
+    func matchesDictionary(seed: UInt64) {
+        var random = SplitMix(seed: seed)
+        var slab = SequenceSlab<Int>()
+        var model: [Int64: Int] = [:]
+        var newest: Int64 = 1_000
+        for step in 0..<60_000 {
+            let sequence: Int64
+            switch random.next() % 20 {
+            case 0: sequence = Int64(random.next() % 2_000_000)  // anywhere, often far outside the span
+            case 1, 2, 3, 4, 5, 6, 7, 8:
+                newest += Int64(random.next() % 3)
+                sequence = newest
+            default:
+                // An existing key, to read over or remove.
+                sequence = model.keys.randomElement(using: &random) ?? newest
+            }
+            if random.next() % 3 == 0 {
+                #expect(slab.removeValue(forKey: sequence) == model.removeValue(forKey: sequence), "step \(step)")
+            } else {
+                slab[sequence] = step
+                model[sequence] = step
+            }
+            #expect(slab.count == model.count, "step \(step)")
+            if step % 997 == 0 {
+                for (key, value) in model { #expect(slab[key] == value, "step \(step), sequence \(key)") }
+            }
+        }
+        for (key, value) in model { #expect(slab[key] == value) }
+        for probe in stride(from: Int64(0), to: 2_000_000, by: 9_973) { #expect(slab[probe] == model[probe]) }
+    }
+}
+
+private struct SplitMix: RandomNumberGenerator {
+    var state: UInt64
+    init(seed: UInt64) { state = seed }
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+}
