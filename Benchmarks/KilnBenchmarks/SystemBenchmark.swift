@@ -90,6 +90,11 @@ enum SystemBenchmark {
                 format: "  baseline GET /healthz: %.0f/s, server CPU %.3f ms per request, load generator CPU %.3f ms", healthPerSecond,
                 health.serverCPU * 1000 / Double(options.jobs), health.clientCPU * 1000 / Double(options.jobs)))
 
+        let syncs = try fsyncLatencies(in: running.data, count: 200)
+        say(
+            String(
+                format: "  baseline fdatasync of 4 KiB in the server's data folder: p50 %.2f ms, p99 %.2f ms "
+                    + "(a submission and its lease each wait for one)", percentile(syncs, 0.5) * 1000, percentile(syncs, 0.99) * 1000))
         let latencies = try await submitToLease(setup, samples: options.latencySamples)
         say(
             String(
@@ -247,6 +252,26 @@ enum SystemBenchmark {
             }
             done = answer.jobs.map { .init(job: $0.job.id, token: $0.lease.token, outputs: []) }
             if !more { return }
+        }
+    }
+
+    /// Seconds each of `count` 4 KiB writes with `fdatasync` takes in `folder`: the floor of a
+    /// durable commit on that disk.
+    static func fsyncLatencies(in folder: URL, count: Int) throws -> [Double] {
+        let path = folder.appending(path: "fsync-probe").path
+        let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
+        guard fd >= 0 else { throw KilnError(.internal, "cannot open \(path)") }
+        defer {
+            close(fd)
+            unlink(path)
+        }
+        let block = [UInt8](repeating: 7, count: 4096)
+        let clock = ContinuousClock()
+        return (0..<count).map { index in
+            clock.measure {
+                _ = block.withUnsafeBytes { pwrite(fd, $0.baseAddress, 4096, off_t(index % 16) * 4096) }
+                _ = fdatasync(fd)
+            }.seconds
         }
     }
 
