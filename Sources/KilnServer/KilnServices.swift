@@ -11,6 +11,8 @@ public struct KilnServices: Sendable {
     public let objects: any ObjectStore
     public let dispatcher: Dispatcher
     public let signals: GenerationSignals
+    /// Where every committed transition goes: this server's dispatcher and event streams.
+    public let transitions: any TransitionSink
     /// Keys, workers, accounts, models, aliases and versions, as the store's change feed keeps them.
     public let cache: RecordCache
     public let clock: any WallClock
@@ -25,6 +27,7 @@ public struct KilnServices: Sendable {
         self.objects = objects
         self.dispatcher = dispatcher
         self.signals = signals
+        self.transitions = LocalTransitions(dispatcher: dispatcher, signals: signals)
         self.cache = cache
         self.clock = clock
         self.configuration = configuration

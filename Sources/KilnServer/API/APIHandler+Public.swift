@@ -115,7 +115,7 @@ extension APIHandler {
             throw error
         }
         guard submission.created else { return .ok(.init(body: .json(try await services.render(submission.generation)))) }
-        try await services.dispatcher.submitted(submission.generation)
+        try await services.transitions.apply(.submitted, submission.generation)
         return .created(.init(body: .json(try await services.render(submission.generation))))
     }
 
@@ -184,8 +184,7 @@ extension APIHandler {
     func cancelGeneration(_ input: Operations.CancelGeneration.Input) async throws -> Operations.CancelGeneration.Output {
         let generation = try await ownedGeneration(input.path.id)
         let canceled = try await services.store.cancel(generation.id, at: services.clock.now())
-        await services.dispatcher.ended(canceled)
-        await services.signals.signal(canceled.id)
+        try await services.transitions.apply(.ended, canceled)
         return .ok(.init(body: .json(try await services.render(canceled))))
     }
 

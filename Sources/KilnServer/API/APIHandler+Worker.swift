@@ -54,7 +54,7 @@ extension APIHandler {
         guard let generation = try await services.dispatcher.lease(for: worker, wait: wait), let lease = generation.lease else {
             return .noContent(.init())
         }
-        await services.signals.signal(generation.id)
+        try await services.transitions.apply(.leased, generation)
         return .ok(.init(body: .json(try await leaseResponse(generation, lease))))
     }
 
@@ -95,7 +95,7 @@ extension APIHandler {
                     for: worker, wait: lease.waitSeconds ?? 0, max: lease.max, start: start)
                 for generation in generations {
                     guard let held = generation.lease else { continue }
-                    await services.signals.signal(generation.id)
+                    try await services.transitions.apply(.leased, generation)
                     jobs.append(try await leaseResponse(generation, held))
                 }
             }
@@ -195,8 +195,7 @@ extension APIHandler {
         let now = services.clock.now()
         let generation = try await services.store.start(
             job, worker: worker, token: try token(body.token), at: now, ttl: services.configuration.leases.ttlSeconds)
-        await services.dispatcher.started(generation)
-        await services.signals.signal(job)
+        try await services.transitions.apply(.started, generation)
         return .ok(.init(body: .json(.init(cancel: false, leaseExpiresAt: generation.lease?.expiresAt ?? now))))
     }
 
@@ -214,7 +213,7 @@ extension APIHandler {
         let generation = try await services.store.heartbeat(
             job, worker: worker, token: try token(body.token), progress: progress, at: now,
             ttl: services.configuration.leases.ttlSeconds)
-        if progress != nil { await services.signals.signal(job) }
+        if progress != nil { try await services.transitions.apply(.progressed, generation) }
         return .ok(.init(body: .json(.init(cancel: generation.state == .canceled, leaseExpiresAt: generation.lease?.expiresAt ?? now))))
     }
 
@@ -234,8 +233,7 @@ extension APIHandler {
 
     private func complete(_ job: GenerationID, worker: WorkerID, token: FencingToken, outputs: [String]) async throws {
         let generation = try await services.store.complete(job, worker: worker, token: token, outputs: outputs, at: services.clock.now())
-        await services.dispatcher.ended(generation)
-        await services.signals.signal(job)
+        try await services.transitions.apply(.ended, generation)
     }
 
     private func fail(
@@ -244,12 +242,7 @@ extension APIHandler {
         let failure = JobFailure(code: String(error.code.prefix(64)), message: String(error.message.prefix(4000)))
         let generation = try await services.store.fail(
             job, worker: worker, token: token, error: failure, retryable: retryable, at: services.clock.now())
-        if generation.state == .queued {
-            await services.dispatcher.requeued(generation)
-        } else {
-            await services.dispatcher.ended(generation)
-        }
-        await services.signals.signal(job)
+        try await services.transitions.apply(.settled(generation), generation)
     }
 
     /// Records that the worker is alive: at most every `touchInterval`, so that an empty poll writes

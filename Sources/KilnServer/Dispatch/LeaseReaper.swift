@@ -8,19 +8,17 @@ import ServiceLifecycle
 /// requeues its job with the same `queuedAt`, or fails it once it has used `max_attempts`.
 public struct LeaseReaper: Service {
     let store: any JobStore
-    let dispatcher: Dispatcher
-    let signals: GenerationSignals
+    let transitions: any TransitionSink
     let clock: any WallClock
     let interval: Duration
     let logger: Logger
 
     public init(
-        store: any JobStore, dispatcher: Dispatcher, signals: GenerationSignals, clock: any WallClock,
+        store: any JobStore, transitions: any TransitionSink, clock: any WallClock,
         interval: Duration = .seconds(1), logger: Logger
     ) {
         self.store = store
-        self.dispatcher = dispatcher
-        self.signals = signals
+        self.transitions = transitions
         self.clock = clock
         self.interval = interval
         self.logger = logger
@@ -44,12 +42,10 @@ public struct LeaseReaper: Service {
         for generation in changed {
             if generation.state == .queued {
                 logger.info("lease expired; requeued", metadata: ["generation": "\(generation.id)", "attempts": "\(generation.attempts)"])
-                await dispatcher.requeued(generation)
             } else {
                 logger.warning("lease expired; failed", metadata: ["generation": "\(generation.id)", "attempts": "\(generation.attempts)"])
-                await dispatcher.ended(generation)
             }
-            await signals.signal(generation.id)
+            try await transitions.apply(.settled(generation), generation)
         }
         return changed
     }

@@ -110,104 +110,46 @@ extension SQLiteJobStore {
 
     public func cancel(_ id: GenerationID, at: Date) async throws -> Generation {
         try await write { db in
-            guard var generation = try Self.fetchGeneration(db, id: id) else {
+            guard let (generation, token) = try Self.fetchForTransition(db, id: id) else {
                 throw KilnError(.notFound, "no generation '\(id)'")
             }
-            guard !generation.state.isFinal else {
-                throw KilnError(.conflict, "generation '\(id)' already ended as \(generation.state.rawValue)")
-            }
-            generation.state = .canceled
-            generation.completedAt = at
-            try db.run(
-                sql: "UPDATE generations SET state = 'canceled', completed_at = ? WHERE id = ?",
-                arguments: [at.timeIntervalSince1970, id.rawValue])
-            try Self.appendEvent(db, generation, .canceled, at: at)
-            return generation
+            return try Self.persist(db, Lifecycle.cancel(generation, at: at), from: generation, token: token, at: at)
         }
     }
 
     public func lease(sequence: Int64, to worker: WorkerRecord, at: Date, ttl: Double, start: Bool) async throws -> Generation? {
         try await write { db in
-            // Resolve the alias now, in the same transaction: the generation records what it runs.
-            if let row = try Row.fetchOne(
-                db, cached: "SELECT id, model, alias FROM generations WHERE seq = ? AND state = 'queued' AND version IS NULL",
-                arguments: [sequence]),
-                let aliasName = row["alias"] as String?,
-                let alias = try Self.fetchAlias(db, aliasName, of: row["model"]),
-                let version = alias.resolve(for: GenerationID(unchecked: row["id"]))
-            {
-                try db.run(sql: "UPDATE generations SET version = ? WHERE seq = ?", arguments: [version.description, sequence])
+            guard let row = try Row.fetchOne(db, cached: "SELECT * FROM generations WHERE seq = ?", arguments: [sequence]) else {
+                return nil
             }
-            let time = at.timeIntervalSince1970
-            guard
-                let generation = try Row.fetchOne(
-                    db,
-                    cached: """
-                        UPDATE generations SET state = 'running', attempts = attempts + 1, lease_token = lease_token + 1,
-                            lease_worker = :worker, lease_cluster = :cluster, leased_at = :at, lease_expires_at = :expires,
-                            lease_started_at = CASE WHEN :start THEN :at END, lease_acked = :start,
-                            started_at = CASE WHEN :start THEN COALESCE(started_at, :at) ELSE started_at END,
-                            progress_fraction = 0, progress_stage = CASE WHEN :start THEN 'started' ELSE 'dispatched' END
-                        WHERE seq = :sequence AND state = 'queued'
-                        RETURNING *
-                        """,
-                    arguments: [
-                        "worker": worker.id.rawValue, "cluster": worker.cluster, "at": time,
-                        "expires": (at + ttl).timeIntervalSince1970, "start": start, "sequence": sequence,
-                    ]
-                ).map(Self.generation(from:))
-            else { return nil }
-            try Self.appendEvent(
-                db, generation, start ? .started : .leased, at: at, message: "attempt \(generation.attempts) on \(worker.id)")
-            return generation
+            let generation = Self.generation(from: row)
+            guard generation.state == .queued else { return nil }
+            let token: Int64 = row["lease_token"]
+            // Resolve the alias now, in the same transaction: the generation records what it runs.
+            var version: String?
+            if generation.version == nil, let aliasName = generation.alias,
+                let alias = try Self.fetchAlias(db, aliasName, of: generation.model)
+            {
+                version = alias.resolve(for: generation.id)?.description
+            }
+            let transition = try Lifecycle.lease(
+                generation, to: worker.id, cluster: worker.cluster, token: FencingToken(token + 1), version: version, at: at, ttl: ttl,
+                start: start)
+            return try Self.persist(db, transition, from: generation, token: token, at: at)
         }
     }
 
     public func start(_ id: GenerationID, worker: WorkerID, token: FencingToken, at: Date, ttl: Double) async throws
         -> Generation
     {
-        try await write { db in
-            var generation = try Self.holding(db, id, worker: worker, token: token, allowCanceled: false)
-            guard generation.lease?.startedAt == nil else {
-                // A retried start only extends the lease.
-                try db.run(
-                    sql: "UPDATE generations SET lease_expires_at = ?, lease_acked = 1 WHERE id = ?",
-                    arguments: [(at + ttl).timeIntervalSince1970, id.rawValue])
-                generation.lease?.expiresAt = at + ttl
-                return generation
-            }
-            try db.run(
-                sql: """
-                    UPDATE generations SET lease_started_at = ?, started_at = COALESCE(started_at, ?), lease_expires_at = ?,
-                        progress_stage = 'started', lease_acked = 1
-                    WHERE id = ?
-                    """,
-                arguments: [at.timeIntervalSince1970, at.timeIntervalSince1970, (at + ttl).timeIntervalSince1970, id.rawValue])
-            generation = try Self.fetchGeneration(db, id: id)!
-            try Self.appendEvent(db, generation, .started, at: at)
-            return generation
-        }
+        try await transition(id, at: at) { try Lifecycle.start($0, worker: worker, token: token, at: at, ttl: ttl) }
     }
 
     public func heartbeat(
         _ id: GenerationID, worker: WorkerID, token: FencingToken, progress: JobProgress?, at: Date, ttl: Double
     ) async throws -> Generation {
-        try await write { db in
-            var generation = try Self.holding(db, id, worker: worker, token: token, allowCanceled: true)
-            guard generation.state == .running else { return generation }
-            try db.run(
-                sql: "UPDATE generations SET lease_expires_at = ?, lease_acked = 1 WHERE id = ?",
-                arguments: [(at + ttl).timeIntervalSince1970, id.rawValue])
-            generation.lease?.acknowledged = true
-            if let progress, progress != generation.progress {
-                try db.run(
-                    sql: "UPDATE generations SET progress_fraction = ?, progress_stage = ? WHERE id = ?",
-                    arguments: [progress.fraction, progress.stage, id.rawValue])
-                generation.progress = progress
-                try Self.appendEvent(db, generation, .progress, at: at)
-            }
-            generation.lease?.expiresAt = at + ttl
-            return generation
+        try await transition(id, at: at) {
+            try Lifecycle.heartbeat($0, worker: worker, token: token, progress: progress, at: at, ttl: ttl)
         }
     }
 
@@ -215,7 +157,8 @@ extension SQLiteJobStore {
         async throws
     {
         try await write { db in
-            _ = try Self.holding(db, id, worker: worker, token: token, allowCanceled: false)
+            guard let (generation, _) = try Self.fetchForTransition(db, id: id) else { throw KilnError(.notFound, "no generation '\(id)'") }
+            try Lifecycle.holding(generation, worker: worker, token: token, allowCanceled: false)
             try Self.insert(file, db)
             try db.run(
                 sql: "INSERT OR REPLACE INTO job_outputs (generation_id, token, name, file_id) VALUES (?, ?, ?, ?)",
@@ -227,7 +170,11 @@ extension SQLiteJobStore {
         async throws -> Generation
     {
         try await write { db in
-            var generation = try Self.holding(db, id, worker: worker, token: token, allowCanceled: false)
+            guard let (generation, held) = try Self.fetchForTransition(db, id: id) else {
+                throw KilnError(.notFound, "no generation '\(id)'")
+            }
+            // The lease first: a stale token is told so, whatever outputs it names.
+            try Lifecycle.holding(generation, worker: worker, token: token, allowCanceled: false)
             var files: [String: OutputFile] = [:]
             for name in outputs {
                 guard
@@ -244,28 +191,16 @@ extension SQLiteJobStore {
                 let file = Self.file(from: row)
                 files[name] = OutputFile(fileID: file.id, contentType: file.contentType, size: file.size)
             }
-            generation.state = .succeeded
-            generation.output = files
-            generation.completedAt = at
-            generation.progress = JobProgress(fraction: 1, stage: "succeeded")
-            try db.run(
-                sql: """
-                    UPDATE generations SET state = 'succeeded', output = ?, completed_at = ?, progress_fraction = 1,
-                        progress_stage = 'succeeded'
-                    WHERE id = ?
-                    """,
-                arguments: [Self.encode(files), at.timeIntervalSince1970, id.rawValue])
-            try Self.appendEvent(db, generation, .succeeded, at: at)
-            return generation
+            let transition = try Lifecycle.complete(generation, worker: worker, token: token, outputs: files, at: at)
+            return try Self.persist(db, transition, from: generation, token: held, at: at)
         }
     }
 
     public func fail(
         _ id: GenerationID, worker: WorkerID, token: FencingToken, error: JobFailure, retryable: Bool, at: Date
     ) async throws -> Generation {
-        try await write { db in
-            let generation = try Self.holding(db, id, worker: worker, token: token, allowCanceled: false)
-            return try Self.endAttempt(db, generation, failure: error, retryable: retryable, at: at)
+        try await transition(id, at: at) {
+            try Lifecycle.fail($0, worker: worker, token: token, error: error, retryable: retryable, at: at)
         }
     }
 
@@ -273,18 +208,10 @@ extension SQLiteJobStore {
         try await write { db in
             let expired = try Row.fetchAll(
                 db, cached: "SELECT * FROM generations WHERE state = 'running' AND lease_expires_at < ? ORDER BY seq",
-                arguments: [now.timeIntervalSince1970]
-            ).map(Self.generation(from:))
-            return try expired.map { generation in
-                if let lease = generation.lease, !lease.acknowledged {
-                    return try Self.returnUnacknowledged(db, generation, worker: lease.workerID, at: now)
-                }
-                let worker = generation.lease.map { " on \($0.workerID)" } ?? ""
-                return try Self.endAttempt(
-                    db, generation,
-                    failure: JobFailure(
-                        code: "lease_expired", message: "the worker\(worker) stopped sending heartbeats (attempt \(generation.attempts))"),
-                    retryable: true, at: now)
+                arguments: [now.timeIntervalSince1970])
+            return try expired.map { row in
+                let generation = Self.generation(from: row)
+                return try Self.persist(db, Lifecycle.expire(generation, at: now), from: generation, token: row["lease_token"], at: now)
             }
         }
     }
@@ -325,77 +252,61 @@ extension SQLiteJobStore {
         }
     }
 
-    // MARK: Lease checks and attempts
+    // MARK: Transitions
 
-    /// The generation, if `worker` holds its lease with `token`.
-    static func holding(_ db: Database, _ id: GenerationID, worker: WorkerID, token: FencingToken, allowCanceled: Bool)
-        throws -> Generation
-    {
-        guard let generation = try fetchGeneration(db, id: id) else {
-            throw KilnError(.notFound, "no generation '\(id)'")
-        }
-        guard let lease = generation.lease, lease.workerID == worker, lease.token == token else {
-            throw KilnError(.staleLease, "the lease token \(token) of worker \(worker) no longer holds generation '\(id)'")
-        }
-        switch generation.state {
-        case .running: return generation
-        case .canceled where allowCanceled: return generation
-        case .canceled: throw KilnError(.conflict, "generation '\(id)' was canceled")
-        case .queued, .succeeded, .failed:
-            throw KilnError(.staleLease, "generation '\(id)' is \(generation.state.rawValue); the lease no longer holds it")
-        }
-    }
-
-    /// Puts back a generation whose lease never reached its worker, without counting the attempt.
-    static func returnUnacknowledged(_ db: Database, _ generation: Generation, worker: WorkerID, at: Date) throws
+    /// Reads the generation, applies `change` (one of ``Lifecycle``'s functions) and persists it.
+    func transition(_ id: GenerationID, at: Date, _ change: @escaping @Sendable (Generation) throws -> Transition) async throws
         -> Generation
     {
-        var generation = generation
-        generation.state = .queued
-        generation.lease = nil
-        generation.attempts -= 1
-        generation.progress = JobProgress(fraction: 0, stage: "requeued")
-        try db.run(
-            sql: """
-                UPDATE generations SET state = 'queued', attempts = attempts - 1, lease_worker = NULL, lease_cluster = NULL,
-                    leased_at = NULL, lease_expires_at = NULL, lease_started_at = NULL, progress_fraction = 0,
-                    progress_stage = 'requeued'
-                WHERE id = ?
-                """, arguments: [generation.id.rawValue])
-        try appendEvent(db, generation, .requeued, at: at, message: "the lease never reached worker \(worker); not counted as an attempt")
-        return generation
+        try await write { db in
+            guard let (generation, token) = try Self.fetchForTransition(db, id: id) else {
+                throw KilnError(.notFound, "no generation '\(id)'")
+            }
+            return try Self.persist(db, change(generation), from: generation, token: token, at: at)
+        }
     }
 
-    /// Requeues (same `queuedAt`) or fails a running generation whose attempt ended.
-    static func endAttempt(_ db: Database, _ generation: Generation, failure: JobFailure, retryable: Bool, at: Date)
-        throws -> Generation
+    /// The generation and the last fencing token issued for it (kept while it is not leased).
+    static func fetchForTransition(_ db: Database, id: GenerationID) throws -> (Generation, Int64)? {
+        try Row.fetchOne(db, cached: "SELECT * FROM generations WHERE id = ?", arguments: [id.rawValue]).map {
+            (generation(from: $0), $0["lease_token"])
+        }
+    }
+
+    /// Writes a transition of `before` (read with fencing token `token`) and its event: one
+    /// conditional update of every column a transition may change, refused unless the row still
+    /// has the state and token it was read with.
+    static func persist(_ db: Database, _ transition: Transition, from before: Generation, token: Int64, at: Date) throws
+        -> Generation
     {
-        var generation = generation
-        if RetryRule.requeues(attempts: generation.attempts, maxAttempts: generation.maxAttempts, retryable: retryable) {
-            generation.state = .queued
-            generation.lease = nil
-            generation.progress = JobProgress(fraction: 0, stage: "requeued")
+        let after = transition.generation
+        if after != before {
+            let lease = after.lease
             try db.run(
                 sql: """
-                    UPDATE generations SET state = 'queued', lease_worker = NULL, lease_cluster = NULL, leased_at = NULL,
-                        lease_expires_at = NULL, lease_started_at = NULL, progress_fraction = 0, progress_stage = 'requeued'
-                    WHERE id = ?
-                    """, arguments: [generation.id.rawValue])
-            try appendEvent(db, generation, .requeued, at: at, message: "\(failure.code): \(failure.message)")
-        } else {
-            var failure = failure
-            if retryable {
-                failure.message += " — gave up after \(generation.attempts) attempts"
+                    UPDATE generations SET state = :state, version = :version, attempts = :attempts, lease_token = :token,
+                        lease_worker = :worker, lease_cluster = :cluster, leased_at = :leasedAt, lease_expires_at = :expires,
+                        lease_started_at = :leaseStarted, lease_acked = :acked, progress_fraction = :fraction,
+                        progress_stage = :stage, output = :output, error_code = :errorCode, error_message = :errorMessage,
+                        started_at = :startedAt, completed_at = :completedAt
+                    WHERE id = :id AND state = :beforeState AND lease_token = :beforeToken
+                    """,
+                arguments: [
+                    "state": after.state.rawValue, "version": after.version, "attempts": after.attempts,
+                    "token": lease?.token.value ?? token, "worker": lease?.workerID.rawValue, "cluster": lease?.cluster,
+                    "leasedAt": lease?.leasedAt.timeIntervalSince1970, "expires": lease?.expiresAt.timeIntervalSince1970,
+                    "leaseStarted": lease?.startedAt?.timeIntervalSince1970, "acked": lease?.acknowledged ?? false,
+                    "fraction": after.progress.fraction, "stage": after.progress.stage, "output": after.output.isEmpty ? "{}" : encode(after.output),
+                    "errorCode": after.error?.code, "errorMessage": after.error?.message,
+                    "startedAt": after.startedAt?.timeIntervalSince1970, "completedAt": after.completedAt?.timeIntervalSince1970,
+                    "id": after.id.rawValue, "beforeState": before.state.rawValue, "beforeToken": token,
+                ])
+            guard db.changesCount == 1 else {
+                throw KilnError(.conflict, "generation '\(after.id)' changed while this change was made; nothing was applied")
             }
-            generation.state = .failed
-            generation.error = failure
-            generation.completedAt = at
-            try db.run(
-                sql: "UPDATE generations SET state = 'failed', error_code = ?, error_message = ?, completed_at = ? WHERE id = ?",
-                arguments: [failure.code, failure.message, at.timeIntervalSince1970, generation.id.rawValue])
-            try appendEvent(db, generation, .failed, at: at, message: "\(failure.code): \(failure.message)")
         }
-        return generation
+        if let event = transition.event { try appendEvent(db, after, event, at: at, message: transition.message) }
+        return after
     }
 
     static func appendEvent(_ db: Database, _ generation: Generation, _ kind: GenerationEvent.Kind, at: Date, message: String? = nil)

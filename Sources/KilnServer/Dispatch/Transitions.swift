@@ -1,0 +1,41 @@
+import KilnCore
+
+/// Where the server sends each committed transition of a generation: the one place its in-memory
+/// state (the scheduler's queues, the event streams) follows the store's lifecycle.
+///
+/// On a server that dispatches, ``LocalTransitions`` applies them to its own dispatcher. A replica
+/// that does not dispatch (several servers on one store, one leader) implements this by forwarding
+/// each transition to the leader, or by leaving the leader to learn it from the store's change feed.
+public protocol TransitionSink: Sendable {
+    /// Applies a transition the store has committed; `generation` is as the store now holds it.
+    func apply(_ effect: Transition.Effect, _ generation: Generation) async throws
+}
+
+extension Transition.Effect {
+    /// The effect of an attempt that ended (a failure, an expired lease): back in the queue, or over.
+    public static func settled(_ generation: Generation) -> Self {
+        generation.state == .queued ? .requeued : .ended
+    }
+}
+
+/// The transitions of this server's own generations, applied to its dispatcher and event streams.
+public struct LocalTransitions: TransitionSink {
+    let dispatcher: Dispatcher
+    let signals: GenerationSignals
+
+    public init(dispatcher: Dispatcher, signals: GenerationSignals) {
+        self.dispatcher = dispatcher
+        self.signals = signals
+    }
+
+    public func apply(_ effect: Transition.Effect, _ generation: Generation) async throws {
+        switch effect {
+        case .submitted: try await dispatcher.submitted(generation)
+        case .started: await dispatcher.started(generation)
+        case .requeued: await dispatcher.requeued(generation)
+        case .ended: await dispatcher.ended(generation)
+        case .leased, .progressed: break  // the dispatcher leased it itself; progress is for the streams
+        }
+        await signals.signal(generation.id)
+    }
+}
