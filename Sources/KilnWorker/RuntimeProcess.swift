@@ -4,26 +4,15 @@ import KilnModels
 import Logging
 
 /// One model-runtime process: `python3 -m kiln_runtime` for one version, spoken to in JSON lines
-/// (DESIGN §7). Its stdout carries only protocol events; the model's prints go to its stderr, which
+/// (DESIGN §7): ``RuntimeCommand``s in, ``RuntimeEvent``s out. Its stdout carries only protocol events; the model's prints go to its stderr, which
 /// the worker passes through to its own.
 public final class RuntimeProcess: @unchecked Sendable {
-    public enum Event: Sendable, Equatable {
-        case ready
-        case setupFailed(String)
-        case progress(id: String, fraction: Double, stage: String)
-        case done(id: String, outputs: [String: String])
-        case canceled(id: String)
-        case error(id: String, code: String, message: String)
-        /// The process ended.
-        case exited(Int32)
-    }
-
     public let version: KilnCore.Digest
     let process = Process()
     let input = Pipe()
     let output = Pipe()
-    public let events: AsyncStream<Event>
-    private let continuation: AsyncStream<Event>.Continuation
+    public let events: AsyncStream<RuntimeEvent>
+    private let continuation: AsyncStream<RuntimeEvent>.Continuation
     private let lock = NSLock()
     private var buffer = Data()
 
@@ -35,7 +24,7 @@ public final class RuntimeProcess: @unchecked Sendable {
     ///   - devices: GPUs given to this replica (`CUDA_VISIBLE_DEVICES`); empty for none.
     public init(version: PreparedVersion, python: String, runtimePath: URL, devices: [Int], logger: Logger) throws {
         self.version = version.id
-        (events, continuation) = AsyncStream.makeStream(of: Event.self)
+        (events, continuation) = AsyncStream.makeStream(of: RuntimeEvent.self)
         var environment = ProcessInfo.processInfo.environment
         let paths = [version.environment?.path, runtimePath.path, environment["PYTHONPATH"]].compactMap { $0 }.filter { !$0.isEmpty }
         environment["PYTHONPATH"] = paths.joined(separator: ":")
@@ -59,7 +48,7 @@ public final class RuntimeProcess: @unchecked Sendable {
                 return
             }
             for line in self.lines(appending: data) {
-                if let event = Self.parse(line) { continuation.yield(event) }
+                if let event = RuntimeEvent(line: line) { continuation.yield(event) }
             }
         }
         process.terminationHandler = { process in
@@ -73,15 +62,14 @@ public final class RuntimeProcess: @unchecked Sendable {
     public var isRunning: Bool { process.isRunning }
     public var pid: Int32 { process.processIdentifier }
 
-    public func send(_ command: [String: JSONValue]) {
+    public func send(_ command: RuntimeCommand) {
         guard process.isRunning else { return }
-        let line = JSONValue.object(command).canonicalJSON() + "\n"
-        try? input.fileHandleForWriting.write(contentsOf: Data(line.utf8))
+        try? input.fileHandleForWriting.write(contentsOf: Data((command.line + "\n").utf8))
     }
 
     /// Ends the process: asks first, kills after `grace` seconds.
     public func stop(grace: Double = 5) async {
-        send(["op": .string("shutdown")])
+        send(.shutdown)
         let deadline = ContinuousClock.now + .milliseconds(Int(grace * 1000))
         while process.isRunning, ContinuousClock.now < deadline { try? await Task.sleep(for: .milliseconds(50)) }
         kill()
@@ -100,27 +88,6 @@ public final class RuntimeProcess: @unchecked Sendable {
                 buffer = Data(buffer[buffer.index(after: newline)...])
             }
             return lines
-        }
-    }
-
-    static func parse(_ line: Data) -> Event? {
-        guard let value = try? JSONDecoder().decode(JSONValue.self, from: line), let object = value.objectValue,
-            let kind = object["event"]?.stringValue
-        else { return nil }
-        let id = object["id"]?.stringValue ?? ""
-        switch kind {
-        case "ready": return .ready
-        case "setup_failed": return .setupFailed(object["message"]?.stringValue ?? "")
-        case "progress":
-            guard case .number(let fraction) = object["fraction"] else { return nil }
-            return .progress(id: id, fraction: fraction, stage: object["stage"]?.stringValue ?? "")
-        case "done":
-            let outputs = (object["outputs"]?.objectValue ?? [:]).compactMapValues(\.stringValue)
-            return .done(id: id, outputs: outputs)
-        case "canceled": return .canceled(id: id)
-        case "error":
-            return .error(id: id, code: object["code"]?.stringValue ?? "model_error", message: object["message"]?.stringValue ?? "")
-        default: return nil
         }
     }
 }

@@ -51,10 +51,11 @@ struct Server: AsyncParsableCommand {
         let adminKey = ProcessInfo.processInfo.environment["KILN_ADMIN_KEY"]
         let server = try await KilnServer.open(
             data: URL(filePath: data, directoryHint: .isDirectory), configuration: configuration, adminKey: adminKey, logger: logger)
-        try await server.run(host: host, port: port) { port in
+        let services = try server.services(host: host, port: port) { port in
             print("kiln server listening on http://\(host):\(port) (data: \(data))")
             if adminKey == nil { print("no KILN_ADMIN_KEY set: the admin API accepts admin keys only") }
             fflush(nil)  // a supervisor reading a pipe learns the port now, not at exit
         }
+        try await serve(services, logger: logger)
     }
 }

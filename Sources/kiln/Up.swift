@@ -6,7 +6,6 @@ import KilnServer
 import KilnWorker
 import Logging
 import ServiceLifecycle
-import UnixSignals
 
 /// What `kiln up` keeps in its data folder so that a second run reuses it: `up.json`.
 struct UpState: Codable {
@@ -68,7 +67,8 @@ struct Up: AsyncParsableCommand {
 
         let (ports, portsContinuation) = AsyncStream.makeStream(of: Int.self)
         try await withThrowingTaskGroup(of: Void.self) { group in
-            group.addTask { try await server.run(host: host, port: port) { portsContinuation.yield($0) } }
+            let services = try server.services(host: host, port: port) { portsContinuation.yield($0) }
+            group.addTask { try await serve(services, logger: logger) }
             var iterator = ports.makeAsyncIterator()
             guard let bound = await iterator.next() else { return }
             let url = "http://\(host):\(bound)"
@@ -84,11 +84,7 @@ struct Up: AsyncParsableCommand {
                 options.labels = ["local": "\(index)"]
                 return try WorkerAgent(options: options, logger: logger)
             }
-            group.addTask {
-                try await ServiceGroup(
-                    configuration: .init(services: agents, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
-                ).run()
-            }
+            group.addTask { try await serve(agents, logger: logger) }
             print(
                 """
 

@@ -2,8 +2,6 @@ import ArgumentParser
 import Foundation
 import KilnWorker
 import Logging
-import ServiceLifecycle
-import UnixSignals
 
 struct Worker: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -44,9 +42,7 @@ struct Worker: AsyncParsableCommand {
         // A model runtime that died is written to before it is reaped: that must not kill the worker.
         signal(SIGPIPE, SIG_IGN)
         let logger = Logger(label: "kiln.worker")
-        let group = ServiceGroup(
-            configuration: .init(services: [try WorkerAgent(options: options, logger: logger)], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
-        try await group.run()
+        try await serve([try WorkerAgent(options: options, logger: logger)], logger: logger)
     }
 }
 

@@ -1,23 +1,12 @@
 """The process the Kiln worker starts for one model version.
 
-It speaks JSON lines with the worker: commands on stdin, events on the original stdout. The
-model's own prints (and anything its libraries print) go to stderr, so they can never corrupt the
-protocol.
-
-Commands:  {"op": "setup"}
-           {"op": "predict", "id", "inputs", "files": {name: path}, "output_dir"}
-           {"op": "cancel", "id"}
-           {"op": "shutdown"}
-Events:    {"event": "ready"} | {"event": "setup_failed", "message"}
-           {"event": "progress", "id", "fraction", "stage"}
-           {"event": "done", "id", "outputs": {name: path}}
-           {"event": "canceled", "id"}
-           {"event": "error", "id", "code", "message"}
+It speaks JSON lines with the worker (the commands and events of `protocol`): commands on
+stdin, events on the original stdout. The model's own prints (and anything its libraries print) go
+to stderr, so they can never corrupt the protocol.
 """
 
 import argparse
 import importlib.util
-import json
 import os
 import pathlib
 import signal
@@ -37,8 +26,8 @@ class Channel:
         sys.stdout = sys.stderr
         self._lock = threading.Lock()
 
-    def send(self, **event):
-        line = json.dumps(event, separators=(",", ":"))
+    def send(self, event):
+        line = protocol.line(event)
         with self._lock:
             self._out.write(line + "\n")
             self._out.flush()
@@ -64,9 +53,9 @@ class Job:
         self.ended = threading.Event()
         self.last = (-1.0, None)
 
-    def end(self, **event):
+    def end(self, event):
         self.ended.set()
-        self.channel.send(id=self.id, **event)
+        self.channel.send(event)
 
     def progress(self, fraction, stage=""):
         if self.canceled.is_set():
@@ -74,18 +63,18 @@ class Job:
         fraction = min(max(float(fraction), 0.0), 1.0)
         if (fraction, stage) != self.last:
             self.last = (fraction, stage)
-            self.channel.send(event="progress", id=self.id, fraction=fraction, stage=str(stage))
+            self.channel.send(protocol.progress(self.id, fraction, stage))
 
 
 def run_predict(channel, predictor, command, job):
     try:
-        protocol._set_output_dir(command["output_dir"])
-        inputs = dict(command.get("inputs") or {})
-        for name, path in (command.get("files") or {}).items():
+        protocol._set_output_dir(command.output_dir)
+        inputs = dict(command.inputs)
+        for name, path in command.files.items():
             inputs[name] = pathlib.Path(path)
         result = predictor.predict(inputs, job.progress)
         if job.canceled.is_set():
-            job.end(event="canceled")
+            job.end(protocol.canceled(job.id))
             return
         if result is None:
             outputs = {}
@@ -96,12 +85,12 @@ def run_predict(channel, predictor, command, job):
         for name, path in outputs.items():
             if not os.path.isfile(path):
                 raise FileNotFoundError(f"output {name!r} is not a file: {path}")
-        job.end(event="done", outputs=outputs)
+        job.end(protocol.done(job.id, outputs))
     except protocol.Canceled:
-        job.end(event="canceled")
+        job.end(protocol.canceled(job.id))
     except Exception as error:  # the model's failure, reported, not fatal to the runtime
         traceback.print_exc()
-        job.end(event="error", code=type(error).__name__, message=str(error)[:2000])
+        job.end(protocol.error(job.id, type(error).__name__, error))
 
 
 def main(argv=None):
@@ -123,31 +112,34 @@ def main(argv=None):
         line = line.strip()
         if not line:
             continue
-        command = json.loads(line)
-        op = command.get("op")
-        if op == "setup":
+        try:
+            command = protocol.parse_command(line)
+        except ValueError as error:
+            print(f"kiln_runtime: ignored a line that is not a command: {error}", file=sys.stderr)
+            continue
+        if isinstance(command, protocol.Setup):
             try:
                 predictor = load_predictor(args.code, args.entrypoint)
                 if hasattr(predictor, "setup"):
                     predictor.setup(pathlib.Path(args.weights))
-                channel.send(event="ready")
+                channel.send(protocol.ready())
             except Exception as error:
                 traceback.print_exc()
-                channel.send(event="setup_failed", message=f"{type(error).__name__}: {error}"[:2000])
-        elif op == "predict":
+                channel.send(protocol.setup_failed(f"{type(error).__name__}: {error}"))
+        elif isinstance(command, protocol.Predict):
             if predictor is None:
-                channel.send(event="error", id=command.get("id"), code="not_set_up", message="predict before setup")
+                channel.send(protocol.error(command.id, "not_set_up", "predict before setup"))
                 continue
             if current is not None and not current.ended.is_set():
-                channel.send(event="error", id=command.get("id"), code="busy", message="a prediction is running")
+                channel.send(protocol.error(command.id, "busy", "a prediction is running"))
                 continue
-            current = Job(channel, command["id"])
+            current = Job(channel, command.id)
             worker = threading.Thread(target=run_predict, args=(channel, predictor, command, current), daemon=True)
             worker.start()
-        elif op == "cancel":
-            if current is not None and current.id == command.get("id"):
+        elif isinstance(command, protocol.Cancel):
+            if current is not None and current.id == command.id:
                 current.canceled.set()
-        elif op == "shutdown":
+        elif isinstance(command, protocol.Shutdown):
             break
     if worker is not None:
         worker.join(timeout=5)

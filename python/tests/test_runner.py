@@ -196,3 +196,36 @@ def test_torch_example_checkpoint_is_the_one_make_weights_writes(tmp_path):
     remade = torch.load(tmp_path / "model.pt", weights_only=True)
     assert shipped.keys() == remade.keys()
     assert all(torch.equal(shipped[name], remade[name]) for name in shipped)
+
+
+def test_commands_parse_into_types_and_bad_lines_name_the_problem():
+    sys.path.insert(0, str(PYTHON_DIR))
+    from kiln_runtime import protocol
+
+    predict = protocol.parse_command('{"op":"predict","id":"gen_1","inputs":{"a":1},"files":{"v":"/x"},"output_dir":"/o"}')
+    assert predict == protocol.Predict(id="gen_1", inputs={"a": 1}, files={"v": "/x"}, output_dir="/o")
+    assert protocol.parse_command('{"op":"cancel","id":"gen_1"}') == protocol.Cancel(id="gen_1")
+    assert protocol.parse_command('{"op":"setup"}') == protocol.Setup()
+    for line, message in [
+        ("not json", "not JSON"),
+        ("[1]", "a command is a JSON object"),
+        ('{"op":"launch"}', "unknown op 'launch'"),
+        ('{"op":"predict","id":"gen_1"}', "predict: missing field 'output_dir'"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            protocol.parse_command(line)
+
+
+def test_a_line_that_is_not_a_command_is_skipped_and_the_runtime_goes_on(tmp_path):
+    code = tmp_path / "model"
+    code.mkdir()
+    (code / "predict.py").write_text("class Predictor:\n    def predict(self, inputs, progress):\n        return None\n")
+    runtime = Runtime(code)
+    try:
+        runtime.process.stdin.write('{"op":"launch"}\n')
+        runtime.send(op="setup")
+        assert runtime.until({"ready", "setup_failed"})["event"] == "ready"
+        runtime.send(op="predict", id="gen_1", inputs={}, files={}, output_dir=str(tmp_path))
+        assert runtime.until({"done", "error"}) == {"event": "done", "id": "gen_1", "outputs": {}}
+    finally:
+        runtime.close()

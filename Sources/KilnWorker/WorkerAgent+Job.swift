@@ -1,0 +1,283 @@
+import Foundation
+import KilnAPI
+import KilnCore
+import KilnModels
+import Logging
+import OpenAPIRuntime
+import ServiceLifecycle
+
+/// One job on a replica: lease, prepare, run, report.
+extension WorkerAgent {
+    /// A leased job, as the worker protocol names it in every call about it.
+    struct JobLease: Sendable {
+        var worker: String
+        var job: GenerationID
+        var token: String
+    }
+
+    /// A leased job made ready to run: version in the cache, inputs on disk, lease kept alive.
+    struct PreparedJob {
+        var lease: JobLease
+        var input: [String: JSONValue]
+        var logger: Logger
+        var folder: URL
+        /// Input files by name: their paths on disk.
+        var files: [String: String]
+        var version: PreparedVersion
+        var progress: LeaseKeeper
+
+        var outputs: URL { folder.appending(path: "outputs") }
+
+        func release() {
+            progress.stop()
+            try? FileManager.default.removeItem(at: folder)
+        }
+    }
+
+    /// Leases a job (long poll) and prepares it. Nil when nothing came, or when the job could not be
+    /// prepared (it has then been reported).
+    func leaseAndPrepare(worker registration: Registration, cache: VersionCache, logger: Logger) async
+        -> PreparedJob?
+    {
+        guard !Task.isShuttingDownGracefully, !Task.isCancelled else { return nil }
+        let answer: Components.Schemas.LeaseResponse?
+        let asked = ContinuousClock.now
+        let (worker, wait) = (registration.id.rawValue, options.leaseWaitSeconds)
+        do {
+            answer = try await cancelWhenGracefulShutdown {
+                try await self.client(timeout: .seconds(wait + 30)) {
+                    switch try await $0.leaseJob(path: .init(id: worker), body: .json(.init(waitSeconds: wait))) {
+                    case .ok(let leased): return try leased.body.json
+                    case .noContent: return nil
+                    default: throw KilnError(.internal, "the lease call answered with a status the worker protocol does not have")
+                    }
+                }
+            }
+        } catch {
+            if !Task.isShuttingDownGracefully, !Task.isCancelled {
+                logger.warning("lease failed: \(error); retrying")
+                try? await Task.sleep(for: .seconds(1))
+            }
+            return nil
+        }
+        guard let answer else {
+            // Nothing came. An answer well before the wait (a draining worker) is no reason to ask
+            // again at once.
+            if ContinuousClock.now - asked < .seconds(1) { try? await Task.sleep(for: .seconds(1)) }
+            return nil
+        }
+        let job = answer.job
+        guard let jobID = GenerationID(rawValue: job.id) else {
+            logger.error("the server leased '\(job.id)', which is not a generation id")
+            return nil
+        }
+        let lease = JobLease(worker: worker, job: jobID, token: answer.lease.token)
+        var logger = logger
+        logger[metadataKey: "generation"] = "\(job.id)"
+        let folder = options.cache.appending(path: "jobs/\(job.id)-\(job.attempt)")
+        // The lease is kept alive from now until the job is reported, preparation and uploads included.
+        let progress = LeaseKeeper(JobProgress(fraction: 0, stage: "preparing"))
+        progress.keep(lease, client: client, every: registration.heartbeatSeconds, timeout: options.jobTimeoutSeconds, logger: logger)
+        do {
+            guard let text = job.version, let versionID = KilnCore.Digest(text) else {
+                throw KilnError(.invalidInput, "model '\(job.model)' has no version to run")
+            }
+            let version = try await cache.prepare(versionID, keeping: versionsInUse)
+            var files: [String: String] = [:]
+            for (name, meta) in job.inputFiles.additionalProperties.sorted(by: { $0.key < $1.key }) {
+                let path = folder.appending(path: "inputs/\(name)")
+                try FileManager.default.createDirectory(at: path.deletingLastPathComponent(), withIntermediateDirectories: true)
+                let digest = try await client.transfer {
+                    try await $0.downloadJobInput(
+                        path: .init(id: lease.worker, job: lease.job.rawValue, name: name), query: .init(token: lease.token)
+                    ).ok.body.any.write(to: path)
+                }
+                guard digest == meta.sha256 else { throw KilnError(.invalidInput, "input '\(name)' arrived with another digest") }
+                files[name] = path.path
+            }
+            try FileManager.default.createDirectory(at: folder.appending(path: "outputs"), withIntermediateDirectories: true)
+            progress.update(JobProgress(fraction: 0, stage: "ready"))
+            return PreparedJob(
+                lease: lease, input: [String: JSONValue](job.input.additionalProperties), logger: logger, folder: folder, files: files,
+                version: version, progress: progress)
+        } catch {
+            progress.stop()
+            try? FileManager.default.removeItem(at: folder)
+            await report(error, lease, logger: logger)
+            return nil
+        }
+    }
+
+    /// Runs a prepared job on a replica and reports how it ended.
+    func run(_ prepared: PreparedJob, on replica: Replica) async {
+        defer { prepared.release() }
+        let (lease, logger, progress) = (prepared.lease, prepared.logger, prepared.progress)
+        do {
+            guard !progress.isCanceled else {
+                logger.info(progress.isLost ? "the lease was lost before the job started" : "canceled before it started")
+                return
+            }
+            // 1. Devices and the runtime.
+            let needed = prepared.version.manifest.gpus
+            guard needed <= devices.total else {
+                try await fail(
+                    lease, code: "not_enough_gpus", message: "version needs \(needed) GPUs; this worker has \(devices.total)",
+                    retryable: true)
+                return
+            }
+            let held = await devices.acquire(needed, prefer: replica.devices)
+            defer { Task { await self.devices.release(held) } }
+            try await makeCurrent(prepared.version, on: replica, devices: held, logger: logger)
+            guard !progress.isCanceled else {
+                logger.info(progress.isLost ? "the lease was lost while preparing" : "canceled while preparing")
+                return
+            }
+            // 2. Run.
+            _ = try await client { try await $0.startJob(path: .init(id: lease.worker, job: lease.job.rawValue), body: .json(.init(token: lease.token))).ok }
+            progress.update(JobProgress(fraction: 0, stage: "started"))
+            progress.attach(replica.runtime)
+            replica.runtime?.send(
+                .predict(id: lease.job.rawValue, inputs: prepared.input, files: prepared.files, outputDirectory: prepared.outputs.path))
+            let outcome = await follow(lease.job.rawValue, on: replica, progress: progress)
+            progress.attach(nil)
+            // 3. Report.
+            switch outcome {
+            case .done(let produced):
+                var names: [String] = []
+                for (name, path) in produced.sorted(by: { $0.key < $1.key }) {
+                    _ = try await client.transfer(contentType: Self.contentType(of: path)) {
+                        try await $0.uploadJobOutput(
+                            path: .init(id: lease.worker, job: lease.job.rawValue, name: name), query: .init(token: lease.token),
+                            body: .any(try HTTPBody.file(URL(filePath: path)))
+                        ).created
+                    }
+                    names.append(name)
+                }
+                let published = names
+                _ = try await client {
+                    try await $0.completeJob(path: .init(id: lease.worker, job: lease.job.rawValue), body: .json(.init(token: lease.token, outputs: published))).noContent
+                }
+                logger.info("succeeded", metadata: ["outputs": "\(names)"])
+            case .failed(let code, let message):
+                try await fail(lease, code: code, message: message, retryable: false)
+                logger.info("model failed", metadata: ["code": "\(code)"])
+            case .crashed(let message):
+                try await fail(lease, code: "runtime_crashed", message: message, retryable: true)
+                logger.warning("runtime crashed: \(message)")
+            case .canceled:
+                logger.info(progress.isLost ? "the lease was lost; the job was stopped" : "canceled")
+            }
+        } catch {
+            await report(error, lease, logger: logger)
+        }
+    }
+
+    /// Reports a job this worker could not carry through.
+    private func report(_ error: any Error, _ lease: JobLease, logger: Logger) async {
+        switch error {
+        case let error as KilnError where error.code == .staleLease || error.code == .conflict:
+            logger.info("the job is no longer ours: \(error.message)")
+        case let error as KilnError where [.invalidRequest, .invalidInput, .payloadTooLarge].contains(error.code):
+            // Refused content (an output name, a size, a job without a version): running it again
+            // would fail the same way.
+            logger.error("the job cannot run: \(error.message)")
+            try? await fail(lease, code: "invalid_job", message: error.message, retryable: false)
+        default:
+            logger.error("job failed on this worker: \(error)")
+            try? await fail(lease, code: "worker_error", message: "\(error)", retryable: true)
+        }
+    }
+
+    enum Outcome {
+        case done([String: String])
+        case failed(code: String, message: String)
+        case crashed(String)
+        case canceled
+    }
+
+    /// Reads runtime events until this job ends.
+    private func follow(_ job: String, on replica: Replica, progress: LeaseKeeper) async -> Outcome {
+        while var iterator = replica.runtimeEvents, let event = await iterator.next() {
+            replica.runtimeEvents = iterator
+            switch event {
+            case .progress(let id, let fraction, let stage) where id == job:
+                progress.update(JobProgress(fraction: fraction, stage: stage))
+            case .done(let id, let outputs) where id == job:
+                return progress.isCanceled ? .canceled : .done(outputs)
+            case .error(let id, let code, let message) where id == job:
+                return progress.isCanceled ? .canceled : .failed(code: code, message: message)
+            case .canceled(let id) where id == job:
+                return .canceled
+            case .exited(let status):
+                replica.runtime = nil
+                replica.runtimeEvents = nil
+                return progress.isCanceled ? .canceled : .crashed("the model runtime exited (status \(status)) during the job")
+            default:
+                continue
+            }
+        }
+        replica.runtime = nil
+        return progress.isCanceled ? .canceled : .crashed("the model runtime stopped answering")
+    }
+
+    /// Makes `version`'s runtime on `devices` the replica's current one: started and set up beside the
+    /// old, which then stops.
+    private func makeCurrent(_ version: PreparedVersion, on replica: Replica, devices: [Int], logger: Logger) async throws {
+        if let runtime = replica.runtime, runtime.version == version.id, replica.devices == devices, runtime.isRunning { return }
+        let fresh = try RuntimeProcess(
+            version: version, python: options.python, runtimePath: options.runtimePath, devices: devices, logger: logger)
+        var events = fresh.events.makeAsyncIterator()
+        fresh.send(.setup)
+        // A setup that hangs is killed at the job's time limit; its exit ends the wait below.
+        let limit = options.jobTimeoutSeconds
+        let guardTask = Task {
+            try? await Task.sleep(for: .seconds(limit))
+            if !Task.isCancelled { fresh.kill() }
+        }
+        defer { guardTask.cancel() }
+        setup: while let event = await events.next() {
+            switch event {
+            case .ready: break setup
+            case .setupFailed(let message):
+                fresh.kill()
+                throw KilnError(.unavailable, "version \(version.id.short) failed to set up: \(message)")
+            case .exited(let status):
+                throw KilnError(.unavailable, "version \(version.id.short)'s runtime exited during setup (status \(status))")
+            default: continue
+            }
+        }
+        let old = replica.runtime
+        replicasLock.withLock {
+            replica.runtime = fresh
+            replica.runtimeEvents = events
+            replica.devices = devices
+        }
+        if let old {
+            logger.info("switched version", metadata: ["from": "\(old.version.short)", "to": "\(version.id.short)"])
+            await old.stop()
+        }
+    }
+
+    private func fail(_ lease: JobLease, code: String, message: String, retryable: Bool) async throws {
+        _ = try await client {
+            try await $0.failJob(
+                path: .init(id: lease.worker, job: lease.job.rawValue),
+                body: .json(.init(token: lease.token, error: .init(code: code, message: message), retryable: retryable))
+            ).noContent
+        }
+    }
+
+    static func contentType(of path: String) -> String {
+        switch URL(filePath: path).pathExtension.lowercased() {
+        case "mp4": "video/mp4"
+        case "webm": "video/webm"
+        case "png": "image/png"
+        case "jpg", "jpeg": "image/jpeg"
+        case "gif": "image/gif"
+        case "wav": "audio/wav"
+        case "json": "application/json"
+        case "txt": "text/plain"
+        default: "application/octet-stream"
+        }
+    }
+}
