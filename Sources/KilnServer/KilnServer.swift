@@ -9,10 +9,9 @@ import Logging
 import OpenAPIHummingbird
 import OpenAPIRuntime
 import ServiceLifecycle
-import UnixSignals
 
-/// The control plane (`kiln server`, DESIGN §2): the HTTP API over the store, the dispatcher and
-/// the lease reaper, run as services of one `ServiceGroup` with graceful shutdown.
+/// The control plane (`kiln server`, DESIGN §2): the HTTP API over the store, the dispatcher, the
+/// lease reaper and the change feed, as services for one `ServiceGroup` with graceful shutdown.
 public struct KilnServer: Sendable {
     public let services: KilnServices
     let authenticator: Authenticator
@@ -73,16 +72,7 @@ public struct KilnServer: Sendable {
             onServerRunning: { channel in await onServerRunning(channel.localAddress?.port ?? port) }, logger: services.logger)
         return [
             application, reaper(interval: reaperInterval),
-            ChangeFeed(cache: services.cache, interval: .milliseconds(250), logger: services.logger),
+            ChangeFeed(cache: services.cache, store: services.store, logger: services.logger),
         ]
-    }
-
-    /// Serves until SIGTERM or SIGINT, then shuts down gracefully.
-    public func run(host: String, port: Int, onServerRunning: @escaping @Sendable (Int) async -> Void = { _ in }) async throws {
-        let group = ServiceGroup(
-            configuration: .init(
-                services: try services(host: host, port: port, onServerRunning: onServerRunning),
-                gracefulShutdownSignals: [.sigterm, .sigint], logger: services.logger))
-        try await group.run()
     }
 }

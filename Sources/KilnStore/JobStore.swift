@@ -146,6 +146,11 @@ public protocol JobStore: Sendable {
     func changes(after: Int64, limit: Int) async throws -> [StoreChange]
     /// The sequence of the latest change (0 before any): where a fresh cache starts following.
     func latestChange() async throws -> Int64
+    /// Deletes the changes recorded before `cutoff`, except the latest one (so that
+    /// ``latestChange()`` stays true). A cache that had not applied a pruned change learns so from
+    /// the gap it leaves, and starts afresh.
+    /// - Returns: how many were deleted.
+    func pruneChanges(recordedBefore cutoff: Date) async throws -> Int
 }
 
 /// One entry of the change feed: which cached record changed.

@@ -5,6 +5,7 @@ import HummingbirdTesting
 import KilnAPI
 import KilnCore
 import KilnServer
+import KilnStore
 import Testing
 
 /// Two servers on one store: what one changes, the other's caches learn from the store's change
@@ -64,6 +65,33 @@ struct ChangeFeedTests {
             #expect(try await api.lease(workerKey, worker: worker) == nil, "a draining worker gets nothing")
             let other = try await api.register(workerKey)
             #expect(try await api.lease(workerKey, worker: other) != nil)
+        }
+    }
+
+    @Test("a server whose unapplied changes were pruned forgets its caches instead of trusting them")
+    func prunedChangesForceAReload() async throws {
+        let clock = ManualWallClock()
+        let first = try await KilnHarness.make(clock: clock)
+        let second = try await KilnHarness.make(data: first.data, clock: clock)
+        let (keyID, secret) = try await first.withClient { api in
+            let created = try await api.call(.post, "/v1/admin/keys", json: #"{"scope":"admin"}"#)
+            let key = try created.decode(Components.Schemas.KeyObject.self)
+            return (key.id, key.key)
+        }
+        try await second.withClient { (api: KilnClient) async throws -> Void in
+            #expect(try await api.call(.get, "/v1/admin/queue", key: secret).status == .ok)
+        }
+        // The key is revoked, and more changes follow; all but the latest are pruned before the
+        // second server reads the feed, so the revocation is no longer in it.
+        try await first.withClient { (api: KilnClient) async throws -> Void in
+            #expect(try await api.call(.delete, "/v1/admin/keys/\(keyID)").status == .noContent)
+            let (account, _) = try await api.account(tier: "api")
+            #expect(try await api.call(.patch, "/v1/admin/accounts/\(account)", json: #"{"tier":"free"}"#).status == .ok)
+        }
+        #expect(try await first.server.services.store.pruneChanges(recordedBefore: Date() + 60) >= 1)
+        try await second.server.services.cache.catchUp()
+        try await second.withClient { (api: KilnClient) async throws -> Void in
+            #expect(try await api.call(.get, "/v1/admin/queue", key: secret).status == .unauthorized)
         }
     }
 }

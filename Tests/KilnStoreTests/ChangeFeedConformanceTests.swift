@@ -38,4 +38,20 @@ struct ChangeFeedConformanceTests {
         await #expect(throws: KilnError.self) { try await store.revokeKey(KeyID.random(), at: Fixture.time(3)) }
         #expect(try await store.changes(after: 0, limit: 100) == changes)
     }
+
+    @Test("pruning deletes the changes recorded before the cutoff, never the latest one", arguments: StoreBackend.allCases)
+    func pruning(_ backend: StoreBackend) async throws {
+        let store = try backend.make()
+        let account = makeAccount()
+        try await store.createAccount(account)
+        for tier in ["api", "free", "light"] { _ = try await store.updateAccountTier(account.id, tier: tier) }
+        let all = try await store.changes(after: 0, limit: 100)
+        #expect(all.count == 3)
+        #expect(try await store.pruneChanges(recordedBefore: Date() - 3600) == 0, "nothing is an hour old")
+        // Everything is older than a cutoff in the future, but the latest change stays.
+        #expect(try await store.pruneChanges(recordedBefore: Date() + 60) == 2)
+        #expect(try await store.changes(after: 0, limit: 100) == [all[2]])
+        #expect(try await store.latestChange() == all[2].sequence)
+        #expect(try await store.pruneChanges(recordedBefore: Date() + 60) == 0)
+    }
 }

@@ -82,13 +82,35 @@ public final class RecordCache: @unchecked Sendable {
 
     // MARK: The feed
 
-    /// Applies every change the store has after the last one applied.
+    /// Applies every change the store has after the last one applied. When changes this cache had
+    /// not applied were pruned meanwhile (a gap in the feed), it forgets everything and follows on
+    /// from there: a reload from the store costs only misses.
     public func catchUp() async throws {
         while true {
             let after = lock.withLock { applied }
             let changes = try await store.changes(after: after, limit: 1_000)
+            if let first = changes.first, first.sequence > after + 1 {
+                forgetAll(through: first.sequence - 1)
+            } else if changes.isEmpty, case let latest = try await store.latestChange(), latest > after {
+                forgetAll(through: latest)
+            }
             apply(changes)
             if changes.count < 1_000 { return }
+        }
+    }
+
+    /// Drops every record that changes can make stale, as if the feed had said each changed.
+    private func forgetAll(through sequence: Int64) {
+        lock.withLock {
+            keys.removeAll()
+            keyHashes.removeAll()
+            workers.removeAll()
+            accounts.removeAll()
+            models.removeAll()
+            modelHasVersions.removeAll()
+            aliases.removeAll()
+            applied = max(applied, sequence)
+            epoch += 1
         }
     }
 
@@ -127,16 +149,38 @@ public final class RecordCache: @unchecked Sendable {
     }
 }
 
-/// Follows the store's change feed into a ``RecordCache``, every `interval`.
+/// Follows the store's change feed into a ``RecordCache``, every `interval`, and prunes changes
+/// older than `retention` once a minute: a server that falls further behind than that reloads its
+/// caches instead (see ``RecordCache/catchUp()``).
 public struct ChangeFeed: Service {
     let cache: RecordCache
+    let store: any JobStore
     let interval: Duration
+    let retention: TimeInterval
     let logger: Logger
 
+    public init(
+        cache: RecordCache, store: any JobStore, interval: Duration = .milliseconds(250),
+        retention: TimeInterval = 3600, logger: Logger
+    ) {
+        self.cache = cache
+        self.store = store
+        self.interval = interval
+        self.retention = retention
+        self.logger = logger
+    }
+
     public func run() async throws {
+        var lastPrune = ContinuousClock.now
         while !Task.isShuttingDownGracefully, !Task.isCancelled {
             do {
                 try await cache.catchUp()
+                if ContinuousClock.now - lastPrune > .seconds(60) {
+                    lastPrune = .now
+                    // The store stamps changes with its own real time, so the cutoff is real time too.
+                    let pruned = try await store.pruneChanges(recordedBefore: Date() - retention)
+                    if pruned > 0 { logger.debug("pruned the change feed", metadata: ["changes": "\(pruned)"]) }
+                }
             } catch {
                 logger.warning("could not read the change feed: \(error)")
             }

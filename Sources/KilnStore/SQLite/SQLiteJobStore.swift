@@ -55,6 +55,17 @@ public final class SQLiteJobStore: JobStore {
 
     /// Appends to the change feed, in the transaction of the change itself.
     static func recordChange(_ db: Database, _ record: StoreChange.Record, _ key: String) throws {
-        try db.run(sql: "INSERT INTO changes (record, key) VALUES (?, ?)", arguments: [record.rawValue, key])
+        try db.run(
+            sql: "INSERT INTO changes (record, key, recorded_at) VALUES (?, ?, (julianday('now') - 2440587.5) * 86400.0)",
+            arguments: [record.rawValue, key])
+    }
+
+    public func pruneChanges(recordedBefore cutoff: Date) async throws -> Int {
+        try await write { db in
+            try db.run(
+                sql: "DELETE FROM changes WHERE recorded_at < ? AND sequence < (SELECT MAX(sequence) FROM changes)",
+                arguments: [cutoff.timeIntervalSince1970])
+            return db.changesCount
+        }
     }
 }

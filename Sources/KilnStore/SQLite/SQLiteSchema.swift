@@ -88,6 +88,10 @@ enum SQLiteSchema {
                     )
                     """)
         }
+        migrator.registerMigration("v6-change-feed-time") { db in
+            // When each change was recorded, so that old ones can be pruned.
+            try db.execute(sql: "ALTER TABLE changes ADD COLUMN recorded_at REAL NOT NULL DEFAULT 0")
+        }
         return migrator
     }
 }
