@@ -212,9 +212,9 @@ struct SimulationRun {
     private mutating func dispatch(now: Double) {
         for pool in poolOrder {
             while let worker = idle[pool].last {
-                guard let job = scheduler.next(for: workers[worker].offer, now: now) else { break }
+                guard let sequence = scheduler.nextSequence(for: workers[worker].offer, now: now) else { break }
                 idle[pool].removeLast()
-                lease(Int(job.sequence), on: worker, now: now)
+                lease(Int(sequence), on: worker, now: now)
             }
         }
     }

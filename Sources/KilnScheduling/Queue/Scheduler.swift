@@ -149,6 +149,17 @@ public struct Scheduler: Sendable {
     /// The job leaves the queue and counts as leased (not started) in the worker's cluster until
     /// ``started(_:)``, ``requeue(_:)`` or ``remove(_:)``.
     public mutating func next(for worker: WorkerOffer, now: Double) -> QueuedJob? {
+        nextIndex(for: worker, now: now).map { job($0.entry, queue: $0.queue) }
+    }
+
+    /// The sequence number of the job ``next(for:now:)`` would return, with the same effect: for
+    /// callers that keep the job's details themselves (the dispatcher, the simulator), it builds
+    /// no ``QueuedJob``.
+    public mutating func nextSequence(for worker: WorkerOffer, now: Double) -> Int64? {
+        nextIndex(for: worker, now: now)?.entry.sequence
+    }
+
+    private mutating func nextIndex(for worker: WorkerOffer, now: Double) -> (entry: Entry, queue: Int)? {
         // 1. The cluster's dispatch limit.
         // 2. The classes this worker can run (kept while the same offer keeps asking).
         let (eligible, cluster) = eligibility(of: worker)
@@ -203,7 +214,7 @@ public struct Scheduler: Sendable {
             inFlight[entry.sequence] = InFlight(entry: entry, queue: best, cluster: cluster, started: false)
             dispatchedByAccount[Int(entry.account)] += 1
             pendingByCluster[cluster] += 1
-            return job(entry, queue: best)
+            return (entry, best)
         }
     }
 

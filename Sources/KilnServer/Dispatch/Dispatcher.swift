@@ -116,23 +116,23 @@ public actor Dispatcher {
         while leased.count < max {
             // A request whose client went away must not take a job it can never receive.
             try Task.checkCancellation()
-            if let job = scheduler.next(for: offer, now: now) {
+            if let sequence = scheduler.nextSequence(for: offer, now: now) {
                 let generation: Generation?
                 do {
                     generation = try await store.lease(
-                        sequence: job.sequence, to: worker, at: clock.now(), ttl: configuration.leases.ttlSeconds, start: start)
+                        sequence: sequence, to: worker, at: clock.now(), ttl: configuration.leases.ttlSeconds, start: start)
                 } catch {
-                    scheduler.requeue(job.sequence)
+                    scheduler.requeue(sequence)
                     if leased.isEmpty { throw error }
                     return leased
                 }
                 guard let generation else {
                     // Canceled between the pick and the lease: forget it and pick again.
-                    scheduler.remove(job.sequence)
-                    identifiers[job.sequence] = nil
+                    scheduler.remove(sequence)
+                    identifiers[sequence] = nil
                     continue
                 }
-                if start { scheduler.started(job.sequence) }
+                if start { scheduler.started(sequence) }
                 throughput.record(at: now)
                 leased.append(generation)
                 continue
