@@ -1,3 +1,4 @@
+import KilnCore
 import Testing
 
 @testable import KilnScheduling
@@ -8,7 +9,7 @@ struct SequenceSlabTests {
     /// above it (outliers), checked after every step against a dictionary.
     @Test("holds exactly what a dictionary would, outliers and spans that grow over them included", arguments: [1, 2, 3])
     func matchesDictionary(seed: UInt64) {
-        var random = SplitMix(seed: seed)
+        var random = SplitMix64(seed: seed)
         var slab = SequenceSlab<Int>()
         var model: [Int64: Int] = [:]
         var newest: Int64 = 1_000
@@ -36,17 +37,5 @@ struct SequenceSlabTests {
         }
         for (key, value) in model { #expect(slab[key] == value) }
         for probe in stride(from: Int64(0), to: 2_000_000, by: 9_973) { #expect(slab[probe] == model[probe]) }
-    }
-}
-
-private struct SplitMix: RandomNumberGenerator {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
     }
 }

@@ -179,10 +179,7 @@ struct APIContractTests {
         let clock = ManualWallClock()
         let before = try await KilnHarness.make(data: data, clock: clock)
         let (user, workerKey, states) = try await before.withClient { api in
-            try await api.model()
-            let (_, user) = try await api.account(tier: "api")
-            let workerKey = try await api.workerKey()
-            let worker = try await api.register(workerKey)
+            let (user, workerKey, worker) = try await api.cast()
             let succeeded = try await api.submit(user)
             let lease1 = try #require(try await api.lease(workerKey, worker: worker))
             _ = try await api.complete(workerKey, worker, lease1)
@@ -213,10 +210,7 @@ struct APIContractTests {
     func eventStreamResumes() async throws {
         let kiln = try await KilnHarness.make()
         try await kiln.withClient { api in
-            try await api.model()
-            let (_, user) = try await api.account(tier: "api")
-            let workerKey = try await api.workerKey()
-            let worker = try await api.register(workerKey)
+            let (user, workerKey, worker) = try await api.cast()
             let generation = try await api.submit(user)
             let lease = try #require(try await api.lease(workerKey, worker: worker))
             #expect(try await api.complete(workerKey, worker, lease).status == .noContent)

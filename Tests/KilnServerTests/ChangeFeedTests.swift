@@ -12,16 +12,26 @@ import Testing
 /// feed, not from the call that made the change.
 @Suite("Caches follow the store's change feed")
 struct ChangeFeedTests {
-    @Test("a key revoked through one server is refused by a second once it has applied the feed")
-    func revokedKeyEverywhere() async throws {
+    /// Two servers on one store, with one clock.
+    private func twoServers() async throws -> (KilnHarness, KilnHarness) {
         let clock = ManualWallClock()
         let first = try await KilnHarness.make(clock: clock)
-        let second = try await KilnHarness.make(data: first.data, clock: clock)
-        let (keyID, secret) = try await first.withClient { api in
+        return (first, try await KilnHarness.make(data: first.data, clock: clock))
+    }
+
+    /// A new admin key made through `server`: its id and secret.
+    private func adminKey(through server: KilnHarness) async throws -> (String, String) {
+        try await server.withClient { api in
             let created = try await api.call(.post, "/v1/admin/keys", json: #"{"scope":"admin"}"#)
             let key = try created.decode(Components.Schemas.KeyObject.self)
             return (key.id, key.key)
         }
+    }
+
+    @Test("a key revoked through one server is refused by a second once it has applied the feed")
+    func revokedKeyEverywhere() async throws {
+        let (first, second) = try await twoServers()
+        let (keyID, secret) = try await adminKey(through: first)
         // The second server has seen the key work, so it holds it in its cache.
         try await second.withClient { (api: KilnClient) async throws -> Void in
             #expect(try await api.call(.get, "/v1/admin/queue", key: secret).status == .ok)
@@ -41,9 +51,7 @@ struct ChangeFeedTests {
 
     @Test("a worker drained through one server gets no work from a second once it has applied the feed")
     func drainedWorkerEverywhere() async throws {
-        let clock = ManualWallClock()
-        let first = try await KilnHarness.make(clock: clock)
-        let second = try await KilnHarness.make(data: first.data, clock: clock)
+        let (first, second) = try await twoServers()
         let (workerKey, worker) = try await first.withClient { api in
             let key = try await api.workerKey()
             return (key, try await api.register(key))
@@ -70,14 +78,8 @@ struct ChangeFeedTests {
 
     @Test("a server whose unapplied changes were pruned forgets its caches instead of trusting them")
     func prunedChangesForceAReload() async throws {
-        let clock = ManualWallClock()
-        let first = try await KilnHarness.make(clock: clock)
-        let second = try await KilnHarness.make(data: first.data, clock: clock)
-        let (keyID, secret) = try await first.withClient { api in
-            let created = try await api.call(.post, "/v1/admin/keys", json: #"{"scope":"admin"}"#)
-            let key = try created.decode(Components.Schemas.KeyObject.self)
-            return (key.id, key.key)
-        }
+        let (first, second) = try await twoServers()
+        let (keyID, secret) = try await adminKey(through: first)
         try await second.withClient { (api: KilnClient) async throws -> Void in
             #expect(try await api.call(.get, "/v1/admin/queue", key: secret).status == .ok)
         }

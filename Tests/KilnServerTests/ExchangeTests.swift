@@ -66,10 +66,7 @@ struct ExchangeTests {
     func staleReportAloneIsRefused() async throws {
         let kiln = try await KilnHarness.make()
         try await kiln.withClient { api in
-            try await api.model()
-            let (_, user) = try await api.account(tier: "api")
-            let workerKey = try await api.workerKey()
-            let worker = try await api.register(workerKey)
+            let (user, workerKey, worker) = try await api.cast()
             let good = try await api.submit(user)
             let failing = try await api.submit(user)
             let leased = try await exchange(api, workerKey, worker, Exchange(lease: .init(max: 2, start: true))).jobs
@@ -110,10 +107,7 @@ struct ExchangeTests {
     func badExchanges() async throws {
         let kiln = try await KilnHarness.make()
         try await kiln.withClient { api in
-            try await api.model()
-            let (_, user) = try await api.account(tier: "api")
-            let workerKey = try await api.workerKey()
-            let worker = try await api.register(workerKey)
+            let (user, workerKey, worker) = try await api.cast()
             let queued = try await api.submit(user)
             let path = "/v1/workers/\(worker)/exchange"
 

@@ -81,10 +81,7 @@ struct GenerationFlowTests {
     func staleCompletion() async throws {
         let kiln = try await KilnHarness.make()
         try await kiln.withClient { api in
-            try await api.model()
-            let (_, user) = try await api.account(tier: "api")
-            let workerKey = try await api.workerKey()
-            let worker = try await api.register(workerKey)
+            let (user, workerKey, worker) = try await api.cast()
             let submitted = try await api.submit(user)
             let old = try #require(try await api.lease(workerKey, worker: worker))
             #expect(try await api.heartbeat(workerKey, worker, old, fraction: 0.1).status == .ok)
@@ -116,10 +113,7 @@ struct GenerationFlowTests {
     func cancelQueuedAndRunning() async throws {
         let kiln = try await KilnHarness.make()
         try await kiln.withClient { api in
-            try await api.model()
-            let (_, user) = try await api.account(tier: "api")
-            let workerKey = try await api.workerKey()
-            let worker = try await api.register(workerKey)
+            let (user, workerKey, worker) = try await api.cast()
 
             let queued = try await api.submit(user)
             let canceled = try await api.call(.post, "/v1/generations/\(queued.id)/cancel", key: user)
@@ -148,10 +142,7 @@ struct GenerationFlowTests {
     func failures() async throws {
         let kiln = try await KilnHarness.make()
         try await kiln.withClient { api in
-            try await api.model()
-            let (_, user) = try await api.account(tier: "api")
-            let workerKey = try await api.workerKey()
-            let worker = try await api.register(workerKey)
+            let (user, workerKey, worker) = try await api.cast()
             let submitted = try await api.submit(user)
             let first = try #require(try await api.lease(workerKey, worker: worker))
             let retry = try await api.job(
@@ -197,10 +188,7 @@ struct GenerationFlowTests {
     func drain() async throws {
         let kiln = try await KilnHarness.make()
         try await kiln.withClient { api in
-            try await api.model()
-            let (_, user) = try await api.account(tier: "api")
-            let workerKey = try await api.workerKey()
-            let worker = try await api.register(workerKey)
+            let (user, workerKey, worker) = try await api.cast()
             _ = try await api.submit(user)
             let drained = try await api.call(.post, "/v1/admin/workers/\(worker)/drain")
             #expect(try drained.decode(Components.Schemas.WorkerObject.self).state == .draining)
@@ -240,10 +228,7 @@ struct GenerationFlowTests {
         let kiln = try await KilnHarness.make(clock: ManualWallClock(Date()))
         // The long poll waits on real time; the harness clock only stamps records.
         try await kiln.withClient { api in
-            try await api.model()
-            let (_, user) = try await api.account(tier: "api")
-            let workerKey = try await api.workerKey()
-            let worker = try await api.register(workerKey)
+            let (user, workerKey, worker) = try await api.cast()
             async let polled = api.lease(workerKey, worker: worker, wait: 30)
             try await Task.sleep(for: .milliseconds(200))
             let submitted = try await api.submit(user)

@@ -123,6 +123,15 @@ struct KilnClient: Sendable {
 
     // MARK: Worker
 
+    /// The usual cast: the `demo` model, an account of `tier` with its user key, and a worker
+    /// registered with a worker key of its own.
+    func cast(tier: String = "api") async throws -> (user: String, workerKey: String, worker: String) {
+        try await model()
+        let (_, user) = try await account(tier: tier)
+        let workerKey = try await workerKey()
+        return (user, workerKey, try await register(workerKey))
+    }
+
     func register(_ key: String, cluster: String = "default", accelerator: String = "cpu", gpus: Int = 0) async throws -> String {
         let worker = api(key)
         return try await worker {
