@@ -1,5 +1,6 @@
 import AsyncHTTPClient
 import Foundation
+import GRDB
 import KilnAPI
 import KilnCore
 import NIOCore
@@ -100,6 +101,11 @@ enum SystemBenchmark {
             String(
                 format: "  submit → lease, %d idle long-polling workers, one submission at a time: p50 %.2f ms, p99 %.2f ms (%d samples)",
                 options.workers, percentile(latencies, 0.5) * 1000, percentile(latencies, 0.99) * 1000, latencies.count))
+        let inside = try serverSideLatencies(running)
+        say(
+            String(
+                format: "    of which inside the server (its own event times, queued → leased): p50 %.2f ms, p99 %.2f ms",
+                percentile(inside, 0.5) * 1000, percentile(inside, 0.99) * 1000))
 
         for name in options.protocols {
             let replicas = name == "combined" ? options.replicas : 0
@@ -252,6 +258,23 @@ enum SystemBenchmark {
             }
             done = answer.jobs.map { .init(job: $0.job.id, token: $0.lease.token, outputs: []) }
             if !more { return }
+        }
+    }
+
+    /// Per generation so far, seconds from its `queued` event to its first `leased` one, as the
+    /// server stamped them in its store (read-only, beside the running server).
+    static func serverSideLatencies(_ server: ServerProcess) throws -> [Double] {
+        var configuration = Configuration()
+        configuration.readonly = true
+        let database = try DatabaseQueue(path: server.data.appending(path: "state/kiln.sqlite").path, configuration: configuration)
+        return try database.read { db in
+            try Double.fetchAll(
+                db,
+                sql: """
+                    SELECT MIN(l.at) - q.at FROM generation_events q
+                    JOIN generation_events l ON l.generation_id = q.generation_id AND l.kind = 'leased'
+                    WHERE q.kind = 'queued' GROUP BY q.generation_id
+                    """)
         }
     }
 
