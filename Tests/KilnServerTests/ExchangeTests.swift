@@ -123,10 +123,18 @@ struct ExchangeTests {
             let reports = (0..<65).map { _ in #"{"job":"\#(queued.id)","token":"1","outputs":[]}"# }.joined(separator: ",")
             let tooManyReports = try await api.call(.post, path, key: workerKey, json: #"{"completed":[\#(reports)]}"#)
             #expect(tooManyReports.status == .badRequest)
+            // A malformed generation id refuses the whole call: the well-formed report beside it is
+            // not applied either.
+            let leased = try #require(try await api.lease(workerKey, worker: worker))
+            let malformed = try await api.call(
+                .post, path, key: workerKey,
+                json: #"{"completed":[{"job":"\#(leased.job.id)","token":"\#(leased.lease.token)","outputs":[]}],"failed":[{"job":"","token":"1","error":{"code":"x","message":"y"},"retryable":false}]}"#)
+            #expect(malformed.status == .badRequest)
+            #expect(malformed.error?.message == "failed[0].job: '' is not a generation id")
+            #expect(try await api.generation(user, leased.job.id).state == .running)
             // Another worker key cannot exchange for this worker.
             let other = try await api.workerKey()
             #expect(try await api.call(.post, path, key: other, json: #"{"lease":{"max":1}}"#).status == .notFound)
-            #expect(try await api.generation(user, queued.id).state == .queued)
         }
     }
 }

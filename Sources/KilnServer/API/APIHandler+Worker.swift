@@ -73,16 +73,26 @@ extension APIHandler {
                 throw KilnError(.invalidRequest, "lease.wait_seconds: must be from 0 to \(Int(maxWait))")
             }
         }
+        // Every report names a generation: a malformed id refuses the whole call, before any
+        // report is applied.
+        func id(_ raw: String, _ field: String) throws -> GenerationID {
+            guard let id = GenerationID(rawValue: raw) else {
+                throw KilnError(.invalidRequest, "\(field).job: '\(raw)' is not a generation id")
+            }
+            return id
+        }
+        let completedIDs = try completed.enumerated().map { try id($1.job, "completed[\($0)]") }
+        let failedIDs = try failed.enumerated().map { try id($1.job, "failed[\($0)]") }
         var reports: [Components.Schemas.ReportOutcome] = []
-        for report in completed {
+        for (report, job) in zip(completed, completedIDs) {
             reports.append(
-                await outcome(of: report.job) { job in
+                await outcome(of: job) {
                     try await self.complete(job, worker: worker.id, token: try self.token(report.token), outputs: report.outputs)
                 })
         }
-        for report in failed {
+        for (report, job) in zip(failed, failedIDs) {
             reports.append(
-                await outcome(of: report.job) { job in
+                await outcome(of: job) {
                     try await self.fail(job, worker: worker.id, token: try self.token(report.token), report.error, retryable: report.retryable)
                 })
         }
@@ -104,14 +114,14 @@ extension APIHandler {
     }
 
     /// A report's outcome: applied, or the error that left it unapplied.
-    private func outcome(of rawJob: String, _ settle: (GenerationID) async throws -> Void) async -> Components.Schemas.ReportOutcome {
+    private func outcome(of job: GenerationID, _ settle: () async throws -> Void) async -> Components.Schemas.ReportOutcome {
         do {
-            try await settle(try PathID.parse(rawJob, as: GenerationID.self, "generation"))
-            return .init(job: rawJob)
+            try await settle()
+            return .init(job: job.rawValue)
         } catch let error as KilnError {
-            return .init(job: rawJob, error: .init(code: error.code.description, message: error.message))
+            return .init(job: job.rawValue, error: .init(code: error.code.description, message: error.message))
         } catch {
-            return .init(job: rawJob, error: .init(code: KilnError.Code.internal.description, message: "\(error)"))
+            return .init(job: job.rawValue, error: .init(code: KilnError.Code.internal.description, message: "\(error)"))
         }
     }
 
