@@ -28,63 +28,102 @@ final class GroupCommit: @unchecked Sendable {
     }
 
     /// Runs `body` in the next group and returns its result once the group is committed.
+    ///
+    /// The caller whose change finds no commit running leads: it commits the group itself, in its
+    /// own task, so a change that arrives alone costs no hop to another task. Changes that arrived
+    /// meanwhile go to disk next, led by a task of their own, so that no leader's answer waits for
+    /// more than its own group.
     /// - Throws: what `body` threw (its changes rolled back), or the commit's error.
     func write<T: Sendable>(_ body: @escaping @Sendable (Database) throws -> T) async throws -> T {
-        try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<T, any Error>) in
-            let outcome = Outcome<T>()
-            let change = Change(
-                apply: { db in
-                    do {
-                        var value: T?
-                        try db.inSavepoint {
-                            value = try body(db)
-                            return .commit
-                        }
-                        outcome.result = value.map { .success($0) }
-                    } catch {
-                        outcome.result = .failure(error)
+        let outcome = Outcome<T>()
+        let change = Change(
+            apply: { db in
+                do {
+                    var value: T?
+                    try db.inSavepoint {
+                        value = try body(db)
+                        return .commit
                     }
-                },
-                answer: { commitError in
-                    if let commitError {
-                        continuation.resume(throwing: commitError)
-                    } else {
-                        continuation.resume(with: outcome.result ?? .failure(KilnError(.internal, "a change ran without a result")))
-                    }
-                })
-            let lead = lock.withLock {
-                pending.append(change)
-                guard !committing else { return false }
-                committing = true
-                return true
-            }
-            if lead { Task { await self.commitPending() } }
+                    outcome.result = value.map { .success($0) }
+                } catch {
+                    outcome.result = .failure(error)
+                }
+            },
+            answer: { commitError in outcome.finish(commitError) })
+        let lead = lock.withLock {
+            pending.append(change)
+            guard !committing else { return false }
+            committing = true
+            return true
         }
+        if lead {
+            await commitGroup()
+            if lock.withLock({ pending.isEmpty ? { committing = false; return false }() : true }) {
+                Task { await self.commitPending() }
+            }
+        }
+        return try await outcome.value()
     }
 
     /// Commits groups until none is pending.
     private func commitPending() async {
-        while true {
-            let group: [Change] = lock.withLock {
-                let taken = pending
-                pending.removeAll(keepingCapacity: true)
-                if taken.isEmpty { committing = false }
-                return taken
-            }
-            guard !group.isEmpty else { return }
-            do {
-                try await pool.write { db in
-                    for change in group { change.apply(db) }
-                }
-                for change in group { change.answer(nil) }
-            } catch {
-                for change in group { change.answer(error) }
-            }
+        while await commitGroup() {}
+        lock.withLock { committing = false }
+        // A change may have arrived between the last group and the flag: it found a commit
+        // running and did not lead, so lead for it.
+        if lock.withLock({ !pending.isEmpty && !committing ? { committing = true; return true }() : false }) {
+            await commitPending()
         }
     }
 
-    /// One change's outcome, set inside the transaction and read after its commit.
+    /// Commits the changes pending now, as one group, and answers their callers.
+    /// - Returns: false when none was pending.
+    @discardableResult
+    private func commitGroup() async -> Bool {
+        let group: [Change] = lock.withLock {
+            let taken = pending
+            pending.removeAll(keepingCapacity: true)
+            return taken
+        }
+        guard !group.isEmpty else { return false }
+        do {
+            try await pool.write { db in
+                for change in group { change.apply(db) }
+            }
+            for change in group { change.answer(nil) }
+        } catch {
+            for change in group { change.answer(error) }
+        }
+        return true
+    }
+
+    /// One change's outcome: set inside the transaction, final once its group is committed, and
+    /// awaited by its caller (who may come to wait before or after that).
     private final class Outcome<T: Sendable>: @unchecked Sendable {
+        private let lock = NSLock()
         var result: Result<T, any Error>?
+        private var final: Result<T, any Error>?
+        private var waiter: CheckedContinuation<T, any Error>?
+
+        func finish(_ commitError: (any Error)?) {
+            let final: Result<T, any Error> =
+                commitError.map { .failure($0) } ?? result ?? .failure(KilnError(.internal, "a change ran without a result"))
+            let waiter = lock.withLock {
+                self.final = final
+                defer { self.waiter = nil }
+                return self.waiter
+            }
+            waiter?.resume(with: final)
+        }
+
+        func value() async throws -> T {
+            try await withCheckedThrowingContinuation { continuation in
+                let ready = lock.withLock {
+                    if final == nil { waiter = continuation }
+                    return final
+                }
+                if let ready { continuation.resume(with: ready) }
+            }
+        }
     }
 }
