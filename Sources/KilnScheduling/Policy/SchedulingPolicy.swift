@@ -5,16 +5,18 @@ import KilnCore
 public struct QueueHead: Sendable {
     public var queuedAt: Double
     public var sequence: Int64
-    public var tier: Tier
+    /// The tier's promised worst-case wait, in seconds (plain numbers, so that building a head
+    /// copies no reference-counted tier name).
+    public var maxWait: Double
     /// The tier's place in the ``TierTable`` (0 = most valuable).
     public var tierRank: Int
     /// Whether the policy's ``SchedulingPolicy/protection`` names the tier.
     public var isProtected: Bool
 
-    public init(queuedAt: Double, sequence: Int64, tier: Tier, tierRank: Int, isProtected: Bool = false) {
+    public init(queuedAt: Double, sequence: Int64, maxWait: Double, tierRank: Int, isProtected: Bool = false) {
         self.queuedAt = queuedAt
         self.sequence = sequence
-        self.tier = tier
+        self.maxWait = maxWait
         self.tierRank = tierRank
         self.isProtected = isProtected
     }
@@ -89,7 +91,7 @@ public struct SLOPolicy: SchedulingPolicy {
 
     @inlinable
     public func priority(of head: QueueHead, now: Double) -> Double {
-        Urgency.of(queuedAt: head.queuedAt, maxWait: head.tier.maxWait, now: now)
+        Urgency.of(queuedAt: head.queuedAt, maxWait: head.maxWait, now: now)
     }
 }
 
@@ -114,7 +116,7 @@ public struct EarliestDeadlinePolicy: SchedulingPolicy {
     public init() {}
     public var name: String { "edf" }
     @inlinable
-    public func priority(of head: QueueHead, now: Double) -> Double { -(head.queuedAt + head.tier.maxWait) }
+    public func priority(of head: QueueHead, now: Double) -> Double { -(head.queuedAt + head.maxWait) }
 }
 
 /// The protected layer over the SLO order (DESIGN §4): jobs of protected tiers go first, by
@@ -147,7 +149,7 @@ public struct ProtectedPolicy: SchedulingPolicy {
 
     @inlinable
     public func priority(of head: QueueHead, now: Double) -> Double {
-        let urgency = Urgency.of(queuedAt: head.queuedAt, maxWait: head.tier.maxWait, now: now)
+        let urgency = Urgency.of(queuedAt: head.queuedAt, maxWait: head.maxWait, now: now)
         return head.isProtected ? Self.band + urgency : urgency
     }
 }

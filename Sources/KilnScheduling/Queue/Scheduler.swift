@@ -74,6 +74,9 @@ public struct Scheduler: Sendable {
     }
 
     public let tiers: TierTable
+    /// By tier rank, read at every pick: the promised wait and the running cap per account.
+    private let maxWaits: [Double]
+    private let runningCaps: [Int?]
     public var policy: any SchedulingPolicy {
         didSet {
             protection = policy.protection
@@ -116,6 +119,8 @@ public struct Scheduler: Sendable {
         defaultDispatchLimit: Int = 64
     ) {
         self.tiers = tiers
+        self.maxWaits = tiers.tiers.map(\.maxWait)
+        self.runningCaps = tiers.tiers.map(\.maxRunningPerAccount)
         self.policy = policy
         self.dispatchLimits = dispatchLimits
         self.defaultDispatchLimit = defaultDispatchLimit
@@ -199,7 +204,7 @@ public struct Scheduler: Sendable {
             }
             let entry = queues[best].entries.removeFirst()
             // 5. The account's running cap: park and look again.
-            if let cap = tiers.tiers[queues[best].tier].maxRunningPerAccount,
+            if let cap = runningCaps[queues[best].tier],
                 dispatchedByAccount[Int(entry.account)] >= cap
             {
                 park(entry, queue: best)
@@ -431,7 +436,7 @@ public struct Scheduler: Sendable {
     private func head(_ entry: Entry, queue: Int) -> QueueHead {
         let tier = queues[queue].tier
         return QueueHead(
-            queuedAt: entry.queuedAt, sequence: entry.sequence, tier: tiers.tiers[tier], tierRank: tier,
+            queuedAt: entry.queuedAt, sequence: entry.sequence, maxWait: maxWaits[tier], tierRank: tier,
             isProtected: protectedTiers[tier])
     }
 
