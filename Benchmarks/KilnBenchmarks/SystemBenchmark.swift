@@ -148,14 +148,14 @@ enum SystemBenchmark {
     /// once the samples are taken.
     static func submitToLease(_ setup: Setup, samples: Int) async throws -> [Double] {
         let clock = ContinuousClock()
-        let sent = Clock0()
-        let finished = Counter()
+        let sent = LastSubmission()
+        let samplesTaken = Counter()
         return try await withThrowingTaskGroup(of: [Double].self) { group in
             let (leases, leased) = AsyncStream.makeStream(of: Void.self)
             for (client, worker) in setup.workers {
                 group.addTask {
                     var seen: [Double] = []
-                    while await finished.value == 0 {
+                    while await samplesTaken.value == 0 {
                         try Task.checkCancellation()
                         let answer = try await client {
                             try await $0.leaseJob(path: .init(id: worker), body: .json(.init(waitSeconds: 1)))
@@ -187,7 +187,7 @@ enum SystemBenchmark {
                 }
                 _ = await done.next()
             }
-            await finished.add(1)
+            await samplesTaken.add(1)
             var all: [Double] = []
             for try await seen in group { all += seen }
             return all
@@ -396,7 +396,8 @@ actor Counter {
     func add(_ count: Int) { value += count }
 }
 
-actor Clock0 {
+/// When the latest submission of the latency phase was sent.
+actor LastSubmission {
     private(set) var value: ContinuousClock.Instant?
     func set(_ instant: ContinuousClock.Instant) { value = instant }
 }

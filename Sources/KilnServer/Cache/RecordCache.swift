@@ -89,10 +89,9 @@ public final class RecordCache: @unchecked Sendable {
         while true {
             let after = lock.withLock { applied }
             let changes = try await store.changes(after: after, limit: 1_000)
+            // Pruning keeps the latest change, so changes missed are always followed by one read.
             if let first = changes.first, first.sequence > after + 1 {
                 forgetAll(through: first.sequence - 1)
-            } else if changes.isEmpty, case let latest = try await store.latestChange(), latest > after {
-                forgetAll(through: latest)
             }
             apply(changes)
             if changes.count < 1_000 { return }

@@ -58,34 +58,34 @@ final class GroupCommit: @unchecked Sendable {
         }
         if lead {
             await commitGroup()
-            if lock.withLock({ pending.isEmpty ? { committing = false; return false }() : true }) {
-                Task { await self.commitPending() }
-            }
+            handOff()
         }
         return try await outcome.value()
     }
 
-    /// Commits groups until none is pending.
-    private func commitPending() async {
-        while await commitGroup() {}
-        lock.withLock { committing = false }
-        // A change may have arrived between the last group and the flag: it found a commit
-        // running and did not lead, so lead for it.
-        if lock.withLock({ !pending.isEmpty && !committing ? { committing = true; return true }() : false }) {
-            await commitPending()
+    /// After a group: stop leading when nothing is pending (the next change leads itself), or
+    /// commit the next group in a task of its own.
+    private func handOff() {
+        let more = lock.withLock {
+            if pending.isEmpty { committing = false }
+            return committing
+        }
+        if more {
+            Task {
+                await self.commitGroup()
+                self.handOff()
+            }
         }
     }
 
     /// Commits the changes pending now, as one group, and answers their callers.
-    /// - Returns: false when none was pending.
-    @discardableResult
-    private func commitGroup() async -> Bool {
+    private func commitGroup() async {
         let group: [Change] = lock.withLock {
             let taken = pending
             pending.removeAll(keepingCapacity: true)
             return taken
         }
-        guard !group.isEmpty else { return false }
+        guard !group.isEmpty else { return }
         do {
             try await pool.write { db in
                 for change in group { change.apply(db) }
@@ -94,7 +94,6 @@ final class GroupCommit: @unchecked Sendable {
         } catch {
             for change in group { change.answer(error) }
         }
-        return true
     }
 
     /// One change's outcome: set inside the transaction, final once its group is committed, and
