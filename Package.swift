@@ -41,8 +41,10 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
-        // The discrete-event simulator over the very same scheduling code.
-        .target(name: "KilnSimulation", dependencies: ["KilnCore", "KilnScheduling"], swiftSettings: swiftSettings),
+        // Placement and autoscaling: pure, clock-injected, shared by the server and the simulator.
+        .target(name: "KilnFleet", swiftSettings: swiftSettings),
+        // The discrete-event simulator over the very same scheduling and fleet code.
+        .target(name: "KilnSimulation", dependencies: ["KilnCore", "KilnScheduling", "KilnFleet"], swiftSettings: swiftSettings),
         .target(
             name: "KilnStore",
             dependencies: [
@@ -136,6 +138,7 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
         .testTarget(name: "KilnCoreTests", dependencies: ["KilnCore"], swiftSettings: swiftSettings),
+        .testTarget(name: "KilnFleetTests", dependencies: ["KilnFleet"], swiftSettings: swiftSettings),
         .testTarget(name: "KilnSchedulingTests", dependencies: ["KilnCore", "KilnScheduling"], swiftSettings: swiftSettings),
         .testTarget(
             name: "KilnObjectsTests",
@@ -158,7 +161,7 @@ let package = Package(
         .testTarget(name: "KilnWorkerTests", dependencies: ["KilnWorker"], swiftSettings: swiftSettings),
         .testTarget(name: "KilnModelsTests", dependencies: ["KilnCore", "KilnModels"], swiftSettings: swiftSettings),
         .testTarget(
-            name: "KilnSimulationTests", dependencies: ["KilnCore", "KilnScheduling", "KilnSimulation"], swiftSettings: swiftSettings),
+            name: "KilnSimulationTests", dependencies: ["KilnCore", "KilnScheduling", "KilnFleet", "KilnSimulation"], swiftSettings: swiftSettings),
         .testTarget(name: "KilnStoreTests", dependencies: ["KilnCore", "KilnStore"], swiftSettings: swiftSettings),
         .testTarget(
             name: "KilnServerTests",
