@@ -127,7 +127,7 @@ let package = Package(
         .executableTarget(
             name: "KilnBenchmarks",
             dependencies: [
-                "KilnCore", "KilnScheduling", "KilnServer", "KilnAPI",
+                "KilnCore", "KilnScheduling", "KilnFleet", "KilnServer", "KilnAPI",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "DequeModule", package: "swift-collections"),
                 .product(name: "GRDB", package: "GRDB.swift"),

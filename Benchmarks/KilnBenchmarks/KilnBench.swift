@@ -18,6 +18,8 @@ enum KilnBench {
         case "scheduler":
             try SchedulerBenchmark.run(
                 jobs: option("jobs", 1_000_000), decisions: option("decisions", 200_000), accounts: option("accounts", 10_000))
+        case "fleet":
+            FleetBenchmark.run(workers: option("workers", 10_000), models: option("models", 20), ticks: option("ticks", 200))
         case "system":
             // The server binary: --server PATH, or the `kiln` built beside this executable.
             let beside = URL(filePath: CommandLine.arguments[0]).deletingLastPathComponent().appending(path: "kiln")
@@ -31,6 +33,7 @@ enum KilnBench {
             try await SystemBenchmark.run(options)
         default:
             print("usage: kiln-bench scheduler [--jobs N] [--decisions N] [--accounts N]")
+            print("       kiln-bench fleet [--workers N] [--models N] [--ticks N]")
             print("       kiln-bench system [--jobs N] [--workers K] [--submitters S] [--latency-samples N] [--replicas R]")
             print("                         [--protocols classic,combined] [--server PATH_TO_KILN]")
         }

@@ -1,8 +1,8 @@
 import Foundation
 
-/// Renders simulation reports as one self-contained SVG: a row per report (policy), each with the
-/// queued jobs per tier over time (left) and the p95 wait of dispatched jobs as a multiple of the
-/// tier's promise on a log scale (right).
+/// Renders simulation reports as one self-contained SVG: a row per report (policy and fleet), each
+/// with the queued jobs per tier over time (left), the p95 wait of dispatched jobs as a multiple of
+/// the tier's promise on a log scale (middle), and the GPUs available and busy (right).
 ///
 /// The output depends only on the reports: every number is printed with a fixed number of
 /// decimals, so the same reports give the same bytes.
@@ -25,7 +25,7 @@ public enum SimulationChart {
 
     // MARK: Layout
 
-    private static let width = 1100.0
+    private static let width = 1650.0
     private static let rowHeight = 320.0
     private static let marginLeft = 62.0
     private static let marginRight = 22.0
@@ -55,7 +55,7 @@ public enum SimulationChart {
     private static func colour(_ tier: Int) -> String { palette[tier % palette.count] }
 
     private static func row(_ report: SimulationReport, top: Double) -> String {
-        let panelWidth = width / 2
+        let panelWidth = width / 3
         func frame(_ panel: Int) -> Frame {
             Frame(
                 x: Double(panel) * panelWidth + marginLeft, y: top + marginTop,
@@ -68,6 +68,7 @@ public enum SimulationChart {
         }
         out += queuePanel(report, frame: frame(0), time: time)
         out += waitPanel(report, frame: frame(1), time: time)
+        out += fleetPanel(report, frame: frame(2), time: time)
         out += legend(report, x: marginLeft, y: top + rowHeight - 14)
         out += "</g>\n"
         return out
@@ -81,7 +82,7 @@ public enum SimulationChart {
         let ticks = countTicks(upTo: Double(highest))
         let y = linear(from: (0, ticks.last ?? 1), to: (frame.bottom, frame.y))
         let x = time.scale(frame.x, frame.right)
-        var out = title("\(report.policy): queued jobs per tier (\(report.scenario))", frame: frame)
+        var out = title("\(report.policy), \(report.fleet) fleet: queued jobs per tier (\(report.scenario))", frame: frame)
         out += axes(
             frame: frame, xTicks: time.ticks().map { (x($0.hours), $0.label) },
             yTicks: ticks.map { (y($0), num($0, 0)) }, xLabel: time.axisLabel, yLabel: "queued jobs")
@@ -106,7 +107,7 @@ public enum SimulationChart {
             let value = pow(10, Double(exponent))
             return (y(Double(exponent)), trimmed(value, decimals: 2) + "×")
         }
-        var out = title("\(report.policy): p95 wait / promise, per sample interval", frame: frame)
+        var out = title("\(report.policy), \(report.fleet) fleet: p95 wait / promise, per sample interval", frame: frame)
         out += axes(
             frame: frame, xTicks: time.ticks().map { (x($0.hours), $0.label) }, yTicks: yTicks, xLabel: time.axisLabel,
             yLabel: "p95 wait ÷ promise (log)")
@@ -123,6 +124,22 @@ public enum SimulationChart {
             }
             out += lines(points, colour: colour(tier))
         }
+        if report.series.isEmpty { out += noData(frame) }
+        return out
+    }
+
+    /// GPUs available (workers that have arrived and are not down) and busy, at each sample.
+    private static func fleetPanel(_ report: SimulationReport, frame: Frame, time: TimeAxis) -> String {
+        let highest = report.series.map(\.availableGPUs).max() ?? 0
+        let ticks = countTicks(upTo: Double(highest))
+        let y = linear(from: (0, ticks.last ?? 1), to: (frame.bottom, frame.y))
+        let x = time.scale(frame.x, frame.right)
+        var out = title("\(report.policy), \(report.fleet) fleet: GPUs available (grey) and busy (black)", frame: frame)
+        out += axes(
+            frame: frame, xTicks: time.ticks().map { (x($0.hours), $0.label) },
+            yTicks: ticks.map { (y($0), num($0, 0)) }, xLabel: time.axisLabel, yLabel: "GPUs")
+        out += lines(report.series.map { Point(x: x($0.hours), y: y(Double($0.availableGPUs))) }, colour: "#999999")
+        out += lines(report.series.map { Point(x: x($0.hours), y: y(Double($0.busyGPUs))) }, colour: "#000000")
         if report.series.isEmpty { out += noData(frame) }
         return out
     }

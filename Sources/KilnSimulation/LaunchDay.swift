@@ -7,6 +7,11 @@ public enum BuiltInScenarios {
     /// ramp), about 4,000 more borrowed from the training cluster in the evening and given back at
     /// night, and about 500,000 videos in the first twelve hours. Five tiers with the default
     /// promises; a video takes about four H100-minutes.
+    ///
+    /// Under the `controller` fleet the same pools are sized by the fleet controller instead: the
+    /// primary pool between the day's 500 and 5,000 GPUs, cloud nodes arriving 10 minutes after they
+    /// are asked for; the training cluster lends up to 4,000, 30 minutes after they are asked for
+    /// (its jobs checkpoint and requeue first).
     public static let launchDay = Scenario(
         name: "launch-day", seed: 7, durationHours: 14, startClock: "09:00",
         tiers: [
@@ -38,10 +43,14 @@ public enum BuiltInScenarios {
                 pools: [
                     .init(
                         name: "h100", kind: .primary, accelerator: "h100",
-                        capacity: [.init(atHours: 0, workers: 500), .init(atHours: 0.5, workers: 5_000, overHours: 5.5)]),
+                        capacity: [.init(atHours: 0, workers: 500), .init(atHours: 0.5, workers: 5_000, overHours: 5.5)],
+                        autoscale: .init(
+                            minWorkers: 500, maxWorkers: 5_000, cooldownSeconds: 600, provisionSeconds: 600, drainGraceSeconds: 600)),
                     .init(
                         name: "training", kind: .burst, accelerator: "h100",
-                        capacity: [.init(atHours: 7, workers: 4_000, overHours: 1), .init(atHours: 12, workers: 0)]),
+                        capacity: [.init(atHours: 7, workers: 4_000, overHours: 1), .init(atHours: 12, workers: 0)],
+                        autoscale: .init(
+                            minWorkers: 0, maxWorkers: 4_000, cooldownSeconds: 600, provisionSeconds: 1_800, drainGraceSeconds: 300)),
                 ])
         ],
         failures: .init(meanHoursBetweenFailures: 500, recoverySeconds: 900),

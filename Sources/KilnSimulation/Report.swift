@@ -60,6 +60,8 @@ public struct SimulationReport: Codable, Sendable, Hashable {
 
     public var scenario: String
     public var policy: String
+    /// Who sized the pools and placed models: `manual` (the scenario's script) or `controller`.
+    public var fleet: String
     public var seed: UInt64
     public var durationHours: Double
     public var startClock: String?
@@ -69,20 +71,41 @@ public struct SimulationReport: Codable, Sendable, Hashable {
     public var gpuUtilisation: Double
     public var gpuHoursBusy: Double
     public var gpuHoursAvailable: Double
+    /// Available GPU-hours no job or model load used.
+    public var gpuHoursIdle: Double
     public var modelSwitches: Int
+    /// GPU-hours spent loading a model over another one (the switches), and loading one onto a
+    /// worker that had none (new or recovered workers).
+    public var gpuHoursSwitching: Double
+    public var gpuHoursColdLoading: Double
+    /// Workers the controller moved from one model to another, asked for, and drained jobs it
+    /// returned to the queue after their grace.
+    public var placementMoves: Int
+    public var workersProvisioned: Int
+    public var releasedJobs: Int
+    /// Attempts charged to the jobs that completed: one each, plus one per retry after a lease
+    /// expired (a job released by a drain is not charged for it).
+    public var attemptsCharged: Int
     public var workerFailures: Int
     public var retries: Int
     public var events: Int
     public var series: [Sample]
 
     enum CodingKeys: String, CodingKey {
-        case scenario, policy, seed, jobs, tiers, events, series, retries
+        case scenario, policy, fleet, seed, jobs, tiers, events, series, retries
         case durationHours = "duration_hours"
         case startClock = "start_clock"
         case gpuUtilisation = "gpu_utilisation"
         case gpuHoursBusy = "gpu_hours_busy"
         case gpuHoursAvailable = "gpu_hours_available"
+        case gpuHoursIdle = "gpu_hours_idle"
         case modelSwitches = "model_switches"
+        case gpuHoursSwitching = "gpu_hours_switching"
+        case gpuHoursColdLoading = "gpu_hours_cold_loading"
+        case placementMoves = "placement_moves"
+        case workersProvisioned = "workers_provisioned"
+        case releasedJobs = "released_jobs"
+        case attemptsCharged = "attempts_charged"
         case workerFailures = "worker_failures"
     }
 
@@ -103,6 +126,12 @@ struct SimulationMetrics {
     var bucketWaits: [[Double]]
     var series: [SimulationReport.Sample] = []
     var modelSwitches = 0
+    var switchingGPUSeconds = 0.0
+    var coldLoadGPUSeconds = 0.0
+    var placementMoves = 0
+    var workersProvisioned = 0
+    var releasedJobs = 0
+    var attemptsCharged = 0
     var workerFailures = 0
     var retries = 0
     private var busyGPUs = 0
@@ -162,7 +191,9 @@ struct SimulationMetrics {
         return sorted[min(max(rank, 0), sorted.count - 1)]
     }
 
-    func report(scenario: Scenario, policy: String, events: Int, unserved: [(tier: Int, waited: Double)]) -> SimulationReport {
+    func report(scenario: Scenario, policy: String, fleet: String, events: Int, unserved: [(tier: Int, waited: Double)])
+        -> SimulationReport
+    {
         var tierReports: [SimulationReport.TierReport] = []
         for (index, tier) in tiers.enumerated() {
             let sorted = waits[index].sorted()
@@ -185,10 +216,13 @@ struct SimulationMetrics {
                         p99: seconds.p99 / tier.maxWaitSeconds, max: seconds.max / tier.maxWaitSeconds)))
         }
         return SimulationReport(
-            scenario: scenario.name, policy: policy, seed: scenario.seed, durationHours: scenario.durationHours,
+            scenario: scenario.name, policy: policy, fleet: fleet, seed: scenario.seed, durationHours: scenario.durationHours,
             startClock: scenario.startClock, jobs: arrivedByTier.reduce(0, +), tiers: tierReports,
             gpuUtilisation: aliveArea > 0 ? busyArea / aliveArea : 0, gpuHoursBusy: busyArea / 3600,
-            gpuHoursAvailable: aliveArea / 3600, modelSwitches: modelSwitches, workerFailures: workerFailures, retries: retries,
-            events: events, series: series)
+            gpuHoursAvailable: aliveArea / 3600, gpuHoursIdle: max(0, aliveArea - busyArea) / 3600, modelSwitches: modelSwitches,
+            gpuHoursSwitching: switchingGPUSeconds / 3600, gpuHoursColdLoading: coldLoadGPUSeconds / 3600,
+            placementMoves: placementMoves, workersProvisioned: workersProvisioned, releasedJobs: releasedJobs,
+            attemptsCharged: attemptsCharged,
+            workerFailures: workerFailures, retries: retries, events: events, series: series)
     }
 }

@@ -6,7 +6,7 @@ public enum ReportTable {
     public static func render(_ report: SimulationReport) -> String {
         var lines: [String] = []
         lines.append(
-            "\(report.scenario) · policy \(report.policy) · seed \(report.seed) · \(format(report.durationHours, 1)) h · \(grouped(report.jobs)) jobs"
+            "\(report.scenario) · policy \(report.policy) · fleet \(report.fleet) · seed \(report.seed) · \(format(report.durationHours, 1)) h · \(grouped(report.jobs)) jobs"
         )
         let header = ["tier", "promise", "jobs", "served", "within", "p50", "p95", "p99", "max", "p50×", "p95×", "p99×", "max×"]
         var rows: [[String]] = [header]
@@ -20,8 +20,13 @@ public enum ReportTable {
         }
         lines.append(contentsOf: align(rows))
         lines.append(
-            "GPU utilisation \(percent(report.gpuUtilisation)) of \(grouped(Int(report.gpuHoursAvailable))) GPU-hours · model switches \(grouped(report.modelSwitches)) · worker failures \(grouped(report.workerFailures)) · retries \(grouped(report.retries))"
+            "GPU utilisation \(percent(report.gpuUtilisation)) of \(grouped(Int(report.gpuHoursAvailable))) GPU-hours · idle \(grouped(Int(report.gpuHoursIdle))) · model switches \(grouped(report.modelSwitches)) (\(grouped(Int(report.gpuHoursSwitching))) GPU-hours) · cold loads \(grouped(Int(report.gpuHoursColdLoading))) GPU-hours · worker failures \(grouped(report.workerFailures)) · retries \(grouped(report.retries))"
         )
+        if report.fleet == "controller" {
+            lines.append(
+                "fleet controller: \(grouped(report.workersProvisioned)) workers asked for · \(grouped(report.placementMoves)) placement moves · \(grouped(report.releasedJobs)) jobs released by drains"
+            )
+        }
         return lines.joined(separator: "\n")
     }
 
@@ -31,7 +36,8 @@ public enum ReportTable {
         guard let first = reports.first else { return "" }
         var lines = ["\(first.scenario) · seed \(first.seed) · \(grouped(first.jobs)) jobs · within = dispatched within the promise; p95×, max× = wait / promise"]
         var header = ["tier", "promise"]
-        for report in reports { header += ["\(report.policy) within", "p95×", "max×"] }
+        let fleets = Set(reports.map(\.fleet)).count > 1
+        for report in reports { header += ["\(report.policy)\(fleets ? " " + report.fleet : "") within", "p95×", "max×"] }
         var rows = [header]
         for (index, tier) in first.tiers.enumerated() {
             var row = [tier.name, duration(tier.maxWaitSeconds)]
@@ -42,8 +48,16 @@ public enum ReportTable {
             rows.append(row)
         }
         var utilisation = ["GPU use", ""]
-        for report in reports { utilisation += [percent(report.gpuUtilisation), "", ""] }
-        rows.append(utilisation)
+        var used = ["GPU-hours", ""]
+        var switching = ["switching", ""]
+        var idle = ["idle", ""]
+        for report in reports {
+            utilisation += [percent(report.gpuUtilisation), "", ""]
+            used += [grouped(Int(report.gpuHoursAvailable.rounded())), "", ""]
+            switching += [grouped(Int(report.gpuHoursSwitching.rounded())), "", ""]
+            idle += [grouped(Int(report.gpuHoursIdle.rounded())), "", ""]
+        }
+        rows += [utilisation, used, switching, idle]
         lines.append(contentsOf: align(rows))
         return lines.joined(separator: "\n")
     }

@@ -25,12 +25,15 @@ public struct Scenario: Codable, Sendable, Hashable {
     public var sampleEverySeconds: Double
     /// What the `protected` policy protects, and its share; by default enterprise and api at 0.9.
     public var protection: ProtectionSpec?
+    /// Who sizes the pools and places models: the scenario's scripted `capacity` (manual), or the
+    /// fleet controller within each pool's `autoscale` bounds.
+    public var fleet: FleetSpec
 
     public init(
         name: String, seed: UInt64 = 1, durationHours: Double, startClock: String? = nil, tiers: [TierSpec],
         arrivals: [ArrivalPhase], bursts: [Burst] = [], trace: [TraceJob] = [], models: [ModelSpec], clusters: [ClusterSpec],
         failures: Failures? = nil,
-        leases: Leases = Leases(), sampleEverySeconds: Double = 600, protection: ProtectionSpec? = nil
+        leases: Leases = Leases(), sampleEverySeconds: Double = 600, protection: ProtectionSpec? = nil, fleet: FleetSpec = FleetSpec()
     ) {
         self.name = name
         self.seed = seed
@@ -46,10 +49,11 @@ public struct Scenario: Codable, Sendable, Hashable {
         self.leases = leases
         self.sampleEverySeconds = sampleEverySeconds
         self.protection = protection
+        self.fleet = fleet
     }
 
     enum CodingKeys: String, CodingKey {
-        case name, seed, tiers, arrivals, bursts, trace, models, clusters, failures, leases, protection
+        case name, seed, tiers, arrivals, bursts, trace, models, clusters, failures, leases, protection, fleet
         case durationHours = "duration_hours"
         case startClock = "start_clock"
         case sampleEverySeconds = "sample_every_seconds"
@@ -71,6 +75,48 @@ public struct Scenario: Codable, Sendable, Hashable {
         leases = try c.decodeIfPresent(Leases.self, forKey: .leases) ?? Leases()
         sampleEverySeconds = try c.decodeIfPresent(Double.self, forKey: .sampleEverySeconds) ?? 600
         protection = try c.decodeIfPresent(ProtectionSpec.self, forKey: .protection)
+        fleet = try c.decodeIfPresent(FleetSpec.self, forKey: .fleet) ?? FleetSpec()
+    }
+
+    /// How the fleet is run: `manual` replays each pool's `capacity` and lets any worker take any
+    /// model; `controller` runs the fleet controller (placement and autoscaling) every
+    /// `tick_seconds` within each pool's `autoscale` bounds.
+    public struct FleetSpec: Codable, Sendable, Hashable {
+        public enum Mode: String, Codable, Sendable, Hashable, CaseIterable { case manual, controller }
+
+        public var mode: Mode
+        public var tickSeconds: Double
+        /// The controller's settings (see `FleetController.Settings`); nil keeps its defaults.
+        public var headroom: Double?
+        public var dwellSeconds: Double?
+        public var minimumHorizonSeconds: Double?
+
+        public init(
+            mode: Mode = .manual, tickSeconds: Double = 15, headroom: Double? = nil, dwellSeconds: Double? = nil,
+            minimumHorizonSeconds: Double? = nil
+        ) {
+            self.mode = mode
+            self.tickSeconds = tickSeconds
+            self.headroom = headroom
+            self.dwellSeconds = dwellSeconds
+            self.minimumHorizonSeconds = minimumHorizonSeconds
+        }
+
+        enum CodingKeys: String, CodingKey {
+            case mode, headroom
+            case tickSeconds = "tick_seconds"
+            case dwellSeconds = "dwell_seconds"
+            case minimumHorizonSeconds = "minimum_horizon_seconds"
+        }
+
+        public init(from decoder: any Decoder) throws {
+            let c = try decoder.container(keyedBy: CodingKeys.self)
+            mode = try c.decodeIfPresent(Mode.self, forKey: .mode) ?? .manual
+            tickSeconds = try c.decodeIfPresent(Double.self, forKey: .tickSeconds) ?? 15
+            headroom = try c.decodeIfPresent(Double.self, forKey: .headroom)
+            dwellSeconds = try c.decodeIfPresent(Double.self, forKey: .dwellSeconds)
+            minimumHorizonSeconds = try c.decodeIfPresent(Double.self, forKey: .minimumHorizonSeconds)
+        }
     }
 
     /// The tiers the `protected` policy serves first, and the most of the dispatches they may take
@@ -319,19 +365,25 @@ public struct Scenario: Codable, Sendable, Hashable {
         public var kind: Kind
         public var accelerator: String
         public var gpusPerWorker: Int
-        /// The number of workers over time.
+        /// The number of workers over time, under the `manual` fleet.
         public var capacity: [CapacityStep]
+        /// The pool's bounds under the `controller` fleet.
+        public var autoscale: Autoscale?
 
-        public init(name: String, kind: Kind = .primary, accelerator: String, gpusPerWorker: Int = 1, capacity: [CapacityStep]) {
+        public init(
+            name: String, kind: Kind = .primary, accelerator: String, gpusPerWorker: Int = 1, capacity: [CapacityStep] = [],
+            autoscale: Autoscale? = nil
+        ) {
             self.name = name
             self.kind = kind
             self.accelerator = accelerator
             self.gpusPerWorker = gpusPerWorker
             self.capacity = capacity
+            self.autoscale = autoscale
         }
 
         enum CodingKeys: String, CodingKey {
-            case name, kind, accelerator, capacity
+            case name, kind, accelerator, capacity, autoscale
             case gpusPerWorker = "gpus_per_worker"
         }
 
@@ -341,7 +393,49 @@ public struct Scenario: Codable, Sendable, Hashable {
             kind = try c.decodeIfPresent(Kind.self, forKey: .kind) ?? .primary
             accelerator = try c.decode(String.self, forKey: .accelerator)
             gpusPerWorker = try c.decodeIfPresent(Int.self, forKey: .gpusPerWorker) ?? 1
-            capacity = try c.decode([CapacityStep].self, forKey: .capacity)
+            capacity = try c.decodeIfPresent([CapacityStep].self, forKey: .capacity) ?? []
+            autoscale = try c.decodeIfPresent(Autoscale.self, forKey: .autoscale)
+        }
+    }
+
+    /// A pool's bounds and timing under the fleet controller.
+    public struct Autoscale: Codable, Sendable, Hashable {
+        public var minWorkers: Int
+        public var maxWorkers: Int
+        /// How long the pool's recommended size must stay lower before it shrinks.
+        public var cooldownSeconds: Double
+        /// How long new capacity takes to arrive once asked for: seconds for local processes, a
+        /// queue wait on a training cluster, minutes for cloud nodes.
+        public var provisionSeconds: Double
+        /// How long a drained worker's running job may take before it returns to the queue.
+        public var drainGraceSeconds: Double
+
+        public init(
+            minWorkers: Int = 0, maxWorkers: Int, cooldownSeconds: Double = 300, provisionSeconds: Double = 0,
+            drainGraceSeconds: Double = 600
+        ) {
+            self.minWorkers = minWorkers
+            self.maxWorkers = maxWorkers
+            self.cooldownSeconds = cooldownSeconds
+            self.provisionSeconds = provisionSeconds
+            self.drainGraceSeconds = drainGraceSeconds
+        }
+
+        enum CodingKeys: String, CodingKey {
+            case minWorkers = "min_workers"
+            case maxWorkers = "max_workers"
+            case cooldownSeconds = "cooldown_seconds"
+            case provisionSeconds = "provision_seconds"
+            case drainGraceSeconds = "drain_grace_seconds"
+        }
+
+        public init(from decoder: any Decoder) throws {
+            let c = try decoder.container(keyedBy: CodingKeys.self)
+            minWorkers = try c.decodeIfPresent(Int.self, forKey: .minWorkers) ?? 0
+            maxWorkers = try c.decode(Int.self, forKey: .maxWorkers)
+            cooldownSeconds = try c.decodeIfPresent(Double.self, forKey: .cooldownSeconds) ?? 300
+            provisionSeconds = try c.decodeIfPresent(Double.self, forKey: .provisionSeconds) ?? 0
+            drainGraceSeconds = try c.decodeIfPresent(Double.self, forKey: .drainGraceSeconds) ?? 600
         }
     }
 

@@ -1,10 +1,13 @@
 import Foundation
 import KilnCore
+import KilnFleet
 import KilnScheduling
 
 /// A deterministic discrete-event replay of a ``Scenario`` on the real ``Scheduler``: the same
 /// policy, eligibility, account caps and dispatch limits that `kiln server` runs, and the lease rule
-/// of ``RetryRule``. Nothing here decides which job runs; it only models time, workers and traffic.
+/// of ``RetryRule``; under the `controller` fleet, the real ``FleetController`` sizes the pools and
+/// places models. Nothing here decides which job runs or how big a pool is; it only models time,
+/// workers and traffic.
 ///
 /// One run:
 /// 1. Every job of the day is drawn up front from the seed (arrival time, tier, account, model, GPU
@@ -13,6 +16,10 @@ import KilnScheduling
 ///    worker failures and lease expiries, capacity changes, samples.
 /// 3. After each event that may free a worker or make a job eligible, idle workers ask the
 ///    scheduler for work, primary pools before burst pools.
+/// 4. Under the `controller` fleet, every `tick_seconds` the controller sees the backlog, the
+///    arrivals and the workers, and its actions take effect: new workers arrive after the pool's
+///    provisioning delay, drained workers leave after their job (or release it after the grace,
+///    charged no attempt), placed workers load their model before they take its jobs.
 public struct Simulator: Sendable {
     public let scenario: Scenario
     public let policy: any SchedulingPolicy
@@ -37,32 +44,46 @@ struct SimJob {
     var model: Int
     /// GPU seconds at speed 1.
     var work: Double
+    /// Attempts charged (a released job is not charged for its dispatch).
     var attempts = 0
+    /// Dispatches so far: events of an earlier dispatch (one released since) are ignored.
+    var dispatches = 0
     var dispatchedAt = 0.0
     var ended = false
 }
 
 struct SimWorker {
-    enum State { case idle, busy, down, retired }
+    enum State { case provisioning, idle, loading, busy, down, retired }
     var cluster: Int
     var pool: Int
     var gpus: Int
     var offer: WorkerOffer
     var speed: [Double]  // per model; 0 = cannot run it
     var state: State = .idle
+    /// Leaves after its job (a shrinking pool; under the controller, a drain).
     var retiring = false
     var loadedModel: Int?
+    /// The model placement put it on (controller fleet only); nil takes any.
+    var assignment: Int?
+    var assignedAt = 0.0
+    var drainDeadline: Double?
+    var job: Int?
+    /// Its index in its idle list, while idle.
+    var idleSlot: Int?
 }
 
 enum SimEvent {
     case arrival(Int)
-    case started(Int)
-    case finished(job: Int, worker: Int)
-    case failed(job: Int, worker: Int)
+    case started(job: Int, dispatch: Int)
+    case finished(job: Int, worker: Int, dispatch: Int)
+    case failed(job: Int, worker: Int, dispatch: Int)
     case leaseExpired(Int)
     case recovered(Int)
     case capacity(pool: Int, workers: Int)
     case sample
+    case fleetTick
+    case provisioned(Int)
+    case loaded(Int)
 }
 
 struct SimulationRun {
@@ -74,14 +95,25 @@ struct SimulationRun {
     let accounts: [AccountID]
     let tierNames: [String]
     let requirements: [JobRequirements]
+    let modelIndex: [String: Int]
     var workers: [SimWorker] = []
-    /// Idle workers per pool, in the order pools are tried (primary first).
+    /// Idle workers by pool and assignment (see ``idleList(pool:assignment:)``), in the order
+    /// pools are tried (primary first).
     var idle: [[Int]]
     let poolOrder: [Int]
     let pools: [(cluster: Int, spec: Scenario.PoolSpec)]
-    /// Workers of each pool that count toward its capacity (not retiring, not retired).
+    /// Workers of each pool that count toward its scripted capacity (not retiring, not retired).
     var poolSize: [Int]
     var metrics: SimulationMetrics
+    // The controller fleet.
+    var controller: FleetController?
+    let capacityPools: [CapacityPool]
+    /// Workers not yet retired.
+    var live: [Int] = []
+    var arrivalsByModel: [Int]
+    /// Run seconds of completed jobs (switches excluded), by model and pool: sum and count.
+    var runSum: [[Double]]
+    var runCount: [[Int]]
 
     init(scenario: Scenario, policy: any SchedulingPolicy) throws {
         self.scenario = scenario
@@ -96,6 +128,7 @@ struct SimulationRun {
         requirements = scenario.models.map {
             JobRequirements(model: $0.name, accelerators: Set($0.acceleratorSpeed.keys), gpus: $0.gpus)
         }
+        modelIndex = Dictionary(scenario.models.enumerated().map { ($1.name, $0) }, uniquingKeysWith: { first, _ in first })
         var accountIDs: [AccountID] = []
         var firstAccount: [Int] = []
         for (tierIndex, tier) in scenario.tiers.enumerated() {
@@ -111,7 +144,7 @@ struct SimulationRun {
             for pool in cluster.pools { allPools.append((clusterIndex, pool)) }
         }
         pools = allPools
-        idle = Array(repeating: [], count: allPools.count)
+        idle = Array(repeating: [], count: allPools.count * (scenario.models.count + 1))
         poolSize = Array(repeating: 0, count: allPools.count)
         // Primary pools first, burst pools (borrowed capacity) last.
         poolOrder = allPools.indices.sorted { a, b in
@@ -120,12 +153,37 @@ struct SimulationRun {
             return ka != kb ? ka < kb : a < b
         }
         metrics = SimulationMetrics(tiers: scenario.tiers, jobs: jobs.count)
+        arrivalsByModel = Array(repeating: 0, count: scenario.models.count)
+        runSum = Array(repeating: Array(repeating: 0, count: allPools.count), count: scenario.models.count)
+        runCount = Array(repeating: Array(repeating: 0, count: allPools.count), count: scenario.models.count)
+        capacityPools = allPools.map { pool in
+            let bounds = pool.spec.autoscale ?? Scenario.Autoscale(maxWorkers: 0)
+            return CapacityPool(
+                name: pool.spec.name, cluster: scenario.clusters[pool.cluster].name,
+                kind: pool.spec.kind == .primary ? .primary : .burst, accelerator: pool.spec.accelerator,
+                gpusPerWorker: pool.spec.gpusPerWorker, minWorkers: bounds.minWorkers, maxWorkers: bounds.maxWorkers,
+                cooldownSeconds: bounds.cooldownSeconds, drainGraceSeconds: bounds.drainGraceSeconds)
+        }
+        if scenario.fleet.mode == .controller {
+            var settings = FleetController.Settings()
+            if let headroom = scenario.fleet.headroom { settings.headroom = headroom }
+            if let dwell = scenario.fleet.dwellSeconds { settings.dwellSeconds = dwell }
+            if let horizon = scenario.fleet.minimumHorizonSeconds { settings.minimumHorizonSeconds = horizon }
+            controller = FleetController(settings: settings)
+        }
     }
 
     mutating func execute() throws -> SimulationReport {
-        for (index, pool) in pools.enumerated() {
-            for (time, workers) in CapacityPlan.steps(pool.spec.capacity) {
-                events.schedule(.capacity(pool: index, workers: workers), at: time * 3600)
+        if controller != nil {
+            for (index, pool) in capacityPools.enumerated() {
+                for _ in 0..<pool.minWorkers { arrive(addWorker(pool: index, state: .provisioning), now: 0) }
+            }
+            events.schedule(.fleetTick, at: 0)
+        } else {
+            for (index, pool) in pools.enumerated() {
+                for (time, workers) in CapacityPlan.steps(pool.spec.capacity) {
+                    events.schedule(.capacity(pool: index, workers: workers), at: time * 3600)
+                }
             }
         }
         if let first = jobs.indices.first { events.schedule(.arrival(first), at: jobs[first].arrival) }
@@ -139,21 +197,30 @@ struct SimulationRun {
             case .arrival(let index):
                 try scheduler.enqueue(queued(index))
                 metrics.arrived(tier: jobs[index].tier)
+                arrivalsByModel[jobs[index].model] += 1
                 if index + 1 < jobs.count { events.schedule(.arrival(index + 1), at: jobs[index + 1].arrival) }
                 dispatch(now: time)
-            case .started(let index):
+            case .started(let index, let dispatch):
+                guard jobs[index].dispatches == dispatch else { break }
                 scheduler.started(Int64(index))
-                dispatch(now: time)
-            case .finished(let index, let worker):
+                self.dispatch(now: time)
+            case .finished(let index, let worker, let dispatch):
+                guard jobs[index].dispatches == dispatch else { break }
                 scheduler.remove(Int64(index))
                 jobs[index].ended = true
                 metrics.completed(tier: jobs[index].tier, wait: jobs[index].dispatchedAt - jobs[index].arrival)
+                metrics.attemptsCharged += jobs[index].attempts
+                let model = jobs[index].model
+                runSum[model][workers[worker].pool] += jobs[index].work / workers[worker].speed[model]
+                runCount[model][workers[worker].pool] += 1
                 release(worker, now: time)
-                dispatch(now: time)
-            case .failed(let index, let worker):
+                self.dispatch(now: time)
+            case .failed(let index, let worker, let dispatch):
+                guard jobs[index].dispatches == dispatch else { break }
                 metrics.busy(-workers[worker].gpus)
                 metrics.alive(-workers[worker].gpus)
                 workers[worker].state = .down
+                workers[worker].job = nil
                 workers[worker].loadedModel = nil
                 metrics.workerFailures += 1
                 events.schedule(.recovered(worker), at: time + (scenario.failures?.recoverySeconds ?? 0))
@@ -169,12 +236,12 @@ struct SimulationRun {
                 }
                 dispatch(now: time)
             case .recovered(let worker):
+                guard workers[worker].state == .down else { break }  // retired meanwhile
                 if workers[worker].retiring {
                     workers[worker].state = .retired
                 } else {
-                    workers[worker].state = .idle
                     metrics.alive(workers[worker].gpus)
-                    idle[workers[worker].pool].append(worker)
+                    becomeIdle(worker, now: time)
                     dispatch(now: time)
                 }
             case .capacity(let pool, let target):
@@ -185,11 +252,30 @@ struct SimulationRun {
                 if time + scenario.sampleEverySeconds <= end {
                     events.schedule(.sample, at: time + scenario.sampleEverySeconds)
                 }
+            case .fleetTick:
+                fleetTick(now: time)
+                dispatch(now: time)
+                if time + scenario.fleet.tickSeconds <= end { events.schedule(.fleetTick, at: time + scenario.fleet.tickSeconds) }
+            case .provisioned(let worker):
+                guard workers[worker].state == .provisioning else { break }  // cancelled meanwhile
+                arrive(worker, now: time)
+                dispatch(now: time)
+            case .loaded(let worker):
+                guard workers[worker].state == .loading else { break }
+                metrics.busy(-workers[worker].gpus)
+                if workers[worker].retiring {
+                    workers[worker].state = .retired
+                    metrics.alive(-workers[worker].gpus)
+                } else {
+                    becomeIdle(worker, now: time)
+                    dispatch(now: time)
+                }
             }
         }
         metrics.advance(to: end)
         return metrics.report(
-            scenario: scenario, policy: scheduler.policy.name, events: processed, unserved: unservedJobs())
+            scenario: scenario, policy: scheduler.policy.name, fleet: scenario.fleet.mode.rawValue, events: processed,
+            unserved: unservedJobs())
     }
 
     /// Jobs that arrived but had not been dispatched (queued) at the end, with how long they waited.
@@ -208,19 +294,49 @@ struct SimulationRun {
             queuedAt: job.arrival)
     }
 
-    /// Idle workers ask for work, primary pools first, until none gets any.
+    // MARK: - Workers
+
+    /// The idle list of a pool's workers placed on `assignment` (nil: not placed).
+    private func idleList(pool: Int, assignment: Int?) -> Int {
+        pool * (scenario.models.count + 1) + (assignment.map { $0 + 1 } ?? 0)
+    }
+
+    private mutating func pushIdle(_ worker: Int) {
+        let list = idleList(pool: workers[worker].pool, assignment: workers[worker].assignment)
+        workers[worker].idleSlot = idle[list].count
+        idle[list].append(worker)
+    }
+
+    private mutating func removeIdle(_ worker: Int) {
+        guard let slot = workers[worker].idleSlot else { return }
+        let list = idleList(pool: workers[worker].pool, assignment: workers[worker].assignment)
+        let last = idle[list].removeLast()
+        if last != worker {
+            idle[list][slot] = last
+            workers[last].idleSlot = slot
+        }
+        workers[worker].idleSlot = nil
+    }
+
+    /// Idle workers ask for work, primary pools before burst pools, until none gets any.
     private mutating func dispatch(now: Double) {
+        let lists = scenario.models.count + 1
         for pool in poolOrder {
-            while let worker = idle[pool].last {
-                guard let sequence = scheduler.nextSequence(for: workers[worker].offer, now: now) else { break }
-                idle[pool].removeLast()
-                lease(Int(sequence), on: worker, now: now)
+            for list in pool * lists..<(pool + 1) * lists {
+                while let worker = idle[list].last {
+                    guard let sequence = scheduler.nextSequence(for: workers[worker].offer, now: now) else { break }
+                    idle[list].removeLast()
+                    workers[worker].idleSlot = nil
+                    lease(Int(sequence), on: worker, now: now)
+                }
             }
         }
     }
 
     private mutating func lease(_ index: Int, on worker: Int, now: Double) {
         jobs[index].attempts += 1
+        jobs[index].dispatches += 1
+        let dispatch = jobs[index].dispatches
         jobs[index].dispatchedAt = now
         metrics.dispatched(tier: jobs[index].tier, wait: now - jobs[index].arrival)
         let model = jobs[index].model
@@ -228,14 +344,14 @@ struct SimulationRun {
         var runtime = jobs[index].work / workers[worker].speed[model]
         if workers[worker].loadedModel != model {
             runtime += scenario.models[model].switchSeconds
-            if workers[worker].loadedModel != nil { metrics.modelSwitches += 1 }
-            workers[worker].loadedModel = model
+            load(model, on: worker)
         }
         workers[worker].state = .busy
+        workers[worker].job = index
         metrics.busy(workers[worker].gpus)
         let start = now + cluster.startDelaySeconds
         if cluster.startDelaySeconds > 0 {
-            events.schedule(.started(index), at: start)
+            events.schedule(.started(job: index, dispatch: dispatch), at: start)
         } else {
             scheduler.started(Int64(index))
         }
@@ -244,21 +360,47 @@ struct SimulationRun {
             var random = SplitMix64(seed: scenario.seed &+ UInt64(index) &* 0x9E37_79B9 &+ UInt64(jobs[index].attempts))
             let probability = 1 - exp(-runtime / (failures.meanHoursBetweenFailures * 3600))
             if random.unit() < probability {
-                events.schedule(.failed(job: index, worker: worker), at: start + runtime * random.unit())
+                events.schedule(.failed(job: index, worker: worker, dispatch: dispatch), at: start + runtime * random.unit())
                 return
             }
         }
-        events.schedule(.finished(job: index, worker: worker), at: start + runtime)
+        events.schedule(.finished(job: index, worker: worker, dispatch: dispatch), at: start + runtime)
     }
 
+    /// The worker loads `model`: a switch when it had another loaded, a cold load when none.
+    private mutating func load(_ model: Int, on worker: Int) {
+        let seconds = scenario.models[model].switchSeconds * Double(workers[worker].gpus)
+        if workers[worker].loadedModel != nil {
+            metrics.modelSwitches += 1
+            metrics.switchingGPUSeconds += seconds
+        } else {
+            metrics.coldLoadGPUSeconds += seconds
+        }
+        workers[worker].loadedModel = model
+    }
+
+    /// The worker's job ended: it leaves if retiring, else it takes work again.
     private mutating func release(_ worker: Int, now: Double) {
         metrics.busy(-workers[worker].gpus)
+        workers[worker].job = nil
         if workers[worker].retiring {
             workers[worker].state = .retired
             metrics.alive(-workers[worker].gpus)
         } else {
+            becomeIdle(worker, now: now)
+        }
+    }
+
+    /// Idle, or first loading the model placement put it on.
+    private mutating func becomeIdle(_ worker: Int, now: Double) {
+        if let model = workers[worker].assignment, workers[worker].loadedModel != model {
+            load(model, on: worker)
+            workers[worker].state = .loading
+            metrics.busy(workers[worker].gpus)
+            events.schedule(.loaded(worker), at: now + scenario.models[model].switchSeconds)
+        } else {
             workers[worker].state = .idle
-            idle[workers[worker].pool].append(worker)
+            pushIdle(worker)
         }
     }
 
@@ -266,24 +408,16 @@ struct SimulationRun {
     /// after their job, failed ones do not come back.
     private mutating func resize(pool: Int, to target: Int) {
         let spec = pools[pool].spec
-        let cluster = scenario.clusters[pools[pool].cluster]
         while poolSize[pool] < target {
-            let speeds = scenario.models.map { model -> Double in
-                guard model.gpus <= spec.gpusPerWorker else { return 0 }
-                if model.acceleratorSpeed.isEmpty { return 1 }
-                return model.acceleratorSpeed[spec.accelerator] ?? 0
-            }
-            workers.append(
-                SimWorker(
-                    cluster: pools[pool].cluster, pool: pool, gpus: spec.gpusPerWorker,
-                    offer: WorkerOffer(cluster: cluster.name, accelerator: spec.accelerator, gpus: spec.gpusPerWorker),
-                    speed: speeds))
-            idle[pool].append(workers.count - 1)
+            let worker = addWorker(pool: pool, state: .idle)
+            pushIdle(worker)
             metrics.alive(spec.gpusPerWorker)
             poolSize[pool] += 1
         }
         var excess = poolSize[pool] - target
-        while excess > 0, let worker = idle[pool].popLast() {
+        let list = idleList(pool: pool, assignment: nil)
+        while excess > 0, let worker = idle[list].popLast() {
+            workers[worker].idleSlot = nil
             workers[worker].state = .retired
             metrics.alive(-spec.gpusPerWorker)
             poolSize[pool] -= 1
@@ -301,11 +435,135 @@ struct SimulationRun {
         }
     }
 
+    private mutating func addWorker(pool: Int, state: SimWorker.State) -> Int {
+        let spec = pools[pool].spec
+        let cluster = scenario.clusters[pools[pool].cluster]
+        let speeds = scenario.models.map { model -> Double in
+            guard model.gpus <= spec.gpusPerWorker else { return 0 }
+            if model.acceleratorSpeed.isEmpty { return 1 }
+            return model.acceleratorSpeed[spec.accelerator] ?? 0
+        }
+        workers.append(
+            SimWorker(
+                cluster: pools[pool].cluster, pool: pool, gpus: spec.gpusPerWorker,
+                offer: WorkerOffer(cluster: cluster.name, accelerator: spec.accelerator, gpus: spec.gpusPerWorker),
+                speed: speeds, state: state))
+        live.append(workers.count - 1)
+        return workers.count - 1
+    }
+
     private func queuedByTier(now: Double) -> [Int] {
         var counts = Array(repeating: 0, count: tierNames.count)
         for row in scheduler.summary(now: now) {
             if let index = tierNames.firstIndex(of: row.tier) { counts[index] += row.queued }
         }
         return counts
+    }
+
+    // MARK: - The controller fleet
+
+    /// A provisioned worker registers: it counts as capacity and takes work (or loads its model).
+    private mutating func arrive(_ worker: Int, now: Double) {
+        metrics.alive(workers[worker].gpus)
+        if workers[worker].assignment == nil { workers[worker].assignedAt = now }
+        becomeIdle(worker, now: now)
+    }
+
+    private mutating func retire(_ worker: Int) {
+        switch workers[worker].state {
+        case .provisioning, .down, .retired:
+            break
+        case .idle:
+            removeIdle(worker)
+            metrics.alive(-workers[worker].gpus)
+        case .loading, .busy:
+            // Still holding something: it leaves when that ends.
+            workers[worker].retiring = true
+            return
+        }
+        workers[worker].state = .retired
+    }
+
+    /// One tick of the controller: what it sees, what it decides, and its actions taking effect.
+    private mutating func fleetTick(now: Double) {
+        guard var controller else { return }
+        live.removeAll { workers[$0].state == .retired }
+        var running = Array(repeating: 0, count: scenario.models.count)
+        var fleetWorkers: [FleetWorker] = []
+        fleetWorkers.reserveCapacity(live.count)
+        for index in live {
+            let worker = workers[index]
+            if let job = worker.job { running[jobs[job].model] += 1 }
+            let state: FleetWorker.State =
+                worker.state == .provisioning ? .provisioning : worker.retiring ? .draining : .active
+            fleetWorkers.append(
+                FleetWorker(
+                    id: index, pool: worker.pool, state: state, assignment: worker.assignment, assignedAt: worker.assignedAt,
+                    running: worker.state == .busy || worker.state == .loading ? 1 : 0, drainDeadline: worker.drainDeadline))
+        }
+        var backlog = Array(repeating: [Backlog](), count: scenario.models.count)
+        for queue in scheduler.backlog() {
+            guard let model = modelIndex[queue.requirements.model] else { continue }
+            backlog[model].append(
+                Backlog(tier: queue.tier, jobs: queue.jobs, oldestQueuedAt: queue.oldestQueuedAt, maxWait: queue.maxWait))
+        }
+        let workloads = scenario.models.enumerated().map { index, model in
+            var measured: [String: Double] = [:]
+            for pool in pools.indices where runCount[index][pool] > 0 {
+                measured[pools[pool].spec.accelerator] = runSum[index][pool] / Double(runCount[index][pool])
+            }
+            return Workload(
+                id: model.name, accelerators: Set(model.acceleratorSpeed.keys), gpus: model.gpus, backlog: backlog[index],
+                running: running[index], arrivals: arrivalsByModel[index], runSeconds: measured,
+                defaultRunSeconds: model.runtime.meanSeconds, switchSeconds: model.switchSeconds)
+        }
+        let decision = controller.decide(FleetState(pools: capacityPools, workloads: workloads, workers: fleetWorkers), now: now)
+        self.controller = controller
+        for action in decision.actions {
+            switch action.kind {
+            case .provision(let pool, let count):
+                let delay = pools[pool].spec.autoscale?.provisionSeconds ?? 0
+                for _ in 0..<count {
+                    let worker = addWorker(pool: pool, state: .provisioning)
+                    workers[worker].assignedAt = now
+                    metrics.workersProvisioned += 1
+                    if delay > 0 { events.schedule(.provisioned(worker), at: now + delay) } else { arrive(worker, now: now) }
+                }
+            case .drain(let worker, let deadline):
+                workers[worker].drainDeadline = deadline
+                retire(worker)
+            case .retire(let worker):
+                retire(worker)
+            case .release(let worker):
+                releaseJob(of: worker)
+            case .assign(let worker, let model):
+                let previous = workers[worker].assignment
+                guard previous != model else { continue }
+                if previous != nil { metrics.placementMoves += 1 }
+                let wasIdle = workers[worker].state == .idle
+                if wasIdle { removeIdle(worker) }
+                workers[worker].assignment = model
+                workers[worker].assignedAt = now
+                workers[worker].offer.models = [scenario.models[model].name]
+                if wasIdle { becomeIdle(worker, now: now) }
+            }
+        }
+    }
+
+    /// A drained worker's grace is over: its job returns to the queue with its original queued
+    /// time, charged no attempt, and the worker leaves.
+    private mutating func releaseJob(of worker: Int) {
+        guard workers[worker].state == .busy, let job = workers[worker].job else {
+            retire(worker)
+            return
+        }
+        jobs[job].attempts -= 1
+        jobs[job].dispatches += 1  // the dispatch's pending events no longer apply
+        scheduler.requeue(Int64(job))
+        metrics.releasedJobs += 1
+        metrics.busy(-workers[worker].gpus)
+        metrics.alive(-workers[worker].gpus)
+        workers[worker].job = nil
+        workers[worker].state = .retired
     }
 }

@@ -130,6 +130,16 @@ enum ScenarioValidation {
                 for (s, step) in pool.capacity.enumerated() where step.workers < 0 || step.atHours < 0 || step.overHours < 0 {
                     throw fail("clusters[\(c)].pools[\(p)].capacity[\(s)]: hours and workers must not be negative")
                 }
+                if let autoscale = pool.autoscale {
+                    guard autoscale.minWorkers >= 0, autoscale.maxWorkers >= autoscale.minWorkers else {
+                        throw fail("clusters[\(c)].pools[\(p)].autoscale: min_workers must not be negative nor above max_workers")
+                    }
+                    guard autoscale.cooldownSeconds >= 0, autoscale.provisionSeconds >= 0, autoscale.drainGraceSeconds >= 0 else {
+                        throw fail("clusters[\(c)].pools[\(p)].autoscale: seconds must not be negative")
+                    }
+                } else if scenario.fleet.mode == .controller {
+                    throw fail("clusters[\(c)].pools[\(p)]: the controller fleet needs the pool's autoscale bounds")
+                }
             }
         }
         if let failures = scenario.failures {
@@ -141,5 +151,6 @@ enum ScenarioValidation {
             throw fail("leases: ttl_seconds must be positive and max_attempts at least 1")
         }
         guard scenario.sampleEverySeconds >= 1 else { throw fail("sample_every_seconds must be at least 1") }
+        guard scenario.fleet.tickSeconds >= 1 else { throw fail("fleet.tick_seconds must be at least 1") }
     }
 }

@@ -22,6 +22,12 @@ struct Simulate: AsyncParsableCommand {
     @Flag(help: "Run every policy on the same traffic and print them side by side.")
     var compare = false
 
+    @Option(
+        help: ArgumentHelp(
+            "Who sizes the pools and places models: manual (the scenario's capacity script), controller (the fleet controller within each pool's autoscale bounds), or compare (both, side by side).",
+            valueName: "manual|controller|compare"))
+    var fleet: String?
+
     @Option(help: "Write the full report (every policy with --compare) as JSON to this file.")
     var json: String?
 
@@ -38,11 +44,29 @@ struct Simulate: AsyncParsableCommand {
             loaded.protection = .init(tiers: loaded.protection?.tiers ?? ["enterprise", "api"], share: protectedShare)
         }
         let policies = compare ? SchedulingPolicies.all : [try policyNamed(policy)]
-        // The policies of --compare run at once, one task each: every run is independent and
+        let fleets: [Scenario.FleetSpec.Mode]
+        switch fleet {
+        case nil: fleets = [loaded.fleet.mode]
+        case "compare": fleets = Scenario.FleetSpec.Mode.allCases
+        case let name?:
+            guard let mode = Scenario.FleetSpec.Mode(rawValue: name) else {
+                throw ValidationError("--fleet must be manual, controller or compare, not '\(name)'")
+            }
+            fleets = [mode]
+        }
+        let variants = policies.flatMap { policy in fleets.map { (policy, $0) } }
+        // The runs of --compare go at once, one task each: every run is independent and
         // deterministic, so the reports are the same as one after another.
         let runs = try await withThrowingTaskGroup(of: (Int, SimulationReport, Duration).self) { group in
-            for (index, policy) in policies.enumerated() {
-                let simulator = try Simulator(scenario: loaded, policy: try loaded.configured(policy))
+            for (index, (policy, mode)) in variants.enumerated() {
+                var scenario = loaded
+                scenario.fleet.mode = mode
+                let simulator: Simulator
+                do {
+                    simulator = try Simulator(scenario: scenario, policy: try scenario.configured(policy))
+                } catch let error as KilnError {
+                    throw ValidationError(error.message)
+                }
                 group.addTask {
                     var report: SimulationReport?
                     let elapsed = try ContinuousClock().measure { report = try simulator.run() }
@@ -54,15 +78,16 @@ struct Simulate: AsyncParsableCommand {
             return runs.sorted { $0.0 < $1.0 }
         }
         let reports = runs.map(\.1)
+        let sideBySide = runs.count > 1
         for (_, report, elapsed) in runs {
-            if !compare { print(ReportTable.render(report)) }
+            if !sideBySide { print(ReportTable.render(report)) }
             let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
             print(
                 String(
-                    format: "%@: simulated %.1f hours in %.2f s (%d events, %.0f events/s)", report.policy, report.durationHours, seconds,
-                    report.events, Double(report.events) / max(seconds, 1e-9)))
+                    format: "%@ (%@ fleet): simulated %.1f hours in %.2f s (%d events, %.0f events/s)", report.policy, report.fleet,
+                    report.durationHours, seconds, report.events, Double(report.events) / max(seconds, 1e-9)))
         }
-        if compare {
+        if sideBySide {
             print("")
             print(ReportTable.compare(reports))
         }
@@ -140,8 +165,15 @@ enum ScenarioFile {
                         .object([
                             "name": .value, "kind": .value, "accelerator": .value, "gpus_per_worker": .value,
                             "capacity": .list(.object(["at_hours": .value, "workers": .value, "over_hours": .value])),
+                            "autoscale": .object([
+                                "min_workers": .value, "max_workers": .value, "cooldown_seconds": .value, "provision_seconds": .value,
+                                "drain_grace_seconds": .value,
+                            ]),
                         ])),
                 ])),
+            "fleet": .object([
+                "mode": .value, "tick_seconds": .value, "headroom": .value, "dwell_seconds": .value, "minimum_horizon_seconds": .value,
+            ]),
             "failures": .object(["mean_hours_between_failures": .value, "recovery_seconds": .value]),
             "leases": .object(["ttl_seconds": .value, "max_attempts": .value]),
         ])

@@ -145,8 +145,10 @@ public struct FleetController: Sendable {
     // MARK: - Demand
 
     struct Demand {
-        /// Jobs per second to dispatch: arrivals with headroom, plus the backlog over its horizon.
-        var rate: Double
+        /// Jobs per second arriving, with headroom.
+        var steadyRate: Double
+        /// Jobs per second that clear the backlog within its horizon.
+        var backlogRate: Double
         /// Workers its running jobs hold now.
         var running: Int
         /// The tier whose promise is closest to breaking, and its slack (nil: no backlog).
@@ -175,7 +177,7 @@ public struct FleetController: Sendable {
     }
 
     private func demand(of workload: Workload, now: Double) -> Demand {
-        var rate = (rates[workload.id]?.rate ?? 0) * settings.headroom
+        var rate = 0.0
         var pressing: (tier: String, slack: Double)?
         var backlog = 0
         for tier in workload.backlog where tier.jobs > 0 {
@@ -185,7 +187,9 @@ public struct FleetController: Sendable {
             backlog += tier.jobs
             if pressing.map({ slack < $0.slack }) ?? true { pressing = (tier.tier, slack) }
         }
-        return Demand(rate: rate, running: workload.running, pressingTier: pressing?.tier, slack: pressing?.slack, backlog: backlog)
+        return Demand(
+            steadyRate: (rates[workload.id]?.rate ?? 0) * settings.headroom, backlogRate: rate, running: workload.running,
+            pressingTier: pressing?.tier, slack: pressing?.slack, backlog: backlog)
     }
 
     // MARK: - Allocation
@@ -196,10 +200,10 @@ public struct FleetController: Sendable {
     private func allocate(_ demands: [Demand], workloads: [Workload], pools: [CapacityPool]) -> ([[Double]], [Double]) {
         var allocation = Array(repeating: Array(repeating: 0.0, count: workloads.count), count: pools.count)
         var wanted = Array(repeating: 0.0, count: pools.count)
-        // What is still to place, in jobs per second; running jobs count as the rate that keeps
-        // their workers (on the first pool that can run them).
-        var remaining = demands.map(\.rate)
-        var runningLeft = demands.map { Double($0.running) }
+        // What is still to place: rates in jobs per second, running jobs in workers.
+        var steady = demands.map(\.steadyRate)
+        var backlog = demands.map(\.backlogRate)
+        var running = demands.map { Double($0.running) }
         let order = pools.indices.sorted { a, b in
             pools[a].kind != pools[b].kind ? pools[a].kind == .primary : a < b
         }
@@ -208,19 +212,20 @@ public struct FleetController: Sendable {
             var wants = Array(repeating: 0.0, count: workloads.count)
             for index in workloads.indices where workloads[index].runs(on: spec) {
                 let run = workloads[index].runSeconds(on: spec)
-                // Workers for the steady rate or for the jobs running now, whichever is more.
-                wants[index] = max(remaining[index] * run, runningLeft[index])
+                // Workers for the steady rate or for the jobs running now, whichever is more, and
+                // more for the backlog.
+                wants[index] = max(steady[index] * run, running[index]) + backlog[index] * run
             }
             let total = wants.reduce(0, +)
             wanted[pool] = total
             guard total > 0 else { continue }
             let share = min(1, Double(spec.maxWorkers) / total)
             for index in workloads.indices where wants[index] > 0 {
-                let take = wants[index] * share
-                allocation[pool][index] = take
-                let run = workloads[index].runSeconds(on: spec)
-                remaining[index] = max(0, remaining[index] - take / run)
-                runningLeft[index] = max(0, runningLeft[index] - take)
+                allocation[pool][index] = wants[index] * share
+                // What this pool took, it took of each part alike; the rest spills over.
+                steady[index] *= 1 - share
+                backlog[index] *= 1 - share
+                running[index] *= 1 - share
             }
         }
         return (allocation, wanted)

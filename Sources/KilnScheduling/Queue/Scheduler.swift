@@ -342,6 +342,18 @@ public struct Scheduler: Sendable {
         return result
     }
 
+    /// The jobs a worker could take now, per queue (tier and requirements class): how many and the
+    /// oldest one's `queuedAt`. Parked jobs are left out: their accounts are at their running cap,
+    /// so more workers would not start them. O(queues): what the fleet controller reads each tick.
+    public func backlog() -> [QueueBacklog] {
+        queues.compactMap { queue in
+            guard let first = queue.entries.first else { return nil }
+            return QueueBacklog(
+                tier: tiers.tiers[queue.tier].name, maxWait: maxWaits[queue.tier], requirements: classes[queue.jobClass],
+                jobs: queue.entries.count, oldestQueuedAt: first.queuedAt)
+        }
+    }
+
     /// Queued jobs per tier and model, with the urgency of the oldest.
     public func summary(now: Double) -> [QueueSummary] {
         var rows: [QueueKeyByModel: QueueSummary] = [:]
@@ -510,6 +522,16 @@ public struct Scheduler: Sendable {
         }
         list.insert(item, at: low)
     }
+}
+
+/// The dispatchable jobs of one queue (see ``Scheduler/backlog()``).
+public struct QueueBacklog: Hashable, Sendable {
+    public var tier: String
+    /// The tier's promised wait, in seconds.
+    public var maxWait: Double
+    public var requirements: JobRequirements
+    public var jobs: Int
+    public var oldestQueuedAt: Double
 }
 
 /// One row of the queue view: the jobs of one tier and model.
