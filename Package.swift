@@ -99,7 +99,7 @@ let package = Package(
         .target(
             name: "KilnServer",
             dependencies: [
-                "KilnCore", "KilnScheduling", "KilnStore", "KilnObjects", "KilnModels", "KilnAPI",
+                "KilnCore", "KilnScheduling", "KilnFleet", "KilnStore", "KilnObjects", "KilnModels", "KilnAPI",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "OpenAPIRuntime", package: "swift-openapi-runtime"),
@@ -115,7 +115,7 @@ let package = Package(
         .executableTarget(
             name: "kiln",
             dependencies: [
-                "KilnCore", "KilnScheduling", "KilnServer", "KilnAPI", "KilnSimulation", "KilnModels", "KilnWorker",
+                "KilnCore", "KilnScheduling", "KilnFleet", "KilnServer", "KilnAPI", "KilnSimulation", "KilnModels", "KilnWorker",
                 .product(name: "OpenAPIRuntime", package: "swift-openapi-runtime"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Yams", package: "Yams"),
@@ -151,7 +151,7 @@ let package = Package(
         .testTarget(
             name: "KilnEndToEndTests",
             dependencies: [
-                "KilnCore", "KilnServer", "KilnAPI", "KilnModels", "KilnStore",
+                "KilnCore", "KilnFleet", "KilnServer", "KilnAPI", "KilnModels", "KilnStore",
                 .product(name: "OpenAPIRuntime", package: "swift-openapi-runtime"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Logging", package: "swift-log"),
@@ -166,7 +166,8 @@ let package = Package(
         .testTarget(
             name: "KilnServerTests",
             dependencies: [
-                "KilnCore", "KilnServer", "KilnStore", "KilnAPI", "KilnModels",
+                "KilnCore", "KilnFleet", "KilnServer", "KilnStore", "KilnObjects", "KilnAPI", "KilnModels",
+                .product(name: "Logging", package: "swift-log"),
                 .product(name: "HummingbirdTesting", package: "hummingbird"),
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "OpenAPIRuntime", package: "swift-openapi-runtime"),

@@ -2,6 +2,7 @@ import Foundation
 import Hummingbird
 import KilnAPI
 import KilnCore
+import KilnFleet
 import KilnObjects
 import KilnScheduling
 import KilnStore
@@ -15,23 +16,36 @@ import ServiceLifecycle
 public struct KilnServer: Sendable {
     public let services: KilnServices
     let authenticator: Authenticator
+    /// Starts `kiln worker` processes for `local` pools; nil where this process cannot.
+    let localProvider: LocalProvider?
 
     /// Opens (creating when needed) the embedded state in `data`: `kiln.sqlite` and `objects/`, and
     /// rebuilds the dispatcher's queues from it.
+    /// - Parameter workerProgram: the `kiln` program that `local` pools start workers with (their
+    ///   folders go in `data/workers`); nil where workers cannot be started from this process.
     public static func open(
         data: URL, configuration: ServerConfiguration, clock: any WallClock = SystemWallClock(), adminKey: String? = nil,
-        logger: Logger = Logger(label: "kiln")
+        workerProgram: URL? = nil, logger: Logger = Logger(label: "kiln")
     ) async throws -> KilnServer {
         try FileManager.default.createDirectory(at: data, withIntermediateDirectories: true)
         let store = try SQLiteJobStore(path: data.appending(path: "kiln.sqlite").path)
         let objects = try FileSystemObjectStore(root: data.appending(path: "objects"))
-        return try await KilnServer(store: store, objects: objects, configuration: configuration, clock: clock, adminKey: adminKey, logger: logger)
+        let local = workerProgram.map {
+            LocalProvider(settings: .init(executable: $0, folder: data.appending(path: "workers")), logger: logger)
+        }
+        return try await KilnServer(
+            store: store, objects: objects, configuration: configuration, clock: clock, adminKey: adminKey, localProvider: local,
+            logger: logger)
     }
 
     public init(
         store: any JobStore, objects: any ObjectStore, configuration: ServerConfiguration, clock: any WallClock,
-        adminKey: String?, logger: Logger
+        adminKey: String?, localProvider: LocalProvider? = nil, extraProviders: [ServerConfiguration.Pool.Provider: any CapacityProvider] = [:],
+        logger: Logger
     ) async throws {
+        for pool in configuration.pools where pool.provider == .local && localProvider == nil && extraProviders[.local] == nil {
+            throw KilnError(.invalidInput, "pool '\(pool.spec.name)': the local provider cannot start workers from this process")
+        }
         let dispatcher = try Dispatcher(store: store, clock: clock, configuration: configuration)
         let skipped = try await dispatcher.load()
         for tier in Set(skipped.map(\.tier)).sorted() {
@@ -40,9 +54,13 @@ public struct KilnServer: Sendable {
                 metadata: ["count": "\(skipped.filter { $0.tier == tier }.count)"])
         }
         let cache = try await RecordCache.following(store)
+        var providers: [ServerConfiguration.Pool.Provider: any CapacityProvider] = [.static: StaticProvider()]
+        if let localProvider { providers[.local] = localProvider }
+        providers.merge(extraProviders) { _, extra in extra }
+        self.localProvider = localProvider
         self.services = KilnServices(
             store: store, objects: objects, dispatcher: dispatcher, signals: GenerationSignals(), cache: cache, clock: clock,
-            configuration: configuration, logger: logger)
+            configuration: configuration, providers: providers, logger: logger)
         self.authenticator = Authenticator(cache: cache, bootstrapAdminKey: adminKey.flatMap { $0.isEmpty ? nil : $0 })
     }
 
@@ -67,12 +85,25 @@ public struct KilnServer: Sendable {
     public func services(
         host: String, port: Int, reaperInterval: Duration = .seconds(1), onServerRunning: @escaping @Sendable (Int) async -> Void = { _ in }
     ) throws -> [any Service] {
+        let (local, store, clock) = (localProvider, services.store, services.clock)
         let application = Application(
             router: try router(), configuration: .init(address: .hostname(host, port: port), serverName: "kiln"),
-            onServerRunning: { channel in await onServerRunning(channel.localAddress?.port ?? port) }, logger: services.logger)
+            onServerRunning: { channel in
+                let bound = channel.localAddress?.port ?? port
+                if let local {
+                    // Local workers reach this server on loopback, with a worker key of their own.
+                    let secret = KeySecret.generate(scope: .worker)
+                    try? await store.createKey(
+                        APIKeyRecord(id: .random(), scope: .worker, accountID: nil, secretHash: KeySecret.hash(secret), createdAt: clock.now()))
+                    let address = host == "0.0.0.0" || host == "::" ? "127.0.0.1" : host
+                    await local.connect(server: "http://\(address.contains(":") ? "[\(address)]" : address):\(bound)", key: secret)
+                }
+                await onServerRunning(bound)
+            }, logger: services.logger)
         return [
             application, reaper(interval: reaperInterval),
             ChangeFeed(cache: services.cache, store: services.store, logger: services.logger),
+            services.fleet,
         ]
     }
 }

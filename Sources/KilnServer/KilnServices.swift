@@ -15,20 +15,27 @@ public struct KilnServices: Sendable {
     public let transitions: any TransitionSink
     /// Keys, workers, accounts, models, aliases and versions, as the store's change feed keeps them.
     public let cache: RecordCache
+    /// Placement and autoscaling of the configured pools.
+    public let fleet: FleetService
     public let clock: any WallClock
     public let configuration: ServerConfiguration
     public let logger: Logger
 
     public init(
         store: any JobStore, objects: any ObjectStore, dispatcher: Dispatcher, signals: GenerationSignals, cache: RecordCache,
-        clock: any WallClock, configuration: ServerConfiguration, logger: Logger
+        clock: any WallClock, configuration: ServerConfiguration, providers: [ServerConfiguration.Pool.Provider: any CapacityProvider],
+        logger: Logger
     ) {
         self.store = store
         self.objects = objects
         self.dispatcher = dispatcher
         self.signals = signals
-        self.transitions = LocalTransitions(dispatcher: dispatcher, signals: signals)
+        let transitions = LocalTransitions(dispatcher: dispatcher, signals: signals)
+        self.transitions = transitions
         self.cache = cache
+        self.fleet = FleetService(
+            store: store, dispatcher: dispatcher, transitions: transitions, cache: cache, clock: clock, configuration: configuration,
+            providers: providers, logger: logger)
         self.clock = clock
         self.configuration = configuration
         self.logger = logger

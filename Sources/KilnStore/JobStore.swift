@@ -126,6 +126,9 @@ public protocol JobStore: Sendable {
     /// never reached the worker: its generation goes back without the attempt being counted.
     /// - Returns: the changed generations.
     func expireLeases(at now: Date) async throws -> [Generation]
+    /// Returns every generation `worker` holds to the queue, charged no attempt (a drain's grace
+    /// ran out); each as ``Lifecycle/release(_:reason:)`` says.
+    func releaseLeases(of worker: WorkerID, reason: String, at: Date) async throws -> [Generation]
 
     /// The account's queued generation that has waited longest.
     func oldestQueuedGeneration(of account: AccountID) async throws -> Generation?

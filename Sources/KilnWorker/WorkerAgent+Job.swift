@@ -34,21 +34,31 @@ extension WorkerAgent {
         }
     }
 
-    /// Leases a job (long poll) and prepares it. Nil when nothing came, or when the job could not be
-    /// prepared (it has then been reported).
-    func leaseAndPrepare(worker registration: Registration, cache: VersionCache, logger: Logger) async
+    /// What a lease call answered.
+    enum LeaseAnswer {
+        case job(Components.Schemas.LeaseResponse)
+        case assignment(Components.Schemas.AssignmentObject)
+        case nothing
+    }
+
+    /// Leases a job (long poll) and prepares it. Nil when nothing came, when the job could not be
+    /// prepared (it has then been reported), or when the server placed this worker on a version to
+    /// prepare first: it is then pulled and, on `idle` (a replica running nothing), set up, and
+    /// the next lease says it is ready.
+    func leaseAndPrepare(worker registration: Registration, cache: VersionCache, idle: Replica? = nil, logger: Logger) async
         -> PreparedJob?
     {
         guard !Task.isShuttingDownGracefully, !Task.isCancelled else { return nil }
-        let answer: Components.Schemas.LeaseResponse?
+        let leased: LeaseAnswer
         let asked = ContinuousClock.now
-        let (worker, wait) = (registration.id.rawValue, options.leaseWaitSeconds)
+        let (worker, wait, ready) = (registration.id.rawValue, options.leaseWaitSeconds, readyVersion)
         do {
-            answer = try await cancelWhenGracefulShutdown {
+            leased = try await cancelWhenGracefulShutdown {
                 try await self.client(timeout: .seconds(wait + 30)) {
-                    switch try await $0.leaseJob(path: .init(id: worker), body: .json(.init(waitSeconds: wait))) {
-                    case .ok(let leased): return try leased.body.json
-                    case .noContent: return nil
+                    switch try await $0.leaseJob(path: .init(id: worker), body: .json(.init(waitSeconds: wait, readyVersion: ready))) {
+                    case .ok(let leased): return .job(try leased.body.json)
+                    case .accepted(let assigned): return .assignment(try assigned.body.json)
+                    case .noContent: return .nothing
                     default: throw KilnError(.internal, "the lease call answered with a status the worker protocol does not have")
                     }
                 }
@@ -60,7 +70,14 @@ extension WorkerAgent {
             }
             return nil
         }
-        guard let answer else {
+        let answer: Components.Schemas.LeaseResponse
+        switch leased {
+        case .job(let job):
+            answer = job
+        case .assignment(let assignment):
+            await prepare(assignment, cache: cache, on: idle, logger: logger)
+            return nil
+        case .nothing:
             // Nothing came. An answer well before the wait (a draining worker) is no reason to ask
             // again at once.
             if ContinuousClock.now - asked < .seconds(1) { try? await Task.sleep(for: .seconds(1)) }
@@ -105,6 +122,31 @@ extension WorkerAgent {
             try? FileManager.default.removeItem(at: folder)
             await report(error, lease, logger: logger)
             return nil
+        }
+    }
+
+    /// Prepares the version placement assigned: pulled into the cache, and set up on `replica` when
+    /// one is free, so that its first job starts at once. A version that cannot be prepared is
+    /// not reported ready: the server keeps asking, and the worker tries again a little later.
+    private func prepare(_ assignment: Components.Schemas.AssignmentObject, cache: VersionCache, on replica: Replica?, logger: Logger)
+        async
+    {
+        do {
+            guard let id = KilnCore.Digest(assignment.version) else {
+                throw KilnError(.invalidInput, "the assigned version '\(assignment.version)' is not a version id")
+            }
+            logger.info(
+                "placed on \(assignment.model); preparing \(id.short)", metadata: ["reason": "\(assignment.reason)"])
+            let version = try await cache.prepare(id, keeping: versionsInUse)
+            if let replica, version.manifest.gpus <= devices.total {
+                let held = await devices.acquire(version.manifest.gpus, prefer: replica.devices)
+                defer { Task { await self.devices.release(held) } }
+                try await makeCurrent(version, on: replica, devices: held, logger: logger)
+            }
+            readyVersion = assignment.version
+        } catch {
+            logger.error("could not prepare the assigned version: \(error)")
+            try? await Task.sleep(for: .seconds(5))
         }
     }
 

@@ -30,6 +30,8 @@ public final class WorkerAgent: Service, @unchecked Sendable {
     let devices: DeviceAllocator
     private var replicas: [Replica] = []
     let replicasLock = NSLock()
+    /// The version of its assignment this worker has prepared (guarded by `replicasLock`).
+    private var preparedVersion: String?
     /// Set once registered.
     public private(set) var id: WorkerID?
 
@@ -39,6 +41,12 @@ public final class WorkerAgent: Service, @unchecked Sendable {
         self.client = try KilnAPIClient(server: options.server, key: options.key)
         self.logger = logger
         self.devices = DeviceAllocator(count: options.gpus)
+    }
+
+    /// The version of its assignment this worker has prepared, told to the server on every lease.
+    var readyVersion: String? {
+        get { replicasLock.withLock { preparedVersion } }
+        set { replicasLock.withLock { preparedVersion = newValue } }
     }
 
     /// Versions some replica's runtime serves: the cache keeps them.
@@ -53,7 +61,7 @@ public final class WorkerAgent: Service, @unchecked Sendable {
                 body: .json(
                     .init(
                         cluster: options.cluster, accelerator: options.accelerator, gpus: options.gpus,
-                        labels: .init(additionalProperties: options.labels)))
+                        labels: .init(additionalProperties: options.labels), pool: options.pool))
             ).created.body.json
         }
         guard let workerID = WorkerID(rawValue: answer.id) else {
@@ -95,7 +103,7 @@ public final class WorkerAgent: Service, @unchecked Sendable {
                 current = await prefetch.value
             } else {
                 await devices.waitForAnyFree()
-                current = await leaseAndPrepare(worker: registration, cache: cache, logger: logger)
+                current = await leaseAndPrepare(worker: registration, cache: cache, idle: replica, logger: logger)
             }
             prefetch = nil
             let draining = Task.isShuttingDownGracefully || Task.isCancelled

@@ -8,6 +8,8 @@ public struct WorkerOptions: Sendable {
     public var accelerator: String = "cpu"
     public var gpus: Int = 0
     public var labels: [String: String] = [:]
+    /// The server's capacity pool this worker belongs to; nil joins none.
+    public var pool: String?
     /// The environment layer this worker uses (`cpu`, `cuda12-x86_64`, …).
     public var platform: String = "cpu"
     public var cache: URL

@@ -9,12 +9,15 @@ struct Kiln: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "kiln",
         abstract: "Serve generative video models on a fleet of GPU workers.",
-        subcommands: [Up.self, Server.self, Worker.self, Generate.self, Jobs.self, Models.self, Simulate.self])
+        subcommands: [Up.self, Server.self, Worker.self, Generate.self, Jobs.self, Models.self, Fleet.self, Simulate.self])
+
+    /// This program, which `local` capacity pools start as `kiln worker`.
+    static var program: URL { Bundle.main.executableURL ?? URL(filePath: CommandLine.arguments[0]) }
 }
 
 struct Server: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Run the control plane: the public, admin and worker APIs, the scheduler and the lease reaper.")
+        abstract: "Run the control plane: the public, admin and worker APIs, the scheduler, the lease reaper and the fleet controller.")
 
     @Option(help: "Folder of the embedded state (SQLite database and objects).")
     var data: String = ".kiln"
@@ -25,7 +28,7 @@ struct Server: AsyncParsableCommand {
     @Option(help: "Port to listen on (0 picks a free one).")
     var port: Int = 8080
 
-    @Option(help: "YAML configuration: tiers, clusters, leases, limits, scheduler.")
+    @Option(help: "YAML configuration: tiers, clusters and their pools, fleet, leases, limits, scheduler.")
     var config: String?
 
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
@@ -50,7 +53,8 @@ struct Server: AsyncParsableCommand {
         }
         let adminKey = ProcessInfo.processInfo.environment["KILN_ADMIN_KEY"]
         let server = try await KilnServer.open(
-            data: URL(filePath: data, directoryHint: .isDirectory), configuration: configuration, adminKey: adminKey, logger: logger)
+            data: URL(filePath: data, directoryHint: .isDirectory), configuration: configuration, adminKey: adminKey,
+            workerProgram: Kiln.program, logger: logger)
         let services = try server.services(host: host, port: port) { port in
             print("kiln server listening on http://\(host):\(port) (data: \(data))")
             if adminKey == nil { print("no KILN_ADMIN_KEY set: the admin API accepts admin keys only") }

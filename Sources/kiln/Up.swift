@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import KilnAPI
 import KilnCore
+import KilnFleet
 import KilnServer
 import KilnWorker
 import Logging
@@ -44,7 +45,8 @@ struct Up: AsyncParsableCommand {
     @Option(help: "Folder of the embedded state.") var data: String = ".kiln"
     @Option(help: "Address to listen on.") var host: String = "127.0.0.1"
     @Option(help: "Port to listen on.") var port: Int = 8080
-    @Option(help: "Local CPU workers to run.") var workers: Int = 2
+    @Option(help: "The most local CPU workers the fleet controller may run (it starts with one and grows under load).")
+    var workers: Int = 4
     @Option(help: "YAML configuration of the server.") var config: String?
     @Option(help: "The model folder to push and promote to production (default: the demo video model).") var model: String?
 
@@ -61,7 +63,12 @@ struct Up: AsyncParsableCommand {
         let adminKey = ProcessInfo.processInfo.environment["KILN_ADMIN_KEY"] ?? previous?.adminKey ?? KeySecret.generate(scope: .admin)
         var configuration = ServerConfiguration()
         if let config { configuration = try ServerConfiguration.load(yaml: String(contentsOfFile: config, encoding: .utf8), source: config) }
-        let server = try await KilnServer.open(data: folder, configuration: configuration, adminKey: adminKey, logger: logger)
+        if configuration.pools.isEmpty {
+            configuration.pools = [Self.localPool(max: workers)]
+            configuration.clusters["default"] = configuration.clusters["default"] ?? .init(dispatchLimit: configuration.defaultDispatchLimit)
+        }
+        let server = try await KilnServer.open(
+            data: folder, configuration: configuration, adminKey: adminKey, workerProgram: Kiln.program, logger: logger)
         let runtimePath = try RuntimeLocator.find(nil)
         let modelFolder = try model.map { URL(filePath: $0, directoryHint: .isDirectory) } ?? Self.demoModel(near: runtimePath)
 
@@ -78,13 +85,9 @@ struct Up: AsyncParsableCommand {
             let state = try await Self.bootstrap(admin: admin, url: url, adminKey: adminKey, previous: previous)
             try state.save(to: folder)
             let version = try await ModelPusher(client: admin, platform: "cpu", quiet: true).push(modelFolder, promote: "production")
-            let agents: [any Service] = try (0..<max(workers, 0)).map { index in
-                var options = WorkerOptions(
-                    server: url, key: state.workerKey, cache: folder.appending(path: "worker-cache-\(index)"), runtimePath: runtimePath)
-                options.labels = ["local": "\(index)"]
-                return try WorkerAgent(options: options, logger: logger)
+            let pools = configuration.pools.map { pool in
+                "\(pool.spec.name) (\(pool.provider.rawValue), \(pool.spec.minWorkers)–\(pool.spec.maxWorkers) workers)"
             }
-            group.addTask { try await serve(agents, logger: logger) }
             print(
                 """
 
@@ -92,7 +95,7 @@ struct Up: AsyncParsableCommand {
                   admin key   \(state.adminKey)
                   user key    \(state.userKey)  (account \(state.accountID), tier api)
                   model       \(modelFolder.lastPathComponent): production → \(version.short)
-                  workers     \(workers) local CPU workers
+                  workers     \(pools.joined(separator: ", ")): grow under load, shrink when idle (kiln fleet shows them)
 
                 Try, from this folder in another terminal:
                   kiln generate --model demo-video --prompt "a red kiln at dusk" --out kiln.mp4
@@ -103,6 +106,16 @@ struct Up: AsyncParsableCommand {
             fflush(nil)
             try await group.waitForAll()
         }
+    }
+
+    /// The pool `kiln up` runs when its configuration names none: local CPU workers, one at least,
+    /// `max` at most, shrinking after a minute without the work for them.
+    static func localPool(max: Int) -> ServerConfiguration.Pool {
+        ServerConfiguration.Pool(
+            provider: .local,
+            spec: CapacityPool(
+                name: "local", cluster: "default", accelerator: "cpu", gpusPerWorker: 0, minWorkers: 1, maxWorkers: Swift.max(1, max),
+                cooldownSeconds: 60, drainGraceSeconds: 600))
     }
 
     /// Keys and the demo account, created once and reused while they still work.

@@ -10,6 +10,7 @@ struct Worker: AsyncParsableCommand {
     @Option(help: "The Kiln server (default: $KILN_URL).") var server: String?
     @Option(help: "A worker key (default: $KILN_WORKER_KEY).") var key: String?
     @Option(help: "The cluster this worker belongs to.") var cluster: String = "default"
+    @Option(help: "The server's capacity pool this worker belongs to (placement then assigns it a model).") var pool: String?
     @Option(help: "Accelerator kind (cpu, h100, mi300x, …).") var accelerator: String = "cpu"
     @Option(help: "GPUs on this node.") var gpus: Int = 0
     @Option(help: "Environment platform to run (cpu, cuda12-x86_64, …).") var platform: String = "cpu"
@@ -28,6 +29,7 @@ struct Worker: AsyncParsableCommand {
             server: server, key: key, cache: URL(filePath: cache, directoryHint: .isDirectory),
             runtimePath: try RuntimeLocator.find(runtimePath))
         options.cluster = cluster
+        options.pool = pool
         options.accelerator = accelerator
         options.gpus = gpus
         options.platform = platform

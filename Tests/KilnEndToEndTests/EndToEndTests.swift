@@ -1,6 +1,8 @@
 import Foundation
 import KilnAPI
 import KilnCore
+import KilnFleet
+import KilnServer
 import OpenAPIRuntime
 import Testing
 
@@ -207,5 +209,80 @@ struct EndToEndTests {
             Issue.record("\(error) \(cluster.workerLogs())")
         }
         await cluster.stop()
+    }
+
+    @Test("queued work grows a local pool with kiln worker processes that prepare the version first; the pool shrinks after its cool-down")
+    func localPoolGrowsAndShrinks() async throws {
+        let cluster = try await LocalCluster.start { configuration in
+            configuration.pools = [
+                .init(
+                    provider: .local,
+                    spec: CapacityPool(
+                        name: "local", cluster: "default", accelerator: "cpu", gpusPerWorker: 0, minWorkers: 1, maxWorkers: 3,
+                        cooldownSeconds: 4, drainGraceSeconds: 60))
+            ]
+            configuration.fleet.tickSeconds = 0.5
+        }
+        do {
+            let version = try await cluster.pushDemo()
+            // One worker at the start (the pool's min), placed on the model once it has work.
+            let fleet = { try await cluster.admin { try await $0.getFleet().ok.body.json } }
+            try await until("the first local worker registers", cluster) { try await fleet().workers.contains { $0.state == .active } }
+            var ids: [String] = []
+            for index in 0..<8 {
+                ids.append(try await cluster.submit(["prompt": .string("fleet \(index)"), "num_frames": .number(24)]).id)
+            }
+            var grown = 0
+            var prepared = false
+            let deadline = ContinuousClock.now + .seconds(180)
+            while ContinuousClock.now < deadline {
+                let view = try await fleet()
+                grown = max(grown, view.workers.count)
+                prepared = prepared || view.workers.contains { $0.model == "demo-video" && $0.readyVersion == version.description }
+                let states = try await ids.asyncMap { try await cluster.generation($0).state }
+                if states.allSatisfy(\.isFinal) { break }
+                try await Task.sleep(for: .milliseconds(250))
+            }
+            let decisions = try await fleet().decisions.map(\.action)
+            #expect(grown >= 2, "the pool grew under the backlog: \(decisions)")
+            #expect(prepared, "a placed worker reported the production version prepared")
+            for id in ids {
+                let done = try await cluster.generation(id)
+                #expect(done.state == .succeeded, "\(id): \(done.error?.message ?? "")")
+                #expect(done.attempts == 1)
+            }
+            // With the queue empty, the pool goes back to its one worker after the cool-down; the
+            // workers it let go stay listed as retired.
+            try await until("the pool shrinks back to one worker", cluster, seconds: 90) {
+                let view = try await fleet()
+                return view.pools.first?.desired == 1 && view.workers.count == 1
+            }
+            let workers = try await cluster.admin { try await $0.listWorkers().ok.body.json.data }
+            #expect(workers.filter { $0.state == .retired }.count == grown - 1)
+            #expect(workers.filter { $0.state == .active }.count == 1)
+        } catch {
+            Issue.record("\(error)")
+        }
+        await cluster.stop()
+    }
+
+    /// Polls `condition` until it holds (at most `seconds`: a bound against hanging, not a timing test).
+    private func until(_ what: String, _ cluster: LocalCluster, seconds: Double = 120, _ condition: () async throws -> Bool) async throws {
+        let deadline = ContinuousClock.now + .seconds(seconds)
+        while try await !condition() {
+            guard ContinuousClock.now < deadline else {
+                Issue.record("\(what): not after \(Int(seconds)) s")
+                return
+            }
+            try await Task.sleep(for: .milliseconds(250))
+        }
+    }
+}
+
+extension Array {
+    fileprivate func asyncMap<T>(_ transform: (Element) async throws -> T) async rethrows -> [T] {
+        var result: [T] = []
+        for element in self { result.append(try await transform(element)) }
+        return result
     }
 }

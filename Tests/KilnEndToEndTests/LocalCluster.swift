@@ -33,16 +33,20 @@ final class LocalCluster: @unchecked Sendable {
         self.workerKey = workerKey
     }
 
-    static func start(leaseTTL: Double = 8) async throws -> LocalCluster {
+    /// - Parameter configure: changes to the server's configuration (pools, the fleet); `local`
+    ///   pools start this build's `kiln worker`.
+    static func start(leaseTTL: Double = 8, configure: (inout ServerConfiguration) -> Void = { _ in }) async throws -> LocalCluster {
         let binary = repository.appending(path: ".build/debug/kiln")
         try #require(FileManager.default.isExecutableFile(atPath: binary.path), "build the kiln executable first (swift build)")
         let data = FileManager.default.temporaryDirectory.appending(path: "kiln-e2e-\(UUID().uuidString)")
         var configuration = ServerConfiguration()
         configuration.leases.ttlSeconds = leaseTTL
         configuration.leases.heartbeatSeconds = 1
+        configure(&configuration)
         var logger = Logger(label: "kiln-e2e")
         logger.logLevel = .warning
-        let server = try await KilnServer.open(data: data, configuration: configuration, adminKey: adminKey, logger: logger)
+        let server = try await KilnServer.open(
+            data: data, configuration: configuration, adminKey: adminKey, workerProgram: binary, logger: logger)
         let (ports, continuation) = AsyncStream.makeStream(of: Int.self)
         let services = try server.services(host: "127.0.0.1", port: 0, reaperInterval: .milliseconds(250)) { continuation.yield($0) }
         let task = Task {

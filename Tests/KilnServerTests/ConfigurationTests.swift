@@ -1,4 +1,5 @@
 import KilnCore
+import KilnFleet
 import KilnScheduling
 import KilnServer
 import Testing
@@ -31,6 +32,50 @@ struct ConfigurationTests {
             ("scheduler: {policy: protected, protected_tiers: api}", "must be a list"),
         ])
     func refused(yaml: String, message: String) {
+        #expect {
+            _ = try ServerConfiguration.load(yaml: yaml)
+        } throws: { error in
+            (error as? KilnError)?.message.contains(message) == true
+        }
+    }
+
+    @Test("pools are read under their cluster, with their provider, bounds and timing; the fleet section sets the controller")
+    func pools() throws {
+        let configuration = try ServerConfiguration.load(
+            yaml: """
+                clusters:
+                  local:
+                    dispatch_limit: 8
+                    pools:
+                      cpu: {provider: local, min_workers: 1, max_workers: 4, cooldown_seconds: 60}
+                      borrowed: {kind: burst, accelerator: h100, gpus_per_worker: 8, max_workers: 10, drain_grace_seconds: 120}
+                fleet: {tick_seconds: 2, dwell_seconds: 0, headroom: 1.5}
+                """)
+        #expect(configuration.pools.map(\.spec.name) == ["cpu", "borrowed"])
+        let cpu = configuration.pools[0]
+        #expect(cpu.provider == .local)
+        #expect(cpu.spec == CapacityPool(name: "cpu", cluster: "local", accelerator: "cpu", gpusPerWorker: 0, minWorkers: 1, maxWorkers: 4, cooldownSeconds: 60))
+        let borrowed = configuration.pools[1]
+        #expect(borrowed.provider == .static)
+        #expect(borrowed.spec.kind == .burst)
+        #expect(borrowed.spec.gpusPerWorker == 8)
+        #expect(borrowed.spec.drainGraceSeconds == 120)
+        #expect(configuration.fleet.tickSeconds == 2)
+        #expect(configuration.fleet.controller.dwellSeconds == 0)
+        #expect(configuration.fleet.controller.headroom == 1.5)
+    }
+
+    @Test(
+        "bad pools are refused, naming the pool and the setting",
+        arguments: [
+            ("clusters: {c: {pools: {p: {provider: cloud}}}}", "clusters.c.pools.p.provider: 'cloud' is not one of static, local"),
+            ("clusters: {c: {pools: {p: {min_workers: 3, max_workers: 2}}}}", "clusters.c.pools.p: max_workers (2) is below min_workers (3)"),
+            ("clusters: {c: {pools: {p: {kind: spare}}}}", "clusters.c.pools.p.kind"),
+            ("clusters: {c: {pools: {p: {max_worker: 2}}}}", "clusters.c.pools.p: unknown key 'max_worker'"),
+            ("clusters: {c: {pools: {p: {}}}, d: {pools: {p: {}}}}", "a pool of that name exists already"),
+            ("fleet: {tick_seconds: 0}", "fleet.tick_seconds must be a positive number"),
+        ])
+    func refusedPools(yaml: String, message: String) {
         #expect {
             _ = try ServerConfiguration.load(yaml: yaml)
         } throws: { error in

@@ -4,8 +4,10 @@ import Hummingbird
 import HummingbirdTesting
 import KilnAPI
 import KilnCore
+import KilnObjects
 import KilnServer
 import KilnStore
+import Logging
 import OpenAPIRuntime
 import Testing
 
@@ -16,11 +18,22 @@ struct KilnHarness: Sendable {
     let clock: ManualWallClock
     let data: URL
 
-    static func make(data: URL? = nil, configuration: ServerConfiguration = ServerConfiguration(), clock: ManualWallClock = ManualWallClock())
-        async throws -> KilnHarness
-    {
+    /// - Parameter providers: capacity providers that replace the server's own (test doubles).
+    static func make(
+        data: URL? = nil, configuration: ServerConfiguration = ServerConfiguration(), clock: ManualWallClock = ManualWallClock(),
+        providers: [ServerConfiguration.Pool.Provider: any CapacityProvider] = [:]
+    ) async throws -> KilnHarness {
         let folder = data ?? FileManager.default.temporaryDirectory.appending(path: "kiln-test-\(UUID().uuidString)")
-        let server = try await KilnServer.open(data: folder, configuration: configuration, clock: clock, adminKey: adminKey)
+        let server: KilnServer
+        if providers.isEmpty {
+            server = try await KilnServer.open(data: folder, configuration: configuration, clock: clock, adminKey: adminKey)
+        } else {
+            try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
+            server = try await KilnServer(
+                store: try SQLiteJobStore(path: folder.appending(path: "kiln.sqlite").path),
+                objects: try FileSystemObjectStore(root: folder.appending(path: "objects")), configuration: configuration, clock: clock,
+                adminKey: adminKey, extraProviders: providers, logger: Logger(label: "kiln-test"))
+        }
         return KilnHarness(server: server, clock: clock, data: folder)
     }
 

@@ -179,6 +179,45 @@ struct LeaseConformanceTests {
         #expect(unchanged == afterSecond)
     }
 
+    @Test("release: a drained worker's jobs return to the queue with their queued time, charged no attempt; its old token is refused",
+          arguments: StoreBackend.allCases)
+    func releaseChargesNoAttempt(_ backend: StoreBackend) async throws {
+        let store = try backend.make()
+        let account = try await store.seedAccount()
+        let worker = try await store.seedWorker()
+        let other = try await store.seedWorker(cluster: "us-2")
+        let first = try await store.submitQueued(makeGeneration(account: account.id, maxAttempts: 1, at: Fixture.time(0)))
+        let second = try await store.submitQueued(makeGeneration(account: account.id, maxAttempts: 1, at: Fixture.time(1)))
+        let elsewhere = try await store.submitQueued(makeGeneration(account: account.id, at: Fixture.time(2)))
+        let held = try await store.leaseQueued(first, to: worker, at: Fixture.time(10), ttl: 30)
+        _ = try await store.leaseQueued(second, to: worker, at: Fixture.time(10), ttl: 30)
+        _ = try await store.leaseQueued(elsewhere, to: other, at: Fixture.time(10), ttl: 30)
+        let token = try #require(held.lease?.token)
+        _ = try await store.start(first.id, worker: worker.id, token: token, at: Fixture.time(11), ttl: 30)
+
+        let released = try await store.releaseLeases(of: worker.id, reason: "pool h100 shrank", at: Fixture.time(20))
+        #expect(Set(released.map(\.id)) == [first.id, second.id])
+        for generation in released {
+            #expect(generation.state == .queued)
+            #expect(generation.attempts == 0)
+            #expect(generation.lease == nil)
+        }
+        let again = try await store.fetch(first.id)
+        #expect(again.queuedAt == first.queuedAt)
+        #expect(try await store.fetch(elsewhere.id).state == .running, "another worker's job is untouched")
+        let events = try await store.allEvents(of: first.id)
+        #expect(events.last?.kind == .requeued)
+        #expect(events.last?.message?.contains("not counted as an attempt") == true)
+        // The released lease's token changes nothing any more.
+        await expectError(.staleLease) {
+            _ = try await store.start(first.id, worker: worker.id, token: token, at: Fixture.time(21), ttl: 30)
+        }
+        // With one attempt allowed, the released job can still be leased and run.
+        let rerun = try await store.leaseQueued(again, to: other, at: Fixture.time(30), ttl: 30)
+        #expect(rerun.attempts == 1)
+        #expect(try await store.releaseLeases(of: worker.id, reason: "again", at: Fixture.time(31)).isEmpty)
+    }
+
     @Test("expiry: a lease extended by a heartbeat is not expired", arguments: StoreBackend.allCases)
     func heartbeatKeepsLeaseAlive(_ backend: StoreBackend) async throws {
         let store = try backend.make()

@@ -33,6 +33,7 @@ extension WorkerRecord.State {
         switch state {
         case .active: self = .active
         case .draining: self = .draining
+        case .retired: self = .retired
         }
     }
 }

@@ -33,6 +33,7 @@ extension Components.Schemas.WorkerState {
         switch state {
         case .active: self = .active
         case .draining: self = .draining
+        case .retired: self = .retired
         }
     }
 }
@@ -102,7 +103,8 @@ extension Components.Schemas.WorkerObject {
     public init(_ worker: WorkerRecord) {
         self.init(
             id: worker.id.rawValue, cluster: worker.cluster, accelerator: worker.accelerator, gpus: worker.gpus,
-            labels: .init(additionalProperties: worker.labels), state: .init(worker.state), registeredAt: worker.registeredAt,
+            labels: .init(additionalProperties: worker.labels), state: .init(worker.state), pool: worker.pool,
+            registeredAt: worker.registeredAt,
             lastSeenAt: worker.lastSeenAt)
     }
 }

@@ -37,7 +37,8 @@ public struct Transition: Hashable, Sendable {
 ///
 ///     queued ──lease──▶ running ──complete──▶ succeeded
 ///       ▲                 │  └────fail───────▶ failed
-///       └─lease expired / retryable failure (attempts < max)
+///       ├─lease expired / retryable failure (attempts < max)
+///       └─released by a drain (no attempt charged)
 ///     queued | running ──cancel──▶ canceled
 ///
 /// Each takes the generation as the store holds it, checks that the change is allowed, and returns
@@ -151,6 +152,24 @@ public enum Lifecycle {
                 code: "lease_expired",
                 message: "the worker on \(lease.workerID) stopped sending heartbeats (attempt \(generation.attempts))"),
             retryable: true, at: at)
+    }
+
+    /// Returns a running generation to the queue with its original queued time, charged no
+    /// attempt: its worker was drained (a pool shrinking, capacity given back) and the grace for
+    /// its jobs ran out.
+    /// - Throws: `.conflict` when it is not running.
+    public static func release(_ generation: Generation, reason: String) throws -> Transition {
+        guard generation.state == .running, let lease = generation.lease else {
+            throw KilnError(.conflict, "generation '\(generation.id)' is \(generation.state.rawValue), not running")
+        }
+        var after = generation
+        after.state = .queued
+        after.lease = nil
+        after.attempts -= 1
+        after.progress = JobProgress(fraction: 0, stage: "requeued")
+        return Transition(
+            generation: after, effect: .requeued, event: .requeued,
+            message: "\(reason): released from worker \(lease.workerID); not counted as an attempt")
     }
 
     /// Cancels a queued or running generation.

@@ -96,6 +96,8 @@ public struct WorkerRecord: Hashable, Sendable {
         case active
         /// Finishes what it holds and takes nothing new.
         case draining
+        /// Gone: drained and stopped, or given back. Kept for the record; never leased to again.
+        case retired
     }
 
     public var id: WorkerID
@@ -103,6 +105,8 @@ public struct WorkerRecord: Hashable, Sendable {
     public var accelerator: String
     public var gpus: Int
     public var labels: [String: String]
+    /// The capacity pool it belongs to (DESIGN §5); nil for a worker outside every pool.
+    public var pool: String?
     public var state: State
     /// The key that registered it: the only one that may act as this worker.
     public var keyID: KeyID?
@@ -110,9 +114,10 @@ public struct WorkerRecord: Hashable, Sendable {
     public var lastSeenAt: Date
 
     public init(
-        id: WorkerID, cluster: String, accelerator: String, gpus: Int, labels: [String: String] = [:], state: State = .active,
-        keyID: KeyID? = nil, registeredAt: Date, lastSeenAt: Date
+        id: WorkerID, cluster: String, accelerator: String, gpus: Int, labels: [String: String] = [:], pool: String? = nil,
+        state: State = .active, keyID: KeyID? = nil, registeredAt: Date, lastSeenAt: Date
     ) {
+        self.pool = pool
         self.keyID = keyID
         self.id = id
         self.cluster = cluster

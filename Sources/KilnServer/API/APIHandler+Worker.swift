@@ -1,6 +1,7 @@
 import Foundation
 import KilnAPI
 import KilnCore
+import KilnFleet
 import KilnModels
 import KilnObjects
 import KilnStore
@@ -22,10 +23,24 @@ extension APIHandler {
             throw KilnError(.invalidRequest, "accelerator: must be 1 to 64 characters")
         }
         guard (0...1024).contains(body.gpus) else { throw KilnError(.invalidRequest, "gpus: must be from 0 to 1024") }
+        let pools = services.configuration.pools
+        if let pool = body.pool {
+            guard let configured = pools.first(where: { $0.spec.name == pool }) else {
+                let names = pools.map(\.spec.name)
+                throw KilnError(
+                    .invalidRequest,
+                    "pool: '\(pool)' is not a pool of this server"
+                        + (names.isEmpty ? " (it has none)" : " (\(names.joined(separator: ", ")))"))
+            }
+            guard configured.spec.cluster == body.cluster else {
+                throw KilnError(
+                    .invalidRequest, "pool: '\(pool)' belongs to cluster '\(configured.spec.cluster)', not '\(body.cluster)'")
+            }
+        }
         let now = services.clock.now()
         let worker = WorkerRecord(
             id: .random(), cluster: body.cluster, accelerator: body.accelerator, gpus: body.gpus,
-            labels: body.labels?.additionalProperties ?? [:], keyID: keyID, registeredAt: now, lastSeenAt: now)
+            labels: body.labels?.additionalProperties ?? [:], pool: body.pool, keyID: keyID, registeredAt: now, lastSeenAt: now)
         try await services.store.registerWorker(worker)
         services.logger.info("worker registered", metadata: ["worker": "\(worker.id)", "cluster": "\(worker.cluster)"])
         let leases = services.configuration.leases
@@ -51,7 +66,15 @@ extension APIHandler {
             try? await Task.sleep(for: .milliseconds(Int(wait * 1000)))
             return .noContent(.init())
         }
-        guard let generation = try await services.dispatcher.lease(for: worker, wait: wait), let lease = generation.lease else {
+        // A placed worker prepares its version before it takes that model's jobs, then only those.
+        await services.fleet.reportReady(worker.id, version: body.readyVersion)
+        let assignment = await services.fleet.assignment(for: worker.id)
+        if let assignment, let version = assignment.version, version != body.readyVersion {
+            return .accepted(.init(body: .json(.init(model: assignment.model, version: version, reason: assignment.reason))))
+        }
+        guard let generation = try await services.dispatcher.lease(for: worker, wait: wait, model: assignment?.model),
+            let lease = generation.lease
+        else {
             return .noContent(.init())
         }
         try await services.transitions.apply(.leased, generation)
@@ -102,7 +125,8 @@ extension APIHandler {
             if worker.state == .active {
                 let start = lease.start ?? false
                 let generations = try await services.dispatcher.lease(
-                    for: worker, wait: lease.waitSeconds ?? 0, max: lease.max, start: start)
+                    for: worker, wait: lease.waitSeconds ?? 0, max: lease.max, start: start,
+                    model: await services.fleet.assignment(for: worker.id)?.model)
                 for generation in generations {
                     guard let held = generation.lease else { continue }
                     try await services.transitions.apply(.leased, generation)

@@ -1,5 +1,6 @@
 import Foundation
 import KilnCore
+import KilnFleet
 import KilnScheduling
 import Yams
 
@@ -9,6 +10,32 @@ public struct ServerConfiguration: Sendable, Hashable {
         /// Leased-but-not-started jobs the cluster may hold.
         public var dispatchLimit: Int
         public init(dispatchLimit: Int) { self.dispatchLimit = dispatchLimit }
+    }
+
+    /// A capacity pool (DESIGN §5): its bounds for the fleet controller, and who acts on them.
+    public struct Pool: Sendable, Hashable {
+        public enum Provider: String, Sendable, Hashable, CaseIterable {
+            /// Workers started by hand: the controller places models on them but never changes
+            /// their number.
+            case `static`
+            /// `kiln worker` processes on this machine, started and stopped by the server.
+            case local
+        }
+
+        public var provider: Provider
+        public var spec: CapacityPool
+
+        public init(provider: Provider, spec: CapacityPool) {
+            self.provider = provider
+            self.spec = spec
+        }
+    }
+
+    /// How often the fleet controller decides, and its settings.
+    public struct Fleet: Sendable, Hashable {
+        public var tickSeconds: Double = 5
+        public var controller = FleetController.Settings()
+        public init() {}
     }
 
     public struct Leases: Sendable, Hashable {
@@ -34,6 +61,10 @@ public struct ServerConfiguration: Sendable, Hashable {
 
     public var tiers: TierTable = .standard
     public var clusters: [String: Cluster] = ["default": Cluster(dispatchLimit: 64)]
+    /// Capacity pools, in the order the file lists them (under `clusters.NAME.pools`). None: the
+    /// fleet is whatever workers register, and any worker takes any model.
+    public var pools: [Pool] = []
+    public var fleet = Fleet()
     /// For clusters the file does not name.
     public var defaultDispatchLimit: Int = 64
     public var leases = Leases()
@@ -51,7 +82,7 @@ public struct ServerConfiguration: Sendable, Hashable {
         var configuration = ServerConfiguration()
         guard let root = try Yams.compose(yaml: text) else { return configuration }
         let top = try Mapping(root, path: source)
-        try top.allow(["tiers", "clusters", "leases", "limits", "scheduler"])
+        try top.allow(["tiers", "clusters", "leases", "limits", "scheduler", "fleet"])
         if let tiers = top["tiers"] {
             let mapping = try Mapping(tiers, path: "\(source): tiers")
             var list: [Tier] = []
@@ -75,9 +106,26 @@ public struct ServerConfiguration: Sendable, Hashable {
             configuration.clusters = [:]
             for (name, node) in mapping.entries {
                 let fields = try Mapping(node, path: "\(source): clusters.\(name)")
-                try fields.allow(["dispatch_limit"])
+                try fields.allow(["dispatch_limit", "pools"])
                 configuration.clusters[name] = Cluster(dispatchLimit: try fields.int("dispatch_limit") ?? 64)
+                if let pools = fields["pools"] {
+                    for (poolName, poolNode) in try Mapping(pools, path: "\(source): clusters.\(name).pools").entries {
+                        guard !configuration.pools.contains(where: { $0.spec.name == poolName }) else {
+                            throw KilnError(.invalidInput, "\(source): clusters.\(name).pools.\(poolName): a pool of that name exists already")
+                        }
+                        configuration.pools.append(
+                            try Self.pool(poolName, cluster: name, node: poolNode, path: "\(source): clusters.\(name).pools.\(poolName)"))
+                    }
+                }
             }
+        }
+        if let fleet = top["fleet"] {
+            let fields = try Mapping(fleet, path: "\(source): fleet")
+            try fields.allow(["tick_seconds", "headroom", "dwell_seconds", "minimum_horizon_seconds"])
+            if let value = try fields.double("tick_seconds") { configuration.fleet.tickSeconds = value }
+            if let value = try fields.double("headroom") { configuration.fleet.controller.headroom = value }
+            if let value = try fields.count("dwell_seconds") { configuration.fleet.controller.dwellSeconds = Double(value) }
+            if let value = try fields.double("minimum_horizon_seconds") { configuration.fleet.controller.minimumHorizonSeconds = value }
         }
         if let leases = top["leases"] {
             let fields = try Mapping(leases, path: "\(source): leases")
@@ -125,6 +173,34 @@ public struct ServerConfiguration: Sendable, Hashable {
         return configuration
     }
 
+    private static func pool(_ name: String, cluster: String, node: Node, path: String) throws -> Pool {
+        let fields = try Mapping(node, path: path)
+        try fields.allow([
+            "provider", "kind", "accelerator", "gpus_per_worker", "min_workers", "max_workers", "cooldown_seconds", "drain_grace_seconds",
+        ])
+        let providerName = try fields.string("provider") ?? "static"
+        guard let provider = Pool.Provider(rawValue: providerName) else {
+            throw KilnError(
+                .invalidInput,
+                "\(path).provider: '\(providerName)' is not one of \(Pool.Provider.allCases.map(\.rawValue).joined(separator: ", "))")
+        }
+        let kindName = try fields.string("kind") ?? "primary"
+        guard let kind = CapacityPool.Kind(rawValue: kindName) else {
+            throw KilnError(.invalidInput, "\(path).kind: '\(kindName)' is not primary or burst")
+        }
+        let minimum = try fields.count("min_workers") ?? 0
+        let maximum = try fields.count("max_workers") ?? max(minimum, 1)
+        guard maximum >= minimum else {
+            throw KilnError(.invalidInput, "\(path): max_workers (\(maximum)) is below min_workers (\(minimum))")
+        }
+        let spec = CapacityPool(
+            name: name, cluster: cluster, kind: kind, accelerator: try fields.string("accelerator") ?? "cpu",
+            gpusPerWorker: try fields.count("gpus_per_worker") ?? 0, minWorkers: minimum, maxWorkers: maximum,
+            cooldownSeconds: Double(try fields.count("cooldown_seconds") ?? 300),
+            drainGraceSeconds: Double(try fields.count("drain_grace_seconds") ?? 600))
+        return Pool(provider: provider, spec: spec)
+    }
+
     public func schedulingPolicy() throws -> any SchedulingPolicy {
         policy == "protected" ? ProtectedPolicy(protection) : try SchedulingPolicies.named(policy)
     }
@@ -161,6 +237,15 @@ private struct Mapping {
         guard let node = self[key] else { return nil }
         guard let value = node.int, value >= 1 else {
             throw KilnError(.invalidInput, "\(path).\(key) must be a whole number of at least 1")
+        }
+        return value
+    }
+
+    /// A whole number of at least 0.
+    func count(_ key: String) throws -> Int? {
+        guard let node = self[key] else { return nil }
+        guard let value = node.int, value >= 0 else {
+            throw KilnError(.invalidInput, "\(path).\(key) must be a whole number of at least 0")
         }
         return value
     }

@@ -22,6 +22,10 @@ public actor Dispatcher {
 
     private var scheduler: Scheduler
     private var throughput = ThroughputEstimator()
+    /// Submissions per model since start: the fleet controller turns them into arrival rates.
+    private var arrivals: [String: Int] = [:]
+    /// Mean run time per model (start to end of succeeded generations), weighted to the recent.
+    private var runSeconds: [String: Double] = [:]
     private var identifiers: [Int64: GenerationID] = [:]
     private var waiters: [UUID: Waiter] = [:]
     /// Waiting workers, oldest first.
@@ -76,6 +80,7 @@ public actor Dispatcher {
 
     public func submitted(_ generation: Generation) throws {
         try enqueue(generation)
+        arrivals[generation.model, default: 0] += 1
         wakeOne(for: Self.job(generation).requirements)
     }
 
@@ -94,6 +99,10 @@ public actor Dispatcher {
 
     /// The generation ended (succeeded, failed, canceled).
     public func ended(_ generation: Generation) {
+        if generation.state == .succeeded, let started = generation.startedAt, let completed = generation.completedAt {
+            let seconds = max(0, completed.timeIntervalSince(started))
+            runSeconds[generation.model] = runSeconds[generation.model].map { $0 + 0.1 * (seconds - $0) } ?? seconds
+        }
         scheduler.remove(generation.sequence)
         identifiers[generation.sequence] = nil
         wakeAllIfQueued()
@@ -102,14 +111,19 @@ public actor Dispatcher {
     // MARK: Leasing
 
     /// The next job for `worker`, waiting up to `wait` seconds for one; nil when none came.
-    public func lease(for worker: WorkerRecord, wait: Double) async throws -> Generation? {
-        try await lease(for: worker, wait: wait, max: 1, start: false).first
+    /// - Parameter model: the model placement put the worker on; nil takes any.
+    public func lease(for worker: WorkerRecord, wait: Double, model: String? = nil) async throws -> Generation? {
+        try await lease(for: worker, wait: wait, max: 1, start: false, model: model).first
     }
 
     /// Up to `max` jobs for `worker`, waiting up to `wait` seconds for the first; none when none
     /// came. With `start`, each is started as it is leased.
-    public func lease(for worker: WorkerRecord, wait: Double, max: Int, start: Bool) async throws -> [Generation] {
-        let offer = WorkerOffer(cluster: worker.cluster, accelerator: worker.accelerator, gpus: worker.gpus)
+    /// - Parameter model: the model placement put the worker on; nil takes any.
+    public func lease(for worker: WorkerRecord, wait: Double, max: Int, start: Bool, model: String? = nil) async throws
+        -> [Generation]
+    {
+        let offer = WorkerOffer(
+            cluster: worker.cluster, accelerator: worker.accelerator, gpus: worker.gpus, models: model.map { [$0] })
         // The long poll's timeout is real time (the I/O shell's), not the injected decision clock.
         let deadline = ContinuousClock.now + .milliseconds(Int(Swift.max(0, wait) * 1000))
         var leased: [Generation] = []
@@ -147,6 +161,12 @@ public actor Dispatcher {
     }
 
     // MARK: Views
+
+    /// What the fleet controller reads each tick: the dispatchable backlog per queue, submissions
+    /// per model since start, and the mean run time per model.
+    public func fleetDemand() -> (backlog: [QueueBacklog], arrivals: [String: Int], runSeconds: [String: Double]) {
+        (scheduler.backlog(), arrivals, runSeconds)
+    }
 
     /// Position, ETA and deadline of a queued generation.
     public func queuePlace(for generation: Generation) -> QueuePlace? {

@@ -216,6 +216,19 @@ extension SQLiteJobStore {
         }
     }
 
+    public func releaseLeases(of worker: WorkerID, reason: String, at: Date) async throws -> [Generation] {
+        try await write { db in
+            let held = try Row.fetchAll(
+                db, cached: "SELECT * FROM generations WHERE lease_worker = ? AND state = 'running' ORDER BY seq",
+                arguments: [worker.rawValue])
+            return try held.map { row in
+                let generation = Self.generation(from: row)
+                return try Self.persist(
+                    db, Lifecycle.release(generation, reason: reason), from: generation, token: row["lease_token"], at: at)
+            }
+        }
+    }
+
     public func oldestQueuedGeneration(of account: AccountID) async throws -> Generation? {
         try await pool.read { db in
             try Row.fetchOne(

@@ -72,7 +72,7 @@ extension SQLiteJobStore {
     static func worker(from row: Row) -> WorkerRecord {
         WorkerRecord(
             id: WorkerID(unchecked: row["id"]), cluster: row["cluster"], accelerator: row["accelerator"], gpus: row["gpus"],
-            labels: decode(row["labels"]) ?? [:], state: WorkerRecord.State(rawValue: row["state"]) ?? .active,
+            labels: decode(row["labels"]) ?? [:], pool: row["pool"], state: WorkerRecord.State(rawValue: row["state"]) ?? .active,
             keyID: (row["key_id"] as String?).map(KeyID.init(unchecked:)), registeredAt: Date(timeIntervalSince1970: row["registered_at"]),
             lastSeenAt: Date(timeIntervalSince1970: row["last_seen_at"]))
     }

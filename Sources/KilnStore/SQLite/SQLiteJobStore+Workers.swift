@@ -8,11 +8,11 @@ extension SQLiteJobStore {
         try await write { db in
             try db.run(
                 sql: """
-                    INSERT INTO workers (id, cluster, accelerator, gpus, labels, state, key_id, registered_at, last_seen_at)
-                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+                    INSERT INTO workers (id, cluster, accelerator, gpus, labels, pool, state, key_id, registered_at, last_seen_at)
+                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                     """,
                 arguments: [
-                    worker.id.rawValue, worker.cluster, worker.accelerator, worker.gpus, Self.json(worker.labels),
+                    worker.id.rawValue, worker.cluster, worker.accelerator, worker.gpus, Self.json(worker.labels), worker.pool,
                     worker.state.rawValue, worker.keyID?.rawValue, worker.registeredAt.timeIntervalSince1970,
                     worker.lastSeenAt.timeIntervalSince1970,
                 ])

@@ -92,6 +92,11 @@ enum SQLiteSchema {
             // When each change was recorded, so that old ones can be pruned.
             try db.execute(sql: "ALTER TABLE changes ADD COLUMN recorded_at REAL NOT NULL DEFAULT 0")
         }
+        migrator.registerMigration("v7-worker-pools") { db in
+            // The capacity pool a worker belongs to, and the running generations of a worker.
+            try db.execute(sql: "ALTER TABLE workers ADD COLUMN pool TEXT")
+            try db.execute(sql: "CREATE INDEX generations_by_worker ON generations(lease_worker, state)")
+        }
         return migrator
     }
 }

@@ -1,0 +1,34 @@
+import Foundation
+import KilnAPI
+import KilnCore
+import KilnFleet
+
+/// The fleet controller's view (admin).
+extension APIHandler {
+    func getFleet(_ input: Operations.GetFleet.Input) async throws -> Operations.GetFleet.Output {
+        let view = await services.fleet.view()
+        let pools = view.pools.map { pool in
+            let spec = pool.configured.spec
+            return Components.Schemas.PoolObject(
+                name: spec.name, cluster: spec.cluster, kind: spec.kind == .primary ? .primary : .burst,
+                provider: pool.configured.provider == .local ? .local : ._static, accelerator: spec.accelerator,
+                minWorkers: spec.minWorkers, maxWorkers: spec.maxWorkers, actual: pool.decision?.actual ?? 0,
+                desired: pool.decision?.desired ?? 0, reason: pool.decision?.reason ?? "no tick yet")
+        }
+        let workers = view.workers.map { worker in
+            let state: Components.Schemas.FleetWorkerObject.StatePayload =
+                switch worker.state {
+                case .provisioning: .provisioning
+                case .active: .active
+                case .draining: .draining
+                }
+            return Components.Schemas.FleetWorkerObject(
+                id: worker.id, pool: worker.pool, state: state, model: worker.assignment?.model, version: worker.assignment?.version,
+                readyVersion: worker.readyVersion, running: worker.running)
+        }
+        let decisions = view.decisions.prefix(50).map {
+            Components.Schemas.FleetDecisionObject(at: $0.at, action: $0.action, reason: $0.reason)
+        }
+        return .ok(.init(body: .json(.init(tickedAt: view.tickedAt, pools: pools, workers: workers, decisions: Array(decisions)))))
+    }
+}

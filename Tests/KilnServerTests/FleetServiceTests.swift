@@ -1,0 +1,231 @@
+import Foundation
+import HTTPTypes
+import KilnAPI
+import KilnCore
+import KilnFleet
+import KilnServer
+import Testing
+
+/// A test double of a capacity provider: it starts nothing, and records what it was asked. The
+/// workers it "starts" are registered by the test itself, with the launch label, as a started
+/// `kiln worker` would. A graceful stop leaves the launch running, as a draining worker finishing
+/// its job would be.
+actor RecordingProvider: CapacityProvider {
+    private(set) var launched: [String] = []
+    private(set) var stopped: [(launch: String, graceful: Bool)] = []
+    private var alive: Set<String> = []
+
+    func provision(_ count: Int, pool: ServerConfiguration.Pool) async throws -> [String] {
+        let new = (0..<count).map { "test-\(pool.spec.name)-\(launched.count + $0)" }
+        launched += new
+        alive.formUnion(new)
+        return new
+    }
+
+    func stop(launch: String, graceful: Bool) async {
+        stopped.append((launch, graceful))
+        if !graceful { alive.remove(launch) }
+    }
+
+    func running() async -> Set<String> { alive }
+    func shutdown(grace: Duration) async { alive.removeAll() }
+}
+
+@Suite("Fleet service: the controller against the live server")
+struct FleetServiceTests {
+    static func configuration(min: Int = 0, max: Int = 3, cooldown: Double = 30, grace: Double = 60) -> ServerConfiguration {
+        var configuration = ServerConfiguration()
+        configuration.pools = [
+            .init(
+                provider: .local,
+                spec: CapacityPool(
+                    name: "cpu", cluster: "default", accelerator: "cpu", gpusPerWorker: 0, minWorkers: min, maxWorkers: max,
+                    cooldownSeconds: cooldown, drainGraceSeconds: grace))
+        ]
+        configuration.fleet.controller.dwellSeconds = 0
+        return configuration
+    }
+
+    /// Registers a started launch as `kiln worker --pool POOL` would.
+    private func registerIn(_ api: KilnClient, key: String, launch: String, pool: String) async throws -> String {
+        let worker = api.api(key)
+        return try await worker {
+            try await $0.registerWorker(
+                body: .json(
+                    .init(
+                        cluster: "default", accelerator: "cpu", gpus: 0, labels: .init(additionalProperties: ["kiln.launch": launch]),
+                        pool: pool))
+            ).created.body.json.id
+        }
+    }
+
+    private func register(_ api: KilnClient, key: String, launch: String) async throws -> String {
+        try await registerIn(api, key: key, launch: launch, pool: "cpu")
+    }
+
+    @Test("queued work grows the pool through its provider; the new workers are placed, and a placed worker is leased only its model's jobs")
+    func growsPlacesAndRestricts() async throws {
+        let provider = RecordingProvider()
+        let kiln = try await KilnHarness.make(configuration: Self.configuration(), providers: [.local: provider])
+        try await kiln.withClient { api in
+            try await api.model("a")
+            try await api.model("b")
+            let (_, user) = try await api.account(tier: "api")
+            let key = try await api.workerKey()
+            var jobs: [String] = []
+            for _ in 0..<4 { jobs.append(try await api.submit(user, model: "a").id) }
+            kiln.clock.advance(by: 30)
+
+            let first = try await kiln.server.services.fleet.tick()
+            #expect(first.pools[0].desired > 0)
+            #expect(first.pools[0].reason.hasPrefix("api promise at risk in 2 min (a): +"))
+            let launched = await provider.launched
+            #expect(launched.count == first.pools[0].desired)
+
+            // The launches register; the next tick places them on `a`.
+            var workers: [String] = []
+            for launch in launched { workers.append(try await register(api, key: key, launch: launch)) }
+            kiln.clock.advance(by: 5)
+            try await kiln.server.services.fleet.tick()
+            let fleet = try await api.api().callAsFunction { try await $0.getFleet().ok.body.json }
+            #expect(fleet.workers.count == launched.count)
+            #expect(fleet.workers.allSatisfy { $0.model == "a" && $0.state == .active })
+            #expect(fleet.decisions.contains { $0.action.hasPrefix("assign ") && $0.action.hasSuffix(" to a") })
+
+            // A `b` job waits behind nothing, yet a worker placed on `a` is leased `a`'s jobs only.
+            let other = try await api.submit(user, model: "b")
+            var leased: [String] = []
+            while let lease = try await api.lease(key, worker: workers[0]) { leased.append(lease.job.id) }
+            #expect(Set(leased) == Set(jobs))
+            #expect(try await api.generation(user, other.id).state == .queued)
+        }
+    }
+
+    @Test("a shrinking pool retires an idle worker after its cool-down and keeps the busy one its job needs")
+    func shrinksAfterCooldown() async throws {
+        let provider = RecordingProvider()
+        let kiln = try await KilnHarness.make(configuration: Self.configuration(max: 2, cooldown: 30), providers: [.local: provider])
+        try await kiln.withClient { api in
+            try await api.model("a")
+            let (_, user) = try await api.account(tier: "free")
+            let key = try await api.workerKey()
+            let client = api.api(user)
+            for _ in 0..<20 { _ = try await api.submit(user, model: "a") }
+            kiln.clock.advance(by: 3_000)
+            try await kiln.server.services.fleet.tick()
+            let launched = await provider.launched
+            #expect(launched.count == 2)
+            var workers: [String] = []
+            for launch in launched { workers.append(try await register(api, key: key, launch: launch)) }
+            try await kiln.server.services.fleet.tick()
+
+            // One worker takes a job and keeps it; the rest of the work is canceled.
+            let held = try #require(try await api.lease(key, worker: workers[0]))
+            let queued = try await client { try await $0.listGenerations(query: .init(state: .queued, limit: 100)).ok.body.json.data }
+            for generation in queued { _ = try await client { try await $0.cancelGeneration(path: .init(id: generation.id)).ok } }
+            // The need falls to the one running job: the pool holds for its cool-down, then shrinks.
+            kiln.clock.advance(by: 10)
+            try await kiln.server.services.fleet.tick()
+            #expect(try await workerState(api, workers[1]) == .active, "held through the cool-down")
+            kiln.clock.advance(by: 31)
+            let shrink = try await kiln.server.services.fleet.tick()
+            #expect(shrink.pools[0].desired == 1)
+            #expect(shrink.pools[0].reason.hasSuffix("for 30 s: −1"))
+            #expect(try await workerState(api, workers[1]) == .retired, "the idle worker goes")
+            #expect(await provider.stopped.contains { $0.launch == launched[1] })
+            #expect(try await workerState(api, workers[0]) == .active, "the busy one stays: its job needs it")
+
+            // Once its job is over (canceled here), nothing needs it: it retires after the cool-down.
+            _ = try await client { try await $0.cancelGeneration(path: .init(id: held.job.id)).ok }
+            kiln.clock.advance(by: 40)
+            try await kiln.server.services.fleet.tick()
+            #expect(try await workerState(api, workers[0]) == .retired)
+            let fleet = try await api.api().callAsFunction { try await $0.getFleet().ok.body.json }
+            #expect(fleet.workers.isEmpty)
+            #expect(fleet.pools[0].desired == 0)
+        }
+    }
+
+    @Test("a burst pool given back: its busy worker drains, and its job is released after the grace, charged no attempt, and runs again")
+    func burstReleasedAfterGrace() async throws {
+        let provider = RecordingProvider()
+        var configuration = Self.configuration(max: 1, cooldown: 10, grace: 60)
+        configuration.pools.append(
+            .init(
+                provider: .local,
+                spec: CapacityPool(
+                    name: "borrowed", cluster: "default", kind: .burst, accelerator: "cpu", gpusPerWorker: 0, minWorkers: 0,
+                    maxWorkers: 1, cooldownSeconds: 10, drainGraceSeconds: 60)))
+        let kiln = try await KilnHarness.make(configuration: configuration, providers: [.local: provider])
+        try await kiln.withClient { api in
+            try await api.model("a")
+            let (_, user) = try await api.account(tier: "api")
+            let key = try await api.workerKey()
+            let first = try await api.submit(user, model: "a")
+            let second = try await api.submit(user, model: "a")
+            kiln.clock.advance(by: 30)
+            // Two api jobs 90 s from their promise need more than the primary pool's one worker.
+            let grow = try await kiln.server.services.fleet.tick()
+            #expect(grow.pools.map(\.desired) == [1, 1])
+            let launched = await provider.launched
+            #expect(launched == ["test-cpu-0", "test-borrowed-1"])
+            let primary = try await registerIn(api, key: key, launch: launched[0], pool: "cpu")
+            let borrowed = try await registerIn(api, key: key, launch: launched[1], pool: "borrowed")
+            try await kiln.server.services.fleet.tick()
+            let onPrimary = try #require(try await api.lease(key, worker: primary))
+            let onBorrowed = try #require(try await api.lease(key, worker: borrowed))
+            #expect(Set([onPrimary.job.id, onBorrowed.job.id]) == [first.id, second.id])
+            let started = try await api.job(key, primary, onPrimary, "start", json: #"{"token":"\#(onPrimary.lease.token)"}"#)
+            #expect(started.status == .ok)
+            #expect(try await api.complete(key, primary, onPrimary).status == .noContent)
+
+            // The primary pool now has room for the job still running: the burst pool is given
+            // back after its cool-down, its busy worker draining.
+            kiln.clock.advance(by: 5)
+            try await kiln.server.services.fleet.tick()
+            kiln.clock.advance(by: 11)
+            let giveBack = try await kiln.server.services.fleet.tick()
+            #expect(giveBack.pools[1].desired == 0)
+            #expect(try await workerState(api, borrowed) == .draining)
+            #expect(try await api.generation(user, onBorrowed.job.id).state == .running)
+            // Within the grace the job keeps running; after it, the job is released.
+            kiln.clock.advance(by: 30)
+            try await kiln.server.services.fleet.tick()
+            #expect(try await api.generation(user, onBorrowed.job.id).state == .running)
+            kiln.clock.advance(by: 31)
+            try await kiln.server.services.fleet.tick()
+            let released = try await api.generation(user, onBorrowed.job.id)
+            #expect(released.state == .queued)
+            #expect(released.attempts == 0, "a release is not charged as an attempt")
+            #expect(try await workerState(api, borrowed) == .retired)
+            // Its old lease changes nothing any more; the primary worker runs the job again.
+            let stale = try await api.job(key, borrowed, onBorrowed, "start", json: #"{"token":"\#(onBorrowed.lease.token)"}"#)
+            #expect(stale.status == .conflict)
+            let again = try #require(try await api.lease(key, worker: primary))
+            #expect(again.job.id == onBorrowed.job.id)
+            #expect(try await api.generation(user, again.job.id).attempts == 1)
+        }
+    }
+
+    @Test("a worker naming a pool the server does not have, or another cluster's pool, is refused with the pools named")
+    func unknownPoolRefused() async throws {
+        let kiln = try await KilnHarness.make(configuration: Self.configuration(), providers: [.local: RecordingProvider()])
+        try await kiln.withClient { api in
+            let key = try await api.workerKey()
+            let unknown = try await api.call(
+                .post, "/v1/workers", key: key, json: #"{"cluster":"default","accelerator":"cpu","gpus":0,"pool":"gpu"}"#)
+            #expect(unknown.status == .badRequest)
+            #expect(unknown.error?.message == "pool: 'gpu' is not a pool of this server (cpu)")
+            let elsewhere = try await api.call(
+                .post, "/v1/workers", key: key, json: #"{"cluster":"east","accelerator":"cpu","gpus":0,"pool":"cpu"}"#)
+            #expect(elsewhere.status == .badRequest)
+            #expect(elsewhere.error?.message == "pool: 'cpu' belongs to cluster 'default', not 'east'")
+            let workers = try await api.api().callAsFunction { try await $0.listWorkers().ok.body.json.data }
+            #expect(workers.isEmpty, "a refused registration changes nothing")
+        }
+    }
+
+    private func workerState(_ api: KilnClient, _ id: String) async throws -> Components.Schemas.WorkerState? {
+        try await api.api().callAsFunction { try await $0.listWorkers().ok.body.json.data }.first { $0.id == id }?.state
+    }
+}
