@@ -18,6 +18,13 @@ struct KilnHarness: Sendable {
     let clock: ManualWallClock
     let data: URL
 
+    /// Warnings and errors only, as `KilnServer.open`'s default logger is quiet enough for tests.
+    static var quietLogger: Logger {
+        var logger = Logger(label: "kiln-test")
+        logger.logLevel = .warning
+        return logger
+    }
+
     /// - Parameter providers: capacity providers that replace the server's own (test doubles).
     static func make(
         data: URL? = nil, configuration: ServerConfiguration = ServerConfiguration(), clock: ManualWallClock = ManualWallClock(),
@@ -32,7 +39,7 @@ struct KilnHarness: Sendable {
             server = try await KilnServer(
                 store: try SQLiteJobStore(path: folder.appending(path: "kiln.sqlite").path),
                 objects: try FileSystemObjectStore(root: folder.appending(path: "objects")), configuration: configuration, clock: clock,
-                adminKey: adminKey, extraProviders: providers, logger: Logger(label: "kiln-test"))
+                adminKey: adminKey, extraProviders: providers, logger: quietLogger)
         }
         return KilnHarness(server: server, clock: clock, data: folder)
     }

@@ -5,8 +5,9 @@ import Logging
 
 /// `local`: `kiln worker` processes on this machine, the default under `kiln up`.
 ///
-/// Each worker gets a slot of its pool (`local-POOL-N`, the smallest free), whose folder keeps its
-/// version cache and its log across restarts. Its key reaches it through the environment, never its
+/// Each worker gets a slot of its pool (`POOL-N`, the smallest free), whose folder keeps its
+/// version cache and its log across restarts. Its launch id adds this server run's nonce, so that
+/// a worker of an earlier run registered with the same slot is never taken for it. Its key reaches it through the environment, never its
 /// command line; it inherits no admin key. Stopping it gracefully is SIGTERM, on which `kiln worker`
 /// drains.
 public actor LocalProvider: CapacityProvider {
@@ -26,6 +27,9 @@ public actor LocalProvider: CapacityProvider {
     private var server: String?
     private var key: String?
     private var processes: [String: Process] = [:]
+    /// By launch: its slot.
+    private var slots: [String: String] = [:]
+    private let nonce = String(UInt64.random(in: 0..<(1 << 40)), radix: 36)
 
     public init(settings: Settings, logger: Logger) {
         self.settings = settings
@@ -43,10 +47,12 @@ public actor LocalProvider: CapacityProvider {
         guard let server, let key else { return [] }
         var launched: [String] = []
         for _ in 0..<count {
-            var slot = 0
-            while processes["local-\(pool.spec.name)-\(slot)"] != nil { slot += 1 }
-            let launch = "local-\(pool.spec.name)-\(slot)"
-            let folder = settings.folder.appending(path: launch)
+            let taken = Set(slots.values)
+            var index = 0
+            while taken.contains("\(pool.spec.name)-\(index)") { index += 1 }
+            let slot = "\(pool.spec.name)-\(index)"
+            let launch = "\(slot).\(nonce)"
+            let folder = settings.folder.appending(path: slot)
             try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
             let log = folder.appending(path: "worker.log")
             if !FileManager.default.fileExists(atPath: log.path) { FileManager.default.createFile(atPath: log.path, contents: nil) }
@@ -73,6 +79,7 @@ public actor LocalProvider: CapacityProvider {
             }
             try process.run()
             processes[launch] = process
+            slots[launch] = slot
             launched.append(launch)
             logger.info("local worker started", metadata: ["launch": "\(launch)", "pid": "\(process.processIdentifier)"])
         }
@@ -108,6 +115,7 @@ public actor LocalProvider: CapacityProvider {
     private func exited(_ launch: String, status: Int32) {
         guard let process = processes[launch], !process.isRunning else { return }
         processes[launch] = nil
+        slots[launch] = nil
         logger.info("local worker exited", metadata: ["launch": "\(launch)", "status": "\(status)"])
     }
 }
