@@ -3,6 +3,7 @@ import HTTPTypes
 import KilnAPI
 import KilnCore
 import KilnFleet
+import KilnModels
 import KilnServer
 import Testing
 
@@ -227,5 +228,62 @@ struct FleetServiceTests {
 
     private func workerState(_ api: KilnClient, _ id: String) async throws -> Components.Schemas.WorkerState? {
         try await api.api().callAsFunction { try await $0.listWorkers().ok.body.json.data }.first { $0.id == id }?.state
+    }
+}
+
+@Suite("Fleet service: placement through the worker protocol")
+struct PlacementProtocolTests {
+    func pack(_ code: String) throws -> PackedVersion {
+        let (folder, spec) = try videoModelFolder(code: code)
+        let workspace = FileManager.default.temporaryDirectory.appending(path: "kiln-pack-\(UUID().uuidString)")
+        return try ModelPackager.pack(folder: folder, spec: spec, environments: [:], workspace: workspace)
+    }
+
+    private func lease(_ api: KilnClient, _ key: String, _ worker: String, ready: String?) async throws
+        -> Operations.LeaseJob.Output
+    {
+        let client = api.api(key)
+        return try await client { try await $0.leaseJob(path: .init(id: worker), body: .json(.init(waitSeconds: 0, readyVersion: ready))) }
+    }
+
+    @Test("a placed worker is told to prepare the production version, is leased jobs once it says it is ready, follows a promote, and its switch is measured")
+    func prepareThenServe() async throws {
+        let provider = RecordingProvider()
+        let kiln = try await KilnHarness.make(configuration: FleetServiceTests.configuration(), providers: [.local: provider])
+        try await kiln.withClient { api in
+            let (v1, _) = try await api.push(try pack("class Predictor: pass\n"))
+            let (v2, _) = try await api.push(try pack("class Predictor: # v2\n    pass\n"))
+            _ = try await api.moveAlias("video", "production", [(v1.id, 100)])
+            let (_, user) = try await api.account(tier: "api")
+            let key = try await api.workerKey()
+            let job = try await api.submit(user, model: "video", input: ["prompt": .string("a kiln")])
+            try await kiln.server.services.fleet.tick()
+            let launch = try #require(await provider.launched.first)
+            let worker = try await api.api(key).callAsFunction {
+                try await $0.registerWorker(
+                    body: .json(
+                        .init(cluster: "default", accelerator: "cpu", gpus: 0, labels: .init(additionalProperties: ["kiln.launch": launch]), pool: "cpu"))
+                ).created.body.json.id
+            }
+            try await kiln.server.services.fleet.tick()
+
+            // Placed, not ready: 202 with the version to prepare, and no job.
+            let told = try await lease(api, key, worker, ready: nil)
+            let assignment = try told.accepted.body.json
+            #expect(assignment.model == "video")
+            #expect(assignment.version == v1.id)
+            #expect(try await api.generation(user, job.id).state == .queued)
+            // Pulling and setting up took 42 s; then it says it is ready and gets the job.
+            kiln.clock.advance(by: 42)
+            let leased = try await lease(api, key, worker, ready: v1.id).ok.body.json
+            #expect(leased.job.id == job.id)
+            #expect(await kiln.server.services.fleet.measuredSwitchSeconds(of: "video") == 42)
+
+            // A promote re-places the worker on the new version at the next tick.
+            _ = try await api.moveAlias("video", "production", [(v2.id, 100)])
+            try await kiln.server.services.fleet.tick()
+            let again = try await lease(api, key, worker, ready: v1.id)
+            #expect(try again.accepted.body.json.version == v2.id)
+        }
     }
 }

@@ -67,12 +67,15 @@ extension APIHandler {
             return .noContent(.init())
         }
         // A placed worker prepares its version before it takes that model's jobs, then only those.
-        await services.fleet.reportReady(worker.id, version: body.readyVersion)
-        let assignment = await services.fleet.assignment(for: worker.id)
-        if let assignment, let version = assignment.version, version != body.readyVersion {
-            return .accepted(.init(body: .json(.init(model: assignment.model, version: version, reason: assignment.reason))))
+        let model: String?
+        switch await services.fleet.placement(for: worker.id, readyVersion: body.readyVersion) {
+        case .prepare(let assignment):
+            return .accepted(
+                .init(body: .json(.init(model: assignment.model, version: assignment.version ?? "", reason: assignment.reason))))
+        case .serve(let serving):
+            model = serving
         }
-        guard let generation = try await services.dispatcher.lease(for: worker, wait: wait, model: assignment?.model),
+        guard let generation = try await services.dispatcher.lease(for: worker, wait: wait, model: model),
             let lease = generation.lease
         else {
             return .noContent(.init())

@@ -39,6 +39,14 @@ public actor FleetService: Service {
         case launch(String)
     }
 
+    /// What a worker's lease call must do about its placement.
+    public enum Placement: Sendable, Hashable {
+        /// Answer 202: the worker prepares this version first.
+        case prepare(Assignment)
+        /// Lease it jobs of this model (nil: any model).
+        case serve(model: String?)
+    }
+
     /// The admin view (`GET /v1/admin/fleet`).
     public struct View: Sendable {
         public struct Pool: Sendable {
@@ -80,6 +88,11 @@ public actor FleetService: Service {
     private var controller: FleetController
     private var assignments: [Member: Assignment] = [:]
     private var ready: [WorkerID: String] = [:]
+    /// When each worker was told to prepare its version: the switch it then takes is measured.
+    private var directedAt: [WorkerID: Date] = [:]
+    /// Measured switch time per model (told to prepare → ready: pull and `setup`), weighted to the
+    /// recent.
+    private var switchSeconds: [String: Double] = [:]
     private var drainDeadlines: [WorkerID: Date] = [:]
     /// Launches asked of a provider that have not registered yet: their pool, and since when.
     private var pending: [String: (pool: String, since: Date)] = [:]
@@ -92,8 +105,8 @@ public actor FleetService: Service {
     public var staleAfter: TimeInterval { max(60, 3 * configuration.limits.maxLeaseWaitSeconds) }
     /// A launch that has not registered after this long is given up.
     static let launchTimeout: TimeInterval = 600
-    /// What the controller assumes a switch costs (pull and `setup`) until it is measured.
-    static let switchSeconds: Double = 60
+    /// What the controller assumes a switch costs (pull and `setup`) until one is measured.
+    static let defaultSwitchSeconds: Double = 60
 
     public init(
         store: any JobStore, dispatcher: Dispatcher, transitions: any TransitionSink, cache: RecordCache, clock: any WallClock,
@@ -133,9 +146,28 @@ public actor FleetService: Service {
     /// The worker's placement, if it has one.
     public func assignment(for worker: WorkerID) -> Assignment? { assignments[.worker(worker)] }
 
-    /// The version the worker says it has prepared.
-    public func reportReady(_ worker: WorkerID, version: String?) {
-        ready[worker] = version
+    /// The switch time measured for `model`, in seconds; nil before one was.
+    public func measuredSwitchSeconds(of model: String) -> Double? { switchSeconds[model] }
+
+    /// What a lease call of `worker`, which says it has prepared `readyVersion`, must do: have it
+    /// prepare its assigned version first, or lease it that model's jobs. The time from being told
+    /// to prepare to saying it is ready is the switch the controller weighs moves against.
+    public func placement(for worker: WorkerID, readyVersion: String?) -> Placement {
+        let now = clock.now()
+        let assignment = assignments[.worker(worker)]
+        if let readyVersion, ready[worker] != readyVersion, let told = directedAt.removeValue(forKey: worker),
+            let model = assignment?.model, assignment?.version == readyVersion
+        {
+            let seconds = max(0, now.timeIntervalSince(told))
+            switchSeconds[model] = switchSeconds[model].map { $0 + 0.2 * (seconds - $0) } ?? seconds
+        }
+        ready[worker] = readyVersion
+        guard let assignment else { return .serve(model: nil) }
+        if let version = assignment.version, version != readyVersion {
+            if directedAt[worker] == nil { directedAt[worker] = now }
+            return .prepare(assignment)
+        }
+        return .serve(model: assignment.model)
     }
 
     public func view() -> View {
@@ -184,6 +216,15 @@ public actor FleetService: Service {
             runningByModel[generation.model, default: 0] += 1
         }
         let demand = await dispatcher.fleetDemand()
+        // Placements follow their model's `production` alias: a promote or a rollback re-places
+        // every worker of the model on the new version, which it prepares before its next job.
+        var versions: [String: String?] = [:]
+        for (member, assignment) in assignments {
+            if versions[assignment.model] == nil { versions[assignment.model] = .some(try await productionVersion(of: assignment.model)) }
+            if let current = versions[assignment.model], current != assignment.version {
+                assignments[member]?.version = current
+            }
+        }
 
         // The workloads: every model with work, running jobs or workers placed on it.
         var models = Set(demand.backlog.map(\.requirements.model)).union(runningByModel.keys)
@@ -197,7 +238,8 @@ public actor FleetService: Service {
                     Backlog(tier: $0.tier, jobs: $0.jobs, oldestQueuedAt: $0.oldestQueuedAt, maxWait: $0.maxWait)
                 },
                 running: runningByModel[model] ?? 0, arrivals: demand.arrivals[model] ?? 0,
-                defaultRunSeconds: demand.runSeconds[model] ?? 60, switchSeconds: Self.switchSeconds)
+                defaultRunSeconds: demand.runSeconds[model] ?? 60,
+                switchSeconds: switchSeconds[model] ?? Self.defaultSwitchSeconds)
         }
         let workloadIndex = Dictionary(uniqueKeysWithValues: modelNames.enumerated().map { ($1, $0) })
 
@@ -307,6 +349,7 @@ public actor FleetService: Service {
         try await cache.catchUp()
         assignments[.worker(id)] = nil
         ready[id] = nil
+        directedAt[id] = nil
         drainDeadlines[id] = nil
         if let launch = worker.labels[StaticProvider.launchLabel], let pool = worker.pool {
             await provider(of: pool).stop(launch: launch, graceful: true)
