@@ -208,6 +208,35 @@ struct FleetServiceTests {
         }
     }
 
+    @Test("a static pool: its workers are placed but never counted up or down; a silent one is retired, unless it holds a job")
+    func staticPoolAndSilentWorkers() async throws {
+        var configuration = Self.configuration()
+        configuration.pools[0].provider = .static
+        let kiln = try await KilnHarness.make(configuration: configuration)
+        try await kiln.withClient { api in
+            try await api.model("a")
+            let (_, user) = try await api.account(tier: "api")
+            let key = try await api.workerKey()
+            let busy = try await register(api, key: key, launch: "by-hand-1")
+            let idle = try await register(api, key: key, launch: "by-hand-2")
+            for _ in 0..<30 { _ = try await api.submit(user, model: "a") }
+            let decision = try await kiln.server.services.fleet.tick()
+            #expect(decision.pools[0].desired == 2, "a static pool is whatever registered, however large the backlog")
+            #expect(!decision.actions.contains { if case .provision = $0.kind { true } else { false } })
+            let fleet = try await api.api().callAsFunction { try await $0.getFleet().ok.body.json }
+            #expect(fleet.workers.allSatisfy { $0.model == "a" })
+            _ = try #require(try await api.lease(key, worker: busy))
+            // An hour without a poll: the idle worker is gone; the busy one keeps its job's lease
+            // alive by heartbeats, so it stays.
+            kiln.clock.advance(by: 3_600)
+            try await kiln.server.services.fleet.tick()
+            #expect(try await workerState(api, idle) == .retired)
+            #expect(try await workerState(api, busy) == .active)
+            let decisions = try await api.api().callAsFunction { try await $0.getFleet().ok.body.json.decisions }
+            #expect(decisions.contains { $0.action == "retire \(idle)" && $0.reason == "not seen for 180 s" })
+        }
+    }
+
     @Test("a worker naming a pool the server does not have, or another cluster's pool, is refused with the pools named")
     func unknownPoolRefused() async throws {
         let kiln = try await KilnHarness.make(configuration: Self.configuration(), providers: [.local: RecordingProvider()])

@@ -11,8 +11,9 @@ import ServiceLifecycle
 /// Every `fleet.tick_seconds`:
 /// 1. **See.** The workers of the configured pools from the store, the launches its providers are
 ///    still starting, the running generations, and from the dispatcher the dispatchable backlog,
-///    the arrivals and the measured run time per model. A pool worker not seen for
-///    ``staleAfter``, or whose local process is gone, is marked `retired`.
+///    the arrivals and the measured run time per model. A pool worker that holds no job and has
+///    not polled for ``staleAfter``, or whose local process is gone, is marked `retired` (a
+///    worker holding jobs keeps them through heartbeats; if it dies, their leases expire).
 /// 2. **Decide.** One ``FleetController/decide(_:now:)``; a `static` pool is held at the size it
 ///    has, so only placement applies to it.
 /// 3. **Act.** Providers start and stop workers; drained workers are marked `draining` (the
@@ -187,13 +188,22 @@ public actor FleetService: Service {
         // 1. See.
         var running: Set<String> = []
         for provider in providers.values { running.formUnion(await provider.running()) }
+        let generations = try await store.runningGenerations()
+        var runningByWorker: [WorkerID: Int] = [:]
+        var runningByModel: [String: Int] = [:]
+        for generation in generations {
+            if let worker = generation.lease?.workerID { runningByWorker[worker, default: 0] += 1 }
+            runningByModel[generation.model, default: 0] += 1
+        }
         var workers: [WorkerRecord] = []
         for worker in try await store.workers() where worker.state != .retired {
             guard let pool = worker.pool, pools.contains(where: { $0.spec.name == pool }) else { continue }
             let launch = worker.labels[StaticProvider.launchLabel]
             if let launch { pending[launch] = nil }
             let launchGone = launch.map { !running.contains($0) && isTracked(pool: pool) } ?? false
-            if launchGone || now.timeIntervalSince(worker.lastSeenAt) > staleAfter {
+            // A worker busy with long jobs may not poll for a while; its heartbeats keep its leases.
+            let silent = now.timeIntervalSince(worker.lastSeenAt) > staleAfter && runningByWorker[worker.id] == nil
+            if launchGone || silent {
                 try await retire(worker.id, reason: launchGone ? "its process exited" : "not seen for \(Int(staleAfter)) s", now: now)
                 continue
             }
@@ -207,13 +217,6 @@ public actor FleetService: Service {
             assignments[.launch(launch)] = nil
             if running.contains(launch) { await provider(of: entry.pool).stop(launch: launch, graceful: false) }
             record(now, "give up \(launch)", "it did not register within \(Int(Self.launchTimeout)) s or exited before")
-        }
-        let generations = try await store.runningGenerations()
-        var runningByWorker: [WorkerID: Int] = [:]
-        var runningByModel: [String: Int] = [:]
-        for generation in generations {
-            if let worker = generation.lease?.workerID { runningByWorker[worker, default: 0] += 1 }
-            runningByModel[generation.model, default: 0] += 1
         }
         let demand = await dispatcher.fleetDemand()
         // Placements follow their model's `production` alias: a promote or a rollback re-places
