@@ -18,6 +18,8 @@ public struct KilnServer: Sendable {
     let authenticator: Authenticator
     /// Starts `kiln worker` processes for `local` pools; nil where this process cannot.
     let localProvider: LocalProvider?
+    /// Submits `kiln worker` jobs for `slurm` pools; nil where no pool needs it.
+    let slurmProvider: SlurmProvider?
 
     /// Opens (creating when needed) the embedded state in `data`: `kiln.sqlite` and `objects/`, and
     /// rebuilds the dispatcher's queues from it.
@@ -33,18 +35,30 @@ public struct KilnServer: Sendable {
         let local = workerProgram.map {
             LocalProvider(settings: .init(executable: $0, folder: data.appending(path: "workers")), logger: logger)
         }
+        var slurm: SlurmProvider?
+        if configuration.pools.contains(where: { $0.provider == .slurm }) {
+            guard let program = configuration.slurm.program ?? workerProgram?.path else {
+                throw KilnError(.invalidInput, "slurm.program: the kiln program the cluster's nodes run is needed for slurm pools")
+            }
+            let folder = configuration.slurm.folder.map { URL(filePath: $0, directoryHint: .isDirectory) } ?? data.appending(path: "slurm")
+            slurm = SlurmProvider(
+                settings: .init(program: program, folder: folder, serverURL: configuration.slurm.serverURL), logger: logger)
+        }
         return try await KilnServer(
             store: store, objects: objects, configuration: configuration, clock: clock, adminKey: adminKey, localProvider: local,
-            logger: logger)
+            slurmProvider: slurm, logger: logger)
     }
 
     public init(
         store: any JobStore, objects: any ObjectStore, configuration: ServerConfiguration, clock: any WallClock,
-        adminKey: String?, localProvider: LocalProvider? = nil, extraProviders: [ServerConfiguration.Pool.Provider: any CapacityProvider] = [:],
-        logger: Logger
+        adminKey: String?, localProvider: LocalProvider? = nil, slurmProvider: SlurmProvider? = nil,
+        extraProviders: [ServerConfiguration.Pool.Provider: any CapacityProvider] = [:], logger: Logger
     ) async throws {
         for pool in configuration.pools where pool.provider == .local && localProvider == nil && extraProviders[.local] == nil {
             throw KilnError(.invalidInput, "pool '\(pool.spec.name)': the local provider cannot start workers from this process")
+        }
+        for pool in configuration.pools where pool.provider == .slurm && slurmProvider == nil && extraProviders[.slurm] == nil {
+            throw KilnError(.invalidInput, "pool '\(pool.spec.name)': no Slurm access is configured for this server")
         }
         let dispatcher = try Dispatcher(store: store, clock: clock, configuration: configuration)
         let skipped = try await dispatcher.load()
@@ -56,8 +70,10 @@ public struct KilnServer: Sendable {
         let cache = try await RecordCache.following(store)
         var providers: [ServerConfiguration.Pool.Provider: any CapacityProvider] = [.static: StaticProvider()]
         if let localProvider { providers[.local] = localProvider }
+        if let slurmProvider { providers[.slurm] = slurmProvider }
         providers.merge(extraProviders) { _, extra in extra }
         self.localProvider = localProvider
+        self.slurmProvider = slurmProvider
         self.services = KilnServices(
             store: store, objects: objects, dispatcher: dispatcher, signals: GenerationSignals(), cache: cache, clock: clock,
             configuration: configuration, providers: providers, logger: logger)
@@ -85,18 +101,24 @@ public struct KilnServer: Sendable {
     public func services(
         host: String, port: Int, reaperInterval: Duration = .seconds(1), onServerRunning: @escaping @Sendable (Int) async -> Void = { _ in }
     ) throws -> [any Service] {
-        let (local, store, clock) = (localProvider, services.store, services.clock)
+        let (local, slurm, store, clock, logger) = (localProvider, slurmProvider, services.store, services.clock, services.logger)
         let application = Application(
             router: try router(), configuration: .init(address: .hostname(host, port: port), serverName: "kiln"),
             onServerRunning: { channel in
                 let bound = channel.localAddress?.port ?? port
-                if let local {
-                    // Local workers reach this server on loopback, with a worker key of their own.
+                if local != nil || slurm != nil {
+                    // The workers the providers start reach this server with a worker key of their own.
                     let secret = KeySecret.generate(scope: .worker)
                     try? await store.createKey(
                         APIKeyRecord(id: .random(), scope: .worker, accountID: nil, secretHash: KeySecret.hash(secret), createdAt: clock.now()))
                     let address = host == "0.0.0.0" || host == "::" ? "127.0.0.1" : host
-                    await local.connect(server: "http://\(address.contains(":") ? "[\(address)]" : address):\(bound)", key: secret)
+                    let url = "http://\(address.contains(":") ? "[\(address)]" : address):\(bound)"
+                    await local?.connect(server: url, key: secret)
+                    do {
+                        try await slurm?.connect(server: url, key: secret)
+                    } catch {
+                        logger.error("slurm: cannot write the worker key: \(error)")
+                    }
                 }
                 await onServerRunning(bound)
             }, logger: services.logger)

@@ -65,10 +65,30 @@ struct ConfigurationTests {
         #expect(configuration.fleet.controller.headroom == 1.5)
     }
 
+    @Test("a slurm pool takes its partition (its name by default), CPUs and time limit; the slurm section says how to reach the cluster")
+    func slurmPools() throws {
+        let configuration = try ServerConfiguration.load(
+            yaml: """
+                clusters:
+                  training:
+                    pools:
+                      borrowed: {provider: slurm, kind: burst, accelerator: h100, gpus_per_worker: 8, max_workers: 500,
+                                 partition: kiln, cpus_per_task: 16, time_limit_minutes: 720}
+                      spare: {provider: slurm, max_workers: 2}
+                slurm: {program: /shared/bin/kiln, folder: /shared/kiln, server_url: "http://kiln.internal:8080"}
+                """)
+        #expect(configuration.pools[0].slurm == .init(partition: "kiln", cpusPerTask: 16, timeLimitMinutes: 720))
+        #expect(configuration.pools[1].slurm == .init(partition: "spare"))
+        #expect(configuration.slurm.program == "/shared/bin/kiln")
+        #expect(configuration.slurm.folder == "/shared/kiln")
+        #expect(configuration.slurm.serverURL == "http://kiln.internal:8080")
+    }
+
     @Test(
         "bad pools are refused, naming the pool and the setting",
         arguments: [
-            ("clusters: {c: {pools: {p: {provider: cloud}}}}", "clusters.c.pools.p.provider: 'cloud' is not one of static, local"),
+            ("clusters: {c: {pools: {p: {provider: cloud}}}}", "clusters.c.pools.p.provider: 'cloud' is not one of static, local, slurm"),
+            ("clusters: {c: {pools: {p: {provider: local, partition: gpu}}}}", "clusters.c.pools.p: partition, cpus_per_task and time_limit_minutes apply only to provider 'slurm'"),
             ("clusters: {c: {pools: {p: {min_workers: 3, max_workers: 2}}}}", "clusters.c.pools.p: max_workers (2) is below min_workers (3)"),
             ("clusters: {c: {pools: {p: {kind: spare}}}}", "clusters.c.pools.p.kind"),
             ("clusters: {c: {pools: {p: {max_worker: 2}}}}", "clusters.c.pools.p: unknown key 'max_worker'"),

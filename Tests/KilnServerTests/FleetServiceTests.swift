@@ -28,7 +28,7 @@ actor RecordingProvider: CapacityProvider {
         if !graceful { alive.remove(launch) }
     }
 
-    func running() async -> Set<String> { alive }
+    func running() async -> Set<String>? { alive }
     func shutdown(grace: Duration) async { alive.removeAll() }
 }
 

@@ -11,7 +11,7 @@ extension APIHandler {
             let spec = pool.configured.spec
             return Components.Schemas.PoolObject(
                 name: spec.name, cluster: spec.cluster, kind: spec.kind == .primary ? .primary : .burst,
-                provider: pool.configured.provider == .local ? .local : ._static, accelerator: spec.accelerator,
+                provider: .init(rawValue: pool.configured.provider.rawValue) ?? ._static, accelerator: spec.accelerator,
                 minWorkers: spec.minWorkers, maxWorkers: spec.maxWorkers, actual: pool.decision?.actual ?? 0,
                 desired: pool.decision?.desired ?? 0, reason: pool.decision?.reason ?? "no tick yet")
         }

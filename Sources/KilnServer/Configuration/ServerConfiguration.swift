@@ -20,15 +20,49 @@ public struct ServerConfiguration: Sendable, Hashable {
             case `static`
             /// `kiln worker` processes on this machine, started and stopped by the server.
             case local
+            /// `kiln worker` jobs on a Slurm cluster (a training cluster lending its GPUs).
+            case slurm
+        }
+
+        /// Where a `slurm` pool's workers run.
+        public struct Slurm: Sendable, Hashable {
+            /// The partition its jobs are submitted to.
+            public var partition: String
+            /// CPUs each worker job asks for.
+            public var cpusPerTask: Int = 1
+            /// The jobs' time limit, if the partition needs one; Slurm signals the worker to drain
+            /// the pool's drain grace before it.
+            public var timeLimitMinutes: Int?
+
+            public init(partition: String, cpusPerTask: Int = 1, timeLimitMinutes: Int? = nil) {
+                self.partition = partition
+                self.cpusPerTask = cpusPerTask
+                self.timeLimitMinutes = timeLimitMinutes
+            }
         }
 
         public var provider: Provider
         public var spec: CapacityPool
+        /// For a `slurm` pool.
+        public var slurm: Slurm?
 
-        public init(provider: Provider, spec: CapacityPool) {
+        public init(provider: Provider, spec: CapacityPool, slurm: Slurm? = nil) {
             self.provider = provider
             self.spec = spec
+            self.slurm = provider == .slurm ? slurm ?? Slurm(partition: spec.name) : slurm
         }
+    }
+
+    /// How this server reaches a Slurm cluster (`slurm` pools).
+    public struct SlurmAccess: Sendable, Hashable {
+        /// The `kiln` program as the cluster's nodes see it; nil: this server's own.
+        public var program: String?
+        /// A folder this server and the nodes share, for the job scripts, their logs, the worker
+        /// key and the workers' caches; nil: `DATA/slurm`.
+        public var folder: String?
+        /// This server's URL as the nodes reach it; nil: the address it listens on.
+        public var serverURL: String?
+        public init() {}
     }
 
     /// How often the fleet controller decides, and its settings.
@@ -65,6 +99,7 @@ public struct ServerConfiguration: Sendable, Hashable {
     /// fleet is whatever workers register, and any worker takes any model.
     public var pools: [Pool] = []
     public var fleet = Fleet()
+    public var slurm = SlurmAccess()
     /// For clusters the file does not name.
     public var defaultDispatchLimit: Int = 64
     public var leases = Leases()
@@ -82,7 +117,7 @@ public struct ServerConfiguration: Sendable, Hashable {
         var configuration = ServerConfiguration()
         guard let root = try Yams.compose(yaml: text) else { return configuration }
         let top = try Mapping(root, path: source)
-        try top.allow(["tiers", "clusters", "leases", "limits", "scheduler", "fleet"])
+        try top.allow(["tiers", "clusters", "leases", "limits", "scheduler", "fleet", "slurm"])
         if let tiers = top["tiers"] {
             let mapping = try Mapping(tiers, path: "\(source): tiers")
             var list: [Tier] = []
@@ -118,6 +153,13 @@ public struct ServerConfiguration: Sendable, Hashable {
                     }
                 }
             }
+        }
+        if let slurm = top["slurm"] {
+            let fields = try Mapping(slurm, path: "\(source): slurm")
+            try fields.allow(["program", "folder", "server_url"])
+            configuration.slurm.program = try fields.string("program")
+            configuration.slurm.folder = try fields.string("folder")
+            configuration.slurm.serverURL = try fields.string("server_url")
         }
         if let fleet = top["fleet"] {
             let fields = try Mapping(fleet, path: "\(source): fleet")
@@ -177,6 +219,7 @@ public struct ServerConfiguration: Sendable, Hashable {
         let fields = try Mapping(node, path: path)
         try fields.allow([
             "provider", "kind", "accelerator", "gpus_per_worker", "min_workers", "max_workers", "cooldown_seconds", "drain_grace_seconds",
+            "partition", "cpus_per_task", "time_limit_minutes",
         ])
         let providerName = try fields.string("provider") ?? "static"
         guard let provider = Pool.Provider(rawValue: providerName) else {
@@ -198,7 +241,14 @@ public struct ServerConfiguration: Sendable, Hashable {
             gpusPerWorker: try fields.count("gpus_per_worker") ?? 0, minWorkers: minimum, maxWorkers: maximum,
             cooldownSeconds: Double(try fields.count("cooldown_seconds") ?? 300),
             drainGraceSeconds: Double(try fields.count("drain_grace_seconds") ?? 600))
-        return Pool(provider: provider, spec: spec)
+        let partition = try fields.string("partition")
+        let cpus = try fields.int("cpus_per_task")
+        let limit = try fields.int("time_limit_minutes")
+        guard provider == .slurm || (partition == nil && cpus == nil && limit == nil) else {
+            throw KilnError(.invalidInput, "\(path): partition, cpus_per_task and time_limit_minutes apply only to provider 'slurm'")
+        }
+        let slurm = Pool.Slurm(partition: partition ?? name, cpusPerTask: cpus ?? 1, timeLimitMinutes: limit)
+        return Pool(provider: provider, spec: spec, slurm: provider == .slurm ? slurm : nil)
     }
 
     public func schedulingPolicy() throws -> any SchedulingPolicy {

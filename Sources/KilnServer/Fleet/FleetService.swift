@@ -186,8 +186,13 @@ public actor FleetService: Service {
         let now = clock.now()
         let pools = configuration.pools
         // 1. See.
+        // Launches each provider knows to be alive; a provider that cannot tell now (nil) has its
+        // workers judged by silence alone.
         var running: Set<String> = []
-        for provider in providers.values { running.formUnion(await provider.running()) }
+        var unknown: Set<ServerConfiguration.Pool.Provider> = []
+        for (kind, provider) in providers {
+            if let alive = await provider.running() { running.formUnion(alive) } else { unknown.insert(kind) }
+        }
         let generations = try await store.runningGenerations()
         var runningByWorker: [WorkerID: Int] = [:]
         var runningByModel: [String: Int] = [:]
@@ -200,7 +205,7 @@ public actor FleetService: Service {
             guard let pool = worker.pool, pools.contains(where: { $0.spec.name == pool }) else { continue }
             let launch = worker.labels[StaticProvider.launchLabel]
             if let launch { pending[launch] = nil }
-            let launchGone = launch.map { !running.contains($0) && isTracked(pool: pool) } ?? false
+            let launchGone = launch.map { !running.contains($0) && isTracked(pool: pool, unknown: unknown) } ?? false
             // A worker busy with long jobs may not poll for a while; its heartbeats keep its leases.
             let silent = now.timeIntervalSince(worker.lastSeenAt) > staleAfter && runningByWorker[worker.id] == nil
             if launchGone || silent {
@@ -212,7 +217,10 @@ public actor FleetService: Service {
             }
             workers.append(worker)
         }
-        for (launch, entry) in pending where !running.contains(launch) || now.timeIntervalSince(entry.since) > Self.launchTimeout {
+        for (launch, entry) in pending
+        where (!running.contains(launch) && isTracked(pool: entry.pool, unknown: unknown))
+            || now.timeIntervalSince(entry.since) > Self.launchTimeout
+        {
             pending[launch] = nil
             assignments[.launch(launch)] = nil
             if running.contains(launch) { await provider(of: entry.pool).stop(launch: launch, graceful: false) }
@@ -376,9 +384,10 @@ public actor FleetService: Service {
         return providers[kind, default: StaticProvider()]
     }
 
-    /// Whether the pool's provider starts processes it can see exit.
-    private func isTracked(pool: String) -> Bool {
-        configuration.pools.first { $0.spec.name == pool }?.provider == .local
+    /// Whether the pool's provider can tell now which of its launches are alive.
+    private func isTracked(pool: String, unknown: Set<ServerConfiguration.Pool.Provider>) -> Bool {
+        guard let provider = configuration.pools.first(where: { $0.spec.name == pool })?.provider else { return false }
+        return provider != .static && !unknown.contains(provider)
     }
 
     /// The version `production` points at (its heaviest target), if the model has that alias.

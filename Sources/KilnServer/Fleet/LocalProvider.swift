@@ -95,7 +95,7 @@ public actor LocalProvider: CapacityProvider {
         }
     }
 
-    public func running() async -> Set<String> {
+    public func running() async -> Set<String>? {
         Set(processes.filter { $0.value.isRunning }.keys)
     }
 
