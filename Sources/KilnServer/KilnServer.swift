@@ -20,6 +20,9 @@ public struct KilnServer: Sendable {
     let localProvider: LocalProvider?
     /// Submits `kiln worker` jobs for `slurm` pools; nil where no pool needs it.
     let slurmProvider: SlurmProvider?
+    /// Where the worker key of the workers the providers start is kept between runs (mode 0600):
+    /// Slurm jobs outlive a restart, and one key serves every run.
+    var providerKeyFile: URL?
 
     /// Opens (creating when needed) the embedded state in `data`: `kiln.sqlite` and `objects/`, and
     /// rebuilds the dispatcher's queues from it.
@@ -44,9 +47,11 @@ public struct KilnServer: Sendable {
             slurm = SlurmProvider(
                 settings: .init(program: program, folder: folder, serverURL: configuration.slurm.serverURL), logger: logger)
         }
-        return try await KilnServer(
+        var server = try await KilnServer(
             store: store, objects: objects, configuration: configuration, clock: clock, adminKey: adminKey, localProvider: local,
             slurmProvider: slurm, logger: logger)
+        server.providerKeyFile = data.appending(path: "provider-worker.key")
+        return server
     }
 
     public init(
@@ -80,6 +85,29 @@ public struct KilnServer: Sendable {
         self.authenticator = Authenticator(cache: cache, bootstrapAdminKey: adminKey.flatMap { $0.isEmpty ? nil : $0 })
     }
 
+    /// The worker key of the workers the providers start: the one kept in `file` while the store
+    /// still honours it, else a new one (kept there when there is a file).
+    public static func providerKey(file: URL?, store: any JobStore, clock: any WallClock, logger: Logger) async -> String {
+        if let file, let text = try? String(contentsOf: file, encoding: .utf8) {
+            let secret = text.trimmingCharacters(in: .whitespacesAndNewlines)
+            if let record = try? await store.key(secretHash: KeySecret.hash(secret)), record.scope == .worker, record.revokedAt == nil {
+                return secret
+            }
+        }
+        let secret = KeySecret.generate(scope: .worker)
+        do {
+            try await store.createKey(
+                APIKeyRecord(id: .random(), scope: .worker, accountID: nil, secretHash: KeySecret.hash(secret), createdAt: clock.now()))
+            if let file {
+                FileManager.default.createFile(atPath: file.path, contents: nil, attributes: [.posixPermissions: 0o600])
+                try Data(secret.utf8).write(to: file)
+            }
+        } catch {
+            logger.error("fleet: cannot keep the providers' worker key: \(error)")
+        }
+        return secret
+    }
+
     /// Every operation of the API, as the OpenAPI document declares it.
     public func router() throws -> Router<KilnRequestContext> {
         let router = Router(context: KilnRequestContext.self)
@@ -102,15 +130,14 @@ public struct KilnServer: Sendable {
         host: String, port: Int, reaperInterval: Duration = .seconds(1), onServerRunning: @escaping @Sendable (Int) async -> Void = { _ in }
     ) throws -> [any Service] {
         let (local, slurm, store, clock, logger) = (localProvider, slurmProvider, services.store, services.clock, services.logger)
+        let keyFile = providerKeyFile
         let application = Application(
             router: try router(), configuration: .init(address: .hostname(host, port: port), serverName: "kiln"),
             onServerRunning: { channel in
                 let bound = channel.localAddress?.port ?? port
                 if local != nil || slurm != nil {
                     // The workers the providers start reach this server with a worker key of their own.
-                    let secret = KeySecret.generate(scope: .worker)
-                    try? await store.createKey(
-                        APIKeyRecord(id: .random(), scope: .worker, accountID: nil, secretHash: KeySecret.hash(secret), createdAt: clock.now()))
+                    let secret = await Self.providerKey(file: keyFile, store: store, clock: clock, logger: logger)
                     let address = host == "0.0.0.0" || host == "::" ? "127.0.0.1" : host
                     let url = "http://\(address.contains(":") ? "[\(address)]" : address):\(bound)"
                     await local?.connect(server: url, key: secret)

@@ -123,4 +123,18 @@ struct LifecycleTests {
         }
         #expect(late?.code == .conflict)
     }
+
+    @Test("a release returns a running job to the queue with its queued time, the attempt given back; only a running one")
+    func release() throws {
+        let leased = try Lifecycle.lease(
+            queued(maxAttempts: 1), to: worker, cluster: "default", token: FencingToken(3), version: nil, at: t0 + 5, ttl: 30, start: true)
+        let released = try Lifecycle.release(leased.generation, reason: "pool cpu shrank")
+        #expect(released.effect == .requeued)
+        #expect(released.event == .requeued)
+        #expect(released.message == "pool cpu shrank: released from worker wrk_a; not counted as an attempt")
+        let g = released.generation
+        #expect(g.state == .queued && g.attempts == 0 && g.lease == nil && g.queuedAt == queued().queuedAt)
+        #expect(g.progress.stage == "requeued")
+        #expect(throws: KilnError.self) { try Lifecycle.release(g, reason: "again") }
+    }
 }

@@ -40,6 +40,8 @@ struct SlurmTests {
                     slurm: .init(partition: "kiln"))
             ]
             configuration.fleet.tickSeconds = 0.5
+            // Demand that stopped is forgotten within seconds, so the pool is given back soon.
+            configuration.fleet.controller.rateWindowSeconds = 5
         }
     }
 

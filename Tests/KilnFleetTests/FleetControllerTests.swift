@@ -259,4 +259,26 @@ struct FleetControllerTests {
         #expect(toB.count >= 1)
         #expect(toB[0].reason.hasPrefix("b moves from a"))
     }
+
+    @Test("arrivals that stop stop holding capacity: a window without one, then the cool-down, and a pool of min 0 is empty")
+    func arrivalsThatStop() {
+        let pool = CapacityPool(name: "burst", kind: .burst, accelerator: "h100", minWorkers: 0, maxWorkers: 4, cooldownSeconds: 30)
+        var controller = FleetController(settings: .init(rateWindowSeconds: 60))
+        var state = FleetState(pools: [pool], workloads: [workload("a", arrivals: 0)], workers: [])
+        var nextID = 0
+        var arrivals = 0
+        var last = FleetDecision()
+        for tick in 0..<40 {
+            let now = 1_000 + Double(tick) * 5
+            if tick < 10 { arrivals += 2 }  // a job every 2.5 s for the first 50 s, then none
+            state.workloads = [workload("a", arrivals: arrivals)]
+            last = controller.decide(state, now: now)
+            apply(last, to: &state, now: now, nextID: &nextID)
+            if tick == 9 { #expect(last.pools[0].desired >= 1, "arriving work holds a worker") }
+        }
+        // 150 s after the last arrival: the 60 s window, then the 30 s cool-down, have passed.
+        #expect(last.pools[0].desired == 0)
+        #expect(state.workers.isEmpty)
+        #expect(controller.arrivalRate(of: "a") == 0)
+    }
 }

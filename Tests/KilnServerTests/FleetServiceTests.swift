@@ -5,6 +5,7 @@ import KilnCore
 import KilnFleet
 import KilnModels
 import KilnServer
+import KilnStore
 import Testing
 
 /// A test double of a capacity provider: it starts nothing, and records what it was asked. The
@@ -314,5 +315,29 @@ struct PlacementProtocolTests {
             let again = try await lease(api, key, worker, ready: v1.id)
             #expect(try again.accepted.body.json.version == v2.id)
         }
+    }
+}
+
+@Suite("Fleet service: the providers' worker key")
+struct ProviderKeyTests {
+    @Test("the workers the providers start share one worker key, kept (mode 0600) across restarts until it is revoked")
+    func keptAcrossRuns() async throws {
+        let folder = FileManager.default.temporaryDirectory.appending(path: "kiln-key-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
+        let store = try SQLiteJobStore(path: folder.appending(path: "kiln.sqlite").path)
+        let file = folder.appending(path: "provider-worker.key")
+        let clock = ManualWallClock()
+        let first = await KilnServer.providerKey(file: file, store: store, clock: clock, logger: KilnHarness.quietLogger)
+        let mode = try FileManager.default.attributesOfItem(atPath: file.path)[.posixPermissions] as? Int
+        #expect(mode == 0o600)
+        let record = try #require(try await store.key(secretHash: KeySecret.hash(first)))
+        #expect(record.scope == .worker)
+        // A restart reads it back.
+        #expect(await KilnServer.providerKey(file: file, store: store, clock: clock, logger: KilnHarness.quietLogger) == first)
+        // Revoked, it is replaced.
+        try await store.revokeKey(record.id, at: clock.now())
+        let second = await KilnServer.providerKey(file: file, store: store, clock: clock, logger: KilnHarness.quietLogger)
+        #expect(second != first)
+        #expect(try String(contentsOf: file, encoding: .utf8) == second)
     }
 }

@@ -137,14 +137,7 @@ public enum Lifecycle {
                 generation, failure: JobFailure(code: "lease_expired", message: "the lease expired"), retryable: true, at: at)
         }
         guard lease.acknowledged else {
-            var after = generation
-            after.state = .queued
-            after.lease = nil
-            after.attempts -= 1
-            after.progress = JobProgress(fraction: 0, stage: "requeued")
-            return Transition(
-                generation: after, effect: .requeued, event: .requeued,
-                message: "the lease never reached worker \(lease.workerID); not counted as an attempt")
+            return requeueUncharged(generation, message: "the lease never reached worker \(lease.workerID); not counted as an attempt")
         }
         return endAttempt(
             generation,
@@ -162,14 +155,17 @@ public enum Lifecycle {
         guard generation.state == .running, let lease = generation.lease else {
             throw KilnError(.conflict, "generation '\(generation.id)' is \(generation.state.rawValue), not running")
         }
+        return requeueUncharged(generation, message: "\(reason): released from worker \(lease.workerID); not counted as an attempt")
+    }
+
+    /// Back to the queue (same `queuedAt`) with the lease's attempt given back.
+    static func requeueUncharged(_ generation: Generation, message: String) -> Transition {
         var after = generation
         after.state = .queued
         after.lease = nil
         after.attempts -= 1
         after.progress = JobProgress(fraction: 0, stage: "requeued")
-        return Transition(
-            generation: after, effect: .requeued, event: .requeued,
-            message: "\(reason): released from worker \(lease.workerID); not counted as an attempt")
+        return Transition(generation: after, effect: .requeued, event: .requeued, message: message)
     }
 
     /// Cancels a queued or running generation.

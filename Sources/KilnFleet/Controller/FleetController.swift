@@ -56,6 +56,8 @@ public struct FleetController: Sendable {
         var count: Int
         var time: Double
         var rate: Double
+        /// When the counter last grew.
+        var lastArrival: Double
     }
 
     public var settings: Settings
@@ -161,16 +163,20 @@ public struct FleetController: Sendable {
         var next: [String: RateEstimate] = [:]
         for workload in workloads {
             guard var estimate = rates[workload.id], workload.arrivals >= estimate.count else {
-                next[workload.id] = RateEstimate(count: workload.arrivals, time: now, rate: 0)
+                next[workload.id] = RateEstimate(count: workload.arrivals, time: now, rate: 0, lastArrival: now)
                 continue
             }
             let elapsed = now - estimate.time
             if elapsed > 0 {
                 let instant = Double(workload.arrivals - estimate.count) / elapsed
                 estimate.rate += (1 - exp(-elapsed / settings.rateWindowSeconds)) * (instant - estimate.rate)
+                if workload.arrivals > estimate.count { estimate.lastArrival = now }
                 estimate.count = workload.arrivals
                 estimate.time = now
             }
+            // An average never quite reaches zero: a whole window without an arrival is no rate at
+            // all, or a pool whose demand is gone would keep its last worker for ever.
+            if now - estimate.lastArrival >= settings.rateWindowSeconds { estimate.rate = 0 }
             next[workload.id] = estimate
         }
         rates = next

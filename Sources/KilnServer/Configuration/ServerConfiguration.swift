@@ -163,11 +163,12 @@ public struct ServerConfiguration: Sendable, Hashable {
         }
         if let fleet = top["fleet"] {
             let fields = try Mapping(fleet, path: "\(source): fleet")
-            try fields.allow(["tick_seconds", "headroom", "dwell_seconds", "minimum_horizon_seconds"])
+            try fields.allow(["tick_seconds", "headroom", "dwell_seconds", "minimum_horizon_seconds", "rate_window_seconds"])
             if let value = try fields.double("tick_seconds") { configuration.fleet.tickSeconds = value }
             if let value = try fields.double("headroom") { configuration.fleet.controller.headroom = value }
             if let value = try fields.count("dwell_seconds") { configuration.fleet.controller.dwellSeconds = Double(value) }
             if let value = try fields.double("minimum_horizon_seconds") { configuration.fleet.controller.minimumHorizonSeconds = value }
+            if let value = try fields.double("rate_window_seconds") { configuration.fleet.controller.rateWindowSeconds = value }
         }
         if let leases = top["leases"] {
             let fields = try Mapping(leases, path: "\(source): leases")
