@@ -71,6 +71,9 @@ public struct SimulationReport: Codable, Sendable, Hashable {
     public var gpuUtilisation: Double
     public var gpuHoursBusy: Double
     public var gpuHoursAvailable: Double
+    /// Of the available GPU-hours, those of burst pools: capacity borrowed (from a training
+    /// cluster).
+    public var gpuHoursBorrowed: Double
     /// Available GPU-hours no job or model load used.
     public var gpuHoursIdle: Double
     public var modelSwitches: Int
@@ -98,6 +101,7 @@ public struct SimulationReport: Codable, Sendable, Hashable {
         case gpuUtilisation = "gpu_utilisation"
         case gpuHoursBusy = "gpu_hours_busy"
         case gpuHoursAvailable = "gpu_hours_available"
+        case gpuHoursBorrowed = "gpu_hours_borrowed"
         case gpuHoursIdle = "gpu_hours_idle"
         case modelSwitches = "model_switches"
         case gpuHoursSwitching = "gpu_hours_switching"
@@ -136,6 +140,8 @@ struct SimulationMetrics {
     var retries = 0
     private var busyGPUs = 0
     private var aliveGPUs = 0
+    private var borrowedGPUs = 0
+    private var borrowedArea = 0.0
     private var lastTime = 0.0
     private var busyArea = 0.0
     private var aliveArea = 0.0
@@ -152,11 +158,15 @@ struct SimulationMetrics {
         guard time > lastTime else { return }
         busyArea += Double(busyGPUs) * (time - lastTime)
         aliveArea += Double(aliveGPUs) * (time - lastTime)
+        borrowedArea += Double(borrowedGPUs) * (time - lastTime)
         lastTime = time
     }
 
     mutating func busy(_ delta: Int) { busyGPUs += delta }
-    mutating func alive(_ delta: Int) { aliveGPUs += delta }
+    mutating func alive(_ delta: Int, borrowed: Bool) {
+        aliveGPUs += delta
+        if borrowed { borrowedGPUs += delta }
+    }
     mutating func arrived(tier: Int) { arrivedByTier[tier] += 1 }
     mutating func failed(tier: Int) { failedByTier[tier] += 1 }
 
@@ -219,7 +229,7 @@ struct SimulationMetrics {
             scenario: scenario.name, policy: policy, fleet: fleet, seed: scenario.seed, durationHours: scenario.durationHours,
             startClock: scenario.startClock, jobs: arrivedByTier.reduce(0, +), tiers: tierReports,
             gpuUtilisation: aliveArea > 0 ? busyArea / aliveArea : 0, gpuHoursBusy: busyArea / 3600,
-            gpuHoursAvailable: aliveArea / 3600, gpuHoursIdle: max(0, aliveArea - busyArea) / 3600, modelSwitches: modelSwitches,
+            gpuHoursAvailable: aliveArea / 3600, gpuHoursBorrowed: borrowedArea / 3600, gpuHoursIdle: max(0, aliveArea - busyArea) / 3600, modelSwitches: modelSwitches,
             gpuHoursSwitching: switchingGPUSeconds / 3600, gpuHoursColdLoading: coldLoadGPUSeconds / 3600,
             placementMoves: placementMoves, workersProvisioned: workersProvisioned, releasedJobs: releasedJobs,
             attemptsCharged: attemptsCharged,

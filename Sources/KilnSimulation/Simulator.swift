@@ -218,7 +218,7 @@ struct SimulationRun {
             case .failed(let index, let worker, let dispatch):
                 guard jobs[index].dispatches == dispatch else { break }
                 metrics.busy(-workers[worker].gpus)
-                metrics.alive(-workers[worker].gpus)
+                alive(worker, -1)
                 workers[worker].state = .down
                 workers[worker].job = nil
                 workers[worker].loadedModel = nil
@@ -240,7 +240,7 @@ struct SimulationRun {
                 if workers[worker].retiring {
                     workers[worker].state = .retired
                 } else {
-                    metrics.alive(workers[worker].gpus)
+                    alive(worker, 1)
                     becomeIdle(worker, now: time)
                     dispatch(now: time)
                 }
@@ -265,7 +265,7 @@ struct SimulationRun {
                 metrics.busy(-workers[worker].gpus)
                 if workers[worker].retiring {
                     workers[worker].state = .retired
-                    metrics.alive(-workers[worker].gpus)
+                    alive(worker, -1)
                 } else {
                     becomeIdle(worker, now: time)
                     dispatch(now: time)
@@ -385,7 +385,7 @@ struct SimulationRun {
         workers[worker].job = nil
         if workers[worker].retiring {
             workers[worker].state = .retired
-            metrics.alive(-workers[worker].gpus)
+            alive(worker, -1)
         } else {
             becomeIdle(worker, now: now)
         }
@@ -411,7 +411,7 @@ struct SimulationRun {
         while poolSize[pool] < target {
             let worker = addWorker(pool: pool, state: .idle)
             pushIdle(worker)
-            metrics.alive(spec.gpusPerWorker)
+            alive(worker, 1)
             poolSize[pool] += 1
         }
         var excess = poolSize[pool] - target
@@ -419,7 +419,7 @@ struct SimulationRun {
         while excess > 0, let worker = idle[list].popLast() {
             workers[worker].idleSlot = nil
             workers[worker].state = .retired
-            metrics.alive(-spec.gpusPerWorker)
+            alive(worker, -1)
             poolSize[pool] -= 1
             excess -= 1
         }
@@ -433,6 +433,12 @@ struct SimulationRun {
                 excess -= 1
             }
         }
+    }
+
+    /// The worker's GPUs become available (`sign` 1) or stop being (-1); a burst pool's count as
+    /// borrowed.
+    private mutating func alive(_ worker: Int, _ sign: Int) {
+        metrics.alive(sign * workers[worker].gpus, borrowed: pools[workers[worker].pool].spec.kind == .burst)
     }
 
     private mutating func addWorker(pool: Int, state: SimWorker.State) -> Int {
@@ -464,7 +470,7 @@ struct SimulationRun {
 
     /// A provisioned worker registers: it counts as capacity and takes work (or loads its model).
     private mutating func arrive(_ worker: Int, now: Double) {
-        metrics.alive(workers[worker].gpus)
+        alive(worker, 1)
         if workers[worker].assignment == nil { workers[worker].assignedAt = now }
         becomeIdle(worker, now: now)
     }
@@ -475,7 +481,7 @@ struct SimulationRun {
             break
         case .idle:
             removeIdle(worker)
-            metrics.alive(-workers[worker].gpus)
+            alive(worker, -1)
         case .loading, .busy:
             // Still holding something: it leaves when that ends.
             workers[worker].retiring = true
@@ -562,7 +568,7 @@ struct SimulationRun {
         scheduler.requeue(Int64(job))
         metrics.releasedJobs += 1
         metrics.busy(-workers[worker].gpus)
-        metrics.alive(-workers[worker].gpus)
+        alive(worker, -1)
         workers[worker].job = nil
         workers[worker].state = .retired
     }

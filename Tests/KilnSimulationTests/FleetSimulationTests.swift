@@ -70,8 +70,11 @@ struct FleetSimulationTests {
         // Every job was charged its one attempt, released ones included.
         #expect(report.retries == 0)
         #expect(report.attemptsCharged == 8)
-        // The burst pool was back to nothing well before the end.
+        // The burst pool was back to nothing well before the end; its hours are the borrowed ones
+        // (the primary pool's four GPUs were there for the whole two hours).
         #expect(report.series.last?.availableGPUs == 4)
+        #expect(report.gpuHoursBorrowed > 0)
+        #expect(abs(report.gpuHoursAvailable - 8 - report.gpuHoursBorrowed) < 1e-6)
     }
 
     @Test("placement keeps each worker on one model: far fewer switches than any-worker-any-model on the same fleet")
