@@ -238,6 +238,34 @@ struct FleetServiceTests {
         }
     }
 
+    @Test("a worker placed while in a long poll is recalled from it: it takes no job of another model under its old offer")
+    func placementRecallsLongPoll() async throws {
+        var configuration = Self.configuration()
+        configuration.pools[0].provider = .static
+        let kiln = try await KilnHarness.make(configuration: configuration)
+        try await kiln.withClient { api in
+            try await api.model("a")
+            try await api.model("b")
+            let (_, user) = try await api.account(tier: "api")
+            let key = try await api.workerKey()
+            let id = try await register(api, key: key, launch: "by-hand")
+            let workerID = try #require(WorkerID(rawValue: id))
+            let worker = try #require(try await kiln.server.services.store.worker(workerID))
+            // Placed on `a` (it has a job queued) while it waits for work of any model.
+            let first = try await api.submit(user, model: "a")
+            let taken = try #require(try await api.lease(key, worker: id))
+            #expect(taken.job.id == first.id)
+            let dispatcher = kiln.server.services.dispatcher
+            let poll = Task { try await dispatcher.lease(for: worker, wait: 30) }
+            while await dispatcher.waiting == 0 { await Task.yield() }
+            try await kiln.server.services.fleet.tick()
+            #expect(await kiln.server.services.fleet.assignment(for: worker.id)?.model == "a")
+            _ = try await api.submit(user, model: "b")
+            let leased = try await poll.value
+            #expect(leased == nil, "no job of another model under the old offer")
+        }
+    }
+
     @Test("a worker naming a pool the server does not have, or another cluster's pool, is refused with the pools named")
     func unknownPoolRefused() async throws {
         let kiln = try await KilnHarness.make(configuration: Self.configuration(), providers: [.local: RecordingProvider()])

@@ -18,6 +18,7 @@ public actor Dispatcher {
         var continuation: CheckedContinuation<Void, Never>
         var timer: Task<Void, Never>
         var offer: WorkerOffer
+        var worker: WorkerID
     }
 
     private var scheduler: Scheduler
@@ -28,6 +29,8 @@ public actor Dispatcher {
     private var runSeconds: [String: Double] = [:]
     private var identifiers: [Int64: GenerationID] = [:]
     private var waiters: [UUID: Waiter] = [:]
+    /// Waits ended by ``recall(_:)``: their long polls answer at once, with nothing.
+    private var recalled: Set<UUID> = []
     /// Waiting workers, oldest first.
     private var waitOrder: [UUID] = []
     /// Waiting workers woken by an event (not by the end of their wait): how hard each change
@@ -154,7 +157,7 @@ public actor Dispatcher {
             // Wait only for a first job; with one in hand, answer now.
             let remaining = deadline - ContinuousClock.now
             guard leased.isEmpty, remaining > .zero else { return leased }
-            await waitForChange(for: remaining, offer: offer)
+            if await waitForChange(for: remaining, offer: offer, worker: worker.id) { return leased }
             try Task.checkCancellation()
         }
         return leased
@@ -223,16 +226,30 @@ public actor Dispatcher {
             queuedAt: generation.queuedAt.timeIntervalSince1970)
     }
 
-    private func waitForChange(for duration: Duration, offer: WorkerOffer) async {
+    /// Ends the long polls `worker` is waiting in, with nothing: its offer changed (the fleet
+    /// placed it on a model), and it must ask again under the new one.
+    public func recall(_ worker: WorkerID) {
+        for (id, waiter) in waiters where waiter.worker == worker {
+            guard let removed = removeWaiter(id) else { continue }
+            removed.timer.cancel()
+            recalled.insert(id)
+            removed.continuation.resume()
+        }
+    }
+
+    /// Waits for a change that may bring `offer` a job, at most `duration`.
+    /// - Returns: whether the wait was recalled.
+    private func waitForChange(for duration: Duration, offer: WorkerOffer, worker: WorkerID) async -> Bool {
         let id = UUID()
         await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
             let timer = Task { [weak self] in
                 try? await Task.sleep(for: duration)
                 if !Task.isCancelled { await self?.timedOut(id) }
             }
-            waiters[id] = Waiter(continuation: continuation, timer: timer, offer: offer)
+            waiters[id] = Waiter(continuation: continuation, timer: timer, offer: offer, worker: worker)
             waitOrder.append(id)
         }
+        return recalled.remove(id) != nil
     }
 
     private func timedOut(_ id: UUID) {

@@ -346,8 +346,12 @@ public actor FleetService: Service {
             assignments[member] = Assignment(model: model, version: version, reason: action.reason, at: now)
             let name: String
             switch member {
-            case .worker(let id): name = id.rawValue
-            case .launch(let launch): name = launch
+            case .worker(let id):
+                name = id.rawValue
+                // A long poll under its old offer would still take any model's job: it asks again.
+                await dispatcher.recall(id)
+            case .launch(let launch):
+                name = launch
             }
             record(now, "assign \(name) to \(model)", action.reason)
         }
