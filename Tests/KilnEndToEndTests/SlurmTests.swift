@@ -122,7 +122,8 @@ struct SlurmTests {
     func trainingPreemptedAndBack() async throws {
         let training = "training-\(UUID().uuidString.prefix(8))"
         try Self.slurm(
-            "sbatch", ["--parsable", "--partition=train", "--gres=gpu:8", "--cpus-per-task=1", "--job-name=\(training)", "--wrap=sleep 900"])
+            "sbatch", ["--parsable", "--partition=train", "--gres=gpu:8", "--cpus-per-task=1", "--job-name=\(training)", "--output=/dev/null",
+                "--wrap=sleep 900"])
         defer { _ = try? Self.slurm("scancel", ["--name=\(training)"]) }
         try await Self.until("the training job runs", seconds: 60) { try Self.state(ofJobNamed: training) == "RUNNING" }
         let cluster = try await Self.start(max: 1)

@@ -101,6 +101,8 @@ public actor FleetService: Service {
     private var poolDecisions: [String: PoolDecision] = [:]
     private var members: [View.Worker] = []
     private var history: [View.Record] = []
+    /// Worker states this tick's actions changed, for the view without reading the store again.
+    private var changed: [WorkerID: WorkerRecord.State] = [:]
 
     /// A pool worker not seen for this long (its lease polls refresh `last_seen_at`) is retired.
     public var staleAfter: TimeInterval { max(60, 3 * configuration.limits.maxLeaseWaitSeconds) }
@@ -185,6 +187,7 @@ public actor FleetService: Service {
     public func tick() async throws -> FleetDecision {
         let now = clock.now()
         let pools = configuration.pools
+        changed = [:]
         // 1. See.
         // Launches each provider knows to be alive; a provider that cannot tell now (nil) has its
         // workers judged by silence alone.
@@ -302,7 +305,7 @@ public actor FleetService: Service {
                 logger.error("fleet action failed: \(error)", metadata: ["reason": "\(action.reason)"])
             }
         }
-        members = try await currentMembers(runningByWorker: runningByWorker)
+        members = currentMembers(workers, runningByWorker: runningByWorker)
         return decision
     }
 
@@ -318,10 +321,11 @@ public actor FleetService: Service {
         case .drain(let handle, let deadline):
             switch handles[handle] {
             case .worker(let id):
-                _ = try await store.setWorkerState(id, .draining)
+                let worker = try await store.setWorkerState(id, .draining)
                 try await cache.catchUp()
+                changed[id] = .draining
                 drainDeadlines[id] = Date(timeIntervalSince1970: deadline)
-                if let launch = try await launch(of: id), let pool = try await store.worker(id)?.pool {
+                if let launch = worker.labels[StaticProvider.launchLabel], let pool = worker.pool {
                     await provider(of: pool).stop(launch: launch, graceful: true)
                 }
                 record(now, "drain \(id)", action.reason)
@@ -362,6 +366,7 @@ public actor FleetService: Service {
     private func retire(_ id: WorkerID, reason: String, now: Date) async throws {
         let worker = try await store.setWorkerState(id, .retired)
         try await cache.catchUp()
+        changed[id] = .retired
         assignments[.worker(id)] = nil
         ready[id] = nil
         directedAt[id] = nil
@@ -377,10 +382,6 @@ public actor FleetService: Service {
         assignments[.launch(launch)] = nil
         await provider(of: entry.pool).stop(launch: launch, graceful: false)
         record(now, "cancel \(launch)", reason)
-    }
-
-    private func launch(of worker: WorkerID) async throws -> String? {
-        try await store.worker(worker)?.labels[StaticProvider.launchLabel]
     }
 
     private func provider(of pool: String) -> any CapacityProvider {
@@ -400,13 +401,15 @@ public actor FleetService: Service {
         return alias.targets.max { $0.weight < $1.weight }?.version.description
     }
 
-    private func currentMembers(runningByWorker: [WorkerID: Int]) async throws -> [View.Worker] {
+    /// The live pool workers the tick saw, as its actions left them, then the launches.
+    private func currentMembers(_ workers: [WorkerRecord], runningByWorker: [WorkerID: Int]) -> [View.Worker] {
         var result: [View.Worker] = []
-        for worker in try await store.workers() where worker.state != .retired {
-            guard let pool = worker.pool, configuration.pools.contains(where: { $0.spec.name == pool }) else { continue }
+        for worker in workers {
+            let state = changed[worker.id] ?? worker.state
+            guard state != .retired, let pool = worker.pool else { continue }
             result.append(
                 View.Worker(
-                    id: worker.id.rawValue, pool: pool, state: worker.state == .draining ? .draining : .active,
+                    id: worker.id.rawValue, pool: pool, state: state == .draining ? .draining : .active,
                     assignment: assignments[.worker(worker.id)], readyVersion: ready[worker.id],
                     running: runningByWorker[worker.id] ?? 0))
         }
