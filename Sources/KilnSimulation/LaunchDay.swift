@@ -9,9 +9,10 @@ public enum BuiltInScenarios {
     /// promises; a video takes about four H100-minutes.
     ///
     /// Under the `controller` fleet the same pools are sized by the fleet controller instead: the
-    /// primary pool between the day's 500 and 5,000 GPUs, cloud nodes arriving 10 minutes after they
-    /// are asked for; the training cluster lends up to 4,000, 30 minutes after they are asked for
-    /// (its jobs checkpoint and requeue first).
+    /// primary pool between the day's 500 and 5,000 GPUs on a cluster it shares with training, which
+    /// uses what Kiln does not hold above the 500 until Kiln takes it back, 10 minutes after asking
+    /// (training jobs are preempted and requeued); the training cluster lends up to 4,000 more, 30
+    /// minutes after they are asked for (its jobs checkpoint and requeue first).
     public static let launchDay = Scenario(
         name: "launch-day", seed: 7, durationHours: 14, startClock: "09:00",
         tiers: [
@@ -45,7 +46,8 @@ public enum BuiltInScenarios {
                         name: "h100", kind: .primary, accelerator: "h100",
                         capacity: [.init(atHours: 0, workers: 500), .init(atHours: 0.5, workers: 5_000, overHours: 5.5)],
                         autoscale: .init(
-                            minWorkers: 500, maxWorkers: 5_000, cooldownSeconds: 600, provisionSeconds: 600, drainGraceSeconds: 600)),
+                            minWorkers: 500, maxWorkers: 5_000, cooldownSeconds: 600, provisionSeconds: 600, drainGraceSeconds: 600,
+                            lend: true)),
                     .init(
                         name: "training", kind: .burst, accelerator: "h100",
                         capacity: [.init(atHours: 7, workers: 4_000, overHours: 1), .init(atHours: 12, workers: 0)],

@@ -74,6 +74,9 @@ public struct SimulationReport: Codable, Sendable, Hashable {
     /// Of the available GPU-hours, those of burst pools: capacity borrowed (from a training
     /// cluster).
     public var gpuHoursBorrowed: Double
+    /// GPU-hours of pools that lend, which they did not hold: capacity lent (to a training
+    /// cluster) while Kiln did not need it. Not part of the available GPU-hours.
+    public var gpuHoursLent: Double
     /// Available GPU-hours no job or model load used.
     public var gpuHoursIdle: Double
     public var modelSwitches: Int
@@ -102,6 +105,7 @@ public struct SimulationReport: Codable, Sendable, Hashable {
         case gpuHoursBusy = "gpu_hours_busy"
         case gpuHoursAvailable = "gpu_hours_available"
         case gpuHoursBorrowed = "gpu_hours_borrowed"
+        case gpuHoursLent = "gpu_hours_lent"
         case gpuHoursIdle = "gpu_hours_idle"
         case modelSwitches = "model_switches"
         case gpuHoursSwitching = "gpu_hours_switching"
@@ -142,6 +146,8 @@ struct SimulationMetrics {
     private var aliveGPUs = 0
     private var borrowedGPUs = 0
     private var borrowedArea = 0.0
+    private var lentGPUs = 0
+    private var lentArea = 0.0
     private var lastTime = 0.0
     private var busyArea = 0.0
     private var aliveArea = 0.0
@@ -159,6 +165,7 @@ struct SimulationMetrics {
         busyArea += Double(busyGPUs) * (time - lastTime)
         aliveArea += Double(aliveGPUs) * (time - lastTime)
         borrowedArea += Double(borrowedGPUs) * (time - lastTime)
+        lentArea += Double(lentGPUs) * (time - lastTime)
         lastTime = time
     }
 
@@ -167,6 +174,8 @@ struct SimulationMetrics {
         aliveGPUs += delta
         if borrowed { borrowedGPUs += delta }
     }
+    /// GPUs lent out from now on.
+    mutating func lent(_ gpus: Int) { lentGPUs = gpus }
     mutating func arrived(tier: Int) { arrivedByTier[tier] += 1 }
     mutating func failed(tier: Int) { failedByTier[tier] += 1 }
 
@@ -229,7 +238,8 @@ struct SimulationMetrics {
             scenario: scenario.name, policy: policy, fleet: fleet, seed: scenario.seed, durationHours: scenario.durationHours,
             startClock: scenario.startClock, jobs: arrivedByTier.reduce(0, +), tiers: tierReports,
             gpuUtilisation: aliveArea > 0 ? busyArea / aliveArea : 0, gpuHoursBusy: busyArea / 3600,
-            gpuHoursAvailable: aliveArea / 3600, gpuHoursBorrowed: borrowedArea / 3600, gpuHoursIdle: max(0, aliveArea - busyArea) / 3600, modelSwitches: modelSwitches,
+            gpuHoursAvailable: aliveArea / 3600, gpuHoursBorrowed: borrowedArea / 3600, gpuHoursLent: lentArea / 3600,
+            gpuHoursIdle: max(0, aliveArea - busyArea) / 3600, modelSwitches: modelSwitches,
             gpuHoursSwitching: switchingGPUSeconds / 3600, gpuHoursColdLoading: coldLoadGPUSeconds / 3600,
             placementMoves: placementMoves, workersProvisioned: workersProvisioned, releasedJobs: releasedJobs,
             attemptsCharged: attemptsCharged,

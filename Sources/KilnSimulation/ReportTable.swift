@@ -20,7 +20,7 @@ public enum ReportTable {
         }
         lines.append(contentsOf: align(rows))
         lines.append(
-            "GPU utilisation \(percent(report.gpuUtilisation)) of \(grouped(Int(report.gpuHoursAvailable))) GPU-hours (\(grouped(Int(report.gpuHoursBorrowed))) borrowed) · idle \(grouped(Int(report.gpuHoursIdle))) · model switches \(grouped(report.modelSwitches)) (\(grouped(Int(report.gpuHoursSwitching))) GPU-hours) · cold loads \(grouped(Int(report.gpuHoursColdLoading))) GPU-hours · worker failures \(grouped(report.workerFailures)) · retries \(grouped(report.retries))"
+            "GPU utilisation \(percent(report.gpuUtilisation)) of \(grouped(Int(report.gpuHoursAvailable))) GPU-hours (\(grouped(Int(report.gpuHoursBorrowed))) borrowed, \(grouped(Int(report.gpuHoursLent))) more lent) · idle \(grouped(Int(report.gpuHoursIdle))) · model switches \(grouped(report.modelSwitches)) (\(grouped(Int(report.gpuHoursSwitching))) GPU-hours) · cold loads \(grouped(Int(report.gpuHoursColdLoading))) GPU-hours · worker failures \(grouped(report.workerFailures)) · retries \(grouped(report.retries))"
         )
         if report.fleet == "controller" {
             lines.append(
@@ -50,16 +50,18 @@ public enum ReportTable {
         var utilisation = ["GPU use", ""]
         var used = ["GPU-hours", ""]
         var borrowed = ["borrowed", ""]
+        var lent = ["lent", ""]
         var switching = ["switching", ""]
         var idle = ["idle", ""]
         for report in reports {
             utilisation += [percent(report.gpuUtilisation), "", ""]
             used += [grouped(Int(report.gpuHoursAvailable.rounded())), "", ""]
             borrowed += [grouped(Int(report.gpuHoursBorrowed.rounded())), "", ""]
+            lent += [grouped(Int(report.gpuHoursLent.rounded())), "", ""]
             switching += [grouped(Int(report.gpuHoursSwitching.rounded())), "", ""]
             idle += [grouped(Int(report.gpuHoursIdle.rounded())), "", ""]
         }
-        rows += [utilisation, used, borrowed, switching, idle]
+        rows += [utilisation, used, borrowed, lent, switching, idle]
         lines.append(contentsOf: align(rows))
         return lines.joined(separator: "\n")
     }

@@ -409,16 +409,21 @@ public struct Scenario: Codable, Sendable, Hashable {
         public var provisionSeconds: Double
         /// How long a drained worker's running job may take before it returns to the queue.
         public var drainGraceSeconds: Double
+        /// Whether the pool lends what it does not hold, above `min_workers`, to a training cluster
+        /// sharing its GPUs; taking it back takes `provision_seconds` (the training jobs are
+        /// preempted).
+        public var lend: Bool
 
         public init(
             minWorkers: Int = 0, maxWorkers: Int, cooldownSeconds: Double = 300, provisionSeconds: Double = 0,
-            drainGraceSeconds: Double = 600
+            drainGraceSeconds: Double = 600, lend: Bool = false
         ) {
             self.minWorkers = minWorkers
             self.maxWorkers = maxWorkers
             self.cooldownSeconds = cooldownSeconds
             self.provisionSeconds = provisionSeconds
             self.drainGraceSeconds = drainGraceSeconds
+            self.lend = lend
         }
 
         enum CodingKeys: String, CodingKey {
@@ -427,6 +432,7 @@ public struct Scenario: Codable, Sendable, Hashable {
             case cooldownSeconds = "cooldown_seconds"
             case provisionSeconds = "provision_seconds"
             case drainGraceSeconds = "drain_grace_seconds"
+            case lend
         }
 
         public init(from decoder: any Decoder) throws {
@@ -436,6 +442,7 @@ public struct Scenario: Codable, Sendable, Hashable {
             cooldownSeconds = try c.decodeIfPresent(Double.self, forKey: .cooldownSeconds) ?? 300
             provisionSeconds = try c.decodeIfPresent(Double.self, forKey: .provisionSeconds) ?? 0
             drainGraceSeconds = try c.decodeIfPresent(Double.self, forKey: .drainGraceSeconds) ?? 600
+            lend = try c.decodeIfPresent(Bool.self, forKey: .lend) ?? false
         }
     }
 

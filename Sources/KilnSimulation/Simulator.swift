@@ -162,7 +162,8 @@ struct SimulationRun {
                 name: pool.spec.name, cluster: scenario.clusters[pool.cluster].name,
                 kind: pool.spec.kind == .primary ? .primary : .burst, accelerator: pool.spec.accelerator,
                 gpusPerWorker: pool.spec.gpusPerWorker, minWorkers: bounds.minWorkers, maxWorkers: bounds.maxWorkers,
-                cooldownSeconds: bounds.cooldownSeconds, drainGraceSeconds: bounds.drainGraceSeconds)
+                cooldownSeconds: bounds.cooldownSeconds, drainGraceSeconds: bounds.drainGraceSeconds,
+                provisionSeconds: bounds.provisionSeconds, lends: bounds.lend)
         }
         if scenario.fleet.mode == .controller {
             var settings = FleetController.Settings()
@@ -554,6 +555,14 @@ struct SimulationRun {
                 if wasIdle { becomeIdle(worker, now: now) }
             }
         }
+        // What lending pools do not hold (taking back counts as held), until the next tick.
+        var held = Array(repeating: 0, count: pools.count)
+        for index in live where workers[index].state != .retired { held[workers[index].pool] += 1 }
+        var lent = 0
+        for pool in pools.indices where capacityPools[pool].lends {
+            lent += max(0, capacityPools[pool].maxWorkers - held[pool]) * capacityPools[pool].gpusPerWorker
+        }
+        metrics.lent(lent)
     }
 
     /// A drained worker's grace is over: its job returns to the queue with its original queued

@@ -281,4 +281,62 @@ struct FleetControllerTests {
         #expect(state.workers.isEmpty)
         #expect(controller.arrivalRate(of: "a") == 0)
     }
+
+    @Test("a pool whose capacity takes long to come back grows ahead of a rising demand; a falling one shrinks nothing early")
+    func leadTimeFollowsTheTrend() {
+        // Two pools alike but for the time their workers take to arrive: 0, and 10 min (capacity
+        // lent to training, taken back by preemption). No cool-down, so `desired` is the raw need.
+        func pool(_ provision: Double) -> CapacityPool {
+            CapacityPool(
+                name: "h100", accelerator: "h100", minWorkers: 2, maxWorkers: 500, cooldownSeconds: 0, provisionSeconds: provision,
+                lends: true)
+        }
+        var prompt = FleetController()
+        var ahead = FleetController()
+        var arrivals = 0.0
+        var rising: (prompt: Int, ahead: Int) = (0, 0)
+        var falling: [(prompt: Int, ahead: Int)] = []
+        // 40 min of a demand rising from 0.1 to 1.3 jobs/s, then 20 min falling back to 0.3.
+        for tick in 0..<720 {
+            let time = Double(tick) * 5
+            let rate = time < 2_400 ? 0.1 + 1.2 * time / 2_400 : max(0.3, 1.3 - (time - 2_400) / 1_200)
+            arrivals += rate * 5
+            let workloads = [workload("a", arrivals: Int(arrivals))]
+            let a = prompt.decide(FleetState(pools: [pool(0)], workloads: workloads, workers: []), now: time)
+            let b = ahead.decide(FleetState(pools: [pool(600)], workloads: workloads, workers: []), now: time)
+            if tick == 479 { rising = (a.pools[0].desired, b.pools[0].desired) }
+            if tick >= 600 { falling.append((a.pools[0].desired, b.pools[0].desired)) }
+        }
+        // At 40 min the rate is 1.3 jobs/s and rising by 0.03 a minute: 10 min ahead, the pool must
+        // already hold what 1.6 jobs/s of 60 s each need (96 workers), not what the lagging
+        // average needs now.
+        #expect(rising.prompt < 96, "the prompt pool follows the average: \(rising.prompt)")
+        #expect(rising.ahead >= 96, "the pool that takes 10 min to grow is sized for 10 min ahead: \(rising.ahead)")
+        #expect(falling.allSatisfy { $0.prompt == $0.ahead }, "a falling trend shrinks no pool earlier: \(falling.prefix(5))")
+    }
+
+    @Test("a lending pool lends what it does not need above its floor, and says how much")
+    func lendingAboveTheFloor() {
+        let pool = CapacityPool(name: "shared", accelerator: "h100", minWorkers: 3, maxWorkers: 12, cooldownSeconds: 0, lends: true)
+        var controller = FleetController(settings: .init(rateWindowSeconds: 60))
+        var state = FleetState(pools: [pool], workloads: [workload("a", queued: 100, oldest: 0)], workers: [])
+        var nextID = 0
+        let busy = controller.decide(state, now: 100)
+        #expect(busy.pools[0].desired == 12)
+        #expect(busy.pools[0].lent == 0)
+        apply(busy, to: &state, now: 100, nextID: &nextID)
+        // The backlog is gone and nothing arrives: down to the floor, the rest lent.
+        state.workloads = [workload("a")]
+        let trough = controller.decide(state, now: 400)
+        apply(trough, to: &state, now: 400, nextID: &nextID)
+        #expect(trough.pools[0].desired == 3)
+        #expect(trough.pools[0].lent == 9)
+        #expect(state.workers.count == 3, "the floor is never lent")
+        // A pool that does not lend reports nothing lent at the same size.
+        var own = pool
+        own.lends = false
+        var other = FleetController()
+        let plain = other.decide(FleetState(pools: [own], workloads: [workload("a")], workers: state.workers), now: 400)
+        #expect(plain.pools[0].lent == 0)
+    }
 }

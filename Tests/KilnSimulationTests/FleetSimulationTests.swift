@@ -77,6 +77,35 @@ struct FleetSimulationTests {
         #expect(abs(report.gpuHoursAvailable - 8 - report.gpuHoursBorrowed) < 1e-6)
     }
 
+    @Test("a lending pool lends what it does not hold above its floor and reports the GPU-hours; one that does not lend reports none")
+    func lendingReportsLentHours() throws {
+        // 40 one-minute jobs at the start, then two quiet hours: the pool grows from its floor of 2 to
+        // 10 (taking its GPUs back from training takes 5 minutes), serves them, and after the
+        // arrival window and its cool-down holds only the floor again; the rest is lent.
+        let trace = (0..<40).map { _ in Scenario.TraceJob(atSeconds: 1, tier: "api", model: "video", gpuSeconds: 60) }
+        func run(lend: Bool) throws -> SimulationReport {
+            let scenario = controlled(
+                trace: trace,
+                pools: [
+                    .init(
+                        name: "shared", accelerator: "h100",
+                        autoscale: .init(minWorkers: 2, maxWorkers: 10, cooldownSeconds: 300, provisionSeconds: 300, lend: lend))
+                ], hours: 2)
+            return try Simulator(scenario: scenario, policy: SLOPolicy()).run()
+        }
+        let lending = try run(lend: true)
+        #expect(lending.tiers[0].completed == 40)
+        #expect(lending.series.map(\.availableGPUs).max() == 10)
+        // Held (available or on its way back) and lent make up the pool's 10 GPUs, all day.
+        #expect(lending.gpuHoursAvailable + lending.gpuHoursLent <= 10 * 2 + 1e-6)
+        // Back to its floor within about half an hour: 8 GPUs lent for most of the two hours.
+        #expect(lending.gpuHoursLent > 8 * 1.4, "\(lending.gpuHoursLent)")
+        #expect(lending.series.last?.availableGPUs == 2, "the floor is never lent")
+        let own = try run(lend: false)
+        #expect(own.gpuHoursLent == 0)
+        #expect(own.tiers[0].completed == 40)
+    }
+
     @Test("placement keeps each worker on one model: far fewer switches than any-worker-any-model on the same fleet")
     func placementCutsSwitches() throws {
         let models: [Scenario.ModelSpec] = [

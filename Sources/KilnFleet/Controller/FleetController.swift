@@ -8,7 +8,10 @@ import Foundation
 /// 1. **Demand.** Per workload, the dispatch rate that keeps every promise: the arrival rate
 ///    (estimated from the `arrivals` counter) with headroom, plus each tier's backlog spread over
 ///    the time left before its oldest job breaks its promise (at least
-///    ``Settings/minimumHorizonSeconds``, at most the promise).
+///    ``Settings/minimumHorizonSeconds``, at most the promise). A pool whose workers take
+///    ``CapacityPool/provisionSeconds`` to arrive is sized for the arrival rate its trend
+///    reaches by then, so that capacity lent out or borrowed comes back before a rising demand
+///    puts a promise at risk.
 /// 2. **Allocation.** Pools are filled in order, primary before burst; where a pool cannot hold
 ///    every workload's need, each gets a share in proportion to its need. The rest spills to the
 ///    next pool that can run it.
@@ -56,6 +59,8 @@ public struct FleetController: Sendable {
         var count: Int
         var time: Double
         var rate: Double
+        /// The rate's trend, in jobs per second per second (double exponential smoothing).
+        var slope: Double
         /// When the counter last grew.
         var lastArrival: Double
     }
@@ -72,6 +77,13 @@ public struct FleetController: Sendable {
 
     /// The arrival rate the controller estimates for a workload, in jobs per second.
     public func arrivalRate(of workload: String) -> Double { rates[workload]?.rate ?? 0 }
+
+    /// The arrival rate the controller expects `seconds` ahead: the estimate and its trend when
+    /// rising, never below the estimate (a falling trend shrinks nothing early).
+    public func arrivalRate(of workload: String, ahead seconds: Double) -> Double {
+        guard let estimate = rates[workload] else { return 0 }
+        return estimate.rate + max(0, estimate.slope) * seconds
+    }
 
     /// One tick. Actions refer to pools and workloads by their index in `state`, to workers by
     /// their ``FleetWorker/id``.
@@ -100,7 +112,7 @@ public struct FleetController: Sendable {
             let desired = stabilised(raw, pool: spec, actual: actual, now: now)
             decision.pools.append(
                 PoolDecision(
-                    pool: pool, actual: actual, desired: desired,
+                    pool: pool, actual: actual, desired: desired, lent: spec.lends ? spec.maxWorkers - desired : 0,
                     reason: reason(
                         pool: spec, actual: actual, desired: desired, raw: raw, needed: needed, wanted: wanted[pool],
                         allocation: allocation[pool],
@@ -147,8 +159,10 @@ public struct FleetController: Sendable {
     // MARK: - Demand
 
     struct Demand {
-        /// Jobs per second arriving, with headroom.
-        var steadyRate: Double
+        /// Jobs per second arriving, as estimated now.
+        var rate: Double
+        /// The estimate's trend when rising (0 otherwise), in jobs per second per second.
+        var rising: Double
         /// Jobs per second that clear the backlog within its horizon.
         var backlogRate: Double
         /// Workers its running jobs hold now.
@@ -157,26 +171,36 @@ public struct FleetController: Sendable {
         var pressingTier: String?
         var slack: Double?
         var backlog: Int
+
+        /// The arrival rate expected `seconds` ahead, with headroom.
+        func steadyRate(ahead seconds: Double, headroom: Double) -> Double { (rate + rising * seconds) * headroom }
     }
 
     private mutating func observeArrivals(_ workloads: [Workload], now: Double) {
         var next: [String: RateEstimate] = [:]
         for workload in workloads {
             guard var estimate = rates[workload.id], workload.arrivals >= estimate.count else {
-                next[workload.id] = RateEstimate(count: workload.arrivals, time: now, rate: 0, lastArrival: now)
+                next[workload.id] = RateEstimate(count: workload.arrivals, time: now, rate: 0, slope: 0, lastArrival: now)
                 continue
             }
             let elapsed = now - estimate.time
             if elapsed > 0 {
                 let instant = Double(workload.arrivals - estimate.count) / elapsed
-                estimate.rate += (1 - exp(-elapsed / settings.rateWindowSeconds)) * (instant - estimate.rate)
+                let weight = 1 - exp(-elapsed / settings.rateWindowSeconds)
+                let previous = estimate.rate
+                estimate.rate += weight * (instant - estimate.rate)
+                // The trend is the smoothed change of the smoothed rate, over the same window.
+                estimate.slope += weight * ((estimate.rate - previous) / elapsed - estimate.slope)
                 if workload.arrivals > estimate.count { estimate.lastArrival = now }
                 estimate.count = workload.arrivals
                 estimate.time = now
             }
             // An average never quite reaches zero: a whole window without an arrival is no rate at
             // all, or a pool whose demand is gone would keep its last worker for ever.
-            if now - estimate.lastArrival >= settings.rateWindowSeconds { estimate.rate = 0 }
+            if now - estimate.lastArrival >= settings.rateWindowSeconds {
+                estimate.rate = 0
+                estimate.slope = 0
+            }
             next[workload.id] = estimate
         }
         rates = next
@@ -193,8 +217,9 @@ public struct FleetController: Sendable {
             backlog += tier.jobs
             if pressing.map({ slack < $0.slack }) ?? true { pressing = (tier.tier, slack) }
         }
+        let estimate = rates[workload.id]
         return Demand(
-            steadyRate: (rates[workload.id]?.rate ?? 0) * settings.headroom, backlogRate: rate, running: workload.running,
+            rate: estimate?.rate ?? 0, rising: max(0, estimate?.slope ?? 0), backlogRate: rate, running: workload.running,
             pressingTier: pressing?.tier, slack: pressing?.slack, backlog: backlog)
     }
 
@@ -206,21 +231,21 @@ public struct FleetController: Sendable {
     private func allocate(_ demands: [Demand], workloads: [Workload], pools: [CapacityPool]) -> ([[Double]], [Double]) {
         var allocation = Array(repeating: Array(repeating: 0.0, count: workloads.count), count: pools.count)
         var wanted = Array(repeating: 0.0, count: pools.count)
-        // What is still to place: rates in jobs per second, running jobs in workers.
-        var steady = demands.map(\.steadyRate)
-        var backlog = demands.map(\.backlogRate)
-        var running = demands.map { Double($0.running) }
+        // The part of each workload's demand still to place.
+        var remaining = Array(repeating: 1.0, count: workloads.count)
         let order = pools.indices.sorted { a, b in
             pools[a].kind != pools[b].kind ? pools[a].kind == .primary : a < b
         }
         for pool in order {
             let spec = pools[pool]
             var wants = Array(repeating: 0.0, count: workloads.count)
-            for index in workloads.indices where workloads[index].runs(on: spec) {
+            for index in workloads.indices where workloads[index].runs(on: spec) && remaining[index] > 0 {
                 let run = workloads[index].runSeconds(on: spec)
-                // Workers for the steady rate or for the jobs running now, whichever is more, and
-                // more for the backlog.
-                wants[index] = max(steady[index] * run, running[index]) + backlog[index] * run
+                let demand = demands[index]
+                // Workers for the steady rate expected by the time new ones arrive, or for the jobs
+                // running now, whichever is more, and more for the backlog.
+                let steady = demand.steadyRate(ahead: spec.provisionSeconds, headroom: settings.headroom)
+                wants[index] = remaining[index] * (max(steady * run, Double(demand.running)) + demand.backlogRate * run)
             }
             let total = wants.reduce(0, +)
             wanted[pool] = total
@@ -229,9 +254,7 @@ public struct FleetController: Sendable {
             for index in workloads.indices where wants[index] > 0 {
                 allocation[pool][index] = wants[index] * share
                 // What this pool took, it took of each part alike; the rest spills over.
-                steady[index] *= 1 - share
-                backlog[index] *= 1 - share
-                running[index] *= 1 - share
+                remaining[index] *= 1 - share
             }
         }
         return (allocation, wanted)
@@ -240,14 +263,15 @@ public struct FleetController: Sendable {
     // MARK: - Size
 
     /// `raw` after the pool's stabilisation window: up at once, down only to the highest
-    /// recommendation of the last cool-down.
+    /// recommendation of the last cool-down, within the pool's bounds (which may have changed
+    /// since: a lower max applies at once).
     private mutating func stabilised(_ raw: Int, pool: CapacityPool, actual: Int, now: Double) -> Int {
         guard pool.cooldownSeconds > 0 else { return raw }
         var history = recommendations[pool.name] ?? [(now, actual)]
         history.removeAll { $0.time < now - pool.cooldownSeconds }
         history.append((now, raw))
         recommendations[pool.name] = history
-        return history.map(\.workers).max() ?? raw
+        return min(max(history.map(\.workers).max() ?? raw, pool.minWorkers), pool.maxWorkers)
     }
 
     /// Which workers leave a shrinking pool: still provisioning first, then idle, then busy; within

@@ -16,13 +16,17 @@ public struct PoolDecision: Hashable, Sendable {
     /// Workers provisioning or active (draining ones no longer count).
     public var actual: Int
     public var desired: Int
+    /// For a pool that lends: the workers' worth of capacity lent out once it has its desired
+    /// size (`maxWorkers - desired`); 0 otherwise.
+    public var lent: Int
     /// Why `desired` is what it is ("api promise at risk in 4 min: +12").
     public var reason: String
 
-    public init(pool: Int, actual: Int, desired: Int, reason: String) {
+    public init(pool: Int, actual: Int, desired: Int, lent: Int = 0, reason: String) {
         self.pool = pool
         self.actual = actual
         self.desired = desired
+        self.lent = lent
         self.reason = reason
     }
 }

@@ -18,7 +18,9 @@ public struct FleetState: Sendable {
 /// A pool of like workers in one cluster: what the autoscaler sizes and a provider grows or shrinks.
 ///
 /// A `burst` pool is capacity borrowed from elsewhere (a training cluster): it is filled last and
-/// given back first.
+/// given back first. A pool that `lends` is Kiln's own capacity on a shared cluster: what it does
+/// not hold, down to `minWorkers` (the floor never lent), the cluster's other tenants (training)
+/// may use until Kiln takes it back, which takes `provisionSeconds`.
 public struct CapacityPool: Hashable, Sendable {
     public enum Kind: String, Hashable, Sendable, Codable { case primary, burst }
 
@@ -33,10 +35,16 @@ public struct CapacityPool: Hashable, Sendable {
     public var cooldownSeconds: Double
     /// How long a draining worker's running jobs may take before they return to the queue.
     public var drainGraceSeconds: Double
+    /// How long a worker asked for takes to arrive (for a lent pool: to take the capacity back). The
+    /// controller sizes the pool for the demand it expects that far ahead.
+    public var provisionSeconds: Double
+    /// Whether the capacity between its size and `maxWorkers` is lent out while Kiln does not need it.
+    public var lends: Bool
 
     public init(
         name: String, cluster: String = "default", kind: Kind = .primary, accelerator: String, gpusPerWorker: Int = 1,
-        minWorkers: Int = 0, maxWorkers: Int, cooldownSeconds: Double = 60, drainGraceSeconds: Double = 600
+        minWorkers: Int = 0, maxWorkers: Int, cooldownSeconds: Double = 60, drainGraceSeconds: Double = 600,
+        provisionSeconds: Double = 0, lends: Bool = false
     ) {
         self.name = name
         self.cluster = cluster
@@ -47,6 +55,8 @@ public struct CapacityPool: Hashable, Sendable {
         self.maxWorkers = maxWorkers
         self.cooldownSeconds = cooldownSeconds
         self.drainGraceSeconds = drainGraceSeconds
+        self.provisionSeconds = provisionSeconds
+        self.lends = lends
     }
 }
 
