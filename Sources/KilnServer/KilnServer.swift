@@ -47,9 +47,20 @@ public struct KilnServer: Sendable {
             slurm = SlurmProvider(
                 settings: .init(program: program, folder: folder, serverURL: configuration.slurm.serverURL), logger: logger)
         }
+        var extra: [ServerConfiguration.Pool.Provider: any CapacityProvider] = [:]
+        let kubernetesPools = configuration.pools.filter { $0.provider == .kubernetes }
+        if !kubernetesPools.isEmpty {
+            let access = configuration.kubernetes
+            let kubernetes = try KubernetesProvider(
+                settings: .inCluster(
+                    apiServer: access.apiServer, namespace: access.namespace, tokenFile: access.tokenFile, caFile: access.caFile),
+                logger: logger)
+            await kubernetes.follow(kubernetesPools)
+            extra[.kubernetes] = kubernetes
+        }
         var server = try await KilnServer(
             store: store, objects: objects, configuration: configuration, clock: clock, adminKey: adminKey, localProvider: local,
-            slurmProvider: slurm, logger: logger)
+            slurmProvider: slurm, extraProviders: extra, logger: logger)
         server.providerKeyFile = data.appending(path: "provider-worker.key")
         return server
     }
@@ -64,6 +75,9 @@ public struct KilnServer: Sendable {
         }
         for pool in configuration.pools where pool.provider == .slurm && slurmProvider == nil && extraProviders[.slurm] == nil {
             throw KilnError(.invalidInput, "pool '\(pool.spec.name)': no Slurm access is configured for this server")
+        }
+        for pool in configuration.pools where pool.provider == .kubernetes && extraProviders[.kubernetes] == nil {
+            throw KilnError(.invalidInput, "pool '\(pool.spec.name)': no Kubernetes access is configured for this server")
         }
         let dispatcher = try Dispatcher(store: store, clock: clock, configuration: configuration)
         let skipped = try await dispatcher.load()

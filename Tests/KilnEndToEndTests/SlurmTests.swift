@@ -146,6 +146,47 @@ struct SlurmTests {
         Self.cancelKilnJobs()
     }
 
+    @Test("a reclaim drains the worker job: its generation returns to the queue after the grace, charged no attempt, and runs when capacity comes back")
+    func reclaimReleasesUncharged() async throws {
+        let cluster = try await Self.start(max: 1, grace: 3)
+        do {
+            _ = try await cluster.pushDemo()
+            let job = try await cluster.submit(["prompt": .string("reclaimed"), "num_frames": .number(240), "width": .number(640), "height": .number(480)])
+            try await Self.until("the generation runs") { try await cluster.generation(job.id).startedAt != nil }
+            let worker = try #require(try Self.kilnJobs().first { $0.value == "RUNNING" }?.key)
+            // The training cluster wants its GPUs back now: the operator sets the pool's max to 0.
+            let pool = try await cluster.admin {
+                try await $0.setPoolBounds(path: .init(name: "borrowed"), body: .json(.init(maxWorkers: 0))).ok.body.json
+            }
+            #expect(pool.maxWorkers == 0)
+            try await Self.until("the generation returns to the queue") {
+                let generation = try await cluster.generation(job.id)
+                return generation.state == .queued || generation.state.isFinal
+            }
+            let released = try await cluster.generation(job.id)
+            #expect(released.state == .queued, "released after the 3 s grace, not finished: \(released.state) \(Self.slurmLogs(cluster))")
+            #expect(released.attempts == 0, "a reclaim is not charged as an attempt")
+            // Its worker job, signalled to drain, ends; Slurm has the GPU back.
+            try await Self.until("the worker job leaves Slurm") { try Self.kilnJobs()[worker] == nil }
+            let fleet = try await cluster.admin { try await $0.getFleet().ok.body.json }
+            #expect(fleet.decisions.contains { $0.action.hasPrefix("drain ") })
+            #expect(fleet.decisions.contains { $0.action.hasPrefix("release ") && $0.action.hasSuffix("(1 jobs back to the queue)") })
+
+            // Capacity comes back: a new worker job runs the generation, charged its one attempt.
+            _ = try await cluster.admin {
+                try await $0.setPoolBounds(path: .init(name: "borrowed"), body: .json(.init(maxWorkers: 1))).ok
+            }
+            try await Self.until("the generation ends", seconds: 300) { try await cluster.generation(job.id).state.isFinal }
+            let done = try await cluster.generation(job.id)
+            #expect(done.state == .succeeded, "\(done.error?.message ?? "") \(Self.slurmLogs(cluster))")
+            #expect(done.attempts == 1)
+        } catch {
+            Issue.record("\(error) \(Self.slurmLogs(cluster))")
+        }
+        await cluster.stop()
+        Self.cancelKilnJobs()
+    }
+
     @Test("Slurm killing a worker job outright loses no generation: it is retried and succeeds")
     func killedWorkerJobLosesNothing() async throws {
         let cluster = try await Self.start(max: 1)

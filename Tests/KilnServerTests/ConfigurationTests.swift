@@ -84,10 +84,41 @@ struct ConfigurationTests {
         #expect(configuration.slurm.serverURL == "http://kiln.internal:8080")
     }
 
+    @Test("a kubernetes pool names its Deployment (its own name by default); a pool on a shared cluster may lend, and says how long it takes to grow")
+    func kubernetesPoolsAndLending() throws {
+        let configuration = try ServerConfiguration.load(
+            yaml: """
+                clusters:
+                  prod:
+                    pools:
+                      h100: {provider: kubernetes, accelerator: h100, gpus_per_worker: 1, min_workers: 4, max_workers: 64,
+                             deployment: kiln-worker-h100, lend: true, provision_seconds: 240}
+                      a100: {provider: kubernetes, max_workers: 8}
+                      spare: {provider: slurm, max_workers: 2, lend: true}
+                kubernetes: {api_server: "https://10.0.0.1:443", namespace: kiln, token_file: /run/token, ca_file: /run/ca.crt}
+                """)
+        #expect(configuration.pools[0].provider == .kubernetes)
+        #expect(configuration.pools[0].kubernetes == .init(deployment: "kiln-worker-h100"))
+        #expect(configuration.pools[0].spec.lends)
+        #expect(configuration.pools[0].spec.provisionSeconds == 240)
+        #expect(configuration.pools[1].kubernetes == .init(deployment: "a100"))
+        #expect(!configuration.pools[1].spec.lends)
+        #expect(configuration.pools[2].spec.lends)
+        #expect(configuration.kubernetes.apiServer == "https://10.0.0.1:443")
+        #expect(configuration.kubernetes.namespace == "kiln")
+        #expect(configuration.kubernetes.tokenFile == "/run/token")
+        #expect(configuration.kubernetes.caFile == "/run/ca.crt")
+    }
+
     @Test(
         "bad pools are refused, naming the pool and the setting",
         arguments: [
-            ("clusters: {c: {pools: {p: {provider: cloud}}}}", "clusters.c.pools.p.provider: 'cloud' is not one of static, local, slurm"),
+            ("clusters: {c: {pools: {p: {provider: cloud}}}}", "clusters.c.pools.p.provider: 'cloud' is not one of static, local, slurm, kubernetes"),
+            ("clusters: {c: {pools: {p: {provider: local, lend: true}}}}", "clusters.c.pools.p.lend: only a pool on a shared cluster (provider slurm or kubernetes) can lend"),
+            ("clusters: {c: {pools: {p: {provider: slurm, kind: burst, lend: true}}}}", "clusters.c.pools.p.lend: a burst pool is borrowed capacity"),
+            ("clusters: {c: {pools: {p: {provider: slurm, lend: yes please}}}}", "clusters.c.pools.p.lend must be true or false"),
+            ("clusters: {c: {pools: {p: {provider: slurm, deployment: workers}}}}", "clusters.c.pools.p: deployment applies only to provider 'kubernetes'"),
+            ("kubernetes: {namespace: kiln, server: x}", "kubernetes: unknown key 'server'"),
             ("clusters: {c: {pools: {p: {provider: local, partition: gpu}}}}", "clusters.c.pools.p: partition, cpus_per_task and time_limit_minutes apply only to provider 'slurm'"),
             ("clusters: {c: {pools: {p: {min_workers: 3, max_workers: 2}}}}", "clusters.c.pools.p: max_workers (2) is below min_workers (3)"),
             ("clusters: {c: {pools: {p: {kind: spare}}}}", "clusters.c.pools.p.kind"),

@@ -15,21 +15,26 @@ import Testing
 actor RecordingProvider: CapacityProvider {
     private(set) var launched: [String] = []
     private(set) var stopped: [(launch: String, graceful: Bool)] = []
-    private var alive: Set<String> = []
+    /// Launch → pool.
+    private var alive: [String: String] = [:]
 
     func provision(_ count: Int, pool: ServerConfiguration.Pool) async throws -> [String] {
         let new = (0..<count).map { "test-\(pool.spec.name)-\(launched.count + $0)" }
         launched += new
-        alive.formUnion(new)
+        for launch in new { alive[launch] = pool.spec.name }
         return new
     }
 
     func stop(launch: String, graceful: Bool) async {
         stopped.append((launch, graceful))
-        if !graceful { alive.remove(launch) }
+        if !graceful { alive[launch] = nil }
     }
 
-    func running() async -> Set<String>? { alive }
+    func running() async -> [String: String]? { alive }
+
+    /// A launch started outside this server (one from before a restart, a pod its Deployment
+    /// replaced): the provider reports it running.
+    func startedElsewhere(_ launch: String, pool: String) { alive[launch] = pool }
     func shutdown(grace: Duration) async { alive.removeAll() }
 }
 
@@ -206,6 +211,81 @@ struct FleetServiceTests {
             let again = try #require(try await api.lease(key, worker: primary))
             #expect(again.job.id == onBorrowed.job.id)
             #expect(try await api.generation(user, again.job.id).attempts == 1)
+        }
+    }
+
+    @Test("an admin's bounds apply at the next tick, past the cool-down; bad bounds are refused with the field named and change nothing")
+    func adminBounds() async throws {
+        let provider = RecordingProvider()
+        var configuration = Self.configuration(max: 3, cooldown: 600, grace: 60)
+        configuration.pools.append(.init(provider: .static, spec: CapacityPool(name: "by-hand", accelerator: "cpu", gpusPerWorker: 0, maxWorkers: 0)))
+        let kiln = try await KilnHarness.make(configuration: configuration, providers: [.local: provider])
+        try await kiln.withClient { api in
+            try await api.model("a")
+            let (_, user) = try await api.account(tier: "api")
+            let key = try await api.workerKey()
+            for _ in 0..<6 { _ = try await api.submit(user, model: "a") }
+            kiln.clock.advance(by: 30)
+            try await kiln.server.services.fleet.tick()
+            let launched = await provider.launched
+            #expect(launched.count == 3)
+            // They register 12 s after they were asked for: the pool's provisioning time, measured.
+            kiln.clock.advance(by: 12)
+            var workers: [String] = []
+            for launch in launched { workers.append(try await register(api, key: key, launch: launch)) }
+            try await kiln.server.services.fleet.tick()
+            let admin = api.api()
+            #expect(try await admin { try await $0.getFleet().ok.body.json }.pools[0].provisionSeconds == 12)
+            let held = try #require(try await api.lease(key, worker: workers[0]))
+
+            // Refused, naming the problem, changing nothing.
+            let inverted = try await api.call(.patch, "/v1/admin/fleet/pools/cpu", json: #"{"min_workers": 2, "max_workers": 1}"#)
+            #expect(inverted.status == .unprocessableContent)
+            #expect(inverted.error?.message.contains("max_workers (1) must not be below min_workers (2)") == true)
+            let negative = try await api.call(.patch, "/v1/admin/fleet/pools/cpu", json: #"{"max_workers": -1}"#)
+            #expect(negative.status == .unprocessableContent)
+            #expect(negative.error?.message.contains("max_workers") == true)
+            let unknown = try await api.call(.patch, "/v1/admin/fleet/pools/gpu", json: #"{"max_workers": 1}"#)
+            #expect(unknown.status == .notFound)
+            #expect(unknown.error?.message == "no capacity pool is named 'gpu'")
+            let fixed = try await api.call(.patch, "/v1/admin/fleet/pools/by-hand", json: #"{"max_workers": 1}"#)
+            #expect(fixed.status == .unprocessableContent)
+            #expect(fixed.error?.message.contains("static") == true)
+            #expect(try await admin { try await $0.getFleet().ok.body.json }.pools[0].maxWorkers == 3)
+
+            // Give it all back now: no cool-down; the busy worker drains, the idle ones go.
+            let zero = try await admin { try await $0.setPoolBounds(path: .init(name: "cpu"), body: .json(.init(maxWorkers: 0))) }
+            #expect(try zero.ok.body.json.maxWorkers == 0)
+            kiln.clock.advance(by: 5)
+            let back = try await kiln.server.services.fleet.tick()
+            #expect(back.pools[0].desired == 0)
+            #expect(try await workerState(api, workers[0]) == .draining)
+            #expect(try await workerState(api, workers[1]) == .retired)
+            #expect(try await workerState(api, workers[2]) == .retired)
+            #expect(try await api.generation(user, held.job.id).state == .running)
+            let decisions = try await admin { try await $0.getFleet().ok.body.json.decisions }
+            #expect(decisions.contains { $0.action == "bounds of cpu: 0–0" && $0.reason == "set by an admin" })
+        }
+    }
+
+    @Test("a running launch nobody here asked for counts as provisioning in its pool until it registers")
+    func adoptsRunningLaunches() async throws {
+        let provider = RecordingProvider()
+        let kiln = try await KilnHarness.make(configuration: Self.configuration(min: 1, max: 1), providers: [.local: provider])
+        try await kiln.withClient { api in
+            await provider.startedElsewhere("from-before", pool: "cpu")
+            let first = try await kiln.server.services.fleet.tick()
+            #expect(first.pools[0].actual == 1, "the running launch is on its way")
+            #expect(await provider.launched.isEmpty, "so the pool's min is met without asking for another")
+            let key = try await api.workerKey()
+            let worker = try await register(api, key: key, launch: "from-before")
+            let second = try await kiln.server.services.fleet.tick()
+            #expect(second.pools[0].actual == 1)
+            #expect(await provider.launched.isEmpty)
+            let fleet = try await api.api().callAsFunction { try await $0.getFleet().ok.body.json }
+            #expect(fleet.workers.map(\.id) == [worker])
+            #expect(fleet.decisions.contains { $0.action == "found from-before in cpu" })
+            #expect(fleet.pools[0].provisionSeconds == 0, "a launch found running is not measured")
         }
     }
 

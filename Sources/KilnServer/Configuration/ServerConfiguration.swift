@@ -22,6 +22,16 @@ public struct ServerConfiguration: Sendable, Hashable {
             case local
             /// `kiln worker` jobs on a Slurm cluster (a training cluster lending its GPUs).
             case slurm
+            /// The pods of a Deployment that run `kiln worker`, scaled through its `scale`
+            /// subresource.
+            case kubernetes
+        }
+
+        /// Where a `kubernetes` pool's workers run.
+        public struct Kubernetes: Sendable, Hashable {
+            /// The Deployment (in the configured namespace) whose replicas are the pool's workers.
+            public var deployment: String
+            public init(deployment: String) { self.deployment = deployment }
         }
 
         /// Where a `slurm` pool's workers run.
@@ -45,11 +55,14 @@ public struct ServerConfiguration: Sendable, Hashable {
         public var spec: CapacityPool
         /// For a `slurm` pool.
         public var slurm: Slurm?
+        /// For a `kubernetes` pool.
+        public var kubernetes: Kubernetes?
 
-        public init(provider: Provider, spec: CapacityPool, slurm: Slurm? = nil) {
+        public init(provider: Provider, spec: CapacityPool, slurm: Slurm? = nil, kubernetes: Kubernetes? = nil) {
             self.provider = provider
             self.spec = spec
             self.slurm = provider == .slurm ? slurm ?? Slurm(partition: spec.name) : slurm
+            self.kubernetes = provider == .kubernetes ? kubernetes ?? Kubernetes(deployment: spec.name) : kubernetes
         }
     }
 
@@ -62,6 +75,16 @@ public struct ServerConfiguration: Sendable, Hashable {
         public var folder: String?
         /// This server's URL as the nodes reach it; nil: the address it listens on.
         public var serverURL: String?
+        public init() {}
+    }
+
+    /// How this server reaches a Kubernetes API server (`kubernetes` pools); each field unset is
+    /// taken from the pod this server runs in (its service account and environment).
+    public struct KubernetesAccess: Sendable, Hashable {
+        public var apiServer: String?
+        public var namespace: String?
+        public var tokenFile: String?
+        public var caFile: String?
         public init() {}
     }
 
@@ -100,6 +123,7 @@ public struct ServerConfiguration: Sendable, Hashable {
     public var pools: [Pool] = []
     public var fleet = Fleet()
     public var slurm = SlurmAccess()
+    public var kubernetes = KubernetesAccess()
     /// For clusters the file does not name.
     public var defaultDispatchLimit: Int = 64
     public var leases = Leases()
@@ -117,7 +141,7 @@ public struct ServerConfiguration: Sendable, Hashable {
         var configuration = ServerConfiguration()
         guard let root = try Yams.compose(yaml: text) else { return configuration }
         let top = try Mapping(root, path: source)
-        try top.allow(["tiers", "clusters", "leases", "limits", "scheduler", "fleet", "slurm"])
+        try top.allow(["tiers", "clusters", "leases", "limits", "scheduler", "fleet", "slurm", "kubernetes"])
         if let tiers = top["tiers"] {
             let mapping = try Mapping(tiers, path: "\(source): tiers")
             var list: [Tier] = []
@@ -160,6 +184,14 @@ public struct ServerConfiguration: Sendable, Hashable {
             configuration.slurm.program = try fields.string("program")
             configuration.slurm.folder = try fields.string("folder")
             configuration.slurm.serverURL = try fields.string("server_url")
+        }
+        if let kubernetes = top["kubernetes"] {
+            let fields = try Mapping(kubernetes, path: "\(source): kubernetes")
+            try fields.allow(["api_server", "namespace", "token_file", "ca_file"])
+            configuration.kubernetes.apiServer = try fields.string("api_server")
+            configuration.kubernetes.namespace = try fields.string("namespace")
+            configuration.kubernetes.tokenFile = try fields.string("token_file")
+            configuration.kubernetes.caFile = try fields.string("ca_file")
         }
         if let fleet = top["fleet"] {
             let fields = try Mapping(fleet, path: "\(source): fleet")
@@ -220,7 +252,7 @@ public struct ServerConfiguration: Sendable, Hashable {
         let fields = try Mapping(node, path: path)
         try fields.allow([
             "provider", "kind", "accelerator", "gpus_per_worker", "min_workers", "max_workers", "cooldown_seconds", "drain_grace_seconds",
-            "partition", "cpus_per_task", "time_limit_minutes",
+            "provision_seconds", "lend", "partition", "cpus_per_task", "time_limit_minutes", "deployment",
         ])
         let providerName = try fields.string("provider") ?? "static"
         guard let provider = Pool.Provider(rawValue: providerName) else {
@@ -237,11 +269,20 @@ public struct ServerConfiguration: Sendable, Hashable {
         guard maximum >= minimum else {
             throw KilnError(.invalidInput, "\(path): max_workers (\(maximum)) is below min_workers (\(minimum))")
         }
+        let lend = try fields.bool("lend") ?? false
+        guard !lend || provider == .slurm || provider == .kubernetes else {
+            throw KilnError(
+                .invalidInput, "\(path).lend: only a pool on a shared cluster (provider slurm or kubernetes) can lend what it does not hold")
+        }
+        guard !lend || kind == .primary else {
+            throw KilnError(.invalidInput, "\(path).lend: a burst pool is borrowed capacity; only a primary pool lends")
+        }
         let spec = CapacityPool(
             name: name, cluster: cluster, kind: kind, accelerator: try fields.string("accelerator") ?? "cpu",
             gpusPerWorker: try fields.count("gpus_per_worker") ?? 0, minWorkers: minimum, maxWorkers: maximum,
             cooldownSeconds: Double(try fields.count("cooldown_seconds") ?? 300),
-            drainGraceSeconds: Double(try fields.count("drain_grace_seconds") ?? 600))
+            drainGraceSeconds: Double(try fields.count("drain_grace_seconds") ?? 600),
+            provisionSeconds: Double(try fields.count("provision_seconds") ?? 0), lends: lend)
         let partition = try fields.string("partition")
         let cpus = try fields.int("cpus_per_task")
         let limit = try fields.int("time_limit_minutes")
@@ -249,7 +290,13 @@ public struct ServerConfiguration: Sendable, Hashable {
             throw KilnError(.invalidInput, "\(path): partition, cpus_per_task and time_limit_minutes apply only to provider 'slurm'")
         }
         let slurm = Pool.Slurm(partition: partition ?? name, cpusPerTask: cpus ?? 1, timeLimitMinutes: limit)
-        return Pool(provider: provider, spec: spec, slurm: provider == .slurm ? slurm : nil)
+        let deployment = try fields.string("deployment")
+        guard provider == .kubernetes || deployment == nil else {
+            throw KilnError(.invalidInput, "\(path): deployment applies only to provider 'kubernetes'")
+        }
+        return Pool(
+            provider: provider, spec: spec, slurm: provider == .slurm ? slurm : nil,
+            kubernetes: provider == .kubernetes ? Pool.Kubernetes(deployment: deployment ?? name) : nil)
     }
 
     public func schedulingPolicy() throws -> any SchedulingPolicy {
@@ -298,6 +345,12 @@ private struct Mapping {
         guard let value = node.int, value >= 0 else {
             throw KilnError(.invalidInput, "\(path).\(key) must be a whole number of at least 0")
         }
+        return value
+    }
+
+    func bool(_ key: String) throws -> Bool? {
+        guard let node = self[key] else { return nil }
+        guard let value = node.bool else { throw KilnError(.invalidInput, "\(path).\(key) must be true or false") }
         return value
     }
 

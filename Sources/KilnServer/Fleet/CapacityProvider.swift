@@ -14,9 +14,11 @@ public protocol CapacityProvider: Sendable {
     /// Stops a launch: at once when it holds nothing (or has not registered yet); with `graceful`,
     /// by asking it to drain (finish its jobs, take no new one, then exit).
     func stop(launch: String, graceful: Bool) async
-    /// The launches whose workers are still running (or queued to run); nil when the provider
-    /// cannot tell now.
-    func running() async -> Set<String>?
+    /// The launches whose workers are still running (or queued to run), each with its pool's name;
+    /// nil when the provider cannot tell now. A launch the fleet service did not start (one from
+    /// before a restart, a pod its Deployment replaced) and that has not registered yet counts as
+    /// provisioning in its pool.
+    func running() async -> [String: String]?
     /// Stops every launch, waiting up to `grace` for them to drain.
     func shutdown(grace: Duration) async
 }
@@ -32,6 +34,6 @@ public struct StaticProvider: CapacityProvider {
     public init() {}
     public func provision(_ count: Int, pool: ServerConfiguration.Pool) async throws -> [String] { [] }
     public func stop(launch: String, graceful: Bool) async {}
-    public func running() async -> Set<String>? { [] }
+    public func running() async -> [String: String]? { [:] }
     public func shutdown(grace: Duration) async {}
 }

@@ -21,8 +21,9 @@ import ServiceLifecycle
 ///    attempt; placements are kept here and read by the lease call, which gives a placed worker
 ///    only its model's jobs, once it has prepared the version.
 ///
-/// Placements live in memory: after a restart, workers take any model until the first tick
-/// places them again.
+/// Placements, the measured provisioning times and bounds set through the admin API live in
+/// memory: after a restart, workers take any model until the first tick places them again, and
+/// pools have their configured bounds.
 public actor FleetService: Service {
     /// What placement put a worker on.
     public struct Assignment: Sendable, Hashable {
@@ -97,6 +98,12 @@ public actor FleetService: Service {
     private var drainDeadlines: [WorkerID: Date] = [:]
     /// Launches asked of a provider that have not registered yet: their pool, and since when.
     private var pending: [String: (pool: String, since: Date)] = [:]
+    /// By pool: the bounds an operator set through the admin API, over the configured ones.
+    private var bounds: [String: (min: Int, max: Int)] = [:]
+    /// By pool: measured seconds from asking for a worker to its registration, weighted to the recent.
+    private var provisionSeconds: [String: Double] = [:]
+    /// Pending launches found running rather than asked for: their wait is not measured.
+    private var adopted: Set<String> = []
     private var tickedAt: Date?
     private var poolDecisions: [String: PoolDecision] = [:]
     private var members: [View.Worker] = []
@@ -176,8 +183,42 @@ public actor FleetService: Service {
     public func view() -> View {
         View(
             tickedAt: tickedAt,
-            pools: configuration.pools.map { View.Pool(configured: $0, decision: poolDecisions[$0.spec.name]) },
+            pools: configuration.pools.map { View.Pool(configured: effective($0), decision: poolDecisions[$0.spec.name]) },
             workers: members, decisions: history.reversed())
+    }
+
+    /// Sets a pool's bounds until the server restarts (`PATCH /v1/admin/fleet/pools/{name}`): a
+    /// max of 0 gives a burst pool back now, its busy workers draining within their grace. The next
+    /// tick acts on them; a lower bound skips the pool's cool-down.
+    /// - Throws: `.notFound` for a pool not configured; `.invalidInput` for a `static` pool (its size
+    ///   is whatever registers) or a max below the min.
+    public func setBounds(pool name: String, minWorkers: Int?, maxWorkers: Int?) throws -> View.Pool {
+        guard let pool = configuration.pools.first(where: { $0.spec.name == name }) else {
+            throw KilnError(.notFound, "no capacity pool is named '\(name)'")
+        }
+        guard pool.provider != .static else {
+            throw KilnError(.invalidInput, "pool '\(name)' is static: its size is whatever workers register, it has no bounds to set")
+        }
+        let current = effective(pool).spec
+        let minimum = minWorkers ?? current.minWorkers
+        let maximum = maxWorkers ?? current.maxWorkers
+        guard minimum >= 0, maximum >= minimum else {
+            throw KilnError(.invalidInput, "max_workers (\(maximum)) must not be below min_workers (\(minimum)), nor either below 0")
+        }
+        bounds[name] = (minimum, maximum)
+        record(clock.now(), "bounds of \(name): \(minimum)–\(maximum)", "set by an admin")
+        return View.Pool(configured: effective(pool), decision: poolDecisions[name])
+    }
+
+    /// `pool` with the bounds an admin set and the provisioning time measured.
+    private func effective(_ pool: ServerConfiguration.Pool) -> ServerConfiguration.Pool {
+        var pool = pool
+        if let (minimum, maximum) = bounds[pool.spec.name] {
+            pool.spec.minWorkers = minimum
+            pool.spec.maxWorkers = maximum
+        }
+        if let measured = provisionSeconds[pool.spec.name] { pool.spec.provisionSeconds = measured }
+        return pool
     }
 
     // MARK: - One tick
@@ -191,11 +232,12 @@ public actor FleetService: Service {
         // 1. See.
         // Launches each provider knows to be alive; a provider that cannot tell now (nil) has its
         // workers judged by silence alone.
-        var running: Set<String> = []
+        var alive: [String: String] = [:]
         var unknown: Set<ServerConfiguration.Pool.Provider> = []
         for (kind, provider) in providers {
-            if let alive = await provider.running() { running.formUnion(alive) } else { unknown.insert(kind) }
+            if let launches = await provider.running() { alive.merge(launches) { a, _ in a } } else { unknown.insert(kind) }
         }
+        let running = Set(alive.keys)
         let generations = try await store.runningGenerations()
         var runningByWorker: [WorkerID: Int] = [:]
         var runningByModel: [String: Int] = [:]
@@ -204,10 +246,22 @@ public actor FleetService: Service {
             runningByModel[generation.model, default: 0] += 1
         }
         var workers: [WorkerRecord] = []
-        for worker in try await store.workers() where worker.state != .retired {
+        let registered = try await store.workers()
+        // Launches running that this service did not ask for and that never registered (from before
+        // a restart, or started by the cluster itself) are on their way: they count as provisioning.
+        let known = Set(registered.compactMap { $0.labels[StaticProvider.launchLabel] })
+        for (launch, pool) in alive where pending[launch] == nil && !known.contains(launch) && pools.contains(where: { $0.spec.name == pool }) {
+            pending[launch] = (pool, now)
+            adopted.insert(launch)
+            record(now, "found \(launch) in \(pool)", "running, not registered yet")
+        }
+        for worker in registered where worker.state != .retired {
             guard let pool = worker.pool, pools.contains(where: { $0.spec.name == pool }) else { continue }
             let launch = worker.labels[StaticProvider.launchLabel]
-            if let launch { pending[launch] = nil }
+            if let launch, let asked = pending.removeValue(forKey: launch), adopted.remove(launch) == nil {
+                let seconds = max(0, worker.registeredAt.timeIntervalSince(asked.since))
+                provisionSeconds[pool] = provisionSeconds[pool].map { $0 + 0.2 * (seconds - $0) } ?? seconds
+            }
             let launchGone = launch.map { !running.contains($0) && isTracked(pool: pool, unknown: unknown) } ?? false
             // A worker busy with long jobs may not poll for a while; its heartbeats keep its leases.
             let silent = now.timeIntervalSince(worker.lastSeenAt) > staleAfter && runningByWorker[worker.id] == nil
@@ -225,6 +279,7 @@ public actor FleetService: Service {
             || now.timeIntervalSince(entry.since) > Self.launchTimeout
         {
             pending[launch] = nil
+            adopted.remove(launch)
             assignments[.launch(launch)] = nil
             if running.contains(launch) { await provider(of: entry.pool).stop(launch: launch, graceful: false) }
             record(now, "give up \(launch)", "it did not register within \(Int(Self.launchTimeout)) s or exited before")
@@ -286,7 +341,7 @@ public actor FleetService: Service {
 
         // 2. Decide. A static pool is whatever registered: only placement applies to it.
         let specs = pools.enumerated().map { index, pool -> CapacityPool in
-            guard pool.provider == .static else { return pool.spec }
+            guard pool.provider == .static else { return effective(pool).spec }
             var spec = pool.spec
             spec.minWorkers = actual[index]
             spec.maxWorkers = actual[index]
@@ -379,6 +434,7 @@ public actor FleetService: Service {
 
     private func stopLaunch(_ launch: String, reason: String, now: Date) async throws {
         guard let entry = pending.removeValue(forKey: launch) else { return }
+        adopted.remove(launch)
         assignments[.launch(launch)] = nil
         await provider(of: entry.pool).stop(launch: launch, graceful: false)
         record(now, "cancel \(launch)", reason)

@@ -27,8 +27,9 @@ public actor LocalProvider: CapacityProvider {
     private var server: String?
     private var key: String?
     private var processes: [String: Process] = [:]
-    /// By launch: its slot.
+    /// By launch: its slot, and its pool.
     private var slots: [String: String] = [:]
+    private var pools: [String: String] = [:]
     private let nonce = String(UInt64.random(in: 0..<(1 << 40)), radix: 36)
 
     public init(settings: Settings, logger: Logger) {
@@ -80,6 +81,7 @@ public actor LocalProvider: CapacityProvider {
             try process.run()
             processes[launch] = process
             slots[launch] = slot
+            pools[launch] = pool.spec.name
             launched.append(launch)
             logger.info("local worker started", metadata: ["launch": "\(launch)", "pid": "\(process.processIdentifier)"])
         }
@@ -95,8 +97,10 @@ public actor LocalProvider: CapacityProvider {
         }
     }
 
-    public func running() async -> Set<String>? {
-        Set(processes.filter { $0.value.isRunning }.keys)
+    public func running() async -> [String: String]? {
+        var result: [String: String] = [:]
+        for (launch, process) in processes where process.isRunning { result[launch] = pools[launch] }
+        return result
     }
 
     public func shutdown(grace: Duration) async {
@@ -116,6 +120,7 @@ public actor LocalProvider: CapacityProvider {
         guard let process = processes[launch], !process.isRunning else { return }
         processes[launch] = nil
         slots[launch] = nil
+        pools[launch] = nil
         logger.info("local worker exited", metadata: ["launch": "\(launch)", "status": "\(status)"])
     }
 }

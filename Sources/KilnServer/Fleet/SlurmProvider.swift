@@ -102,9 +102,11 @@ public actor SlurmProvider: CapacityProvider {
         }
     }
 
-    public func running() async -> Set<String>? {
+    public func running() async -> [String: String]? {
         do {
-            return Set(try await jobs().keys)
+            var result: [String: String] = [:]
+            for launch in try await jobs().keys { result[launch] = Self.pool(of: launch) }
+            return result
         } catch {
             // Unknown: a passing error must not make the fleet think its workers are gone.
             logger.error("slurm: squeue failed: \(error)")
@@ -126,6 +128,12 @@ public actor SlurmProvider: CapacityProvider {
             result[fields[0]] = (fields[1], fields[2])
         }
         return result
+    }
+
+    /// The pool in a launch id `kiln-POOL-N.NONCE`.
+    static func pool(of launch: String) -> String {
+        let name = launch.dropFirst(jobPrefix.count)
+        return String(name[..<(name.lastIndex(of: "-") ?? name.endIndex)])
     }
 
     static func quoted(_ text: String) -> String { "'" + text.replacingOccurrences(of: "'", with: #"'\''"#) + "'" }
