@@ -8,6 +8,7 @@ import KilnServer
 import Logging
 import NIOCore
 import Testing
+import Yams
 
 /// A **fake Kubernetes API server**, named so: no API server can run on this machine. It answers
 /// the four calls the `kubernetes` provider makes, as the API server does (paths, JSON merge
@@ -312,6 +313,41 @@ struct KubernetesProviderTests {
                 #expect(await fake.podNames == [pods[0]], "the busy pod stays")
                 #expect(try await api.generation(user, held.job.id).state == .running)
             }
+            // Every call made is one the Role in deploy/kubernetes grants the server.
+            let granted = try Self.grantedByRole()
+            for call in Set(await fake.calls) {
+                let needed = Self.permission(for: call)
+                #expect(needed.map { granted.contains($0) } == true, "\(call) needs \(needed ?? "an unknown permission")")
+            }
         }
+    }
+
+    /// "group/resource verb" for each rule of the Role that `deploy/kubernetes/server-rbac.yaml` defines.
+    static func grantedByRole() throws -> Set<String> {
+        let file = URL(filePath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+            .appending(path: "deploy/kubernetes/server-rbac.yaml")
+        var granted: Set<String> = []
+        for document in try Yams.load_all(yaml: String(contentsOf: file, encoding: .utf8)) {
+            guard let object = document as? [String: Any], object["kind"] as? String == "Role" else { continue }
+            for rule in object["rules"] as? [[String: Any]] ?? [] {
+                for group in rule["apiGroups"] as? [String] ?? [] {
+                    for resource in rule["resources"] as? [String] ?? [] {
+                        for verb in rule["verbs"] as? [String] ?? [] { granted.insert("\(group)/\(resource) \(verb)") }
+                    }
+                }
+            }
+        }
+        return granted
+    }
+
+    /// The RBAC permission an API call needs ("group/resource verb").
+    static func permission(for call: String) -> String? {
+        let parts = call.split(separator: " ").map(String.init)
+        guard parts.count == 2 else { return nil }
+        let (method, path) = (parts[0], parts[1])
+        if path.hasPrefix("/apis/apps/v1/"), path.hasSuffix("/scale") { return "apps/deployments/scale \(method == "GET" ? "get" : "patch")" }
+        if path.hasPrefix("/api/v1/"), path.hasSuffix("/pods"), method == "GET" { return "/pods list" }
+        if path.hasPrefix("/api/v1/"), path.contains("/pods/"), method == "PATCH" { return "/pods patch" }
+        return nil
     }
 }
