@@ -15,6 +15,9 @@ final class LeaseKeeper: @unchecked Sendable {
     private var canceled = false
     private var lost = false
     private var running: RuntimeProcess?
+    /// When the job was handed to its runtime: its time limit counts from here, not from the
+    /// lease (a prefetched job may wait behind another first).
+    private var startedAt: ContinuousClock.Instant?
 
     private var heartbeats: Task<Void, Never>?
 
@@ -29,7 +32,15 @@ final class LeaseKeeper: @unchecked Sendable {
     var isLost: Bool { lock.withLock { lost } }
     var runtime: RuntimeProcess? { lock.withLock { running } }
 
-    func attach(_ runtime: RuntimeProcess?) { lock.withLock { running = runtime } }
+    /// The runtime running the job (nil once it ended); the first one attached starts its clock.
+    func attach(_ runtime: RuntimeProcess?) {
+        lock.withLock {
+            running = runtime
+            if runtime != nil, startedAt == nil { startedAt = .now }
+        }
+    }
+
+    var started: ContinuousClock.Instant? { lock.withLock { startedAt } }
 
     func lose() {
         lock.withLock {
@@ -59,11 +70,11 @@ final class LeaseKeeper: @unchecked Sendable {
     }
 
     /// Heartbeats `lease` every `interval` until ``stop()``; stops the runtime when the job is
-    /// canceled (a second's grace) or the lease is lost, and when the job runs past `timeout` seconds.
+    /// canceled (a second's grace) or the lease is lost, and when the job runs past `timeout`
+    /// seconds from its start.
     func keep(_ lease: WorkerAgent.JobLease, client: KilnAPIClient, every interval: Double, timeout: Double, logger: Logger) {
         let progress = self
         let task = Task {
-            let started = ContinuousClock.now
             var stoppedAt: ContinuousClock.Instant?
             while !Task.isCancelled {
                 // Checked four times an interval, so a heartbeat is never more than a quarter late.
@@ -72,7 +83,7 @@ final class LeaseKeeper: @unchecked Sendable {
                 if let stoppedAt, ContinuousClock.now - stoppedAt > .seconds(1) {
                     progress.runtime?.kill()  // did not stop within a second
                 }
-                if ContinuousClock.now - started > .seconds(timeout) {
+                if let started = progress.started, ContinuousClock.now - started > .seconds(timeout) {
                     logger.warning("job ran past its time limit of \(Int(timeout)) s; stopping its runtime")
                     progress.runtime?.kill()
                 }

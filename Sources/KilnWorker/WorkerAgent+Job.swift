@@ -113,6 +113,8 @@ extension WorkerAgent {
                 files[name] = path.path
             }
             try FileManager.default.createDirectory(at: folder.appending(path: "outputs"), withIntermediateDirectories: true)
+            // The one folder of the worker's a runtime of another user may write.
+            try options.runtimeUser?.own(folder.appending(path: "outputs"))
             progress.update(JobProgress(fraction: 0, stage: "ready"))
             return PreparedJob(
                 lease: lease, input: [String: JSONValue](job.input.additionalProperties), logger: logger, folder: folder, files: files,
@@ -266,8 +268,16 @@ extension WorkerAgent {
     /// old, which then stops.
     private func makeCurrent(_ version: PreparedVersion, on replica: Replica, devices: [Int], logger: Logger) async throws {
         if let runtime = replica.runtime, runtime.version == version.id, replica.devices == devices, runtime.isRunning { return }
+        var user: (RuntimeProcess.RuntimeUser, home: URL)?
+        if let account = options.runtimeUser {
+            let home = options.cache.appending(path: "scratch/\(UUID().uuidString)")
+            try FileManager.default.createDirectory(at: home, withIntermediateDirectories: true)
+            try account.own(home)
+            user = (account, home)
+        }
         let fresh = try RuntimeProcess(
-            version: version, python: options.python, runtimePath: options.runtimePath, devices: devices, logger: logger)
+            version: version, python: options.python, runtimePath: options.runtimePath, devices: devices, user: user,
+            passing: options.runtimeEnvironment, logger: logger)
         var events = fresh.events.makeAsyncIterator()
         fresh.send(.setup)
         // A setup that hangs is killed at the job's time limit; its exit ends the wait below.

@@ -18,8 +18,13 @@ public struct WorkerOptions: Sendable {
     /// The folder holding the `kiln_runtime` package.
     public var runtimePath: URL
     public var leaseWaitSeconds: Double = 20
-    /// A job running longer than this is stopped and failed (retryable).
+    /// A job running longer than this, counted from its start, is stopped and failed (retryable).
     public var jobTimeoutSeconds: Double = 3600
+    /// The account model runtimes run as (they can then write nothing of the worker's but their
+    /// job's outputs and a scratch folder); nil: the worker's own.
+    public var runtimeUser: RuntimeProcess.RuntimeUser?
+    /// Variables of the worker's environment that runtimes see besides the kept ones.
+    public var runtimeEnvironment: Set<String> = []
 
     public init(server: String, key: String, cache: URL, runtimePath: URL) {
         self.server = server

@@ -18,7 +18,13 @@ struct Worker: AsyncParsableCommand {
     @Option(help: "Disk budget of the version cache, in GiB.") var cacheGib: Int = 50
     @Option(help: "The Python interpreter for model runtimes.") var python: String = "python3"
     @Option(help: "Folder holding the kiln_runtime package (default: found beside this program).") var runtimePath: String?
-    @Option(help: "Stop and fail (retryably) a job running longer than this many seconds.") var jobTimeout: Double = 3600
+    @Option(help: "Stop and fail (retryably) a job running longer than this many seconds from its start.") var jobTimeout: Double = 3600
+    @Option(help: "Run model runtimes as this unprivileged user (needs a worker running as root, and an interpreter that user can run).")
+    var runtimeUser: String?
+    @Option(
+        name: .customLong("runtime-env"),
+        help: "A variable of this worker's environment that model runtimes see too (repeatable; never a KILN_ one).")
+    var runtimeEnvironment: [String] = []
     @Option(name: .customLong("label"), help: "A label KEY=VALUE (repeatable).") var labels: [String] = []
 
     func run() async throws {
@@ -36,6 +42,17 @@ struct Worker: AsyncParsableCommand {
         options.cacheBudgetBytes = Int64(cacheGib) << 30
         options.python = python
         options.jobTimeoutSeconds = jobTimeout
+        for name in runtimeEnvironment where name.hasPrefix("KILN_") {
+            throw ValidationError("--runtime-env \(name): a KILN_ variable never reaches model code")
+        }
+        options.runtimeEnvironment = Set(runtimeEnvironment)
+        let logger = Logger(label: "kiln.worker")
+        if let runtimeUser {
+            guard geteuid() == 0 else { throw ValidationError("--runtime-user needs the worker to run as root") }
+            options.runtimeUser = try RuntimeProcess.RuntimeUser(named: runtimeUser)
+        } else if geteuid() == 0 {
+            logger.warning("running as root without --runtime-user: model code runs as root and can write this worker's files")
+        }
         for label in labels {
             let parts = label.split(separator: "=", maxSplits: 1)
             guard parts.count == 2 else { throw ValidationError("--label '\(label)' is not KEY=VALUE") }
@@ -43,7 +60,6 @@ struct Worker: AsyncParsableCommand {
         }
         // A model runtime that died is written to before it is reaped: that must not kill the worker.
         signal(SIGPIPE, SIG_IGN)
-        let logger = Logger(label: "kiln.worker")
         try await serve([try WorkerAgent(options: options, logger: logger)], logger: logger)
     }
 }

@@ -66,7 +66,15 @@ final class LocalCluster: @unchecked Sendable {
     /// version. Its Python packages come from the interpreter the workers run, so no environment
     /// layer is built here.
     func pushDemo(variant: String? = nil, promote: Bool = true) async throws -> KilnCore.Digest {
-        let source = Self.repository.appending(path: "examples/models/demo-video")
+        try await push("demo-video", from: Self.repository.appending(path: "examples/models/demo-video"), variant: variant, promote: promote)
+    }
+
+    /// Pushes the test model of `Fixtures/probe` as `probe` (standard library only).
+    func pushProbe() async throws -> KilnCore.Digest {
+        try await push("probe", from: Self.repository.appending(path: "Tests/KilnEndToEndTests/Fixtures/probe"), variant: nil, promote: true)
+    }
+
+    private func push(_ name: String, from source: URL, variant: String?, promote: Bool) async throws -> KilnCore.Digest {
         let folder = data.appending(path: "model-\(UUID().uuidString)")
         try FileManager.default.copyItem(at: source, to: folder)
         if let variant {
@@ -76,7 +84,7 @@ final class LocalCluster: @unchecked Sendable {
             try handle.close()
         }
         let spec = ModelFolderSpec(
-            name: "demo-video", entrypoint: "predict.py:Predictor", accelerators: ["cpu"],
+            name: name, entrypoint: "predict.py:Predictor", accelerators: ["cpu"],
             inputs: try demoInputs(folder))
         let packed = try ModelPackager.pack(folder: folder, spec: spec, environments: [:], workspace: data.appending(path: "pack-\(UUID())"))
         let digests = packed.manifest.blobs.map(\.description)
@@ -88,16 +96,16 @@ final class LocalCluster: @unchecked Sendable {
             _ = try await admin.transfer { try await $0.uploadBlob(path: .init(digest: .init(value1: text)), body: .any(try HTTPBody.file(file))).created }
         }
         let manifest = try Components.Schemas.ModelManifest(packed.manifest)
-        let pushed = try await admin { try await $0.pushModelVersion(path: .init(name: "demo-video"), body: .json(manifest)).created.body.json }
+        let pushed = try await admin { try await $0.pushModelVersion(path: .init(name: name), body: .json(manifest)).created.body.json }
         let version = try KilnCore.Digest(wire: pushed.id, field: "id")
-        if promote { try await promoteVersion(version) }
+        if promote { try await promoteVersion(version, of: name) }
         return version
     }
 
-    func promoteVersion(_ id: KilnCore.Digest) async throws {
+    func promoteVersion(_ id: KilnCore.Digest, of model: String = "demo-video") async throws {
         let request = Components.Schemas.MoveAliasRequest(targets: [.init(version: id.description, weight: 100)])
         _ = try await admin {
-            try await $0.moveModelAlias(path: .init(name: "demo-video", alias: "production"), body: .json(request)).ok
+            try await $0.moveModelAlias(path: .init(name: model, alias: "production"), body: .json(request)).ok
         }
     }
 
@@ -110,8 +118,9 @@ final class LocalCluster: @unchecked Sendable {
 
     /// Starts a `kiln worker` process.
     @discardableResult
-    func startWorker(_ name: String, arguments extra: [String] = []) throws -> Process {
+    func startWorker(_ name: String, arguments extra: [String] = [], environment: [String: String] = [:]) throws -> Process {
         let process = Process()
+        process.environment = ProcessInfo.processInfo.environment.merging(environment) { _, new in new }
         process.executableURL = Self.repository.appending(path: ".build/debug/kiln")
         process.arguments = [
             "worker", "--server", url, "--key", workerKey, "--cache", data.appending(path: "cache-\(name)").path,
@@ -138,8 +147,8 @@ final class LocalCluster: @unchecked Sendable {
         return output.split(separator: "\n").compactMap { Int32($0) }
     }
 
-    func submit(_ input: [String: JSONValue]) async throws -> Components.Schemas.GenerationObject {
-        let request = Components.Schemas.CreateGenerationRequest(model: "demo-video", input: .init(additionalProperties: try .init(input)))
+    func submit(_ input: [String: JSONValue], model: String = "demo-video") async throws -> Components.Schemas.GenerationObject {
+        let request = Components.Schemas.CreateGenerationRequest(model: model, input: .init(additionalProperties: try .init(input)))
         return try await user { try await $0.createGeneration(body: .json(request)).created.body.json }
     }
 

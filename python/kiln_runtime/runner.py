@@ -3,12 +3,18 @@
 It speaks JSON lines with the worker (the commands and events of `protocol`): commands on
 stdin, events on the original stdout. The model's own prints (and anything its libraries print) go
 to stderr, so they can never corrupt the protocol.
+
+It leads a process group of its own, so that the worker can stop it with everything the model
+started; with `--user` it drops to that user before any model code is loaded. Processes a
+prediction starts end with it: when a job ends, the members of the group that appeared during it
+are killed (those `setup` started stay).
 """
 
 import argparse
 import importlib.util
 import os
 import pathlib
+import pwd
 import signal
 import sys
 import threading
@@ -66,7 +72,45 @@ class Job:
             self.channel.send(protocol.progress(self.id, fraction, stage))
 
 
+def group_members():
+    """The other processes of this process group (Linux: read from /proc)."""
+    group = os.getpgid(0)
+    members = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as stat:
+                # pid (comm) state ppid pgrp ...: comm may hold spaces, so split after its ")".
+                fields = stat.read().rsplit(b")", 1)[1].split()
+            if int(fields[2]) == group:
+                members.add(int(entry))
+        except (OSError, IndexError, ValueError):
+            continue  # gone meanwhile
+    return members
+
+
+def end_strays(before):
+    """Kills the processes of the group that were not there before the job: what it left running."""
+    for pid in group_members() - before:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+
+
+def drop_privileges(user):
+    """Becomes `user` (its uid, gid and no supplementary groups) for good."""
+    entry = pwd.getpwnam(user)
+    os.setgroups([])
+    os.setgid(entry.pw_gid)
+    os.setuid(entry.pw_uid)
+    if os.getuid() != entry.pw_uid or os.geteuid() != entry.pw_uid:
+        raise SystemExit(f"kiln_runtime: could not become {user}")
+
+
 def run_predict(channel, predictor, command, job):
+    before = group_members()
     try:
         protocol._set_output_dir(command.output_dir)
         inputs = dict(command.inputs)
@@ -91,6 +135,8 @@ def run_predict(channel, predictor, command, job):
     except Exception as error:  # the model's failure, reported, not fatal to the runtime
         traceback.print_exc()
         job.end(protocol.error(job.id, type(error).__name__, error))
+    finally:
+        end_strays(before)
 
 
 def main(argv=None):
@@ -98,12 +144,21 @@ def main(argv=None):
     parser.add_argument("--code", required=True)
     parser.add_argument("--entrypoint", required=True)
     parser.add_argument("--weights", required=True)
+    parser.add_argument("--user", help="drop to this user before loading any model code")
     args = parser.parse_args(argv)
 
+    # A process group of its own: the worker kills the whole group, the model's children included.
+    try:
+        os.setsid()
+    except OSError:
+        pass  # already a group leader
+    if args.user:
+        drop_privileges(args.user)
     # The worker stops this process itself (shutdown, then SIGKILL): a terminal's Ctrl-C or a service
-    # manager's SIGTERM meant for the worker must not cut a running prediction short.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # manager's SIGTERM meant for the worker must not cut a running prediction short. A handler, not
+    # SIG_IGN: an ignored signal would stay ignored in every process the model starts.
+    signal.signal(signal.SIGINT, lambda number, frame: None)
+    signal.signal(signal.SIGTERM, lambda number, frame: None)
     channel = Channel()
     predictor = None
     current = None

@@ -229,3 +229,111 @@ def test_a_line_that_is_not_a_command_is_skipped_and_the_runtime_goes_on(tmp_pat
         assert runtime.until({"done", "error"}) == {"event": "done", "id": "gen_1", "outputs": {}}
     finally:
         runtime.close()
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie no one has reaped yet is gone too.
+    try:
+        return pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _until(condition, seconds=10):
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def test_processes_a_prediction_starts_end_with_it_and_inherit_no_ignored_signal(tmp_path):
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    code = model(tmp_path, f"""
+import pathlib, subprocess, time
+MARKS = pathlib.Path({str(marks)!r})
+class Predictor:
+    def setup(self, weights_dir):
+        # A helper started by setup serves every job: it stays.
+        self.helper = subprocess.Popen(["sleep", "300"])
+        (MARKS / "helper").write_text(str(self.helper.pid))
+    def predict(self, inputs, progress):
+        child = subprocess.Popen(["sh", "-c", "grep SigIgn /proc/self/status > {marks}/sigign; exec sleep 300"])
+        (MARKS / "child").write_text(str(child.pid))
+        for i in range(10000):
+            progress(i / 10000, "working")
+            time.sleep(0.01)
+""")
+    runtime = Runtime(code)
+    runtime.send(op="setup")
+    runtime.until({"ready"})
+    assert os.getpgid(runtime.process.pid) == runtime.process.pid, "the runtime leads its own process group"
+    runtime.send(op="predict", id="gen_c", inputs={}, files={}, output_dir=tempfile.mkdtemp())
+    runtime.until({"progress"})
+    assert _until(lambda: (marks / "child").exists() and (marks / "sigign").exists())
+    child = int((marks / "child").read_text())
+    helper = int((marks / "helper").read_text())
+    # SIGINT (bit 1) and SIGTERM (bit 14) are not ignored in what the model starts.
+    ignored = int((marks / "sigign").read_text().split()[1], 16)
+    assert ignored & (1 << (signal_number("SIGINT") - 1)) == 0
+    assert ignored & (1 << (signal_number("SIGTERM") - 1)) == 0
+    runtime.send(op="cancel", id="gen_c")
+    assert runtime.until({"canceled", "done", "error"})["event"] == "canceled"
+    assert _until(lambda: not _alive(child)), "the prediction's child ends with it"
+    assert _alive(helper), "setup's helper stays for the next job"
+    runtime.close()
+    os.kill(helper, 9)
+
+
+def signal_number(name):
+    import signal
+    return int(getattr(signal, name))
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="dropping to another user needs root")
+def test_user_drops_privileges_before_model_code_runs():
+    import pwd
+    nobody = pwd.getpwnam("nobody")
+    code = pathlib.Path(tempfile.mkdtemp())
+    code.chmod(0o755)
+    (code / "predict.py").write_text("""
+import json, os, pathlib
+import kiln_runtime
+class Predictor:
+    def predict(self, inputs, progress):
+        here = pathlib.Path(__file__)
+        try:
+            here.write_text("changed")
+            writable = True
+        except OSError:
+            writable = False
+        out = kiln_runtime.output_path("who.json")
+        out.write_text(json.dumps({"uid": os.getuid(), "gid": os.getgid(), "groups": os.getgroups(), "code_writable": writable}))
+        return {"who": out}
+""")
+    (code / "predict.py").chmod(0o644)
+    out = pathlib.Path(tempfile.mkdtemp())
+    out.chmod(0o777)
+    env = dict(os.environ, PYTHONPATH=str(PYTHON_DIR))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "kiln_runtime", "--code", str(code), "--entrypoint", "predict.py:Predictor", "--weights", str(code),
+         "--user", "nobody"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    runtime = Runtime.__new__(Runtime)
+    runtime.process = process
+    runtime.send(op="setup")
+    assert runtime.until({"ready", "setup_failed"})["event"] == "ready"
+    runtime.send(op="predict", id="gen_u", inputs={}, files={}, output_dir=str(out))
+    done = runtime.until({"done", "error"})
+    assert done["event"] == "done", process.stderr.read() if done["event"] != "done" else ""
+    who = json.loads(pathlib.Path(done["outputs"]["who"]).read_text())
+    assert who["uid"] == nobody.pw_uid and who["gid"] == nobody.pw_gid
+    assert who["groups"] == []
+    assert who["code_writable"] is False
+    runtime.close()

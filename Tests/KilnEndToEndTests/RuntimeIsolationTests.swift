@@ -1,0 +1,140 @@
+import Foundation
+import KilnAPI
+import KilnCore
+import Testing
+
+/// Model code fenced off from the worker, against real `kiln worker` and runtime processes, with
+/// the probe model of `Fixtures/probe` reporting what it can see and do.
+@Suite("Model runtimes fenced off from their worker", .serialized)
+struct RuntimeIsolationTests {
+    struct Report: Decodable {
+        var environment: [String]
+        var uid: UInt32
+        var code_writable: Bool
+        var manifest_writable: Bool
+    }
+
+    /// Runs one probe job on `worker` and returns its report.
+    static func probe(_ cluster: LocalCluster, input: [String: JSONValue] = [:]) async throws -> Report {
+        let job = try await cluster.submit(input, model: "probe")
+        let done = try await cluster.waitFor(job.id) { $0.state.isFinal }
+        try #require(done.state == .succeeded, "\(done.error?.message ?? "") \(cluster.workerLogs())")
+        let output = try #require(done.output.additionalProperties["report"])
+        let file = cluster.data.appending(path: "report-\(job.id).json")
+        try await cluster.user.transfer { try await $0.downloadFile(path: .init(id: output.fileId)).ok.body.any.write(to: file) }
+        return try JSONDecoder().decode(Report.self, from: Data(contentsOf: file))
+    }
+
+    /// The processes whose command line holds `marker`.
+    static func processes(marked marker: String) -> [Int32] {
+        ((try? LocalCluster.run("/usr/bin/pgrep", ["-f", marker])) ?? "").split(separator: "\n").compactMap { Int32($0) }
+    }
+
+    @Test("model code sees no KILN_ variable and no other secret of the worker's environment; a variable passed by name it sees")
+    func scrubbedEnvironment() async throws {
+        let cluster = try await LocalCluster.start()
+        do {
+            _ = try await cluster.pushProbe()
+            try cluster.startWorker(
+                "a", arguments: ["--runtime-env", "PROBE_PASSED"],
+                environment: [
+                    "KILN_WORKER_KEY": cluster.workerKey, "KILN_ADMIN_KEY": "not-for-models", "AWS_SECRET_ACCESS_KEY": "not-for-models",
+                    "PROBE_PASSED": "1",
+                ])
+            let report = try await Self.probe(cluster)
+            #expect(!report.environment.contains { $0.hasPrefix("KILN_") }, "\(report.environment)")
+            #expect(!report.environment.contains("AWS_SECRET_ACCESS_KEY"))
+            #expect(report.environment.contains("PROBE_PASSED"))
+            #expect(report.environment.contains("PATH"))
+        } catch {
+            Issue.record("\(error) \(cluster.workerLogs())")
+        }
+        await cluster.stop()
+    }
+
+    @Test(
+        "with --runtime-user, model code runs unprivileged and can write neither its code nor its version's manifest",
+        .enabled(if: geteuid() == 0 && FileManager.default.isExecutableFile(atPath: "/usr/bin/python3"), "needs root and a system python3"))
+    func unprivilegedRuntime() async throws {
+        let cluster = try await LocalCluster.start()
+        do {
+            _ = try await cluster.pushProbe()
+            // The system interpreter: one an unprivileged user can run wherever root's own lives.
+            try cluster.startWorker("a", arguments: ["--runtime-user", "nobody", "--python", "/usr/bin/python3"])
+            let report = try await Self.probe(cluster)
+            let nobody = try #require(getpwnam("nobody")).pointee.pw_uid
+            #expect(report.uid == nobody)
+            #expect(!report.code_writable, "the cached version is the worker's, read-only to the runtime")
+            #expect(!report.manifest_writable)
+            #expect(!report.environment.contains { $0.hasPrefix("KILN_") })
+        } catch {
+            Issue.record("\(error) \(cluster.workerLogs())")
+        }
+        await cluster.stop()
+    }
+
+    @Test("a canceled job takes what the model started with it; one past its time limit too")
+    func childrenEndWithTheJob() async throws {
+        let cluster = try await LocalCluster.start()
+        do {
+            _ = try await cluster.pushProbe()
+            try cluster.startWorker("a", arguments: ["--job-timeout", "4"])
+            // Canceled: the runtime ends the job and what the job started.
+            let canceledMarker = UUID().uuidString
+            let canceled = try await cluster.submit(["seconds": .number(120), "spawn": .string(canceledMarker)], model: "probe")
+            _ = try await cluster.waitFor(canceled.id) { $0.state == .running && $0.progress.fraction > 0 }
+            #expect(!Self.processes(marked: "kiln-probe-\(canceledMarker)").isEmpty, "the model started its process")
+            _ = try await cluster.user { try await $0.cancelGeneration(path: .init(id: canceled.id)).ok }
+            try await Self.until("the canceled job's process is gone") { Self.processes(marked: "kiln-probe-\(canceledMarker)").isEmpty }
+
+            // Past its time limit: the worker kills the runtime's whole process group.
+            let slowMarker = UUID().uuidString
+            let slow = try await cluster.submit(["seconds": .number(120), "spawn": .string(slowMarker)], model: "probe")
+            _ = try await cluster.waitFor(slow.id) { $0.state == .running && $0.progress.fraction > 0 }
+            let first = Self.processes(marked: "kiln-probe-\(slowMarker)")
+            #expect(!first.isEmpty)
+            // Cut at 4 s and retried: the first attempt's process went with its runtime.
+            _ = try await cluster.waitFor(slow.id, seconds: 60) { $0.attempts >= 2 || $0.state.isFinal }
+            try await Self.until("the timed-out attempt's process is gone") {
+                Set(Self.processes(marked: "kiln-probe-\(slowMarker)")).isDisjoint(with: first)
+            }
+            _ = try? await cluster.user { try await $0.cancelGeneration(path: .init(id: slow.id)).ok }
+        } catch {
+            Issue.record("\(error) \(cluster.workerLogs())")
+        }
+        await cluster.stop()
+    }
+
+    @Test("the time limit counts from a job's start: a prefetched job that waited behind another is not cut short")
+    func timeLimitFromStart() async throws {
+        let cluster = try await LocalCluster.start()
+        do {
+            _ = try await cluster.pushProbe()
+            // Two jobs of 4 s under a 6 s limit on one worker: the second is leased at once and waits
+            // about 4 s behind the first, 8 s from its lease to its end.
+            try cluster.startWorker("single", arguments: ["--job-timeout", "6"])
+            let first = try await cluster.submit(["seconds": .number(4)], model: "probe")
+            let second = try await cluster.submit(["seconds": .number(4)], model: "probe")
+            for id in [first.id, second.id] {
+                let done = try await cluster.waitFor(id, seconds: 120) { $0.state.isFinal }
+                #expect(done.state == .succeeded, "\(done.error?.message ?? "") \(cluster.workerLogs())")
+                #expect(done.attempts == 1, "not cut short and retried")
+            }
+        } catch {
+            Issue.record("\(error) \(cluster.workerLogs())")
+        }
+        await cluster.stop()
+    }
+
+    /// Polls until `condition` holds (at most `seconds`: a bound against hanging, not a timing test).
+    static func until(_ what: String, seconds: Double = 30, _ condition: () async throws -> Bool) async throws {
+        let deadline = ContinuousClock.now + .seconds(seconds)
+        while try await !condition() {
+            guard ContinuousClock.now < deadline else {
+                Issue.record("\(what): not after \(Int(seconds)) s")
+                return
+            }
+            try await Task.sleep(for: .milliseconds(200))
+        }
+    }
+}
