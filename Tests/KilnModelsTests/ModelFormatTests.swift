@@ -166,6 +166,46 @@ struct SafeUnpackerTests {
         #expect(leftovers == ["layer.tar"], "\(leftovers)")
     }
 
+    @Test("a link that leads out through a link coming later in the archive is refused, and nothing is left behind")
+    func escapeThroughLaterLink() throws {
+        // `up` is dir/l/..: lexically `dir`. But dir/l, which comes later, is `..`: the root; so up
+        // is the root's parent.
+        var tar = HostileTar()
+        tar.add("dir", type: "5")
+        tar.add("up", type: "2", link: "dir/l/..")
+        tar.add("dir/l", type: "2", link: "..")
+        let folder = try scratch()
+        let archive = folder.appending(path: "layer.tar")
+        try tar.finished().write(to: archive)
+        let out = folder.appending(path: "out")
+        #expect {
+            try SafeUnpacker.unpack(archive, into: out)
+        } throws: { error in
+            (error as? KilnError)?.message.contains("'up' is a link that leads outside its folder") == true
+        }
+        #expect(!FileManager.default.fileExists(atPath: out.path))
+        #expect(try FileManager.default.contentsOfDirectory(atPath: folder.path) == ["layer.tar"])
+    }
+
+    @Test("the packer refuses a link that leads out through another link, and a loop of links")
+    func packerResolvesLinks() throws {
+        let folder = try makeModelFolder()
+        try FileManager.default.createDirectory(at: folder.appending(path: "dir"), withIntermediateDirectories: true)
+        try FileManager.default.createSymbolicLink(atPath: folder.appending(path: "dir/l").path, withDestinationPath: "..")
+        try FileManager.default.createSymbolicLink(atPath: folder.appending(path: "up").path, withDestinationPath: "dir/l/..")
+        #expect {
+            _ = try ModelPackager.pack(folder: folder, spec: spec, environments: [:], workspace: try scratch())
+        } throws: { error in
+            (error as? KilnError)?.message.contains("'up' is a link to 'dir/l/..', which leads outside the folder") == true
+        }
+        // dir/l alone stays inside.
+        try FileManager.default.removeItem(at: folder.appending(path: "up"))
+        _ = try ModelPackager.pack(folder: folder, spec: spec, environments: [:], workspace: try scratch())
+        try FileManager.default.createSymbolicLink(atPath: folder.appending(path: "a").path, withDestinationPath: "b")
+        try FileManager.default.createSymbolicLink(atPath: folder.appending(path: "b").path, withDestinationPath: "a")
+        #expect(throws: KilnError.self) { _ = try ModelPackager.pack(folder: folder, spec: spec, environments: [:], workspace: try scratch()) }
+    }
+
     @Test("a file may not be written through a link, even one pointing inside")
     func writeThroughLink() throws {
         var tar = HostileTar()

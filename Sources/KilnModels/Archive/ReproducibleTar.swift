@@ -87,6 +87,12 @@ public enum ReproducibleTar {
             }
         }
         try walk(folder, prefix: "")
+        // Lexically inside is not enough: a target may pass through another link of the folder.
+        for entry in result where entry.kind == .symlink {
+            guard try LinkCheck.resolvesInside(link: entry.path, root: folder) else {
+                throw KilnError(.invalidInput, "'\(entry.path)' is a link to '\(entry.linkTarget ?? "")', which leads outside the folder through other links")
+            }
+        }
         return result
     }
 
@@ -162,6 +168,59 @@ struct HashingWriter {
 
 /// Whether a symbolic link's target, resolved from the link's folder, stays inside the root.
 enum LinkCheck {
+    /// Whether the link at `link` (relative to `root`) resolves inside `root` in the tree as it
+    /// stands: every link on the way followed (at most 40), as the kernel would.
+    /// - Throws: `.invalidInput` on a loop of links.
+    static func resolvesInside(link: String, root: URL) throws -> Bool {
+        var followed = 0
+        var resolved: [String] = []
+        var pending = link.split(separator: "/").map(String.init)
+        while !pending.isEmpty {
+            let part = pending.removeFirst()
+            switch part {
+            case ".", "": continue
+            case "..":
+                guard !resolved.isEmpty else { return false }
+                resolved.removeLast()
+            default:
+                resolved.append(part)
+                let path = root.appending(path: resolved.joined(separator: "/")).path
+                var info = stat()
+                // The link itself is followed, and every link its target passes through.
+                guard lstat(path, &info) == 0, info.st_mode & S_IFMT == S_IFLNK else { continue }
+                followed += 1
+                guard followed <= 40 else { throw KilnError(.invalidInput, "'\(link)' is a loop of links") }
+                guard let target = try? FileManager.default.destinationOfSymbolicLink(atPath: path), !target.hasPrefix("/") else {
+                    return false
+                }
+                resolved.removeLast()
+                pending = target.split(separator: "/", omittingEmptySubsequences: true).map(String.init) + pending
+            }
+        }
+        return true
+    }
+
+    /// The first link under `root` that leads outside it through the tree as it stands; nil when
+    /// none does.
+    static func firstEscape(in root: URL) throws -> String? {
+        let manager = FileManager.default
+        func walk(_ prefix: String) throws -> String? {
+            let folder = prefix.isEmpty ? root : root.appending(path: prefix)
+            for name in try manager.contentsOfDirectory(atPath: folder.path).sorted() {
+                let path = prefix.isEmpty ? name : prefix + "/" + name
+                var info = stat()
+                guard lstat(root.appending(path: path).path, &info) == 0 else { continue }
+                switch info.st_mode & S_IFMT {
+                case S_IFLNK: if try !resolvesInside(link: path, root: root) { return path }
+                case S_IFDIR: if let found = try walk(path) { return found }
+                default: continue
+                }
+            }
+            return nil
+        }
+        return try walk("")
+    }
+
     /// The paths a link's target passes through, resolved lexically from the link's folder.
     static func resolvedPrefixes(link: String, target: String) -> [String] {
         var components = link.split(separator: "/").dropLast().map(String.init)

@@ -54,6 +54,11 @@ public enum SafeUnpacker {
                 if padding > 0 { _ = try reader.read(padding) }
             }
         }
+        // Each link checked when it came was inside given the links before it; a later link on its
+        // way can still lead it out. Resolved now against the whole tree, before it is in place.
+        if let escape = try LinkCheck.firstEscape(in: staging) {
+            throw KilnError(.invalidInput, "archive entry '\(escape)' is a link that leads outside its folder through other links")
+        }
         // The rest of the file (the second end block, padding) counts toward the digest too.
         while try !reader.read(1 << 20).isEmpty {}
         if let expected {
