@@ -83,6 +83,8 @@ public final class RuntimeProcess: @unchecked Sendable {
         let paths = [version.environment?.path, runtimePath.path, worker["PYTHONPATH"]].compactMap { $0 }.filter { !$0.isEmpty }
         environment["PYTHONPATH"] = paths.joined(separator: ":")
         environment["PYTHONUNBUFFERED"] = "1"
+        // Nothing is written beside the cached (read-only, sealed) code.
+        environment["PYTHONDONTWRITEBYTECODE"] = "1"
         environment["CUDA_VISIBLE_DEVICES"] = devices.map(String.init).joined(separator: ",")
         process.executableURL = URL(filePath: "/usr/bin/env")
         process.arguments = [

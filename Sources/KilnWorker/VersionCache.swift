@@ -1,5 +1,9 @@
 import Crypto
 import Foundation
+#if canImport(Glibc)
+    import CoreFoundation
+    import Glibc
+#endif
 import KilnAPI
 import KilnCore
 import KilnModels
@@ -17,6 +21,12 @@ public struct PreparedVersion: Sendable {
 /// The worker's local cache of model versions (DESIGN §6): blobs fetched through the worker API,
 /// every digest verified while it streams, layers unpacked without escapes into a staging folder
 /// renamed into place, least recently used versions evicted past a disk budget.
+///
+/// A cached version is read-only, and sealed: the seal (kept outside the version's folder) is a
+/// digest of every entry's type, size, mode, inode and modification and change times. Any change
+/// to a file changes its change time, which no process can set back, so a version whose folder no
+/// longer matches its seal (a job rewrote its own `predict.py`) is fetched again rather than run
+/// under its digest.
 public actor VersionCache {
     let root: URL
     let budgetBytes: Int64
@@ -32,8 +42,9 @@ public actor VersionCache {
         self.client = client
         self.workerID = workerID
         // What a previous run left half done is of no use.
-        try? FileManager.default.removeItem(at: root.appending(path: "tmp"))
+        Self.remove(root.appending(path: "tmp"))
         try FileManager.default.createDirectory(at: root.appending(path: "versions"), withIntermediateDirectories: true)
+        try FileManager.default.createDirectory(at: root.appending(path: "seals"), withIntermediateDirectories: true)
         try FileManager.default.createDirectory(at: root.appending(path: "tmp"), withIntermediateDirectories: true)
     }
 
@@ -49,13 +60,24 @@ public actor VersionCache {
     }
 
     private func folder(_ id: KilnCore.Digest) -> URL { root.appending(path: "versions/\(id.hex)") }
+    private func sealFile(_ id: KilnCore.Digest) -> URL { root.appending(path: "seals/\(id.hex)") }
+
+    /// Whether the cached version still matches the seal it was given when it was unpacked.
+    public func isIntact(_ id: KilnCore.Digest) -> Bool {
+        guard let expected = try? Data(contentsOf: sealFile(id)), let actual = Self.seal(of: folder(id)) else { return false }
+        return expected == actual
+    }
 
     private func fetch(_ id: KilnCore.Digest) async throws -> PreparedVersion {
         let target = folder(id)
         let manifestFile = target.appending(path: "manifest.json")
-        if let data = try? Data(contentsOf: manifestFile) {
-            try? FileManager.default.setAttributes([.modificationDate: Date()], ofItemAtPath: target.path)
-            return try layout(id, manifest: JSONDecoder().decode(ModelManifest.self, from: data))
+        if FileManager.default.fileExists(atPath: target.path) {
+            if isIntact(id), let data = try? Data(contentsOf: manifestFile) {
+                try? FileManager.default.setAttributes([.modificationDate: Date()], ofItemAtPath: target.path)
+                return try layout(id, manifest: JSONDecoder().decode(ModelManifest.self, from: data))
+            }
+            // Changed since it was unpacked (or never sealed): not the version its digest names.
+            discard(target)
         }
         let worker = workerID.rawValue
         let object = try await client {
@@ -67,7 +89,7 @@ public actor VersionCache {
         }
         let staging = root.appending(path: "tmp/version-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: staging.appending(path: "weights"), withIntermediateDirectories: true)
-        defer { try? FileManager.default.removeItem(at: staging) }
+        defer { Self.remove(staging) }
         for layer in manifest.layers {
             if layer.kind == .environment, layer.platform != platform { continue }
             let blob = root.appending(path: "tmp/blob-\(UUID().uuidString)")
@@ -91,10 +113,77 @@ public actor VersionCache {
             }
         }
         try JSONEncoder().encode(manifest).write(to: staging.appending(path: "manifest.json"))
-        if rename(staging.path, target.path) != 0, !FileManager.default.fileExists(atPath: manifestFile.path) {
+        // Read-only below its root (which stays writable until it is in place: a folder moved to
+        // another parent must be writable).
+        Self.setWritable(false, under: staging)
+        guard rename(staging.path, target.path) == 0 else {
             throw KilnError(.internal, "cannot move version \(id.short) into the cache (errno \(errno))")
         }
+        chmod(target.path, 0o555)
+        guard let seal = Self.seal(of: target) else { throw KilnError(.internal, "cannot seal version \(id.short)") }
+        try seal.write(to: sealFile(id), options: .atomic)
         return try layout(id, manifest: manifest)
+    }
+
+    /// Moves a version out of the versions folder (one rename, so a crash never leaves half of it)
+    /// and removes it.
+    private func discard(_ url: URL) {
+        if let digest = KilnCore.Digest(hex: url.lastPathComponent) { try? FileManager.default.removeItem(at: sealFile(digest)) }
+        let doomed = root.appending(path: "tmp/evicted-\(UUID().uuidString)")
+        guard rename(url.path, doomed.path) == 0 else { return }
+        Self.remove(doomed)
+    }
+
+    /// The seal of a version's folder: a digest of every entry below it (path, type, size, mode,
+    /// inode, modification and change times), in path order; nil when it cannot be read.
+    static func seal(of folder: URL) -> Data? {
+        guard let paths = entries(below: folder) else { return nil }
+        var hasher = SHA256()
+        for path in paths {
+            var info = Glibc.stat()
+            guard lstat(folder.appending(path: path).path, &info) == 0 else { return nil }
+            let line =
+                "\(path)\u{0}\(info.st_mode) \(info.st_size) \(info.st_ino) \(info.st_mtim.tv_sec).\(info.st_mtim.tv_nsec) "
+                + "\(info.st_ctim.tv_sec).\(info.st_ctim.tv_nsec)\n"
+            hasher.update(data: Data(line.utf8))
+        }
+        return Data(hasher.finalize())
+    }
+
+    /// Turns the write bits of everything below `folder` off, or back on for its owner.
+    static func setWritable(_ writable: Bool, under folder: URL) {
+        for path in entries(below: folder) ?? [] {
+            let url = folder.appending(path: path).path
+            var info = Glibc.stat()
+            guard lstat(url, &info) == 0, info.st_mode & S_IFMT != S_IFLNK else { continue }
+            let mode = info.st_mode & 0o7777
+            chmod(url, writable ? mode | 0o200 : mode & ~0o222)
+        }
+    }
+
+    /// Every entry below `folder`, in path order, links not followed; nil when it cannot be read.
+    static func entries(below folder: URL) -> [String]? {
+        var result: [String] = []
+        func walk(_ prefix: String) -> Bool {
+            let directory = prefix.isEmpty ? folder : folder.appending(path: prefix)
+            guard let names = try? FileManager.default.contentsOfDirectory(atPath: directory.path) else { return false }
+            for name in names.sorted() {
+                let path = prefix.isEmpty ? name : prefix + "/" + name
+                result.append(path)
+                var info = Glibc.stat()
+                guard lstat(folder.appending(path: path).path, &info) == 0 else { return false }
+                if info.st_mode & S_IFMT == S_IFDIR, !walk(path) { return false }
+            }
+            return true
+        }
+        return walk("") ? result : nil
+    }
+
+    /// Removes a folder that may hold read-only parts.
+    static func remove(_ folder: URL) {
+        chmod(folder.path, 0o755)
+        setWritable(true, under: folder)
+        try? FileManager.default.removeItem(at: folder)
     }
 
     private func layout(_ id: KilnCore.Digest, manifest: ModelManifest) throws -> PreparedVersion {
@@ -119,20 +208,15 @@ public actor VersionCache {
         var total = entries.reduce(0) { $0 + $1.2 }
         for (url, _, size) in entries.sorted(by: { $0.1 < $1.1 }) where total > budgetBytes {
             guard let digest = KilnCore.Digest(hex: url.lastPathComponent), !keeping.contains(digest) else { continue }
-            // Out of the versions folder first, in one rename, so a crash never leaves half a version.
-            let doomed = root.appending(path: "tmp/evicted-\(UUID().uuidString)")
-            guard rename(url.path, doomed.path) == 0 else { continue }
-            try? manager.removeItem(at: doomed)
+            discard(url)
             total -= size
         }
     }
 
     static func size(of folder: URL) -> Int64 {
-        let manager = FileManager.default
-        let paths = (try? manager.subpathsOfDirectory(atPath: folder.path)) ?? []
-        return paths.reduce(0) { total, path in
-            let attributes = try? manager.attributesOfItem(atPath: folder.appending(path: path).path)
-            return total + ((attributes?[.size] as? NSNumber)?.int64Value ?? 0)
+        (entries(below: folder) ?? []).reduce(0) { total, path in
+            var info = Glibc.stat()
+            return total + (lstat(folder.appending(path: path).path, &info) == 0 ? Int64(info.st_size) : 0)
         }
     }
 }

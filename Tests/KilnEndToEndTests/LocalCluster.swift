@@ -118,12 +118,15 @@ final class LocalCluster: @unchecked Sendable {
 
     /// Starts a `kiln worker` process.
     @discardableResult
-    func startWorker(_ name: String, arguments extra: [String] = [], environment: [String: String] = [:]) throws -> Process {
+    /// - Parameter cache: its cache folder; default one of its own.
+    func startWorker(_ name: String, arguments extra: [String] = [], environment: [String: String] = [:], cache: URL? = nil) throws
+        -> Process
+    {
         let process = Process()
         process.environment = ProcessInfo.processInfo.environment.merging(environment) { _, new in new }
         process.executableURL = Self.repository.appending(path: ".build/debug/kiln")
         process.arguments = [
-            "worker", "--server", url, "--key", workerKey, "--cache", data.appending(path: "cache-\(name)").path,
+            "worker", "--server", url, "--key", workerKey, "--cache", (cache ?? data.appending(path: "cache-\(name)")).path,
             "--runtime-path", Self.repository.appending(path: "python").path, "--label", "name=\(name)",
         ] + extra
         let log = data.appending(path: "worker-\(name).log")

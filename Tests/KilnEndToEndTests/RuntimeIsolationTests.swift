@@ -8,6 +8,8 @@ import Testing
 @Suite("Model runtimes fenced off from their worker", .serialized)
 struct RuntimeIsolationTests {
     struct Report: Decodable {
+        var mark: String
+        var tampered: Bool
         var environment: [String]
         var uid: UInt32
         var code_writable: Bool
@@ -67,6 +69,27 @@ struct RuntimeIsolationTests {
             #expect(!report.code_writable, "the cached version is the worker's, read-only to the runtime")
             #expect(!report.manifest_writable)
             #expect(!report.environment.contains { $0.hasPrefix("KILN_") })
+        } catch {
+            Issue.record("\(error) \(cluster.workerLogs())")
+        }
+        await cluster.stop()
+    }
+
+    @Test("a job that rewrites its cached code does not change what later runtimes of its version run: the version is fetched again")
+    func tamperedCacheIsFetchedAgain() async throws {
+        let cluster = try await LocalCluster.start()
+        do {
+            _ = try await cluster.pushProbe()
+            let cache = cluster.data.appending(path: "shared-cache")
+            try cluster.startWorker("a", cache: cache)
+            let tampering = try await Self.probe(cluster, input: ["tamper": .bool(true)])
+            #expect(tampering.mark == "original")
+            #expect(tampering.tampered, "the worker's own user can rewrite its cache: what the seal is for")
+            // A new runtime of the version: a restarted worker on the same cache.
+            cluster.signalWorker("a", SIGKILL)
+            try cluster.startWorker("b", cache: cache)
+            let later = try await Self.probe(cluster)
+            #expect(later.mark == "original", "the version runs as it was pushed, not as the job left it")
         } catch {
             Issue.record("\(error) \(cluster.workerLogs())")
         }

@@ -2,8 +2,9 @@
 
 Standard library only, so any interpreter runs it. Inputs: `seconds` to run for (reporting
 progress, so a cancel stops it), `spawn` to start a grandchild process marked with that text on its
-command line. Output `report`: the environment's variable names, the user it runs as, and whether
-it could write its own code and its version's manifest.
+command line, `tamper` to rewrite its own cached code. Output `report`: the environment's
+variable names, the user it runs as, whether it could write its own code and its version's
+manifest, and the mark of the code that ran.
 """
 
 import json
@@ -14,6 +15,10 @@ import sys
 import time
 
 import kiln_runtime
+
+# A tampering job appends a line that changes this; a later runtime of the same version must not
+# run that.
+VERSION_MARK = "original"
 
 
 def _writable(path):
@@ -35,7 +40,18 @@ class Predictor:
             progress(min((time.monotonic() - started) / seconds, 0.99), "running")
             time.sleep(0.05)
         code = pathlib.Path(__file__)
+        tampered = False
+        if inputs.get("tamper"):
+            try:
+                os.chmod(code, 0o644)
+                with open(code, "a") as source:
+                    source.write('\nVERSION_MARK = "tampered"\n')
+                tampered = True
+            except OSError:
+                pass
         report = {
+            "mark": VERSION_MARK,
+            "tampered": tampered,
             "environment": sorted(os.environ),
             "uid": os.getuid(),
             "code_writable": _writable(code),
