@@ -109,6 +109,36 @@ struct GenerationFlowTests {
         }
     }
 
+    @Test("an output upload with a stale token is refused before its bytes are read: nothing is stored")
+    func staleOutputUploadStoresNothing() async throws {
+        var configuration = ServerConfiguration()
+        // An upload over the limit would be refused as too large if its bytes were read first.
+        configuration.limits.maxFileBytes = 16
+        let kiln = try await KilnHarness.make(configuration: configuration)
+        try await kiln.withClient { api in
+            let (user, workerKey, worker) = try await api.cast()
+            _ = try await api.submit(user)
+            let old = try #require(try await api.lease(workerKey, worker: worker))
+            kiln.clock.advance(by: 31)
+            try await kiln.server.reaper().reap()
+            let current = try #require(try await api.lease(workerKey, worker: worker))
+            let filesBefore = Self.storedFiles(kiln)
+            let path = "/v1/workers/\(worker)/jobs/\(old.job.id)/outputs/video?token=\(old.lease.token)"
+            let stale = try await api.call(.put, path, key: workerKey, raw: ByteBuffer(repeating: 7, count: 1_000), headers: [.contentType: "video/mp4"])
+            #expect(stale.status == .conflict, "the lease is checked first: \(stale.status)")
+            #expect(stale.error?.code == "stale_lease")
+            #expect(Self.storedFiles(kiln) == filesBefore)
+            // The current holder's upload within the limit is stored.
+            let fresh = "/v1/workers/\(worker)/jobs/\(current.job.id)/outputs/video?token=\(current.lease.token)"
+            #expect(try await api.call(.put, fresh, key: workerKey, raw: ByteBuffer(string: "mp4"), headers: [.contentType: "video/mp4"]).status == .created)
+        }
+    }
+
+    static func storedFiles(_ kiln: KilnHarness) -> [String] {
+        let folder = kiln.data.appending(path: "objects/files")
+        return ((try? FileManager.default.subpathsOfDirectory(atPath: folder.path)) ?? []).sorted()
+    }
+
     @Test("cancel: a queued job never reaches a worker; a running one is told to stop at its next heartbeat")
     func cancelQueuedAndRunning() async throws {
         let kiln = try await KilnHarness.make()

@@ -211,6 +211,9 @@ extension APIHandler {
         guard let generation = try await services.store.generation(job) else {
             throw KilnError(.notFound, "no generation '\(job)'")
         }
+        // The lease before the bytes: a stale or forged upload stores nothing. (Attaching checks it
+        // again, in the same transaction as the attachment.)
+        try Lifecycle.holding(generation, worker: worker, token: token, allowCanceled: false)
         let fileID = FileID.random()
         let key = "files/\(fileID.rawValue)"
         let stored = try await services.objects.put(key, body: body.buffers, maxBytes: services.configuration.limits.maxFileBytes)
