@@ -298,6 +298,17 @@ struct InputSchemaTests {
         #expect(error.message.contains("minimun"))
     }
 
+    @Test("a file field whose name cannot be a path segment on workers is refused, naming it", arguments: ["my video", "a/b", "clip?x", "..", ""])
+    func unsafeFileFieldName(_ name: String) throws {
+        let json = #"{"type": "object", "properties": {"\#(name)": {"type": "string", "format": "file"}}}"#
+        let error = try #require(try initError(json))
+        #expect(error.code == .invalidInput)
+        #expect(error.message.contains("file field '\(name)'"))
+        // Any name will do for a field that is not a file, and a safe one for a file.
+        #expect(try initError(#"{"type": "object", "properties": {"\#(name)": {"type": "string"}}}"#) == nil)
+        #expect(try initError(#"{"type": "object", "properties": {"clip-1.mp4": {"type": "string", "format": "file"}}}"#) == nil)
+    }
+
     @Test("a schema with a bad type name is refused, naming it")
     func badTypeRefused() throws {
         let error = try #require(

@@ -27,6 +27,8 @@ struct APIContractTests {
             (#"{"model":"demo","input":{"video":"file_0000000000000000000000"}}"#, 422, "input.video: no file"),
             (#"{"model":"demo","input":{},"callback_url":"ftp://x"}"#, 422, "callback_url"),
             ("", 400, "needs a JSON body"),
+            (#"{"model":"demo","input":{"seed":9007199254740993}}"#, 422, "input.seed: 9007199254740993 is beyond ±2^53"),
+            (#"{"model":"demo","input":{"list":[1,{"seed":-9007199254740993}]}}"#, 422, "input.list[1].seed"),
         ])
     func badRequests(body: String, status: Int, message: String) async throws {
         let kiln = try await KilnHarness.make()
@@ -38,6 +40,33 @@ struct APIContractTests {
             #expect(result.error?.message.contains(message) == true, "\(result.text)")
             let list = try await api.call(.get, "/v1/generations", key: user).decode(Components.Schemas.GenerationList.self)
             #expect(list.data.isEmpty)
+        }
+    }
+
+    @Test("a stored file is answered with its uploader's type and nosniff, so a browser never runs it as another")
+    func downloadsAreNotSniffed() async throws {
+        let kiln = try await KilnHarness.make()
+        try await kiln.withClient { api in
+            let (_, user) = try await api.account(tier: "api")
+            let uploaded = try await api.call(
+                .post, "/v1/files", key: user, raw: ByteBuffer(string: "<script>alert(1)</script>"), headers: [.contentType: "text/html"])
+            let file = try uploaded.decode(Components.Schemas.FileObject.self)
+            let download = try await api.call(.get, "/v1/files/\(file.id)", key: user)
+            #expect(download.status == .ok)
+            #expect(download.headers[.contentType] == "text/html")
+            #expect(download.headers[.xContentTypeOptions] == "nosniff")
+        }
+    }
+
+    @Test("a number out of its field's range is refused naming the field, not as malformed JSON")
+    func numberOutOfRange() async throws {
+        let kiln = try await KilnHarness.make()
+        try await kiln.withClient { api in
+            let key = try await api.workerKey()
+            let result = try await api.call(.post, "/v1/workers", key: key, json: #"{"cluster":"default","accelerator":"cpu","gpus":1e20}"#)
+            #expect(result.status == .badRequest)
+            #expect(result.error?.message.contains("gpus") == true, "\(result.text)")
+            #expect(result.error?.message.contains("malformed JSON") == false, "\(result.text)")
         }
     }
 

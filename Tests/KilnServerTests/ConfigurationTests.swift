@@ -125,6 +125,7 @@ struct ConfigurationTests {
             ("clusters: {c: {pools: {p: {max_worker: 2}}}}", "clusters.c.pools.p: unknown key 'max_worker'"),
             ("clusters: {c: {pools: {p: {}}}, d: {pools: {p: {}}}}", "a pool of that name exists already"),
             ("fleet: {tick_seconds: 0}", "fleet.tick_seconds must be a positive number"),
+            ("leases: {ttl_seconds: 10, heartbeat_seconds: 10}", "leases.heartbeat_seconds (10.0) must be below ttl_seconds (10.0)"),
         ])
     func refusedPools(yaml: String, message: String) {
         #expect {

@@ -126,6 +126,26 @@ extension Dictionary where Key == String, Value == JSONValue {
     public init(_ container: OpenAPIObjectContainer) {
         self = container.value.mapValues(JSONValue.init(openAPIValue:))
     }
+
+    /// Converts `container` as ``init(_:)`` does, refusing integers a JSON number cannot hold
+    /// exactly (beyond ±2^53: they would silently change).
+    /// - Throws: `.invalidInput` naming the field under `field`.
+    public init(exactly container: OpenAPIObjectContainer, field: String) throws {
+        func check(_ value: (any Sendable)?, _ path: String) throws {
+            switch value {
+            case let number as Int where number.magnitude > 1 << 53:
+                throw KilnError(
+                    .invalidInput, "\(path): \(number) is beyond ±2^53 and cannot be kept exactly; send it as a string")
+            case let values as [(any Sendable)?]:
+                for (index, item) in values.enumerated() { try check(item, "\(path)[\(index)]") }
+            case let values as [String: (any Sendable)?]:
+                for (key, item) in values { try check(item, "\(path).\(key)") }
+            default: return
+            }
+        }
+        for (key, value) in container.value { try check(value, "\(field).\(key)") }
+        self.init(container)
+    }
 }
 
 extension Components.Schemas.GenerationState {

@@ -38,7 +38,18 @@ public struct InputSchema: Sendable, Hashable {
         guard root.type == .object || (root.type == nil && hasProperties) else {
             throw KilnError(.invalidInput, "input_schema: the top-level schema must have type \"object\"")
         }
+        // A file field's name becomes a path segment on workers (inputs/NAME) and in the worker API.
+        for (name, node) in root.properties where node.isFile && !Self.isSafeFileFieldName(name) {
+            throw KilnError(
+                .invalidInput,
+                "input_schema: file field '\(name)' must be named with 1 to 64 letters, digits, '-', '_' or '.' (not '.' or '..'): the name is a path on workers")
+        }
         self.root = root
+    }
+
+    static func isSafeFileFieldName(_ name: String) -> Bool {
+        (1...64).contains(name.utf8.count) && name != "." && name != ".."
+            && name.utf8.allSatisfy { ($0 >= 48 && $0 <= 57) || ($0 >= 65 && $0 <= 90) || ($0 >= 97 && $0 <= 122) || $0 == 45 || $0 == 95 || $0 == 46 }
     }
 
     /// Every violation of `input`, sorted by path (array indices in numeric order), then message.

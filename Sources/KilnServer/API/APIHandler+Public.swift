@@ -78,7 +78,7 @@ extension APIHandler {
         }
         let id = GenerationID.random()
         let target = try await resolveVersion(of: model, version: body.version, alias: body.alias, for: id)
-        var generationInput = [String: JSONValue](body.input.additionalProperties)
+        var generationInput = try [String: JSONValue](exactly: body.input.additionalProperties, field: "input")
         var fileFields: Set<String> = []
         if let schemaValue = target.manifest?.inputs ?? model.inputSchema {
             let schema = try InputSchema(schemaValue)

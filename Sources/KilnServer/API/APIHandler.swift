@@ -70,7 +70,11 @@ struct RawMediaTypes: ServerMiddleware {
         var (response, responseBody) = try await RawMedia.$received.withValue(request.headerFields[.contentType]) {
             try await RawMedia.$answer.withValue(box) { try await next(request, body, metadata) }
         }
-        if let contentType = box.contentType { response.headerFields[.contentType] = contentType }
+        if let contentType = box.contentType {
+            response.headerFields[.contentType] = contentType
+            // The type is the uploader's word: a browser must not sniff a stored file into HTML.
+            response.headerFields[.xContentTypeOptions] = "nosniff"
+        }
         return (response, responseBody)
     }
 }

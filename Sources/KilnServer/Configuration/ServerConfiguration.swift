@@ -208,6 +208,12 @@ public struct ServerConfiguration: Sendable, Hashable {
             if let value = try fields.double("ttl_seconds") { configuration.leases.ttlSeconds = value }
             if let value = try fields.int("max_attempts") { configuration.leases.maxAttempts = value }
             configuration.leases.heartbeatSeconds = try fields.double("heartbeat_seconds")
+            let leases = configuration.leases
+            guard leases.effectiveHeartbeatSeconds < leases.ttlSeconds else {
+                throw KilnError(
+                    .invalidInput,
+                    "\(source): leases.heartbeat_seconds (\(leases.effectiveHeartbeatSeconds)) must be below ttl_seconds (\(leases.ttlSeconds)), or every lease expires between heartbeats")
+            }
         }
         if let limits = top["limits"] {
             let fields = try Mapping(limits, path: "\(source): limits")
