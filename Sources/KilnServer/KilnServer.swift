@@ -167,6 +167,26 @@ public struct KilnServer: Sendable {
             application, reaper(interval: reaperInterval),
             ChangeFeed(cache: services.cache, store: services.store, logger: services.logger),
             services.fleet,
+            // Last, so shut down first: open event streams and long polls end before the HTTP
+            // server waits for its connections.
+            ConnectionCloser(dispatcher: services.dispatcher, signals: services.signals),
         ]
+    }
+
+    /// The most a graceful shutdown of the server may take before its services are cancelled: its
+    /// local workers drain within half of it.
+    public static let shutdownBound: Duration = .seconds(60)
+}
+
+/// On graceful shutdown, ends the requests that would hold it open: event streams close (their
+/// clients reconnect with `Last-Event-ID`) and long polls answer `204` at once.
+struct ConnectionCloser: Service {
+    let dispatcher: Dispatcher
+    let signals: GenerationSignals
+
+    func run() async throws {
+        try? await gracefulShutdown()
+        await dispatcher.close()
+        await signals.close()
     }
 }

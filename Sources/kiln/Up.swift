@@ -75,7 +75,7 @@ struct Up: AsyncParsableCommand {
         let (ports, portsContinuation) = AsyncStream.makeStream(of: Int.self)
         try await withThrowingTaskGroup(of: Void.self) { group in
             let services = try server.services(host: host, port: port) { portsContinuation.yield($0) }
-            group.addTask { try await serve(services, logger: logger) }
+            group.addTask { try await serve(services, bound: KilnServer.shutdownBound, logger: logger) }
             var iterator = ports.makeAsyncIterator()
             guard let bound = await iterator.next() else { return }
             let url = "http://\(host):\(bound)"

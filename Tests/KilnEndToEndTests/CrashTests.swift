@@ -63,6 +63,74 @@ extension EndToEndTests {
             process.terminate()
             process.waitUntilExit()
         }
+
+        /// Sends SIGTERM and waits at most `seconds` for the process to exit.
+        /// - Returns: whether it exited.
+        func terminate(waiting seconds: Double) async -> Bool {
+            guard let process else { return true }
+            process.terminate()
+            let deadline = ContinuousClock.now + .seconds(seconds)
+            while process.isRunning, ContinuousClock.now < deadline { try? await Task.sleep(for: .milliseconds(100)) }
+            return !process.isRunning
+        }
+    }
+
+    /// A `curl` of `path` on `server`, left running; its output collected.
+    static func curl(_ server: ServerProcess, _ path: String, key: String, body: String? = nil) throws -> (Process, Pipe) {
+        let process = Process()
+        process.executableURL = URL(filePath: "/usr/bin/curl")
+        var arguments = ["-sN", "-o", "-", "-w", "\n%{http_code}", "-H", "Authorization: Bearer \(key)"]
+        if let body { arguments += ["-H", "Content-Type: application/json", "-d", body] }
+        process.arguments = arguments + [server.url + path]
+        let pipe = Pipe()
+        process.standardOutput = pipe
+        try process.run()
+        return (process, pipe)
+    }
+
+    @Test("SIGTERM with an event stream and a minute's long poll open: both are answered, and the server exits")
+    func shutdownClosesStreamsAndPolls() async throws {
+        let server = try ServerProcess()
+        try await server.start()
+        defer {
+            server.kill9()
+            try? FileManager.default.removeItem(at: server.data)
+        }
+        let admin = try KilnAPIClient(server: server.url, key: "crash-admin")
+        _ = try await admin { try await $0.createModel(body: .json(.init(name: "noop"))).created }
+        let account = try await admin { try await $0.createAccount(body: .json(.init(name: "s", tier: "api"))).created.body.json }
+        let userKey = try await admin { try await $0.createAccountKey(path: .init(id: account.id)).created.body.json.key }
+        let workerKey = try await admin { try await $0.createKey(body: .json(.init(scope: .worker))).created.body.json.key }
+        let user = try KilnAPIClient(server: server.url, key: userKey)
+        let worker = try KilnAPIClient(server: server.url, key: workerKey)
+        let generation = try await user {
+            try await $0.createGeneration(body: .json(.init(model: "noop", input: .init()))).created.body.json.id
+        }
+        // One worker holds the generation, so it stays running; a second waits for work.
+        func register() async throws -> String {
+            try await worker {
+                try await $0.registerWorker(body: .json(.init(cluster: "default", accelerator: "cpu", gpus: 0))).created.body.json.id
+            }
+        }
+        let holder = try await register()
+        _ = try await worker { try await $0.leaseJob(path: .init(id: holder), body: .json(.init(waitSeconds: 0))).ok }
+        let idle = try await register()
+        let (stream, streamOutput) = try Self.curl(server, "/v1/generations/\(generation)/events", key: userKey)
+        let (poll, pollOutput) = try Self.curl(server, "/v1/workers/\(idle)/lease", key: workerKey, body: #"{"wait_seconds": 60}"#)
+        try await Task.sleep(for: .seconds(1))
+        #expect(stream.isRunning && poll.isRunning, "both are open")
+
+        // Bounded only against hanging: the server would otherwise wait out both.
+        let exited = await server.terminate(waiting: 20)
+        #expect(exited, "the server exits")
+        if !exited { server.kill9() }
+        stream.waitUntilExit()
+        poll.waitUntilExit()
+        let streamed = String(decoding: streamOutput.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        #expect(streamed.contains("event: leased"), "the stream sent what there was: \(streamed)")
+        #expect(streamed.hasSuffix("\n200"), "and ended cleanly: \(streamed.suffix(40))")
+        let polled = String(decoding: pollOutput.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        #expect(polled.hasSuffix("204"), "the long poll is answered with nothing: \(polled)")
     }
 
     /// Acknowledgements the clients received.

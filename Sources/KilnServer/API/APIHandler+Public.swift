@@ -275,6 +275,8 @@ struct EventStream: Sendable {
                                 continue
                             }
                             await services.signals.wait(generation, seconds: 15)
+                            // The server is shutting down: the client reconnects with its last id.
+                            if await services.signals.isClosing { break }
                             continuation.yield(ArraySlice(": keep-alive\n\n".utf8))
                         }
                     }

@@ -29,6 +29,8 @@ public actor Dispatcher {
     private var runSeconds: [String: Double] = [:]
     private var identifiers: [Int64: GenerationID] = [:]
     private var waiters: [UUID: Waiter] = [:]
+    /// Shutting down: no long poll waits.
+    private var closing = false
     /// Waits ended by ``recall(_:)``: their long polls answer at once, with nothing.
     private var recalled: Set<UUID> = []
     /// Waiting workers, oldest first.
@@ -156,7 +158,7 @@ public actor Dispatcher {
             }
             // Wait only for a first job; with one in hand, answer now.
             let remaining = deadline - ContinuousClock.now
-            guard leased.isEmpty, remaining > .zero else { return leased }
+            guard leased.isEmpty, remaining > .zero, !closing else { return leased }
             if await waitForChange(for: remaining, offer: offer, worker: worker.id) { return leased }
             try Task.checkCancellation()
         }
@@ -224,6 +226,18 @@ public actor Dispatcher {
             requirements: JobRequirements(
                 model: generation.model, version: generation.version, accelerators: Set(generation.accelerators), gpus: generation.gpus),
             queuedAt: generation.queuedAt.timeIntervalSince1970)
+    }
+
+    /// Ends every long poll with nothing, and makes new ones answer at once: the server is shutting
+    /// down, and must not wait out a minute's poll.
+    public func close() {
+        closing = true
+        for id in Array(waiters.keys) {
+            guard let removed = removeWaiter(id) else { continue }
+            removed.timer.cancel()
+            recalled.insert(id)
+            removed.continuation.resume()
+        }
     }
 
     /// Ends the long polls `worker` is waiting in, with nothing: its offer changed (the fleet
