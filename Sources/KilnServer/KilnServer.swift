@@ -79,6 +79,10 @@ public struct KilnServer: Sendable {
         for pool in configuration.pools where pool.provider == .kubernetes && extraProviders[.kubernetes] == nil {
             throw KilnError(.invalidInput, "pool '\(pool.spec.name)': no Kubernetes access is configured for this server")
         }
+        // Leases held through this server's absence run one more TTL: their workers, which kept
+        // working, re-attach with their tokens at their next heartbeat.
+        let renewed = try await store.renewLeases(until: clock.now().addingTimeInterval(configuration.leases.ttlSeconds))
+        if renewed > 0 { logger.info("renewed the leases held while the server was away", metadata: ["leases": "\(renewed)"]) }
         let dispatcher = try Dispatcher(store: store, clock: clock, configuration: configuration)
         let skipped = try await dispatcher.load()
         for tier in Set(skipped.map(\.tier)).sorted() {

@@ -129,6 +129,11 @@ public protocol JobStore: Sendable {
     /// Returns every generation `worker` holds to the queue, charged no attempt (a drain's grace
     /// ran out); each as ``Lifecycle/release(_:reason:)`` says.
     func releaseLeases(of worker: WorkerID, reason: String, at: Date) async throws -> [Generation]
+    /// Makes every running lease that expires before `expiry` expire at it, and nothing else: a
+    /// server that starts (or a leader that takes over) gives the workers that held leases through
+    /// its absence until then to heartbeat again, instead of expiring all their work at once.
+    /// - Returns: how many leases it renewed.
+    func renewLeases(until expiry: Date) async throws -> Int
 
     /// The account's queued generation that has waited longest.
     func oldestQueuedGeneration(of account: AccountID) async throws -> Generation?

@@ -88,6 +88,52 @@ extension EndToEndTests {
         return (process, pipe)
     }
 
+    @Test("three outages longer than the lease TTL fail no job: its worker re-attaches with its token each time")
+    func outagesLongerThanTheTTL() async throws {
+        let server = try ServerProcess()  // leases of 3 s
+        try await server.start()
+        defer {
+            server.kill9()
+            try? FileManager.default.removeItem(at: server.data)
+        }
+        let admin = try KilnAPIClient(server: server.url, key: "crash-admin")
+        _ = try await admin { try await $0.createModel(body: .json(.init(name: "noop"))).created }
+        let account = try await admin { try await $0.createAccount(body: .json(.init(name: "o", tier: "api"))).created.body.json }
+        let userKey = try await admin { try await $0.createAccountKey(path: .init(id: account.id)).created.body.json.key }
+        let workerKey = try await admin { try await $0.createKey(body: .json(.init(scope: .worker))).created.body.json.key }
+        let user = try KilnAPIClient(server: server.url, key: userKey)
+        let worker = try KilnAPIClient(server: server.url, key: workerKey)
+        let generation = try await user {
+            try await $0.createGeneration(body: .json(.init(model: "noop", input: .init()))).created.body.json.id
+        }
+        let id = try await worker {
+            try await $0.registerWorker(body: .json(.init(cluster: "default", accelerator: "cpu", gpus: 0))).created.body.json.id
+        }
+        let lease = try await worker { try await $0.leaseJob(path: .init(id: id), body: .json(.init(waitSeconds: 0))).ok.body.json }
+        let token = lease.lease.token
+        _ = try await worker { try await $0.startJob(path: .init(id: id, job: generation), body: .json(.init(token: token))).ok }
+        for outage in 1...3 {
+            // Down (killed, as a crash would) for longer than the TTL, while the job runs on.
+            server.kill9()
+            try await Task.sleep(for: .seconds(4))
+            try await server.start()
+            // The reaper runs every second: give it its chance at the lapsed lease first.
+            try await Task.sleep(for: .milliseconds(1_500))
+            let beat = try await worker {
+                try await $0.heartbeatJob(
+                    path: .init(id: id, job: generation), body: .json(.init(token: token, progress: .init(fraction: Double(outage) / 4, stage: "")))
+                ).ok.body.json
+            }
+            #expect(!beat.cancel, "outage \(outage): the lease holds")
+        }
+        _ = try await worker {
+            try await $0.completeJob(path: .init(id: id, job: generation), body: .json(.init(token: token, outputs: []))).noContent
+        }
+        let done = try await user { try await $0.getGeneration(path: .init(id: generation)).ok.body.json }
+        #expect(done.state == .succeeded)
+        #expect(done.attempts == 1, "no attempt charged to the outages")
+    }
+
     @Test("SIGTERM with an event stream and a minute's long poll open: both are answered, and the server exits")
     func shutdownClosesStreamsAndPolls() async throws {
         let server = try ServerProcess()

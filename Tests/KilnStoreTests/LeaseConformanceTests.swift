@@ -243,6 +243,30 @@ struct LeaseConformanceTests {
         #expect(expiredLater.map(\.id) == [alive.id])
     }
 
+    @Test("renewal after an outage: leases that lapsed meanwhile run until the new expiry, and hold their tokens", arguments: StoreBackend.allCases)
+    func renewAfterOutage(_ backend: StoreBackend) async throws {
+        let store = try backend.make()
+        let account = try await store.seedAccount()
+        let worker = try await store.seedWorker()
+        let held = try await store.submitQueued(makeGeneration(account: account.id, at: Fixture.time(0)))
+        let longer = try await store.submitQueued(makeGeneration(account: account.id, at: Fixture.time(1)))
+        let leased = try await store.leaseQueued(held, to: worker, at: Fixture.time(10), ttl: 30)
+        _ = try await store.leaseQueued(longer, to: worker, at: Fixture.time(10), ttl: 500)
+        let token = try #require(leased.lease?.token)
+
+        // The server was away from 20 to 100; it comes back and renews until 100 + 30.
+        #expect(try await store.renewLeases(until: Fixture.time(130)) == 1, "only the lease that lapsed")
+        #expect(try await store.expireLeases(at: Fixture.time(100)).isEmpty, "nothing expires on the way back")
+        let renewed = try await store.fetch(held.id)
+        #expect(renewed.lease?.expiresAt == Fixture.time(130))
+        #expect(renewed.attempts == 1, "no attempt charged")
+        #expect(try await store.fetch(longer.id).lease?.expiresAt == Fixture.time(510), "a later expiry is kept")
+        let beat = try await store.heartbeat(held.id, worker: worker.id, token: token, progress: nil, at: Fixture.time(105), ttl: 30)
+        #expect(beat.lease?.expiresAt == Fixture.time(135), "its worker re-attaches with its token")
+        // A worker that never comes back loses its lease one renewal later.
+        #expect(try await store.expireLeases(at: Fixture.time(136)).map(\.id) == [held.id])
+    }
+
     @Test("start: sets lease.startedAt and startedAt and extends the lease; a second start only extends it",
           arguments: StoreBackend.allCases)
     func start(_ backend: StoreBackend) async throws {

@@ -216,6 +216,15 @@ extension SQLiteJobStore {
         }
     }
 
+    public func renewLeases(until expiry: Date) async throws -> Int {
+        try await write { db in
+            try db.execute(
+                sql: "UPDATE generations SET lease_expires_at = ? WHERE state = 'running' AND lease_expires_at < ?",
+                arguments: [expiry.timeIntervalSince1970, expiry.timeIntervalSince1970])
+            return db.changesCount
+        }
+    }
+
     public func releaseLeases(of worker: WorkerID, reason: String, at: Date) async throws -> [Generation] {
         try await write { db in
             let held = try Row.fetchAll(
