@@ -163,7 +163,7 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
-        .testTarget(name: "KilnWorkerTests", dependencies: ["KilnWorker"], swiftSettings: swiftSettings),
+        .testTarget(name: "KilnWorkerTests", dependencies: ["KilnWorker", "KilnAPI", "KilnCore"], swiftSettings: swiftSettings),
         .testTarget(name: "KilnModelsTests", dependencies: ["KilnCore", "KilnModels"], swiftSettings: swiftSettings),
         .testTarget(
             name: "KilnSimulationTests", dependencies: ["KilnCore", "KilnScheduling", "KilnFleet", "KilnSimulation"], swiftSettings: swiftSettings),

@@ -4,14 +4,18 @@ import KilnCore
 import NIOCore
 
 /// The embedded ``ObjectStore``: one file per object under a root folder. A put streams into a
-/// temporary file beside its target, hashing as it goes, and renames it into place, so concurrent
-/// writers of one key never expose a partial object.
+/// temporary file beside its target, hashing as it goes, syncs it, renames it into place and syncs
+/// the folders on the way, so concurrent writers of one key never expose a partial object and an
+/// acknowledged put survives a power loss. One process owns a root: what a put that died left in
+/// `.tmp` is removed when the store opens.
 public struct FileSystemObjectStore: ObjectStore {
     public let root: URL
 
     public init(root: URL) throws {
         self.root = root
-        try FileManager.default.createDirectory(at: root.appending(path: ".tmp"), withIntermediateDirectories: true)
+        let temporary = root.appending(path: ".tmp")
+        try? FileManager.default.removeItem(at: temporary)
+        try FileManager.default.createDirectory(at: temporary, withIntermediateDirectories: true)
     }
 
     public func put<Body: AsyncSequence & Sendable>(_ key: String, body: Body, maxBytes: Int64, expectedSHA256: String?)
@@ -51,7 +55,23 @@ public struct FileSystemObjectStore: ObjectStore {
             throw KilnError(.internal, "cannot move an object into place: errno \(errno)")
         }
         committed = true
+        // The rename is durable once the folder holding the entry is synced, and each folder
+        // created for it once its own parent is.
+        var folder = target.deletingLastPathComponent()
+        while true {
+            try Self.sync(folder: folder)
+            guard folder.standardizedFileURL.path != root.standardizedFileURL.path, folder.pathComponents.count > 1 else { break }
+            folder = folder.deletingLastPathComponent()
+        }
         return StoredObject(size: size, sha256: digest)
+    }
+
+    /// Flushes a folder's entries to disk.
+    static func sync(folder: URL) throws {
+        let descriptor = open(folder.path, O_RDONLY | O_DIRECTORY)
+        guard descriptor >= 0 else { throw KilnError(.internal, "cannot open \(folder.path) to sync it: errno \(errno)") }
+        defer { close(descriptor) }
+        guard fsync(descriptor) == 0 else { throw KilnError(.internal, "cannot sync \(folder.path): errno \(errno)") }
     }
 
     public func get(_ key: String, range: ClosedRange<Int64>?) async throws -> AsyncThrowingStream<ByteBuffer, any Error> {

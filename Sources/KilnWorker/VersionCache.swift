@@ -41,8 +41,9 @@ public actor VersionCache {
         self.platform = platform
         self.client = client
         self.workerID = workerID
-        // What a previous run left half done is of no use.
-        Self.remove(root.appending(path: "tmp"))
+        // What a previous run left half done is of no use: half-fetched versions, the folders of
+        // jobs it ran (their leases are long gone), its runtimes' scratch folders.
+        for leftover in ["tmp", "jobs", "scratch"] { Self.remove(root.appending(path: leftover)) }
         try FileManager.default.createDirectory(at: root.appending(path: "versions"), withIntermediateDirectories: true)
         try FileManager.default.createDirectory(at: root.appending(path: "seals"), withIntermediateDirectories: true)
         try FileManager.default.createDirectory(at: root.appending(path: "tmp"), withIntermediateDirectories: true)

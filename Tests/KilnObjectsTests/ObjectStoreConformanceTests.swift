@@ -121,3 +121,18 @@ struct ObjectStoreConformanceTests {
         }
     }
 }
+
+@Suite("File-system object store")
+struct FileSystemObjectStoreTests {
+    @Test("what a put that died left in .tmp is gone when the store opens again; the objects stay")
+    func sweepsTemporaryFiles() async throws {
+        let root = FileManager.default.temporaryDirectory.appending(path: "kiln-objects-\(UUID().uuidString)")
+        let store = try FileSystemObjectStore(root: root)
+        _ = try await store.put("files/kept", body: Chunks(bytes: [1, 2, 3]), maxBytes: 10)
+        let leftover = root.appending(path: ".tmp/\(UUID().uuidString)")
+        #expect(FileManager.default.createFile(atPath: leftover.path, contents: Data(repeating: 9, count: 100)))
+        let reopened = try FileSystemObjectStore(root: root)
+        #expect(try FileManager.default.contentsOfDirectory(atPath: root.appending(path: ".tmp").path).isEmpty)
+        #expect(try await reopened.list(prefix: "") == ["files/kept"])
+    }
+}
