@@ -267,6 +267,37 @@ struct LeaseConformanceTests {
         #expect(try await store.expireLeases(at: Fixture.time(136)).map(\.id) == [held.id])
     }
 
+    @Test("a lease that never reaches its worker is free only a few times: a job that kills its worker at once fails in the end", arguments: StoreBackend.allCases)
+    func unacknowledgedLeasesAreBounded(_ backend: StoreBackend) async throws {
+        let store = try backend.make()
+        let account = try await store.seedAccount()
+        let worker = try await store.seedWorker()
+        let job = try await store.submitQueued(makeGeneration(account: account.id, at: Fixture.time(0)))
+        var time = 10.0
+        var ended: Generation?
+        for round in 1...20 {
+            guard let leased = try await store.lease(sequence: job.sequence, to: worker, at: Fixture.time(time), ttl: 30) else {
+                Issue.record("round \(round): not leased")
+                break
+            }
+            #expect(leased.lease?.acknowledged == false)
+            time += 31
+            let expired = try #require(try await store.expireLeases(at: Fixture.time(time)).first)
+            if round <= Lifecycle.freeUnacknowledgedLeases {
+                #expect(expired.state == .queued && expired.attempts == 0, "round \(round): given back uncharged")
+                #expect(expired.unacknowledgedLeases == round)
+            }
+            if expired.state == .failed {
+                ended = expired
+                break
+            }
+        }
+        let failed = try #require(ended, "the job fails instead of bouncing for ever")
+        #expect(failed.attempts == failed.maxAttempts)
+        #expect(failed.error?.code == "lease_expired")
+        #expect(failed.error?.message.contains("before worker") == true, "\(failed.error?.message ?? "")")
+    }
+
     @Test("start: sets lease.startedAt and startedAt and extends the lease; a second start only extends it",
           arguments: StoreBackend.allCases)
     func start(_ backend: StoreBackend) async throws {

@@ -120,6 +120,9 @@ public struct Generation: Hashable, Sendable {
     /// How many times it has been leased.
     public var attempts: Int
     public var maxAttempts: Int
+    /// Leases that expired before their worker acknowledged them (no start, no heartbeat), given
+    /// back uncharged; past ``Lifecycle/freeUnacknowledgedLeases`` such expiries are charged.
+    public var unacknowledgedLeases: Int = 0
     public var callbackURL: String?
     public var createdAt: Date
     /// When it entered the queue; kept across retries, so a retried job keeps its urgency.

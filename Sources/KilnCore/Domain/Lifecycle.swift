@@ -131,13 +131,30 @@ public enum Lifecycle {
     /// The lease of a running generation expired. One its worker never acknowledged never reached
     /// the worker: the generation goes back without the attempt counting. Otherwise the attempt
     /// ends as a retryable failure.
+    /// Unacknowledged lease expiries a generation is given back uncharged before they count.
+    public static let freeUnacknowledgedLeases = 3
+
     public static func expire(_ generation: Generation, at: Date) -> Transition {
         guard let lease = generation.lease else {
             return endAttempt(
                 generation, failure: JobFailure(code: "lease_expired", message: "the lease expired"), retryable: true, at: at)
         }
         guard lease.acknowledged else {
-            return requeueUncharged(generation, message: "the lease never reached worker \(lease.workerID); not counted as an attempt")
+            // A lease that never reached its worker is not the job's fault: given back, up to a
+            // bound, or a job that kills its worker before the first heartbeat would bounce for ever.
+            guard generation.unacknowledgedLeases >= freeUnacknowledgedLeases else {
+                var transition = requeueUncharged(
+                    generation, message: "the lease never reached worker \(lease.workerID); not counted as an attempt")
+                transition.generation.unacknowledgedLeases += 1
+                return transition
+            }
+            return endAttempt(
+                generation,
+                failure: JobFailure(
+                    code: "lease_expired",
+                    message: "the lease expired before worker \(lease.workerID) acknowledged it "
+                        + "(\(generation.unacknowledgedLeases + 1) times now): counted as attempt \(generation.attempts)"),
+                retryable: true, at: at)
         }
         return endAttempt(
             generation,

@@ -310,7 +310,7 @@ extension SQLiteJobStore {
                         lease_worker = :worker, lease_cluster = :cluster, leased_at = :leasedAt, lease_expires_at = :expires,
                         lease_started_at = :leaseStarted, lease_acked = :acked, progress_fraction = :fraction,
                         progress_stage = :stage, output = :output, error_code = :errorCode, error_message = :errorMessage,
-                        started_at = :startedAt, completed_at = :completedAt
+                        started_at = :startedAt, completed_at = :completedAt, unacknowledged_leases = :unacknowledged
                     WHERE id = :id AND state = :beforeState AND lease_token = :beforeToken
                     """,
                 arguments: [
@@ -321,7 +321,7 @@ extension SQLiteJobStore {
                     "fraction": after.progress.fraction, "stage": after.progress.stage, "output": after.output.isEmpty ? "{}" : encode(after.output),
                     "errorCode": after.error?.code, "errorMessage": after.error?.message,
                     "startedAt": after.startedAt?.timeIntervalSince1970, "completedAt": after.completedAt?.timeIntervalSince1970,
-                    "id": after.id.rawValue, "beforeState": before.state.rawValue, "beforeToken": token,
+                    "unacknowledged": after.unacknowledgedLeases, "id": after.id.rawValue, "beforeState": before.state.rawValue, "beforeToken": token,
                 ])
             guard db.changesCount == 1 else {
                 throw KilnError(.conflict, "generation '\(after.id)' changed while this change was made; nothing was applied")

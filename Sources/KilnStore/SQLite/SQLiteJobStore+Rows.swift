@@ -35,7 +35,7 @@ extension SQLiteJobStore {
         let inputText: String = row["input"]
         let input = inputText == "{}" ? [:] : (try? JSONValue.parse(inputText))?.objectValue ?? [:]
         let inputFiles: [String: String] = decode(row["input_files"]) ?? [:]
-        return Generation(
+        var generation = Generation(
             id: GenerationID(unchecked: row["id"]), sequence: row["seq"], accountID: AccountID(unchecked: row["account_id"]),
             model: row["model"], version: row["version"], alias: row["alias"], tier: row["tier"],
             accelerators: decode(row["accelerators"]) ?? [], gpus: row["gpus"],
@@ -47,6 +47,8 @@ extension SQLiteJobStore {
             queuedAt: Date(timeIntervalSince1970: row["queued_at"]),
             startedAt: (row["started_at"] as Double?).map(Date.init(timeIntervalSince1970:)),
             completedAt: (row["completed_at"] as Double?).map(Date.init(timeIntervalSince1970:)), lease: lease)
+        generation.unacknowledgedLeases = row["unacknowledged_leases"]
+        return generation
     }
 
     static func account(from row: Row) -> Account {

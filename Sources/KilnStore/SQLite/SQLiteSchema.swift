@@ -97,6 +97,10 @@ enum SQLiteSchema {
             try db.execute(sql: "ALTER TABLE workers ADD COLUMN pool TEXT")
             try db.execute(sql: "CREATE INDEX generations_by_worker ON generations(lease_worker, state)")
         }
+        migrator.registerMigration("v8-unacknowledged-leases") { db in
+            // Lease expiries before the worker acknowledged the lease: free only up to a bound.
+            try db.execute(sql: "ALTER TABLE generations ADD COLUMN unacknowledged_leases INTEGER NOT NULL DEFAULT 0")
+        }
         return migrator
     }
 }
