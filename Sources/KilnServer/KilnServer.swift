@@ -7,6 +7,7 @@ import KilnObjects
 import KilnScheduling
 import KilnStore
 import Logging
+import NIOCore
 import OpenAPIHummingbird
 import OpenAPIRuntime
 import ServiceLifecycle
@@ -149,8 +150,11 @@ public struct KilnServer: Sendable {
     ) throws -> [any Service] {
         let (local, slurm, store, clock, logger) = (localProvider, slurmProvider, services.store, services.clock, services.logger)
         let keyFile = providerKeyFile
+        // A request in progress (a long poll, an event stream, an upload) is never cut by this.
+        let idle = TimeAmount.nanoseconds(Int64(services.configuration.limits.idleTimeoutSeconds * 1e9))
         let application = Application(
-            router: try router(), configuration: .init(address: .hostname(host, port: port), serverName: "kiln"),
+            router: try router(), server: .http1(configuration: .init(idleTimeout: idle)),
+            configuration: .init(address: .hostname(host, port: port), serverName: "kiln"),
             onServerRunning: { channel in
                 let bound = channel.localAddress?.port ?? port
                 if local != nil || slurm != nil {

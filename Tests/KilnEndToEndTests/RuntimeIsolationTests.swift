@@ -1,6 +1,10 @@
 import Foundation
+#if canImport(Glibc)
+    import Glibc
+#endif
 import KilnAPI
 import KilnCore
+import KilnServer
 import Testing
 
 /// Model code fenced off from the worker, against real `kiln worker` and runtime processes, with
@@ -159,5 +163,50 @@ struct RuntimeIsolationTests {
             }
             try await Task.sleep(for: .milliseconds(200))
         }
+    }
+}
+
+@Suite("Connections")
+struct ConnectionTests {
+    /// A TCP connection to `port` on loopback that sent `text`; a read waits at most `seconds`.
+    static func connect(port: Int, sending text: String, readTimeout seconds: Int) throws -> Int32 {
+        let socket = Glibc.socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_port = in_port_t(UInt16(port).bigEndian)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        let connected = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(socket, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        guard connected == 0 else { throw KilnError(.unavailable, "cannot connect to port \(port)") }
+        var timeout = timeval(tv_sec: seconds, tv_usec: 0)
+        setsockopt(socket, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        _ = text.withCString { send(socket, $0, strlen($0), 0) }
+        return socket
+    }
+
+    @Test("a connection holding a request head it never finishes is closed after the idle timeout; a long poll is not cut by it")
+    func idleConnectionsClose() async throws {
+        let cluster = try await LocalCluster.start { $0.limits.idleTimeoutSeconds = 1 }
+        do {
+            let port = try #require(URL(string: cluster.url)?.port)
+            // Half a header, and then nothing: the server closes it (a read returns 0) well before
+            // the read's own 15 s bound.
+            let socket = try Self.connect(port: port, sending: "GET /v1/models HTTP/1.1\r\nHost: kiln\r\n", readTimeout: 15)
+            defer { close(socket) }
+            var byte: UInt8 = 0
+            let read = recv(socket, &byte, 1, 0)
+            #expect(read == 0, "closed by the server (recv: \(read), errno \(errno))")
+            // A long poll of 3 s, three idle timeouts long, is answered, not cut.
+            let worker = try KilnAPIClient(server: cluster.url, key: cluster.workerKey)
+            let id = try await worker {
+                try await $0.registerWorker(body: .json(.init(cluster: "default", accelerator: "cpu", gpus: 0))).created.body.json.id
+            }
+            let poll = try await worker { try await $0.leaseJob(path: .init(id: id), body: .json(.init(waitSeconds: 3))) }
+            if case .noContent = poll {} else { Issue.record("the long poll was not answered with 204: \(poll)") }
+        } catch {
+            Issue.record("\(error)")
+        }
+        await cluster.stop()
     }
 }

@@ -113,6 +113,9 @@ public struct ServerConfiguration: Sendable, Hashable {
         public var maxBlobBytes: Int64 = 256 << 30
         /// Longest lease long-poll.
         public var maxLeaseWaitSeconds: Double = 60
+        /// A connection with no request in progress (idle between requests, or holding a request
+        /// head it never finishes) is closed after this long.
+        public var idleTimeoutSeconds: Double = 60
         public init() {}
     }
 
@@ -217,11 +220,12 @@ public struct ServerConfiguration: Sendable, Hashable {
         }
         if let limits = top["limits"] {
             let fields = try Mapping(limits, path: "\(source): limits")
-            try fields.allow(["max_json_bytes", "max_file_bytes", "max_blob_bytes", "max_lease_wait_seconds"])
+            try fields.allow(["max_json_bytes", "max_file_bytes", "max_blob_bytes", "max_lease_wait_seconds", "idle_timeout_seconds"])
             if let value = try fields.int("max_blob_bytes") { configuration.limits.maxBlobBytes = Int64(value) }
             if let value = try fields.int("max_json_bytes") { configuration.limits.maxJSONBytes = value }
             if let value = try fields.int("max_file_bytes") { configuration.limits.maxFileBytes = Int64(value) }
             if let value = try fields.double("max_lease_wait_seconds") { configuration.limits.maxLeaseWaitSeconds = value }
+            if let value = try fields.double("idle_timeout_seconds") { configuration.limits.idleTimeoutSeconds = value }
         }
         if let scheduler = top["scheduler"] {
             let fields = try Mapping(scheduler, path: "\(source): scheduler")
