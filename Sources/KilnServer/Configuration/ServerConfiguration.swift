@@ -114,8 +114,9 @@ public struct ServerConfiguration: Sendable, Hashable {
         /// Longest lease long-poll.
         public var maxLeaseWaitSeconds: Double = 60
         /// A connection with no request in progress (idle between requests, or holding a request
-        /// head it never finishes) is closed after this long.
-        public var idleTimeoutSeconds: Double = 60
+        /// head it never finishes) is closed after this long; longer than HTTP clients' own idle
+        /// limit (60 s for AsyncHTTPClient), so that they close first.
+        public var idleTimeoutSeconds: Double = 90
         public init() {}
     }
 
