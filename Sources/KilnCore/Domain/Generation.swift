@@ -67,6 +67,13 @@ public struct FencingToken: Hashable, Sendable, Comparable, CustomStringConverti
     }
     public var description: String { String(value) }
     public static func < (lhs: Self, rhs: Self) -> Bool { lhs.value < rhs.value }
+
+    /// The token of a job's next lease: larger than `previous` (fencing orders leases by it) by a
+    /// random step of up to 2^32, so that no one guesses a lease's token from the job's history.
+    /// Two billion leases of one job fit below `Int64.max`.
+    public static func next(after previous: FencingToken) -> FencingToken {
+        FencingToken(previous.value + 1 + Int64.random(in: 0..<(1 << 32)))
+    }
 }
 
 /// Who holds a running generation, and until when.

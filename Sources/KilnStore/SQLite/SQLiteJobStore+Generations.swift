@@ -133,8 +133,8 @@ extension SQLiteJobStore {
                 version = alias.resolve(for: generation.id)?.description
             }
             let transition = try Lifecycle.lease(
-                generation, to: worker.id, cluster: worker.cluster, token: FencingToken(token + 1), version: version, at: at, ttl: ttl,
-                start: start)
+                generation, to: worker.id, cluster: worker.cluster, token: FencingToken.next(after: FencingToken(token)), version: version,
+                at: at, ttl: ttl, start: start)
             return try Self.persist(db, transition, from: generation, token: token, at: at)
         }
     }
