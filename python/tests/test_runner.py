@@ -264,7 +264,8 @@ class Predictor:
         self.helper = subprocess.Popen(["sleep", "300"])
         (MARKS / "helper").write_text(str(self.helper.pid))
     def predict(self, inputs, progress):
-        child = subprocess.Popen(["sh", "-c", "grep SigIgn /proc/self/status > {marks}/sigign; exec sleep 300"])
+        # Written whole, then renamed: the test reads it only once it is complete.
+        child = subprocess.Popen(["sh", "-c", "grep SigIgn /proc/self/status > {marks}/sigign.part && mv {marks}/sigign.part {marks}/sigign; exec sleep 300"])
         (MARKS / "child").write_text(str(child.pid))
         for i in range(10000):
             progress(i / 10000, "working")
