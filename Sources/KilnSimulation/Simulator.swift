@@ -408,7 +408,6 @@ struct SimulationRun {
     /// Grows a pool with new idle workers, or shrinks it: idle workers leave at once, busy ones
     /// after their job, failed ones do not come back.
     private mutating func resize(pool: Int, to target: Int) {
-        let spec = pools[pool].spec
         while poolSize[pool] < target {
             let worker = addWorker(pool: pool, state: .idle)
             pushIdle(worker)
