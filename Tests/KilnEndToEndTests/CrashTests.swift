@@ -64,6 +64,19 @@ extension EndToEndTests {
             process.waitUntilExit()
         }
 
+        /// The model `noop` (no versions: any input), an api account and a worker key: the
+        /// account's id, the clients, and the raw keys for callers other than the generated client.
+        func seed() async throws -> (account: String, user: KilnAPIClient, userKey: String, worker: KilnAPIClient, workerKey: String) {
+            let admin = try KilnAPIClient(server: url, key: "crash-admin")
+            _ = try await admin { try await $0.createModel(body: .json(.init(name: "noop"))).created }
+            let account = try await admin { try await $0.createAccount(body: .json(.init(name: "crash", tier: "api"))).created.body.json }
+            let userKey = try await admin { try await $0.createAccountKey(path: .init(id: account.id)).created.body.json.key }
+            let workerKey = try await admin { try await $0.createKey(body: .json(.init(scope: .worker))).created.body.json.key }
+            return (
+                account.id, try KilnAPIClient(server: url, key: userKey), userKey, try KilnAPIClient(server: url, key: workerKey), workerKey
+            )
+        }
+
         /// Sends SIGTERM and waits at most `seconds` for the process to exit.
         /// - Returns: whether it exited.
         func terminate(waiting seconds: Double) async -> Bool {
@@ -96,13 +109,7 @@ extension EndToEndTests {
             server.kill9()
             try? FileManager.default.removeItem(at: server.data)
         }
-        let admin = try KilnAPIClient(server: server.url, key: "crash-admin")
-        _ = try await admin { try await $0.createModel(body: .json(.init(name: "noop"))).created }
-        let account = try await admin { try await $0.createAccount(body: .json(.init(name: "o", tier: "api"))).created.body.json }
-        let userKey = try await admin { try await $0.createAccountKey(path: .init(id: account.id)).created.body.json.key }
-        let workerKey = try await admin { try await $0.createKey(body: .json(.init(scope: .worker))).created.body.json.key }
-        let user = try KilnAPIClient(server: server.url, key: userKey)
-        let worker = try KilnAPIClient(server: server.url, key: workerKey)
+        let (_, user, _, worker, _) = try await server.seed()
         let generation = try await user {
             try await $0.createGeneration(body: .json(.init(model: "noop", input: .init()))).created.body.json.id
         }
@@ -142,13 +149,7 @@ extension EndToEndTests {
             server.kill9()
             try? FileManager.default.removeItem(at: server.data)
         }
-        let admin = try KilnAPIClient(server: server.url, key: "crash-admin")
-        _ = try await admin { try await $0.createModel(body: .json(.init(name: "noop"))).created }
-        let account = try await admin { try await $0.createAccount(body: .json(.init(name: "s", tier: "api"))).created.body.json }
-        let userKey = try await admin { try await $0.createAccountKey(path: .init(id: account.id)).created.body.json.key }
-        let workerKey = try await admin { try await $0.createKey(body: .json(.init(scope: .worker))).created.body.json.key }
-        let user = try KilnAPIClient(server: server.url, key: userKey)
-        let worker = try KilnAPIClient(server: server.url, key: workerKey)
+        let (_, user, userKey, worker, workerKey) = try await server.seed()
         let generation = try await user {
             try await $0.createGeneration(body: .json(.init(model: "noop", input: .init()))).created.body.json.id
         }
@@ -204,13 +205,7 @@ extension EndToEndTests {
             server.stop()
             try? FileManager.default.removeItem(at: server.data)
         }
-        let admin = try KilnAPIClient(server: server.url, key: "crash-admin")
-        _ = try await admin { try await $0.createModel(body: .json(.init(name: "noop"))).created }
-        let account = try await admin { try await $0.createAccount(body: .json(.init(name: "crash", tier: "api"))).created.body.json }
-        let userKey = try await admin { try await $0.createAccountKey(path: .init(id: account.id)).created.body.json.key }
-        let workerKey = try await admin { try await $0.createKey(body: .json(.init(scope: .worker))).created.body.json.key }
-        let user = try KilnAPIClient(server: server.url, key: userKey)
-        let worker = try KilnAPIClient(server: server.url, key: workerKey)
+        let (account, user, _, worker, _) = try await server.seed()
         let acknowledged = Acknowledged()
 
         try await withThrowingTaskGroup(of: Void.self) { group in
@@ -305,7 +300,7 @@ extension EndToEndTests {
         let submissions = await acknowledged.submissions
         #expect(submissions.count == Self.crashJobs)
         #expect(Set(submissions.values).count == Self.crashJobs, "a retried submission created a second generation")
-        let accountID = try #require(AccountID(rawValue: account.id))
+        let accountID = try #require(AccountID(rawValue: account))
         var stored: [Generation] = []
         var before: Int64?
         while true {

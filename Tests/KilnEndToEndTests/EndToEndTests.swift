@@ -227,7 +227,7 @@ struct EndToEndTests {
             let version = try await cluster.pushDemo()
             // One worker at the start (the pool's min), placed on the model once it has work.
             let fleet = { try await cluster.admin { try await $0.getFleet().ok.body.json } }
-            try await until("the first local worker registers", cluster) { try await fleet().workers.contains { $0.state == .active } }
+            try await until("the first local worker registers") { try await fleet().workers.contains { $0.state == .active } }
             var ids: [String] = []
             for index in 0..<8 {
                 ids.append(try await cluster.submit(["prompt": .string("fleet \(index)"), "num_frames": .number(24)]).id)
@@ -253,7 +253,7 @@ struct EndToEndTests {
             }
             // With the queue empty, the pool goes back to its one worker after the cool-down; the
             // workers it let go stay listed as retired.
-            try await until("the pool shrinks back to one worker", cluster, seconds: 90) {
+            try await until("the pool shrinks back to one worker", seconds: 90) {
                 let view = try await fleet()
                 return view.pools.first?.desired == 1 && view.workers.count == 1
             }
@@ -266,17 +266,6 @@ struct EndToEndTests {
         await cluster.stop()
     }
 
-    /// Polls `condition` until it holds (at most `seconds`: a bound against hanging, not a timing test).
-    private func until(_ what: String, _ cluster: LocalCluster, seconds: Double = 120, _ condition: () async throws -> Bool) async throws {
-        let deadline = ContinuousClock.now + .seconds(seconds)
-        while try await !condition() {
-            guard ContinuousClock.now < deadline else {
-                Issue.record("\(what): not after \(Int(seconds)) s")
-                return
-            }
-            try await Task.sleep(for: .milliseconds(250))
-        }
-    }
 }
 
 extension Array {

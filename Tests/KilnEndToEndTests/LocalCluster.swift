@@ -231,3 +231,16 @@ final class LocalCluster: @unchecked Sendable {
         return (frames, width, height, String(parts[3]))
     }
 }
+
+/// Polls until `condition` holds, recording an issue after `seconds` (a bound against hanging, not a
+/// timing test).
+func until(_ what: String, seconds: Double = 180, _ condition: () async throws -> Bool) async throws {
+    let deadline = ContinuousClock.now + .seconds(seconds)
+    while try await !condition() {
+        guard ContinuousClock.now < deadline else {
+            Issue.record("\(what): not after \(Int(seconds)) s")
+            return
+        }
+        try await Task.sleep(for: .milliseconds(250))
+    }
+}

@@ -112,7 +112,7 @@ struct RuntimeIsolationTests {
             _ = try await cluster.waitFor(canceled.id) { $0.state == .running && $0.progress.fraction > 0 }
             #expect(!Self.processes(marked: "kiln-probe-\(canceledMarker)").isEmpty, "the model started its process")
             _ = try await cluster.user { try await $0.cancelGeneration(path: .init(id: canceled.id)).ok }
-            try await Self.until("the canceled job's process is gone") { Self.processes(marked: "kiln-probe-\(canceledMarker)").isEmpty }
+            try await until("the canceled job's process is gone") { Self.processes(marked: "kiln-probe-\(canceledMarker)").isEmpty }
 
             // Past its time limit: the worker kills the runtime's whole process group.
             let slowMarker = UUID().uuidString
@@ -122,7 +122,7 @@ struct RuntimeIsolationTests {
             #expect(!first.isEmpty)
             // Cut at 4 s and retried: the first attempt's process went with its runtime.
             _ = try await cluster.waitFor(slow.id, seconds: 60) { $0.attempts >= 2 || $0.state.isFinal }
-            try await Self.until("the timed-out attempt's process is gone") {
+            try await until("the timed-out attempt's process is gone") {
                 Set(Self.processes(marked: "kiln-probe-\(slowMarker)")).isDisjoint(with: first)
             }
             _ = try? await cluster.user { try await $0.cancelGeneration(path: .init(id: slow.id)).ok }
@@ -153,17 +153,6 @@ struct RuntimeIsolationTests {
         await cluster.stop()
     }
 
-    /// Polls until `condition` holds (at most `seconds`: a bound against hanging, not a timing test).
-    static func until(_ what: String, seconds: Double = 30, _ condition: () async throws -> Bool) async throws {
-        let deadline = ContinuousClock.now + .seconds(seconds)
-        while try await !condition() {
-            guard ContinuousClock.now < deadline else {
-                Issue.record("\(what): not after \(Int(seconds)) s")
-                return
-            }
-            try await Task.sleep(for: .milliseconds(200))
-        }
-    }
 }
 
 @Suite("Connections")

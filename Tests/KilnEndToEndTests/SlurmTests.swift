@@ -59,17 +59,6 @@ struct SlurmTests {
         try slurm("squeue", ["--noheader", "--name=\(name)", "--format=%T"]).trimmingCharacters(in: .whitespacesAndNewlines).nilIfEmpty
     }
 
-    /// Polls until `condition` holds (at most `seconds`: a bound against hanging, not a timing test).
-    static func until(_ what: String, seconds: Double = 180, _ condition: () async throws -> Bool) async throws {
-        let deadline = ContinuousClock.now + .seconds(seconds)
-        while try await !condition() {
-            guard ContinuousClock.now < deadline else {
-                Issue.record("\(what): not after \(Int(seconds)) s")
-                return
-            }
-            try await Task.sleep(for: .milliseconds(500))
-        }
-    }
 
     /// Leaves no worker job of a test behind.
     static func cancelKilnJobs() {
@@ -91,7 +80,7 @@ struct SlurmTests {
             var ids: [String] = []
             for index in 0..<4 { ids.append(try await cluster.submit(["prompt": .string("slurm \(index)"), "num_frames": .number(12)]).id) }
             var seen: Set<String> = []
-            try await Self.until("the generations succeed on Slurm workers") {
+            try await until("the generations succeed on Slurm workers") {
                 seen.formUnion(try Self.kilnJobs().keys)
                 var done = true
                 for id in ids where !(try await cluster.generation(id).state.isFinal) { done = false }
@@ -107,8 +96,8 @@ struct SlurmTests {
             #expect(workers.allSatisfy { $0.pool == "borrowed" && $0.labels.additionalProperties["kiln.launch"]?.hasPrefix("kiln-borrowed-") == true })
             // With nothing left to do, the pool is given back: its jobs leave Slurm's queue and
             // their workers are listed as retired.
-            try await Self.until("the worker jobs leave Slurm") { try Self.kilnJobs().isEmpty }
-            try await Self.until("the workers are retired") {
+            try await until("the worker jobs leave Slurm") { try Self.kilnJobs().isEmpty }
+            try await until("the workers are retired") {
                 try await cluster.admin { try await $0.listWorkers().ok.body.json.data }.allSatisfy { $0.state == .retired }
             }
         } catch {
@@ -125,20 +114,20 @@ struct SlurmTests {
             "sbatch", ["--parsable", "--partition=train", "--gres=gpu:8", "--cpus-per-task=1", "--job-name=\(training)", "--output=/dev/null",
                 "--wrap=sleep 900"])
         defer { _ = try? Self.slurm("scancel", ["--name=\(training)"]) }
-        try await Self.until("the training job runs", seconds: 60) { try Self.state(ofJobNamed: training) == "RUNNING" }
+        try await until("the training job runs", seconds: 60) { try Self.state(ofJobNamed: training) == "RUNNING" }
         let cluster = try await Self.start(max: 1)
         do {
             _ = try await cluster.pushDemo()
             let job = try await cluster.submit(["prompt": .string("preempt"), "num_frames": .number(12)])
             var preempted = false
-            try await Self.until("the generation succeeds") {
+            try await until("the generation succeeds") {
                 if try Self.state(ofJobNamed: training) == "PENDING" { preempted = true }
                 return try await cluster.generation(job.id).state.isFinal
             }
             #expect(preempted, "the training job gave its GPUs to Kiln's worker and waited")
             #expect(try await cluster.generation(job.id).state == .succeeded, Comment(rawValue: Self.slurmLogs(cluster)))
             // Kiln gives the GPUs back after its cool-down; the training job runs again.
-            try await Self.until("the training job runs again", seconds: 300) { try Self.state(ofJobNamed: training) == "RUNNING" }
+            try await until("the training job runs again", seconds: 300) { try Self.state(ofJobNamed: training) == "RUNNING" }
         } catch {
             Issue.record("\(error) \(Self.slurmLogs(cluster))")
         }
@@ -152,14 +141,14 @@ struct SlurmTests {
         do {
             _ = try await cluster.pushDemo()
             let job = try await cluster.submit(["prompt": .string("reclaimed"), "num_frames": .number(240), "width": .number(640), "height": .number(480)])
-            try await Self.until("the generation runs") { try await cluster.generation(job.id).startedAt != nil }
+            try await until("the generation runs") { try await cluster.generation(job.id).startedAt != nil }
             let worker = try #require(try Self.kilnJobs().first { $0.value == "RUNNING" }?.key)
             // The training cluster wants its GPUs back now: the operator sets the pool's max to 0.
             let pool = try await cluster.admin {
                 try await $0.setPoolBounds(path: .init(name: "borrowed"), body: .json(.init(maxWorkers: 0))).ok.body.json
             }
             #expect(pool.maxWorkers == 0)
-            try await Self.until("the generation returns to the queue") {
+            try await until("the generation returns to the queue") {
                 let generation = try await cluster.generation(job.id)
                 return generation.state == .queued || generation.state.isFinal
             }
@@ -167,7 +156,7 @@ struct SlurmTests {
             #expect(released.state == .queued, "released after the 3 s grace, not finished: \(released.state) \(Self.slurmLogs(cluster))")
             #expect(released.attempts == 0, "a reclaim is not charged as an attempt")
             // Its worker job, signalled to drain, ends; Slurm has the GPU back.
-            try await Self.until("the worker job leaves Slurm") { try Self.kilnJobs()[worker] == nil }
+            try await until("the worker job leaves Slurm") { try Self.kilnJobs()[worker] == nil }
             let fleet = try await cluster.admin { try await $0.getFleet().ok.body.json }
             #expect(fleet.decisions.contains { $0.action.hasPrefix("drain ") })
             #expect(fleet.decisions.contains { $0.action.hasPrefix("release ") && $0.action.hasSuffix("(1 jobs back to the queue)") })
@@ -176,7 +165,7 @@ struct SlurmTests {
             _ = try await cluster.admin {
                 try await $0.setPoolBounds(path: .init(name: "borrowed"), body: .json(.init(maxWorkers: 1))).ok
             }
-            try await Self.until("the generation ends", seconds: 300) { try await cluster.generation(job.id).state.isFinal }
+            try await until("the generation ends", seconds: 300) { try await cluster.generation(job.id).state.isFinal }
             let done = try await cluster.generation(job.id)
             #expect(done.state == .succeeded, "\(done.error?.message ?? "") \(Self.slurmLogs(cluster))")
             #expect(done.attempts == 1)
@@ -193,7 +182,7 @@ struct SlurmTests {
         do {
             _ = try await cluster.pushDemo()
             let job = try await cluster.submit(["prompt": .string("killed"), "num_frames": .number(240), "width": .number(320), "height": .number(240)])
-            try await Self.until("the generation runs") { try await cluster.generation(job.id).startedAt != nil }
+            try await until("the generation runs") { try await cluster.generation(job.id).startedAt != nil }
             // Killed outright, as the out-of-memory killer or a failing node would: every process of
             // the job at once, with no chance to drain.
             let victim = try #require(try Self.kilnJobs().first { $0.value == "RUNNING" }?.key)
@@ -203,7 +192,7 @@ struct SlurmTests {
             }
             #expect(!pids.isEmpty)
             for pid in pids { kill(pid, SIGKILL) }
-            try await Self.until("the generation ends", seconds: 240) { try await cluster.generation(job.id).state.isFinal }
+            try await until("the generation ends", seconds: 240) { try await cluster.generation(job.id).state.isFinal }
             let done = try await cluster.generation(job.id)
             #expect(done.state == .succeeded, "\(done.error?.message ?? "") \(Self.slurmLogs(cluster))")
             #expect(done.attempts == 2, "the killed attempt counts; the job ran again \(Self.slurmLogs(cluster))")

@@ -155,11 +155,13 @@ struct KubernetesProviderTests {
         return logger
     }
 
-    static func provider(_ url: String) throws -> KubernetesProvider {
+    /// A provider of the fake server, following the pool of `Self.pool`.
+    static func provider(_ url: String) async throws -> KubernetesProvider {
         let token = FileManager.default.temporaryDirectory.appending(path: "kiln-k8s-token-\(UUID().uuidString)")
         try Data((FakeKubernetes.token + "\n").utf8).write(to: token)
         let provider = try KubernetesProvider(
             settings: .init(apiServer: url, namespace: "kiln", tokenFile: token), logger: Self.silent)
+        await provider.follow([Self.pool])
         return provider
     }
 
@@ -167,8 +169,7 @@ struct KubernetesProviderTests {
     func scalesUp() async throws {
         let fake = FakeKubernetes(deployment: "kiln-worker", replicas: 1)
         try await fake.serve { url in
-            let provider = try Self.provider(url)
-            await provider.follow([Self.pool])
+            let provider = try await Self.provider(url)
             let before = await fake.podNames
             let launched = try await provider.provision(2, pool: Self.pool)
             #expect(await fake.replicas == 3)
@@ -184,8 +185,7 @@ struct KubernetesProviderTests {
     func scalesDownTheChosenPod() async throws {
         let fake = FakeKubernetes(deployment: "kiln-worker", replicas: 3)
         try await fake.serve { url in
-            let provider = try Self.provider(url)
-            await provider.follow([Self.pool])
+            let provider = try await Self.provider(url)
             let pods = await fake.podNames
             // The oldest pod: the ReplicaSet would take the newest one unless told otherwise.
             let chosen = pods.sorted()[0]
@@ -206,8 +206,7 @@ struct KubernetesProviderTests {
     func apiErrorsAreRepaired() async throws {
         let fake = FakeKubernetes(deployment: "kiln-worker", replicas: 3)
         try await fake.serve { url in
-            let provider = try Self.provider(url)
-            await provider.follow([Self.pool])
+            let provider = try await Self.provider(url)
             let pods = await fake.podNames.sorted()
             // The mark fails: replicas must not go down (the ReplicaSet would pick another pod).
             await fake.fail("PATCH", "/api/v1/namespaces/kiln/pods/", with: [500])
@@ -257,7 +256,7 @@ struct KubernetesProviderTests {
     func fleetServiceOnKubernetes() async throws {
         let fake = FakeKubernetes(deployment: "kiln-worker", replicas: 0)
         try await fake.serve { url in
-            let provider = try Self.provider(url)
+            let provider = try await Self.provider(url)
             var configuration = ServerConfiguration()
             var pool = Self.pool
             pool.spec.accelerator = "cpu"
@@ -266,7 +265,6 @@ struct KubernetesProviderTests {
             pool.spec.cooldownSeconds = 30
             configuration.pools = [pool]
             configuration.fleet.controller.dwellSeconds = 0
-            await provider.follow(configuration.pools)
             let kiln = try await KilnHarness.make(configuration: configuration, providers: [.kubernetes: provider])
             try await kiln.withClient { api in
                 try await api.model("a")

@@ -161,12 +161,15 @@ public actor KubernetesProvider: CapacityProvider {
         var result: [String: String] = [:]
         do {
             for (deployment, target) in targets.sorted(by: { $0.key < $1.key }) {
+                var live: [String: (terminating: Bool, cost: String?)]?
                 do {
-                    try await reconcile(deployment)
+                    live = try await reconcile(deployment)
                 } catch {
                     logger.error("kubernetes: \(deployment) not at its size yet: \(error)")
                 }
-                for (pod, state) in try await pods(of: deployment) where !state.terminating { result[pod] = target.pool }
+                // Listed again only when the reconcile changed `replicas` (or failed).
+                if live == nil { live = try await pods(of: deployment) }
+                for (pod, state) in live ?? [:] where !state.terminating { result[pod] = target.pool }
             }
         } catch {
             logger.error("kubernetes: cannot list pods: \(error)")
@@ -189,13 +192,14 @@ public actor KubernetesProvider: CapacityProvider {
     // MARK: - Reconciling
 
     /// Marks the leaving pods, then (only once all are marked) sets `replicas` to the target.
-    private func reconcile(_ deployment: String) async throws {
-        guard var target = targets[deployment] else { return }
-        if target.selector == nil || target.replicas == nil {
-            let current = try await readScale(deployment, into: &target)
-            if target.replicas == nil { target.replicas = current }
-            targets[deployment] = target
-        }
+    /// - Returns: the Deployment's pods when `replicas` was already right; nil when it changed
+    ///   (the ReplicaSet is making or deleting pods).
+    @discardableResult
+    private func reconcile(_ deployment: String) async throws -> [String: (terminating: Bool, cost: String?)]? {
+        guard var target = targets[deployment] else { return nil }
+        let current = try await readScale(deployment, into: &target)
+        if target.replicas == nil { target.replicas = current }
+        targets[deployment] = target
         let live = try await pods(of: deployment)
         // Pods that went (or are going) need nothing more.
         target.leaving = target.leaving.filter { live[$0].map { !$0.terminating } ?? false }
@@ -207,13 +211,13 @@ public actor KubernetesProvider: CapacityProvider {
                 body: ["metadata": ["annotations": [Self.deletionCost: Self.leavingCost]]])
             targets[deployment]?.marked.insert(pod)
         }
-        guard let replicas = targets[deployment]?.replicas else { return }
-        let (current, _) = try await scale(of: deployment)
-        if current != replicas {
+        if let replicas = targets[deployment]?.replicas, current != replicas {
             try await request(
                 .PATCH, "/apis/apps/v1/namespaces/\(settings.namespace)/deployments/\(deployment)/scale",
                 body: ["spec": ["replicas": replicas]])
+            return nil
         }
+        return live
     }
 
     /// The Deployment's `spec.replicas` now; keeps its selector in `target`.
