@@ -174,6 +174,37 @@ struct ConnectionTests {
         return socket
     }
 
+    @Test("a JSON body past the limit is answered 413 with Connection: close, and the connection closed though the client still sends")
+    func oversizedBodyClosesTheConnection() async throws {
+        let cluster = try await LocalCluster.start()
+        do {
+            let port = try #require(URL(string: cluster.url)?.port)
+            // 64 MiB announced, 2 MiB sent, and the client would go on sending: it never reads the
+            // body's end, so only the server can end this connection before the 90 s idle timeout.
+            let head =
+                "POST /v1/admin/accounts HTTP/1.1\r\nHost: kiln\r\nAuthorization: Bearer \(LocalCluster.adminKey)\r\n"
+                + "Content-Type: application/json\r\nContent-Length: \(64 << 20)\r\n\r\n"
+            let socket = try Self.connect(port: port, sending: head, readTimeout: 30)
+            defer { close(socket) }
+            let chunk = [UInt8](repeating: UInt8(ascii: " "), count: 2 << 20)
+            #expect(chunk.withUnsafeBytes { send(socket, $0.baseAddress, $0.count, 0) } == chunk.count)
+            var answer = [UInt8](repeating: 0, count: 4096)
+            let read = recv(socket, &answer, answer.count, 0)
+            let text = String(decoding: answer.prefix(max(read, 0)), as: UTF8.self).lowercased()
+            #expect(text.hasPrefix("http/1.1 413"), "\(text)")
+            #expect(text.contains("connection: close"), "\(text)")
+            // Then the server closes it: a read returns 0 (or the reset of a close with unread bytes),
+            // not the 30 s read timeout.
+            var rest = [UInt8](repeating: 0, count: 4096)
+            var ended: Int = 1
+            while ended > 0 { ended = recv(socket, &rest, rest.count, 0) }
+            #expect(ended == 0 || errno == ECONNRESET, "closed by the server (recv: \(ended), errno \(errno))")
+        } catch {
+            Issue.record("\(error)")
+        }
+        await cluster.stop()
+    }
+
     @Test("a connection holding a request head it never finishes is closed after the idle timeout; a long poll is not cut by it")
     func idleConnectionsClose() async throws {
         let cluster = try await LocalCluster.start { $0.limits.idleTimeoutSeconds = 1 }

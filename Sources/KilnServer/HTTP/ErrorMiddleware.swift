@@ -30,9 +30,21 @@ struct ErrorMiddleware: RouterMiddleware {
             if kiln.code == .internal {
                 logger.error("unexpected error", metadata: ["path": "\(request.uri.path)", "error": "\(error)"])
             }
-            return Self.response(for: kiln)
+            var response = Self.response(for: kiln)
+            if kiln.code == .payloadTooLarge {
+                // The rest of the body is refused: say so, and close the connection once the client
+                // had time to read the answer, instead of reading whatever it still sends.
+                response.headers[.connection] = "close"
+                let channel = context.channel
+                channel.eventLoop.scheduleTask(in: .seconds(Self.lingerSeconds)) { channel.close(promise: nil) }
+            }
+            return response
         }
     }
+
+    /// How long a connection whose body was refused stays open for its client to read the `413`
+    /// (while the rest of the body is read and dropped), as a web server's lingering close.
+    static let lingerSeconds: Int64 = 5
 
     private func kilnError(_ error: any Error, request: Request) -> KilnError {
         switch error {
