@@ -334,15 +334,15 @@ struct ServerProcess {
         try FileManager.default.createDirectory(at: data, withIntermediateDirectories: true)
         // Per-account limits out of reach: the benchmark's five accounts submit thousands of jobs each.
         let config = data.appending(path: "kiln.yaml")
-        let unlimited = "max_queued_per_account: 1000000, max_running_per_account: 1000000"
+        let uncapped = "max_queued_per_account: 1000000, max_running_per_account: 1000000"
         try Data(
             """
             tiers:
-              enterprise: {max_wait_seconds: 60, \(unlimited)}
-              api: {max_wait_seconds: 120}
-              unlimited: {max_wait_seconds: 300}
-              light: {max_wait_seconds: 900}
-              free: {max_wait_seconds: 3600, \(unlimited)}
+              enterprise: {max_wait_seconds: 60, \(uncapped)}
+              api: {max_wait_seconds: 120, \(uncapped)}
+              unlimited: {max_wait_seconds: 300, \(uncapped)}
+              light: {max_wait_seconds: 900, \(uncapped)}
+              free: {max_wait_seconds: 3600, \(uncapped)}
             scheduler: {default_dispatch_limit: 1024}
             """.utf8
         ).write(to: config)

@@ -22,8 +22,15 @@ extension EndToEndTests {
             data = FileManager.default.temporaryDirectory.appending(path: "kiln-crash-\(UUID().uuidString)")
             try FileManager.default.createDirectory(at: data, withIntermediateDirectories: true)
             config = data.appending(path: "kiln.yaml")
-            // Short leases, so that jobs held across the crash come back quickly; attempts to spare.
-            try Data("leases: {ttl_seconds: 3, max_attempts: 20}\n".utf8).write(to: config)
+            // Short leases, so that jobs held across the crash come back quickly; attempts to spare;
+            // one api account submits all the jobs, past its default cap.
+            try Data(
+                """
+                leases: {ttl_seconds: 3, max_attempts: 20}
+                tiers: {api: {max_wait_seconds: 120, max_queued_per_account: 100000, max_running_per_account: 100000}}
+
+                """.utf8
+            ).write(to: config)
         }
 
         var url: String { "http://127.0.0.1:\(port)" }

@@ -175,6 +175,20 @@ struct APIContractTests {
         }
     }
 
+    @Test("by default every tier caps one account's queue: a light account's 51st queued generation is refused")
+    func defaultCaps() async throws {
+        #expect(TierTable.standard.tiers.allSatisfy { $0.maxQueuedPerAccount != nil && $0.maxRunningPerAccount != nil })
+        let kiln = try await KilnHarness.make()
+        try await kiln.withClient { api in
+            try await api.model()
+            let (_, user) = try await api.account(tier: "light")
+            for _ in 0..<50 { _ = try await api.submit(user) }
+            let refused = try await api.call(.post, "/v1/generations", key: user, json: #"{"model":"demo","input":{}}"#)
+            #expect(refused.status == .tooManyRequests)
+            #expect(refused.error?.message.contains("max_queued_per_account 50") == true, "\(String(describing: refused.error))")
+        }
+    }
+
     @Test("listing pages newest first with a cursor and filters by state")
     func listing() async throws {
         let kiln = try await KilnHarness.make()

@@ -56,12 +56,13 @@ public struct TierTable: Sendable, Hashable {
         self.indexByName = index
     }
 
-    /// The five tiers of DESIGN §3 with their default promises.
+    /// The five tiers of DESIGN §3 with their default promises and caps: every tier caps what one
+    /// account may queue and run, so that no single account, paying or not, takes the fleet.
     public static let standard = try! TierTable([
         Tier(name: "enterprise", maxWait: 60, maxQueuedPerAccount: 10_000, maxRunningPerAccount: 1_000),
-        Tier(name: "api", maxWait: 120),
-        Tier(name: "unlimited", maxWait: 300),
-        Tier(name: "light", maxWait: 900),
+        Tier(name: "api", maxWait: 120, maxQueuedPerAccount: 5_000, maxRunningPerAccount: 500),
+        Tier(name: "unlimited", maxWait: 300, maxQueuedPerAccount: 200, maxRunningPerAccount: 20),
+        Tier(name: "light", maxWait: 900, maxQueuedPerAccount: 50, maxRunningPerAccount: 5),
         Tier(name: "free", maxWait: 3_600, maxQueuedPerAccount: 20, maxRunningPerAccount: 2),
     ])
 
