@@ -144,7 +144,15 @@ public struct KilnServer: Sendable {
             interval: interval, logger: services.logger)
     }
 
-    /// The long-running parts of the control plane: the HTTP application and the lease reaper.
+    /// The file janitor: retention and the deletion of objects whose records are gone.
+    public func janitor(interval: Duration = .seconds(60)) -> FileJanitor {
+        FileJanitor(
+            store: services.store, objects: services.objects, clock: services.clock, retention: services.configuration.fileRetention,
+            interval: interval, logger: services.logger)
+    }
+
+    /// The long-running parts of the control plane: the HTTP application, the lease reaper, the
+    /// file janitor, the change feed and the fleet.
     public func services(
         host: String, port: Int, reaperInterval: Duration = .seconds(1), onServerRunning: @escaping @Sendable (Int) async -> Void = { _ in }
     ) throws -> [any Service] {
@@ -172,7 +180,7 @@ public struct KilnServer: Sendable {
                 await onServerRunning(bound)
             }, logger: services.logger)
         return [
-            application, reaper(interval: reaperInterval),
+            application, reaper(interval: reaperInterval), janitor(),
             ChangeFeed(cache: services.cache, store: services.store, logger: services.logger),
             services.fleet,
             // Last, so shut down first: open event streams and long polls end before the HTTP

@@ -34,8 +34,27 @@ public protocol JobStore: Sendable {
     func model(named name: String) async throws -> ModelRecord?
     func models() async throws -> [ModelRecord]
 
-    func createFile(_ file: FileRecord) async throws
+    /// Stores a file's record (its bytes are already in the object store).
+    /// - Parameter quota: with an upload, the most bytes of uploads its account may hold with it.
+    /// - Throws: `.payloadTooLarge` when the upload would pass `quota`; nothing is stored.
+    func createFile(_ file: FileRecord, quota: Int64?) async throws
     func file(_ id: FileID) async throws -> FileRecord?
+    /// The bytes of uploads the account holds.
+    func uploadedBytes(of account: AccountID) async throws -> Int64
+    /// Deletes one of the account's files; its object is doomed (see ``doomedObjects(limit:)``).
+    /// - Throws: `.notFound` when the account has no such file; `.conflict` naming the generation
+    ///   when the file is an input or a pending output of a queued or running generation.
+    func deleteFile(_ id: FileID, of account: AccountID) async throws
+    /// Deletes up to `limit` files created before `cutoff`, oldest first, except those a queued or
+    /// running generation needs (its inputs and its pending outputs).
+    /// - Returns: how many it deleted.
+    func expireFiles(createdBefore cutoff: Date, limit: Int) async throws -> Int
+    /// Keys of objects whose records were deleted: the files above, and the outputs that an attempt
+    /// uploaded but that did not become the generation's (a stale attempt's, one replaced by
+    /// another upload of the same name, those of a generation that failed or was canceled).
+    func doomedObjects(limit: Int) async throws -> [String]
+    /// Forgets doomed objects once they are deleted from the object store.
+    func forgetDoomedObjects(_ keys: [String]) async throws
 
     // MARK: Model repository
 
@@ -224,5 +243,15 @@ extension JobStore {
     /// Leases without starting: the worker prefetches, then calls ``start(_:worker:token:at:ttl:)``.
     public func lease(sequence: Int64, to worker: WorkerRecord, at: Date, ttl: Double) async throws -> Generation? {
         try await lease(sequence: sequence, to: worker, at: at, ttl: ttl, start: false)
+    }
+}
+
+extension KilnError {
+    /// An upload refused because the account's uploads would pass their quota.
+    public static func uploadQuota(held: Int64, adding size: Int64, quota: Int64) -> KilnError {
+        KilnError(
+            .payloadTooLarge,
+            "the account's uploads hold \(held) bytes; \(size) more would pass its quota of \(quota) bytes "
+                + "(limits.max_account_file_bytes): delete files or wait for them to expire")
     }
 }

@@ -105,8 +105,8 @@ struct RecordConformanceTests {
         let account = try await store.seedAccount()
         let image = makeFile(account: account.id, contentType: "image/png", size: 123_456, at: Fixture.time(3))
         let audio = makeFile(account: account.id, contentType: "audio/wav", size: 9, at: Fixture.time(4))
-        try await store.createFile(image)
-        try await store.createFile(audio)
+        try await store.createFile(image, quota: nil)
+        try await store.createFile(audio, quota: nil)
 
         let fetchedImage = try await store.file(image.id)
         #expect(fetchedImage == image)
@@ -114,6 +114,24 @@ struct RecordConformanceTests {
         #expect(fetchedAudio == audio)
         let missing = try await store.file(FileID.random())
         #expect(missing == nil)
+    }
+
+    @Test("files: an upload past the account's quota is refused and stores nothing; outputs do not count", arguments: StoreBackend.allCases)
+    func fileQuota(_ backend: StoreBackend) async throws {
+        let store = try backend.make()
+        let account = try await store.seedAccount()
+        try await store.createFile(makeFile(account: account.id, size: 600), quota: 1_000)
+        var output = makeFile(account: account.id, size: 5_000)
+        output.kind = .output
+        try await store.createFile(output, quota: 1_000)
+        #expect(try await store.uploadedBytes(of: account.id) == 600)
+        let over = makeFile(account: account.id, size: 401)
+        await #expect(throws: KilnError.uploadQuota(held: 600, adding: 401, quota: 1_000)) {
+            try await store.createFile(over, quota: 1_000)
+        }
+        #expect(try await store.file(over.id) == nil)
+        try await store.createFile(makeFile(account: account.id, size: 400), quota: 1_000)
+        #expect(try await store.uploadedBytes(of: account.id) == 1_000)
     }
 
     @Test("workers: register, fetch, list, drain, touch; unknown worker is not found", arguments: StoreBackend.allCases)

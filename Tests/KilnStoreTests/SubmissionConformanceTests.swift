@@ -11,7 +11,7 @@ struct SubmissionConformanceTests {
         let store = try backend.make()
         let account = try await store.seedAccount()
         let file = makeFile(account: account.id)
-        try await store.createFile(file)
+        try await store.createFile(file, quota: nil)
         let input: [String: JSONValue] = [
             "prompt": .string("a kiln at dusk, \"quoted\" — ünïcødé"),
             "steps": .number(30),

@@ -51,8 +51,11 @@ extension Components.Schemas.ErrorDetail {
 }
 
 extension Components.Schemas.FileObject {
-    public init(_ file: FileRecord) {
-        self.init(id: file.id.rawValue, size: file.size, sha256: file.sha256, contentType: file.contentType, createdAt: file.createdAt)
+    /// - Parameter retention: seconds a file is kept after it was written; nil when kept until deleted.
+    public init(_ file: FileRecord, retention: Double?) {
+        self.init(
+            id: file.id.rawValue, size: file.size, sha256: file.sha256, contentType: file.contentType, createdAt: file.createdAt,
+            expiresAt: retention.map { file.createdAt + $0 })
     }
 }
 

@@ -68,6 +68,13 @@ public struct ModelRecord: Hashable, Sendable {
 
 /// Media owned by an account: an uploaded input, or an output a worker produced.
 public struct FileRecord: Hashable, Sendable {
+    public enum Kind: String, Hashable, Sendable {
+        /// Uploaded by a user: counts against the account's quota.
+        case upload
+        /// Written by a worker as a generation's output.
+        case output
+    }
+
     public var id: FileID
     public var accountID: AccountID
     public var size: Int64
@@ -77,8 +84,13 @@ public struct FileRecord: Hashable, Sendable {
     /// The key of the bytes in the object store.
     public var objectKey: String
     public var createdAt: Date
+    public var kind: Kind
 
-    public init(id: FileID, accountID: AccountID, size: Int64, sha256: String, contentType: String, objectKey: String, createdAt: Date) {
+    public init(
+        id: FileID, accountID: AccountID, size: Int64, sha256: String, contentType: String, objectKey: String, createdAt: Date,
+        kind: Kind = .upload
+    ) {
+        self.kind = kind
         self.id = id
         self.accountID = accountID
         self.size = size

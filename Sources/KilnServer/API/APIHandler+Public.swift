@@ -16,23 +16,39 @@ extension APIHandler {
     func uploadFile(_ input: Operations.UploadFile.Input) async throws -> Operations.UploadFile.Output {
         let account = try Principal.account()
         guard case .any(let body) = input.body else { throw KilnError(.invalidRequest, "the file's bytes are the request body") }
-        let limit = services.configuration.limits.maxFileBytes
-        if case .known(let length) = body.length, length > limit {
-            throw KilnError(.payloadTooLarge, "the file is \(length) bytes, larger than the limit of \(limit) bytes")
+        let limits = services.configuration.limits
+        let quota = limits.maxAccountFileBytes
+        let held = try await services.store.uploadedBytes(of: account)
+        // Refused before a byte is read when the length says so; the quota is checked again, in
+        // the same transaction as the record, once the bytes are in.
+        if case .known(let length) = body.length {
+            if length > limits.maxFileBytes {
+                throw KilnError(.payloadTooLarge, "the file is \(length) bytes, larger than the limit of \(limits.maxFileBytes) bytes")
+            }
+            if held + length > quota {
+                throw KilnError.uploadQuota(held: held, adding: length, quota: quota)
+            }
         }
         let id = FileID.random()
         let key = "files/\(id.rawValue)"
-        let stored = try await services.objects.put(key, body: body.buffers, maxBytes: limit)
+        let stored = try await services.objects.put(key, body: body.buffers, maxBytes: limits.maxFileBytes)
         let file = FileRecord(
             id: id, accountID: account, size: stored.size, sha256: stored.sha256,
             contentType: RawMedia.received ?? "application/octet-stream", objectKey: key, createdAt: services.clock.now())
         do {
-            try await services.store.createFile(file)
+            try await services.store.createFile(file, quota: quota)
         } catch {
             try? await services.objects.delete(key)
             throw error
         }
-        return .created(.init(body: .json(.init(file))))
+        return .created(.init(body: .json(.init(file, retention: services.configuration.fileRetention))))
+    }
+
+    func deleteFile(_ input: Operations.DeleteFile.Input) async throws -> Operations.DeleteFile.Output {
+        let account = try Principal.account()
+        guard let id = FileID(rawValue: input.path.id) else { throw KilnError(.notFound, "no file '\(input.path.id)'") }
+        try await services.store.deleteFile(id, of: account)
+        return .noContent(.init())
     }
 
     func downloadFile(_ input: Operations.DownloadFile.Input) async throws -> Operations.DownloadFile.Output {

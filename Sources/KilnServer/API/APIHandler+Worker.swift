@@ -219,14 +219,14 @@ extension APIHandler {
         let stored = try await services.objects.put(key, body: body.buffers, maxBytes: services.configuration.limits.maxFileBytes)
         let file = FileRecord(
             id: fileID, accountID: generation.accountID, size: stored.size, sha256: stored.sha256,
-            contentType: RawMedia.received ?? "application/octet-stream", objectKey: key, createdAt: services.clock.now())
+            contentType: RawMedia.received ?? "application/octet-stream", objectKey: key, createdAt: services.clock.now(), kind: .output)
         do {
             try await services.store.attachOutput(job, worker: worker, token: token, name: name, file: file)
         } catch {
             try? await services.objects.delete(key)
             throw error
         }
-        return .created(.init(body: .json(.init(file))))
+        return .created(.init(body: .json(.init(file, retention: services.configuration.fileRetention))))
     }
 
     func startJob(_ input: Operations.StartJob.Input) async throws -> Operations.StartJob.Output {

@@ -117,10 +117,17 @@ public struct ServerConfiguration: Sendable, Hashable {
         /// head it never finishes) is closed after this long; longer than HTTP clients' own idle
         /// limit (60 s for AsyncHTTPClient), so that they close first.
         public var idleTimeoutSeconds: Double = 90
+        /// Bytes of uploads one account may hold; past it an upload gets `413`.
+        public var maxAccountFileBytes: Int64 = 10 << 30
+        /// Files (uploads and outputs) are deleted this long after they were written, unless a
+        /// queued or running generation needs them; 0 keeps them until deleted.
+        public var fileRetentionHours: Double = 168
         public init() {}
     }
 
     public var tiers: TierTable = .standard
+    /// Seconds files are kept after they were written (`limits.file_retention_hours`); nil: kept.
+    public var fileRetention: Double? { limits.fileRetentionHours > 0 ? limits.fileRetentionHours * 3_600 : nil }
     public var clusters: [String: Cluster] = ["default": Cluster(dispatchLimit: 64)]
     /// Capacity pools, in the order the file lists them (under `clusters.NAME.pools`). None: the
     /// fleet is whatever workers register, and any worker takes any model.
@@ -221,12 +228,25 @@ public struct ServerConfiguration: Sendable, Hashable {
         }
         if let limits = top["limits"] {
             let fields = try Mapping(limits, path: "\(source): limits")
-            try fields.allow(["max_json_bytes", "max_file_bytes", "max_blob_bytes", "max_lease_wait_seconds", "idle_timeout_seconds"])
+            try fields.allow([
+                "max_json_bytes", "max_file_bytes", "max_blob_bytes", "max_lease_wait_seconds", "idle_timeout_seconds",
+                "max_account_file_bytes", "file_retention_hours",
+            ])
             if let value = try fields.int("max_blob_bytes") { configuration.limits.maxBlobBytes = Int64(value) }
             if let value = try fields.int("max_json_bytes") { configuration.limits.maxJSONBytes = value }
             if let value = try fields.int("max_file_bytes") { configuration.limits.maxFileBytes = Int64(value) }
             if let value = try fields.double("max_lease_wait_seconds") { configuration.limits.maxLeaseWaitSeconds = value }
             if let value = try fields.double("idle_timeout_seconds") { configuration.limits.idleTimeoutSeconds = value }
+            if let value = try fields.int("max_account_file_bytes") {
+                guard value >= 1 else { throw KilnError(.invalidInput, "\(source): limits.max_account_file_bytes must be at least 1") }
+                configuration.limits.maxAccountFileBytes = Int64(value)
+            }
+            if let value = try fields.double("file_retention_hours") {
+                guard value >= 0, value.isFinite else {
+                    throw KilnError(.invalidInput, "\(source): limits.file_retention_hours must be 0 (keep) or more")
+                }
+                configuration.limits.fileRetentionHours = value
+            }
         }
         if let scheduler = top["scheduler"] {
             let fields = try Mapping(scheduler, path: "\(source): scheduler")

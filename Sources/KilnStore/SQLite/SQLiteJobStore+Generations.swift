@@ -159,9 +159,20 @@ extension SQLiteJobStore {
         try await write { db in
             guard let (generation, _) = try Self.fetchForTransition(db, id: id) else { throw KilnError(.notFound, "no generation '\(id)'") }
             try Lifecycle.holding(generation, worker: worker, token: token, allowCanceled: false)
+            // An upload of the same name by the same attempt replaces the earlier one.
+            if let replaced = try Row.fetchOne(
+                db,
+                cached: """
+                    SELECT f.id, f.object_key FROM job_outputs o JOIN files f ON f.id = o.file_id
+                    WHERE o.generation_id = ? AND o.token = ? AND o.name = ?
+                    """,
+                arguments: [id.rawValue, token.value, name])
+            {
+                try Self.doom(db, fileID: replaced["id"], objectKey: replaced["object_key"], at: file.createdAt)
+            }
             try Self.insert(file, db)
             try db.run(
-                sql: "INSERT OR REPLACE INTO job_outputs (generation_id, token, name, file_id) VALUES (?, ?, ?, ?)",
+                sql: "INSERT INTO job_outputs (generation_id, token, name, file_id) VALUES (?, ?, ?, ?)",
                 arguments: [id.rawValue, token.value, name, file.id.rawValue])
         }
     }
@@ -327,6 +338,7 @@ extension SQLiteJobStore {
                 throw KilnError(.conflict, "generation '\(after.id)' changed while this change was made; nothing was applied")
             }
         }
+        if after.state.isFinal, !before.state.isFinal { try settleOutputs(db, of: after, at: at) }
         if let event = transition.event { try appendEvent(db, after, event, at: at, message: transition.message) }
         return after
     }

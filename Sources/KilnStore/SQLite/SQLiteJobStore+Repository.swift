@@ -2,7 +2,7 @@ import Foundation
 import GRDB
 import KilnCore
 
-/// Models, files, versions and aliases.
+/// Models, versions and aliases.
 extension SQLiteJobStore {
     public func createModel(_ model: ModelRecord) async throws {
         try await write { db in
@@ -24,16 +24,6 @@ extension SQLiteJobStore {
     public func models() async throws -> [ModelRecord] {
         try await pool.read { db in
             try Row.fetchAll(db, cached: "SELECT * FROM models ORDER BY name").map(Self.model(from:))
-        }
-    }
-
-    public func createFile(_ file: FileRecord) async throws {
-        try await write { db in try Self.insert(file, db) }
-    }
-
-    public func file(_ id: FileID) async throws -> FileRecord? {
-        try await pool.read { db in
-            try Row.fetchOne(db, cached: "SELECT * FROM files WHERE id = ?", arguments: [id.rawValue]).map(Self.file(from:))
         }
     }
 

@@ -10,10 +10,13 @@ extension SQLiteJobStore {
 
     static func insert(_ file: FileRecord, _ db: Database) throws {
         try db.run(
-            sql: "INSERT INTO files (id, account_id, size, sha256, content_type, object_key, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            sql: """
+                INSERT INTO files (id, account_id, size, sha256, content_type, object_key, created_at, kind)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+                """,
             arguments: [
                 file.id.rawValue, file.accountID.rawValue, file.size, file.sha256, file.contentType, file.objectKey,
-                file.createdAt.timeIntervalSince1970,
+                file.createdAt.timeIntervalSince1970, file.kind.rawValue,
             ])
     }
 
@@ -68,7 +71,7 @@ extension SQLiteJobStore {
         FileRecord(
             id: FileID(unchecked: row["id"]), accountID: AccountID(unchecked: row["account_id"]), size: row["size"],
             sha256: row["sha256"], contentType: row["content_type"], objectKey: row["object_key"],
-            createdAt: Date(timeIntervalSince1970: row["created_at"]))
+            createdAt: Date(timeIntervalSince1970: row["created_at"]), kind: FileRecord.Kind(rawValue: row["kind"]) ?? .upload)
     }
 
     static func worker(from row: Row) -> WorkerRecord {

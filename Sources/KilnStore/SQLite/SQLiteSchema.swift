@@ -101,6 +101,20 @@ enum SQLiteSchema {
             // Lease expiries before the worker acknowledged the lease: free only up to a bound.
             try db.execute(sql: "ALTER TABLE generations ADD COLUMN unacknowledged_leases INTEGER NOT NULL DEFAULT 0")
         }
+        migrator.registerMigration("v9-file-lifecycle") { db in
+            // Uploads count against a quota, outputs do not; files are deleted (by a user, by the
+            // retention, or as the output of an attempt that did not count) row first, and their
+            // objects later from `doomed_objects`, so that no crash leaves a row without its bytes.
+            try db.execute(
+                sql: """
+                    ALTER TABLE files ADD COLUMN kind TEXT NOT NULL DEFAULT 'upload';
+                    UPDATE files SET kind = 'output' WHERE id IN (SELECT file_id FROM job_outputs);
+                    CREATE INDEX files_by_account ON files(account_id, kind);
+                    CREATE INDEX files_by_age ON files(created_at);
+                    CREATE INDEX job_outputs_by_file ON job_outputs(file_id);
+                    CREATE TABLE doomed_objects (object_key TEXT PRIMARY KEY, doomed_at REAL NOT NULL);
+                    """)
+        }
         return migrator
     }
 }

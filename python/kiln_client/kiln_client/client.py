@@ -208,6 +208,12 @@ class Files:
                 os.remove(partial)
 
 
+    def delete(self, file_id: str) -> None:
+        """Deletes the file ``file_id`` (an upload or an output) for good. Raises ``Conflict``
+        while a queued or running generation needs it, ``NotFound`` when there is no such file."""
+        self._transport.call(ops.DELETE_FILE, resource_id=file_id, read=lambda response: response.close())
+
+
 def _check_complete(response: requests.Response) -> None:
     """Raises a connection error if the answer ended before its ``Content-Length``: urllib3
     before 2.0 does not check it, and would pass a cut-off download as complete."""

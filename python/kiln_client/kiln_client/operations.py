@@ -23,7 +23,7 @@ class Operation:
     - ``body``: ``"json"`` (an object of ``request_fields``), ``"binary"`` (raw bytes) or ``None``.
     - ``response``: the dataclass read from a successful answer, or from each event of an event
       stream; ``None`` when the answer is raw bytes.
-    - ``response_media``: the media type of the successful answer.
+    - ``response_media``: the media type of the successful answer; ``None`` when it has no body.
     - ``response_schema``: the component schema ``response`` follows, only where the document
       names it in prose rather than as the answer's schema (the ``data:`` of an event stream).
     """
@@ -36,7 +36,7 @@ class Operation:
     body: Optional[str] = None
     request_fields: Tuple[str, ...] = ()
     response: Optional[type] = None
-    response_media: str = "application/json"
+    response_media: Optional[str] = "application/json"
     response_schema: Optional[str] = None
 
     @property
@@ -50,6 +50,8 @@ class Operation:
 UPLOAD_FILE = Operation("uploadFile", "POST", "/v1/files", body="binary", response=File)
 
 DOWNLOAD_FILE = Operation("downloadFile", "GET", "/v1/files/{id}", response_media="*/*")
+
+DELETE_FILE = Operation("deleteFile", "DELETE", "/v1/files/{id}", response_media=None)
 
 CREATE_GENERATION = Operation(
     "createGeneration", "POST", "/v1/generations",
@@ -72,6 +74,6 @@ STREAM_GENERATION_EVENTS = Operation(
 LIST_MODELS = Operation("listModels", "GET", "/v1/models", response=ModelList)
 
 OPERATIONS = (
-    UPLOAD_FILE, DOWNLOAD_FILE, CREATE_GENERATION, LIST_GENERATIONS, GET_GENERATION, CANCEL_GENERATION,
+    UPLOAD_FILE, DOWNLOAD_FILE, DELETE_FILE, CREATE_GENERATION, LIST_GENERATIONS, GET_GENERATION, CANCEL_GENERATION,
     STREAM_GENERATION_EVENTS, LIST_MODELS,
 )

@@ -114,6 +114,8 @@ class File:
     sha256: str
     content_type: str
     created_at: datetime
+    #: When the server's retention deletes it; ``None`` when the server keeps files until deleted.
+    expires_at: Optional[datetime]
     raw: dict = field(repr=False, compare=False)
 
 

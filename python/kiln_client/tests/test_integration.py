@@ -60,6 +60,15 @@ def test_modify_video(kiln, clip, tmp_path):
     assert events and events[-1].state == "succeeded"
     kiln.files.download(final.output["video"].file_id, tmp_path / "snow.mp4")
     assert is_mp4(tmp_path / "snow.mp4")
+    assert uploaded.expires_at is not None and uploaded.expires_at > uploaded.created_at
+
+
+def test_delete_a_file(kiln, clip):
+    _, _, source = clip
+    uploaded = kiln.files.upload(source)
+    kiln.files.delete(uploaded.id)
+    with pytest.raises(NotFound):
+        kiln.files.delete(uploaded.id)
 
 
 def test_list_pages_through_every_generation(kiln):
