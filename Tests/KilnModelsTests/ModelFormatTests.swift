@@ -215,6 +215,19 @@ struct SafeUnpackerTests {
         #expect(throws: KilnError.self) { try unpack(tar) }
     }
 
+    @Test("an entry whose path an earlier one took is refused with a KilnError naming it, never overwritten",
+          arguments: [("a", Character("0"), "a", Character("0")), ("a", "0", "a/b", "0"), ("l", "2", "l", "0"), ("d", "5", "d", "2")]
+              as [(String, Character, String, Character)])
+    func collisions(first: String, firstType: Character, second: String, secondType: Character) throws {
+        var tar = HostileTar()
+        tar.add(first, type: firstType, content: firstType == "0" ? "first" : "", link: firstType == "2" ? "x" : "")
+        tar.add(second, type: secondType, content: secondType == "0" ? "second" : "", link: secondType == "2" ? "x" : "")
+        let error = #expect(throws: KilnError.self) { try self.unpack(tar) }
+        #expect(error?.code == .invalidInput)
+        // (A file over a link is refused earlier, as written through a link.)
+        #expect(error?.message.contains("'\(second)'") == true, "\(String(describing: error))")
+    }
+
     @Test("a link that stays inside is kept")
     func insideLink() throws {
         var tar = HostileTar()

@@ -29,30 +29,16 @@ public enum SafeUnpacker {
             if header.allSatisfy({ $0 == 0 }) { break }
             let entry = try parseHeader(header)
             try check(entry, links: links)
-            let target = staging.appending(path: entry.path)
-            switch entry.type {
-            case UInt8(ascii: "5"):
-                try manager.createDirectory(at: target, withIntermediateDirectories: true)
-            case UInt8(ascii: "2"):
-                try manager.createDirectory(at: target.deletingLastPathComponent(), withIntermediateDirectories: true)
-                try manager.createSymbolicLink(atPath: target.path, withDestinationPath: entry.linkTarget)
-                links.insert(entry.path)
-            default:
-                try manager.createDirectory(at: target.deletingLastPathComponent(), withIntermediateDirectories: true)
-                guard manager.createFile(atPath: target.path, contents: nil, attributes: [.posixPermissions: entry.mode & 0o755])
-                else { throw KilnError(.internal, "cannot create '\(entry.path)'") }
-                let output = try FileHandle(forWritingTo: target)
-                var remaining = entry.size
-                while remaining > 0 {
-                    let chunk = try reader.read(Int(min(remaining, 1 << 20)))
-                    guard !chunk.isEmpty else { throw KilnError(.invalidInput, "the archive ends inside '\(entry.path)'") }
-                    try output.write(contentsOf: chunk)
-                    remaining -= Int64(chunk.count)
-                }
-                try output.close()
-                let padding = Int((512 - entry.size % 512) % 512)
-                if padding > 0 { _ = try reader.read(padding) }
+            do {
+                try write(entry, at: staging.appending(path: entry.path), from: &reader)
+            } catch let error as KilnError {
+                throw error
+            } catch {
+                // A path that an earlier entry took (the same name twice, a file where a folder
+                // goes): refused, never overwritten.
+                throw KilnError(.invalidInput, "archive entry '\(entry.path)' collides with an earlier entry (\(Self.reason(error)))")
             }
+            if entry.type == UInt8(ascii: "2") { links.insert(entry.path) }
         }
         // Each link checked when it came was inside given the links before it; a later link on its
         // way can still lead it out. Resolved now against the whole tree, before it is in place.
@@ -71,6 +57,44 @@ public enum SafeUnpacker {
             throw KilnError(.conflict, "cannot move the unpacked layer into place at '\(destination.lastPathComponent)' (errno \(errno))")
         }
         moved = true
+    }
+
+    /// Writes one checked entry: a folder, a link, or a file and its bytes (read from `reader`).
+    static func write(_ entry: Header, at target: URL, from reader: inout HashingReader) throws {
+        let manager = FileManager.default
+        var existing = stat()
+        if entry.type != UInt8(ascii: "5"), lstat(target.path, &existing) == 0 {
+            throw CocoaError(.fileWriteFileExists)  // a second entry of the same name
+        }
+        switch entry.type {
+        case UInt8(ascii: "5"):
+            try manager.createDirectory(at: target, withIntermediateDirectories: true)
+        case UInt8(ascii: "2"):
+            try manager.createDirectory(at: target.deletingLastPathComponent(), withIntermediateDirectories: true)
+            try manager.createSymbolicLink(atPath: target.path, withDestinationPath: entry.linkTarget)
+        default:
+            try manager.createDirectory(at: target.deletingLastPathComponent(), withIntermediateDirectories: true)
+            guard manager.createFile(atPath: target.path, contents: nil, attributes: [.posixPermissions: entry.mode & 0o755]) else {
+                throw CocoaError(.fileWriteFileExists)
+            }
+            let output = try FileHandle(forWritingTo: target)
+            defer { try? output.close() }
+            var remaining = entry.size
+            while remaining > 0 {
+                let chunk = try reader.read(Int(min(remaining, 1 << 20)))
+                guard !chunk.isEmpty else { throw KilnError(.invalidInput, "the archive ends inside '\(entry.path)'") }
+                try output.write(contentsOf: chunk)
+                remaining -= Int64(chunk.count)
+            }
+            let padding = Int((512 - entry.size % 512) % 512)
+            if padding > 0 { _ = try reader.read(padding) }
+        }
+    }
+
+    /// What the file system said, in a few words: `File exists`, `Not a directory`.
+    static func reason(_ error: any Error) -> String {
+        let underlying = (error as NSError).userInfo[NSUnderlyingErrorKey] as? NSError
+        return underlying?.localizedDescription ?? (error as NSError).localizedDescription
     }
 
     struct Header {
