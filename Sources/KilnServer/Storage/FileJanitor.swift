@@ -42,7 +42,8 @@ public struct FileJanitor: Service {
             } catch {
                 logger.error("file janitor: \(error)")
             }
-            try? await Task.sleep(for: interval)
+            // A minute's wait must not hold up a shutdown.
+            try? await cancelWhenGracefulShutdown { try await Task.sleep(for: interval) }
         }
     }
 
