@@ -173,6 +173,7 @@ let package = Package(
             dependencies: [
                 "KilnCore", "KilnFleet", "KilnServer", "KilnStore", "KilnObjects", "KilnAPI", "KilnModels",
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "HummingbirdTesting", package: "hummingbird"),
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "OpenAPIRuntime", package: "swift-openapi-runtime"),

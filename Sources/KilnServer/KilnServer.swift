@@ -102,6 +102,7 @@ public struct KilnServer: Sendable {
             store: store, objects: objects, dispatcher: dispatcher, signals: GenerationSignals(), cache: cache, clock: clock,
             configuration: configuration, providers: providers, logger: logger)
         self.authenticator = Authenticator(cache: cache, bootstrapAdminKey: adminKey.flatMap { $0.isEmpty ? nil : $0 })
+        self.webhooks = WebhookSender(services: services)
     }
 
     /// The worker key of the workers the providers start: the one kept in `file` while the store
@@ -144,6 +145,9 @@ public struct KilnServer: Sendable {
             interval: interval, logger: services.logger)
     }
 
+    /// The webhook sender: delivers what the store's transitions enqueued.
+    public let webhooks: WebhookSender
+
     /// The file janitor: retention and the deletion of objects whose records are gone.
     public func janitor(interval: Duration = .seconds(60)) -> FileJanitor {
         FileJanitor(
@@ -180,7 +184,7 @@ public struct KilnServer: Sendable {
                 await onServerRunning(bound)
             }, logger: services.logger)
         return [
-            application, reaper(interval: reaperInterval), janitor(),
+            application, reaper(interval: reaperInterval), janitor(), webhooks,
             ChangeFeed(cache: services.cache, store: services.store, logger: services.logger),
             services.fleet,
             // Last, so shut down first: open event streams and long polls end before the HTTP

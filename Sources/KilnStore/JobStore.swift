@@ -165,6 +165,28 @@ public protocol JobStore: Sendable {
     /// A generation's events after the given event sequence, oldest first.
     func events(of id: GenerationID, after: Int64, limit: Int) async throws -> [GenerationEvent]
 
+    // MARK: Webhooks
+
+    /// Adds a signing secret to the account; its other valid secrets stay valid until
+    /// `othersValidUntil` (a rotation), or indefinitely when nil.
+    func createWebhookSecret(_ secret: WebhookSecret, othersValidUntil: Date?) async throws
+    /// The account's secrets still valid at `now`, oldest first.
+    func webhookSecrets(of account: AccountID, at now: Date) async throws -> [WebhookSecret]
+    /// - Throws: `.notFound`.
+    func deleteWebhookSecret(_ id: String, of account: AccountID) async throws
+    /// Pending deliveries due at `now`, oldest first, each claimed until `claimUntil` (its next
+    /// attempt moves there), so that no other sender takes it meanwhile and a sender that dies
+    /// mid-attempt leaves it to be tried again then.
+    func claimDueDeliveries(at now: Date, claimUntil: Date, limit: Int) async throws -> [WebhookDelivery]
+    /// Records an attempt and what follows from it.
+    func recordDeliveryAttempt(_ id: String, _ attempt: WebhookAttempt, outcome: WebhookOutcome) async throws
+    func delivery(_ id: String) async throws -> WebhookDelivery?
+    /// A generation's deliveries, oldest first, with their attempts.
+    func deliveries(of generation: GenerationID) async throws -> [WebhookDelivery]
+    /// Sends a delivery again from now, whatever became of it, under the same id.
+    /// - Throws: `.notFound`.
+    func redeliver(_ id: String, at now: Date) async throws -> WebhookDelivery
+
     // MARK: Change feed
 
     /// Changes to the records servers cache (keys, accounts, workers, models, versions, aliases),

@@ -23,11 +23,12 @@ extension EndToEndTests {
             try FileManager.default.createDirectory(at: data, withIntermediateDirectories: true)
             config = data.appending(path: "kiln.yaml")
             // Short leases, so that jobs held across the crash come back quickly; attempts to spare;
-            // one api account submits all the jobs, past its default cap.
+            // one api account submits all the jobs, past its default cap; webhook receivers on loopback.
             try Data(
                 """
                 leases: {ttl_seconds: 3, max_attempts: 20}
                 tiers: {api: {max_wait_seconds: 120, max_queued_per_account: 100000, max_running_per_account: 100000}}
+                webhooks: {allow_private_urls: true}
 
                 """.utf8
             ).write(to: config)
@@ -93,6 +94,91 @@ extension EndToEndTests {
             while process.isRunning, ContinuousClock.now < deadline { try? await Task.sleep(for: .milliseconds(100)) }
             return !process.isRunning
         }
+    }
+
+    /// A webhook receiver in Python on loopback: each request's `webhook-id` appended to a file,
+    /// answered with the next of `statuses`, then 200.
+    final class Receiver: @unchecked Sendable {
+        let process = Process()
+        /// The receiver lives until this closes: even a test that crashes leaves none behind.
+        let input = Pipe()
+        let log: URL
+        let url: String
+
+        init(statuses: [Int]) throws {
+            log = FileManager.default.temporaryDirectory.appending(path: "kiln-receiver-\(UUID().uuidString).log")
+            let script = """
+                import http.server, sys, threading
+                statuses = [int(s) for s in sys.argv[2].split(",") if s]
+                class Handler(http.server.BaseHTTPRequestHandler):
+                    def do_POST(self):
+                        self.rfile.read(int(self.headers["Content-Length"]))
+                        with open(sys.argv[1], "a") as log:
+                            log.write(self.headers["webhook-id"] + "\\n")
+                        self.send_response(statuses.pop(0) if statuses else 200)
+                        self.end_headers()
+                    def log_message(self, *arguments):
+                        pass
+                server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+                threading.Thread(target=server.serve_forever, daemon=True).start()
+                print(server.server_address[1], flush=True)
+                sys.stdin.read()  # until the test closes it, or ends
+                """
+            process.executableURL = URL(filePath: "/usr/bin/env")
+            process.arguments = ["python3", "-c", script, log.path, statuses.map(String.init).joined(separator: ",")]
+            let pipe = Pipe()
+            process.standardOutput = pipe
+            process.standardInput = input
+            process.standardError = FileHandle.nullDevice
+            try process.run()
+            var line = Data()
+            while let byte = try pipe.fileHandleForReading.read(upToCount: 1), let first = byte.first, first != UInt8(ascii: "\n") {
+                line.append(first)
+            }
+            url = "http://127.0.0.1:\(String(decoding: line, as: UTF8.self))/hook"
+        }
+
+        /// The `webhook-id` of each request so far.
+        var received: [String] {
+            ((try? String(contentsOf: log, encoding: .utf8)) ?? "").split(separator: "\n").map(String.init)
+        }
+
+        func stop() {
+            try? input.fileHandleForWriting.close()
+            try? FileManager.default.removeItem(at: log)
+        }
+    }
+
+    @Test("a webhook in its backoff when the server is killed is delivered after the restart, under the same id")
+    func webhookResumesAfterRestart() async throws {
+        let receiver = try Receiver(statuses: [500])
+        let server = try ServerProcess()
+        try await server.start()
+        defer {
+            server.kill9()
+            receiver.stop()
+            try? FileManager.default.removeItem(at: server.data)
+        }
+        let (_, user, _, _, _) = try await server.seed()
+        let generation = try await user {
+            try await $0.createGeneration(body: .json(.init(model: "noop", input: .init(), callbackUrl: receiver.url))).created.body.json.id
+        }
+        _ = try await user { try await $0.cancelGeneration(path: .init(id: generation)).ok }
+        try await until("the first attempt arrives", seconds: 20) { receiver.received.count >= 1 }
+        // Its 500 puts the delivery in backoff (about 5 s); the server dies in it.
+        server.kill9()
+        try await server.start()
+        try await until("the retry arrives from the restarted server", seconds: 30) { receiver.received.count >= 2 }
+        let received = receiver.received
+        #expect(received.count == 2 && Set(received).count == 1, "one delivery, two attempts: \(received)")
+        func deliveries() async throws -> [Components.Schemas.DeliveryObject] {
+            try await user { try await $0.listGenerationDeliveries(path: .init(id: generation)).ok.body.json.data }
+        }
+        try await until("the second attempt is recorded", seconds: 10) { try await deliveries().first?.state == .delivered }
+        let deliveries = try await deliveries()
+        #expect(deliveries.count == 1)
+        #expect(deliveries.first?.state == .delivered)
+        #expect(deliveries.first?.attempts.map(\.status) == [500, 200])
     }
 
     /// A `curl` of `path` on `server`, left running; its output collected.

@@ -222,3 +222,21 @@ extension JSONValue {
         }
     }
 }
+
+extension Components.Schemas.DeliveryObject {
+    public init(_ delivery: WebhookDelivery) {
+        self.init(
+            id: delivery.id, generationId: delivery.generationID.rawValue, _type: .init(rawValue: delivery.type) ?? .generation_succeeded,
+            url: delivery.url, state: .init(rawValue: delivery.state.rawValue) ?? .failed, createdAt: delivery.createdAt,
+            nextAttemptAt: delivery.state == .pending ? delivery.nextAttemptAt : nil,
+            attempts: delivery.attempts.map {
+                .init(at: $0.at, status: $0.status, error: $0.error, durationMs: $0.durationSeconds * 1_000)
+            })
+    }
+}
+
+extension Components.Schemas.WebhookSecretObject {
+    public init(_ secret: WebhookSecret) {
+        self.init(id: secret.id, secret: secret.secret, createdAt: secret.createdAt, expiresAt: secret.expiresAt)
+    }
+}

@@ -131,6 +131,8 @@ public struct Generation: Hashable, Sendable {
     /// back uncharged; past ``Lifecycle/freeUnacknowledgedLeases`` such expiries are charged.
     public var unacknowledgedLeases: Int = 0
     public var callbackURL: String?
+    /// Events besides the final one that go to `callbackURL`: `started`, `progress`.
+    public var callbackEvents: [String] = []
     public var createdAt: Date
     /// When it entered the queue; kept across retries, so a retried job keeps its urgency.
     public var queuedAt: Date

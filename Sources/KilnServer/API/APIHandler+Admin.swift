@@ -41,6 +41,39 @@ extension APIHandler {
         return .created(.init(body: .json(try await createKey(scope: .user, account: id))))
     }
 
+    // MARK: Webhooks
+
+    func rotateWebhookSecret(_ input: Operations.RotateWebhookSecret.Input) async throws -> Operations.RotateWebhookSecret.Output {
+        let id = try PathID.parse(input.path.id, as: AccountID.self, "account")
+        guard try await services.store.account(id) != nil else { throw KilnError(.notFound, "no account '\(id)'") }
+        var previousValid = 86_400
+        if case .json(let body) = input.body, let seconds = body.previousValidSeconds { previousValid = seconds }
+        let now = services.clock.now()
+        let secret = WebhookSecret.random(for: id, at: now)
+        try await services.store.createWebhookSecret(secret, othersValidUntil: now + Double(previousValid))
+        return .created(.init(body: .json(.init(secret))))
+    }
+
+    func listAccountWebhookSecrets(_ input: Operations.ListAccountWebhookSecrets.Input) async throws
+        -> Operations.ListAccountWebhookSecrets.Output
+    {
+        let id = try PathID.parse(input.path.id, as: AccountID.self, "account")
+        guard try await services.store.account(id) != nil else { throw KilnError(.notFound, "no account '\(id)'") }
+        let secrets = try await services.store.webhookSecrets(of: id, at: services.clock.now())
+        return .ok(.init(body: .json(.init(data: secrets.map(Components.Schemas.WebhookSecretObject.init)))))
+    }
+
+    func deleteWebhookSecret(_ input: Operations.DeleteWebhookSecret.Input) async throws -> Operations.DeleteWebhookSecret.Output {
+        let id = try PathID.parse(input.path.id, as: AccountID.self, "account")
+        try await services.store.deleteWebhookSecret(input.path.secret, of: id)
+        return .noContent(.init())
+    }
+
+    func redeliverWebhook(_ input: Operations.RedeliverWebhook.Input) async throws -> Operations.RedeliverWebhook.Output {
+        let delivery = try await services.store.redeliver(input.path.id, at: services.clock.now())
+        return .ok(.init(body: .json(.init(delivery))))
+    }
+
     func createKey(_ input: Operations.CreateKey.Input) async throws -> Operations.CreateKey.Output {
         guard case .json(let body) = input.body else { throw KilnError(.invalidRequest, "the request needs a JSON body") }
         let scope = KeyScope(body.scope)

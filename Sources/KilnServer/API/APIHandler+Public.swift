@@ -88,9 +88,11 @@ extension APIHandler {
             throw KilnError(.invalidInput, "model: no model named '\(body.model)'")
         }
         if let callback = body.callbackUrl {
-            guard let url = URL(string: callback), ["http", "https"].contains(url.scheme?.lowercased() ?? ""), url.host != nil else {
-                throw KilnError(.invalidInput, "callback_url: '\(callback)' is not an http(s) URL")
-            }
+            try CallbackURL.check(callback, allowPrivate: services.configuration.webhooks.allowPrivateURLs)
+        }
+        let callbackEvents = (body.callbackEvents ?? []).map(\.rawValue)
+        if !callbackEvents.isEmpty, body.callbackUrl == nil {
+            throw KilnError(.invalidInput, "callback_events: needs a callback_url to send them to")
         }
         let id = GenerationID.random()
         let target = try await resolveVersion(of: model, version: body.version, alias: body.alias, for: id)
@@ -114,11 +116,12 @@ extension APIHandler {
             }
             inputFiles[name] = file.id
         }
-        let generation = Generation(
+        var generation = Generation(
             id: id, accountID: account, model: body.model, version: target.pinned?.description, alias: target.alias,
             tier: tier.name, accelerators: target.manifest?.accelerators ?? [], gpus: target.manifest?.gpus ?? 0,
             input: generationInput, inputFiles: inputFiles, maxAttempts: services.configuration.leases.maxAttempts,
             callbackURL: body.callbackUrl, createdAt: services.clock.now())
+        generation.callbackEvents = callbackEvents
         let submission: Submission
         do {
             submission = try await services.store.submit(
@@ -202,6 +205,26 @@ extension APIHandler {
         let canceled = try await services.store.cancel(generation.id, at: services.clock.now())
         try await services.transitions.apply(.ended, canceled)
         return .ok(.init(body: .json(try await services.render(canceled))))
+    }
+
+    func listGenerationDeliveries(_ input: Operations.ListGenerationDeliveries.Input) async throws
+        -> Operations.ListGenerationDeliveries.Output
+    {
+        let generation = try await ownedGeneration(input.path.id)
+        let deliveries = try await services.store.deliveries(of: generation.id)
+        return .ok(.init(body: .json(.init(data: deliveries.map(Components.Schemas.DeliveryObject.init)))))
+    }
+
+    func listWebhookSecrets(_ input: Operations.ListWebhookSecrets.Input) async throws -> Operations.ListWebhookSecrets.Output {
+        let account = try Principal.account()
+        let now = services.clock.now()
+        var secrets = try await services.store.webhookSecrets(of: account, at: now)
+        if secrets.isEmpty {
+            let secret = WebhookSecret.random(for: account, at: now)
+            try await services.store.createWebhookSecret(secret, othersValidUntil: nil)
+            secrets = [secret]
+        }
+        return .ok(.init(body: .json(.init(data: secrets.map(Components.Schemas.WebhookSecretObject.init)))))
     }
 
     /// The generation `raw` names, if the caller's account owns it (404 otherwise, so that other

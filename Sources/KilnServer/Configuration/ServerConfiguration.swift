@@ -139,6 +139,19 @@ public struct ServerConfiguration: Sendable, Hashable {
     public var defaultDispatchLimit: Int = 64
     public var leases = Leases()
     public var limits = Limits()
+    public var webhooks = Webhooks()
+
+    /// Delivery of generations' events to their `callback_url`s.
+    public struct Webhooks: Sendable, Hashable {
+        /// Whether callback URLs may name loopback, link-local and private addresses (a receiver
+        /// inside the operator's network; tests).
+        public var allowPrivateURLs = false
+        /// The most one attempt may take, connection included.
+        public var timeoutSeconds: Double = 10
+        /// Attempts in flight at once, across receivers.
+        public var maxInFlight = 32
+        public init() {}
+    }
     /// `slo` (the default), `fifo`, `strict`, `edf` or `protected`.
     public var policy: String = "slo"
     /// Under `protected`: the tiers served first, and the most of the dispatches they may take while
@@ -152,7 +165,22 @@ public struct ServerConfiguration: Sendable, Hashable {
         var configuration = ServerConfiguration()
         guard let root = try Yams.compose(yaml: text) else { return configuration }
         let top = try Mapping(root, path: source)
-        try top.allow(["tiers", "clusters", "leases", "limits", "scheduler", "fleet", "slurm", "kubernetes"])
+        try top.allow(["tiers", "clusters", "leases", "limits", "scheduler", "fleet", "slurm", "kubernetes", "webhooks"])
+        if let webhooks = top["webhooks"] {
+            let fields = try Mapping(webhooks, path: "\(source): webhooks")
+            try fields.allow(["allow_private_urls", "timeout_seconds", "max_in_flight"])
+            if let value = try fields.bool("allow_private_urls") { configuration.webhooks.allowPrivateURLs = value }
+            if let value = try fields.double("timeout_seconds") {
+                guard value > 0, value <= 300 else {
+                    throw KilnError(.invalidInput, "\(source): webhooks.timeout_seconds must be above 0 and at most 300")
+                }
+                configuration.webhooks.timeoutSeconds = value
+            }
+            if let value = try fields.int("max_in_flight") {
+                guard value >= 1 else { throw KilnError(.invalidInput, "\(source): webhooks.max_in_flight must be at least 1") }
+                configuration.webhooks.maxInFlight = value
+            }
+        }
         if let tiers = top["tiers"] {
             let mapping = try Mapping(tiers, path: "\(source): tiers")
             var list: [Tier] = []

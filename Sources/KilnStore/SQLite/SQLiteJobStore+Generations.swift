@@ -53,16 +53,16 @@ extension SQLiteJobStore {
             try db.run(
                 sql: """
                     INSERT INTO generations (id, account_id, model, version, alias, tier, accelerators, gpus, state, input,
-                        input_files, progress_fraction, progress_stage, output, attempts, max_attempts, callback_url, created_at,
-                        queued_at)
-                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, 0, '', '{}', 0, ?, ?, ?, ?)
+                        input_files, progress_fraction, progress_stage, output, attempts, max_attempts, callback_url,
+                        callback_events, created_at, queued_at)
+                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, 0, '', '{}', 0, ?, ?, ?, ?, ?)
                     """,
                 arguments: [
                     stored.id.rawValue, stored.accountID.rawValue, stored.model, stored.version, stored.alias, stored.tier,
                     Self.encode(stored.accelerators), stored.gpus,
                     JSONValue.object(stored.input).canonicalJSON(), Self.json(stored.inputFiles.mapValues(\.rawValue)),
-                    stored.maxAttempts, stored.callbackURL, stored.createdAt.timeIntervalSince1970,
-                    stored.queuedAt.timeIntervalSince1970,
+                    stored.maxAttempts, stored.callbackURL, stored.callbackEvents.isEmpty ? nil : Self.encode(stored.callbackEvents),
+                    stored.createdAt.timeIntervalSince1970, stored.queuedAt.timeIntervalSince1970,
                 ])
             stored.sequence = db.lastInsertedRowID
             if let idempotency {
@@ -339,7 +339,10 @@ extension SQLiteJobStore {
             }
         }
         if after.state.isFinal, !before.state.isFinal { try settleOutputs(db, of: after, at: at) }
-        if let event = transition.event { try appendEvent(db, after, event, at: at, message: transition.message) }
+        if let event = transition.event {
+            try appendEvent(db, after, event, at: at, message: transition.message)
+            if after.callbackURL != nil { try enqueueWebhook(db, for: after, event: event, at: at) }
+        }
         return after
     }
 

@@ -51,6 +51,7 @@ extension SQLiteJobStore {
             startedAt: (row["started_at"] as Double?).map(Date.init(timeIntervalSince1970:)),
             completedAt: (row["completed_at"] as Double?).map(Date.init(timeIntervalSince1970:)), lease: lease)
         generation.unacknowledgedLeases = row["unacknowledged_leases"]
+        generation.callbackEvents = decode(row["callback_events"]) ?? []
         return generation
     }
 

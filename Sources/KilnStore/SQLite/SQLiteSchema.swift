@@ -115,6 +115,26 @@ enum SQLiteSchema {
                     CREATE TABLE doomed_objects (object_key TEXT PRIMARY KEY, doomed_at REAL NOT NULL);
                     """)
         }
+        migrator.registerMigration("v10-webhooks") { db in
+            // Deliveries are written in the transaction of the transition they tell of, so none is
+            // lost; attempts are kept for the deliveries view.
+            try db.execute(
+                sql: """
+                    ALTER TABLE generations ADD COLUMN callback_events TEXT;
+                    CREATE TABLE webhook_secrets (
+                        id TEXT PRIMARY KEY, account_id TEXT NOT NULL, secret TEXT NOT NULL, created_at REAL NOT NULL,
+                        expires_at REAL);
+                    CREATE INDEX webhook_secrets_by_account ON webhook_secrets(account_id, created_at);
+                    CREATE TABLE webhook_deliveries (
+                        id TEXT PRIMARY KEY, generation_id TEXT NOT NULL, account_id TEXT NOT NULL, type TEXT NOT NULL,
+                        url TEXT NOT NULL, state TEXT NOT NULL, created_at REAL NOT NULL, next_attempt_at REAL);
+                    CREATE INDEX webhook_deliveries_due ON webhook_deliveries(state, next_attempt_at);
+                    CREATE INDEX webhook_deliveries_by_generation ON webhook_deliveries(generation_id, created_at);
+                    CREATE TABLE webhook_attempts (
+                        delivery_id TEXT NOT NULL, seq INTEGER NOT NULL, at REAL NOT NULL, status INTEGER, error TEXT,
+                        duration REAL NOT NULL, PRIMARY KEY (delivery_id, seq));
+                    """)
+        }
         return migrator
     }
 }
