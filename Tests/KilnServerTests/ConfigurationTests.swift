@@ -134,4 +134,33 @@ struct ConfigurationTests {
             (error as? KilnError)?.message.contains(message) == true
         }
     }
+
+    @Test("webhooks and file limits are read, and bad values refused naming the setting")
+    func webhooksAndFiles() throws {
+        let configuration = try ServerConfiguration.load(
+            yaml: """
+                webhooks: {allow_private_urls: true, timeout_seconds: 2.5, max_in_flight: 4}
+                limits: {max_account_file_bytes: 1000, file_retention_hours: 0}
+                """)
+        #expect(configuration.webhooks.allowPrivateURLs && configuration.webhooks.timeoutSeconds == 2.5)
+        #expect(configuration.webhooks.maxInFlight == 4)
+        #expect(configuration.limits.maxAccountFileBytes == 1_000 && configuration.fileRetention == nil)
+        let defaults = ServerConfiguration()
+        #expect(!defaults.webhooks.allowPrivateURLs && defaults.fileRetention == 168 * 3_600)
+        for (yaml, message) in [
+            ("webhooks: {timeout_seconds: 0}", "webhooks.timeout_seconds must be a positive number"),
+            ("webhooks: {timeout_seconds: 900}", "webhooks.timeout_seconds must be at most 300"),
+            ("webhooks: {max_in_flight: 0}", "webhooks.max_in_flight must be a whole number of at least 1"),
+            ("webhooks: {allow_private: true}", "webhooks: unknown key 'allow_private'"),
+            ("limits: {file_retention_hours: -1}", "limits.file_retention_hours must be a whole number of at least 0"),
+            ("limits: {max_account_file_bytes: 0}", "limits.max_account_file_bytes must be a whole number of at least 1"),
+        ] {
+            #expect(throws: KilnError.self, "\(yaml)") { _ = try ServerConfiguration.load(yaml: yaml) }
+            do {
+                _ = try ServerConfiguration.load(yaml: yaml)
+            } catch let error as KilnError {
+                #expect(error.message.contains(message), "\(error.message)")
+            }
+        }
+    }
 }

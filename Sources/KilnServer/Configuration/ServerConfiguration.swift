@@ -119,8 +119,8 @@ public struct ServerConfiguration: Sendable, Hashable {
         public var idleTimeoutSeconds: Double = 90
         /// Bytes of uploads one account may hold; past it an upload gets `413`.
         public var maxAccountFileBytes: Int64 = 10 << 30
-        /// Files (uploads and outputs) are deleted this long after they were written, unless a
-        /// queued or running generation needs them; 0 keeps them until deleted.
+        /// Files (uploads and outputs) are deleted this many hours after they were written, unless
+        /// a queued or running generation needs them; 0 keeps them until deleted.
         public var fileRetentionHours: Double = 168
         public init() {}
     }
@@ -171,15 +171,10 @@ public struct ServerConfiguration: Sendable, Hashable {
             try fields.allow(["allow_private_urls", "timeout_seconds", "max_in_flight"])
             if let value = try fields.bool("allow_private_urls") { configuration.webhooks.allowPrivateURLs = value }
             if let value = try fields.double("timeout_seconds") {
-                guard value > 0, value <= 300 else {
-                    throw KilnError(.invalidInput, "\(source): webhooks.timeout_seconds must be above 0 and at most 300")
-                }
+                guard value <= 300 else { throw KilnError(.invalidInput, "\(source): webhooks.timeout_seconds must be at most 300") }
                 configuration.webhooks.timeoutSeconds = value
             }
-            if let value = try fields.int("max_in_flight") {
-                guard value >= 1 else { throw KilnError(.invalidInput, "\(source): webhooks.max_in_flight must be at least 1") }
-                configuration.webhooks.maxInFlight = value
-            }
+            if let value = try fields.int("max_in_flight") { configuration.webhooks.maxInFlight = value }
         }
         if let tiers = top["tiers"] {
             let mapping = try Mapping(tiers, path: "\(source): tiers")
@@ -265,16 +260,8 @@ public struct ServerConfiguration: Sendable, Hashable {
             if let value = try fields.int("max_file_bytes") { configuration.limits.maxFileBytes = Int64(value) }
             if let value = try fields.double("max_lease_wait_seconds") { configuration.limits.maxLeaseWaitSeconds = value }
             if let value = try fields.double("idle_timeout_seconds") { configuration.limits.idleTimeoutSeconds = value }
-            if let value = try fields.int("max_account_file_bytes") {
-                guard value >= 1 else { throw KilnError(.invalidInput, "\(source): limits.max_account_file_bytes must be at least 1") }
-                configuration.limits.maxAccountFileBytes = Int64(value)
-            }
-            if let value = try fields.double("file_retention_hours") {
-                guard value >= 0, value.isFinite else {
-                    throw KilnError(.invalidInput, "\(source): limits.file_retention_hours must be 0 (keep) or more")
-                }
-                configuration.limits.fileRetentionHours = value
-            }
+            if let value = try fields.int("max_account_file_bytes") { configuration.limits.maxAccountFileBytes = Int64(value) }
+            if let value = try fields.count("file_retention_hours") { configuration.limits.fileRetentionHours = Double(value) }
         }
         if let scheduler = top["scheduler"] {
             let fields = try Mapping(scheduler, path: "\(source): scheduler")

@@ -12,18 +12,20 @@ See docs/python-client.md in the Kiln repository.
 
 __version__ = "0.1.0"
 
-from .client import Files, Generations, Kiln, Models  # noqa: E402 (after __version__, which they use)
+from . import webhooks  # noqa: E402
+from .client import Files, Generations, Kiln, Models, Webhooks  # noqa: E402 (after __version__, which they use)
 from .errors import (  # noqa: E402
     Conflict, Forbidden, InvalidInput, InvalidRequest, KilnConnectionError, KilnError, NotFound, PayloadTooLarge,
     RateLimited, Unauthorized)
 from .types import (  # noqa: E402
-    FINAL_STATES, Alias, AliasTarget, ErrorDetail, File, Generation, GenerationEvent, GenerationPage, Model, Output,
-    Progress, QueueInfo)
+    FINAL_STATES, Alias, AliasTarget, Delivery, DeliveryAttempt, ErrorDetail, File, Generation, GenerationEvent,
+    GenerationPage, Model, Output, Progress, QueueInfo, WebhookSecret)
+from .webhooks import WebhookVerificationError  # noqa: E402
 
 __all__ = [
-    "Kiln", "Generations", "Files", "Models",
+    "Kiln", "Generations", "Files", "Models", "Webhooks", "webhooks", "WebhookVerificationError",
     "KilnError", "KilnConnectionError", "InvalidRequest", "Unauthorized", "Forbidden", "NotFound", "Conflict",
     "PayloadTooLarge", "InvalidInput", "RateLimited",
     "FINAL_STATES", "Generation", "GenerationPage", "GenerationEvent", "Progress", "QueueInfo", "Output",
-    "ErrorDetail", "File", "Model", "Alias", "AliasTarget",
+    "ErrorDetail", "File", "Model", "Alias", "AliasTarget", "Delivery", "DeliveryAttempt", "WebhookSecret",
 ]

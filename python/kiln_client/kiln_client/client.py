@@ -13,7 +13,8 @@ from . import operations as ops
 from . import sse
 from .errors import KilnConnectionError
 from .transport import CONNECTION_ERRORS, Transport, backoff
-from .types import FINAL_STATES, File, Generation, GenerationEvent, GenerationPage, Model, from_json
+from .types import (
+    FINAL_STATES, Delivery, File, Generation, GenerationEvent, GenerationPage, Model, WebhookSecret, from_json)
 
 #: A file system path.
 Path = Union[str, os.PathLike]
@@ -35,6 +36,7 @@ class Kiln:
         self.generations = Generations(self._transport)
         self.files = Files(self._transport)
         self.models = Models(self._transport)
+        self.webhooks = Webhooks(self._transport)
 
     def close(self) -> None:
         self._transport.close()
@@ -60,6 +62,7 @@ class Generations:
         alias: Optional[str] = None,
         version: Optional[str] = None,
         callback_url: Optional[str] = None,
+        callback_events: Optional[List[str]] = None,
         idempotency_key: Optional[str] = None,
     ) -> Generation:
         """Queues a generation of ``model`` for ``input`` and returns it (``queued``).
@@ -73,7 +76,9 @@ class Generations:
         yourself after a ``KilnConnectionError``, pass the same ``idempotency_key`` and the same
         arguments; with other arguments the server answers ``Conflict``.
         """
-        body = {"model": model, "input": input, "alias": alias, "version": version, "callback_url": callback_url}
+        body = {
+            "model": model, "input": input, "alias": alias, "version": version, "callback_url": callback_url,
+            "callback_events": callback_events}
         return self._transport.call(
             ops.CREATE_GENERATION,
             headers={"Idempotency-Key": idempotency_key or str(uuid.uuid4())},
@@ -82,6 +87,10 @@ class Generations:
     def get(self, id: str) -> Generation:
         """The generation ``id`` as it is now. A read: retried after connection failures."""
         return self._transport.call(ops.GET_GENERATION, resource_id=id)
+
+    def deliveries(self, id: str) -> List[Delivery]:
+        """The webhook deliveries of generation ``id``, oldest first, with their attempts."""
+        return self._transport.call(ops.LIST_GENERATION_DELIVERIES, resource_id=id).data
 
     def list_page(self, state: Optional[str] = None, limit: Optional[int] = None,
                   cursor: Optional[str] = None) -> GenerationPage:
@@ -232,3 +241,16 @@ class Models:
         """Every model, with its aliases and input schema. A read: retried after connection
         failures."""
         return self._transport.call(ops.LIST_MODELS).data
+
+
+class Webhooks:
+    """The secrets that sign the account's webhooks; verify deliveries with
+    ``kiln_client.webhooks.verify``."""
+
+    def __init__(self, transport: Transport):
+        self._transport = transport
+
+    def secrets(self) -> List[WebhookSecret]:
+        """The secrets valid now (two during a rotation), oldest first; the server makes one for
+        an account that has none. A read: retried after connection failures."""
+        return self._transport.call(ops.LIST_WEBHOOK_SECRETS).data

@@ -10,7 +10,7 @@ drift apart unnoticed.
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
-from .types import File, Generation, GenerationEvent, GenerationPage, ModelList
+from .types import DeliveryList, File, Generation, GenerationEvent, GenerationPage, ModelList, WebhookSecretList
 
 
 @dataclass(frozen=True)
@@ -56,7 +56,7 @@ DELETE_FILE = Operation("deleteFile", "DELETE", "/v1/files/{id}", response_media
 CREATE_GENERATION = Operation(
     "createGeneration", "POST", "/v1/generations",
     headers=("Idempotency-Key",),
-    body="json", request_fields=("model", "input", "alias", "version", "callback_url"),
+    body="json", request_fields=("model", "input", "alias", "version", "callback_url", "callback_events"),
     response=Generation)
 
 LIST_GENERATIONS = Operation(
@@ -73,7 +73,12 @@ STREAM_GENERATION_EVENTS = Operation(
 
 LIST_MODELS = Operation("listModels", "GET", "/v1/models", response=ModelList)
 
+LIST_GENERATION_DELIVERIES = Operation(
+    "listGenerationDeliveries", "GET", "/v1/generations/{id}/deliveries", response=DeliveryList)
+
+LIST_WEBHOOK_SECRETS = Operation("listWebhookSecrets", "GET", "/v1/webhooks/secrets", response=WebhookSecretList)
+
 OPERATIONS = (
     UPLOAD_FILE, DOWNLOAD_FILE, DELETE_FILE, CREATE_GENERATION, LIST_GENERATIONS, GET_GENERATION, CANCEL_GENERATION,
-    STREAM_GENERATION_EVENTS, LIST_MODELS,
+    STREAM_GENERATION_EVENTS, LIST_MODELS, LIST_GENERATION_DELIVERIES, LIST_WEBHOOK_SECRETS,
 )

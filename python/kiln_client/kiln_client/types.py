@@ -152,6 +152,61 @@ class Model:
 
 
 @dataclass(frozen=True)
+class DeliveryAttempt:
+    """One try at a webhook delivery: the receiver's ``status``, or the ``error`` when none came."""
+
+    at: datetime
+    status: Optional[int]
+    error: Optional[str]
+    duration_ms: float
+    raw: dict = field(repr=False, compare=False)
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """A webhook event on its way to a generation's ``callback_url``: ``state`` is ``pending``
+    (tried again at ``next_attempt_at``), ``delivered``, ``gone`` (the receiver answered 410) or
+    ``failed`` (the retry schedule ran out)."""
+
+    id: str
+    generation_id: str
+    type: str
+    url: str
+    state: str
+    created_at: datetime
+    next_attempt_at: Optional[datetime]
+    attempts: List[DeliveryAttempt]
+    raw: dict = field(repr=False, compare=False)
+
+
+@dataclass(frozen=True)
+class DeliveryList:
+    """The answer of ``GET /v1/generations/{id}/deliveries``."""
+
+    data: List[Delivery]
+    raw: dict = field(repr=False, compare=False)
+
+
+@dataclass(frozen=True)
+class WebhookSecret:
+    """A secret that signs the account's webhooks; ``expires_at`` is set on one being rotated out."""
+
+    id: str
+    secret: str
+    created_at: datetime
+    expires_at: Optional[datetime]
+    raw: dict = field(repr=False, compare=False)
+
+
+@dataclass(frozen=True)
+class WebhookSecretList:
+    """The answer of ``GET /v1/webhooks/secrets``."""
+
+    data: List[WebhookSecret]
+    raw: dict = field(repr=False, compare=False)
+
+
+@dataclass(frozen=True)
 class ModelList:
     """The answer of ``GET /v1/models``."""
 

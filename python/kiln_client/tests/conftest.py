@@ -35,10 +35,12 @@ def kiln_up(tmp_path_factory):
         pytest.skip(f"no kiln binary at {binary}: build it (swift build --product kiln) or set KILN_BIN")
     data = tmp_path_factory.mktemp("kiln-up")
     log_path = data / "kiln.log"
+    config = data / "kiln.yaml"
+    config.write_text("webhooks: {allow_private_urls: true}\n")  # the tests' webhook receiver is on loopback
     env = dict(os.environ, KILN_RUNTIME_PATH=str(REPO / "python"))
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
-            [str(binary), "up", "--data", str(data), "--port", "0", "--workers", "1"],
+            [str(binary), "up", "--data", str(data), "--port", "0", "--workers", "1", "--config", str(config)],
             stdout=log, stderr=subprocess.STDOUT, env=env)
     try:
         yield _wait_until_ready(process, data / "up.json", log_path)
@@ -88,3 +90,10 @@ def _stop(process: subprocess.Popen) -> None:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+@pytest.fixture(scope="module")
+def kiln(kiln_up):
+    """A client of ``kiln_up`` with its user key."""
+    with Kiln(kiln_up["url"], kiln_up["user_key"]) as client:
+        yield client

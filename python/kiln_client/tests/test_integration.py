@@ -12,12 +12,6 @@ DEMO_MODEL = "demo-video"
 TINY = {"num_frames": 8, "width": 64, "height": 64}
 
 
-@pytest.fixture(scope="module")
-def kiln(kiln_up):
-    with Kiln(kiln_up["url"], kiln_up["user_key"]) as client:
-        yield client
-
-
 def is_mp4(path) -> bool:
     """Whether the file starts with an ISO media ``ftyp`` box, as every MP4 does."""
     return path.read_bytes()[4:8] == b"ftyp"
