@@ -134,8 +134,37 @@ public struct KilnServer: Sendable {
         router.add(middleware: ErrorMiddleware(logger: services.logger))
         router.add(middleware: RequireScope(authenticator: authenticator))
         router.add(middleware: JSONBodyLimit(limit: services.configuration.limits.maxJSONBytes))
-        try APIHandler(services: services).registerHandlers(on: router, configuration: .kiln, middlewares: [RawMediaTypes()])
+        try APIHandler(services: services).registerHandlers(
+            on: router, configuration: .kiln, middlewares: [RequestMetrics(metrics: services.metrics), RawMediaTypes()])
+        let services = services
+        router.get("/metrics") { request, _ -> Response in
+            if let token = services.configuration.metricsToken, request.headers[.authorization] != "Bearer \(token)" {
+                throw KilnError(.unauthorized, "the metrics need the scrape token (metrics.token) as a bearer token")
+            }
+            return try await Self.metricsResponse(services)
+        }
         return router
+    }
+
+    /// The Prometheus text of `services.metrics`, its gauges read first from the queue, the
+    /// workers and the fleet.
+    static func metricsResponse(_ services: KilnServices) async throws -> Response {
+        let running = try await services.store.runningGenerations()
+        var leasedNotStarted: [String: Int] = [:]
+        for generation in running where generation.lease?.startedAt == nil {
+            leasedNotStarted[generation.lease?.cluster ?? "", default: 0] += 1
+        }
+        let fleet = await services.fleet.view()
+        services.metrics.refresh(
+            ServerMetrics.Now(
+                queue: await services.dispatcher.view(limit: 1), workers: try await services.store.workers(),
+                leasedNotStarted: leasedNotStarted, dispatchLimits: services.configuration.clusters.mapValues(\.dispatchLimit),
+                pools: fleet.pools.compactMap { pool in
+                    pool.decision.map { (pool.configured.spec.name, pool.configured.spec.cluster, $0.desired, $0.actual) }
+                }, at: services.clock.now()))
+        return Response(
+            status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
+            body: .init(byteBuffer: ByteBuffer(bytes: services.metrics.exposition())))
     }
 
     /// The lease reaper: the background service beside the HTTP server.

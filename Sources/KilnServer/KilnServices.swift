@@ -19,6 +19,8 @@ public struct KilnServices: Sendable {
     public let fleet: FleetService
     public let clock: any WallClock
     public let configuration: ServerConfiguration
+    /// What `GET /metrics` shows.
+    public let metrics: ServerMetrics
     public let logger: Logger
 
     public init(
@@ -30,7 +32,9 @@ public struct KilnServices: Sendable {
         self.objects = objects
         self.dispatcher = dispatcher
         self.signals = signals
-        let transitions = LocalTransitions(dispatcher: dispatcher, signals: signals)
+        let metrics = ServerMetrics(tiers: configuration.tiers)
+        self.metrics = metrics
+        let transitions = LocalTransitions(dispatcher: dispatcher, signals: signals, metrics: metrics)
         self.transitions = transitions
         self.cache = cache
         self.fleet = FleetService(

@@ -129,6 +129,7 @@ extension APIHandler {
                 admission: Admission(maxQueuedPerAccount: tier.maxQueuedPerAccount, maxQueuedInTier: tier.maxQueued),
                 idempotency: claim)
         } catch var error as KilnError where error.code == .rateLimited {
+            services.metrics.refused(tier: tier.name)
             let oldest = try await services.store.oldestQueuedGeneration(of: account)
             error.retryAfter = await services.dispatcher.retryAfter(oldestQueued: oldest, tier: tier.name)
             throw error

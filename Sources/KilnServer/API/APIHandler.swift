@@ -61,6 +61,32 @@ enum RawMedia {
 
 /// Runs each operation with ``RawMedia`` set up, and answers a raw body with the media type its
 /// handler chose instead of the document's `*/*`.
+/// Times every API call, by operation and status class, for ``ServerMetrics``.
+struct RequestMetrics: ServerMiddleware {
+    let metrics: ServerMetrics
+
+    func intercept(
+        _ request: HTTPRequest, body: HTTPBody?, metadata: ServerRequestMetadata, operationID: String,
+        next: @Sendable (HTTPRequest, HTTPBody?, ServerRequestMetadata) async throws -> (HTTPResponse, HTTPBody?)
+    ) async throws -> (HTTPResponse, HTTPBody?) {
+        let clock = ContinuousClock()
+        let start = clock.now
+        func seconds() -> Double {
+            let elapsed = start.duration(to: clock.now).components
+            return Double(elapsed.seconds) + Double(elapsed.attoseconds) * 1e-18
+        }
+        do {
+            let answer = try await next(request, body, metadata)
+            metrics.request(operation: operationID, status: answer.0.status.code, seconds: seconds())
+            return answer
+        } catch {
+            let kiln = (error as? KilnError) ?? ((error as? ServerError)?.underlyingError as? KilnError)
+            metrics.request(operation: operationID, status: kiln.map { ErrorMiddleware.status(of: $0.code).code } ?? 500, seconds: seconds())
+            throw error
+        }
+    }
+}
+
 struct RawMediaTypes: ServerMiddleware {
     func intercept(
         _ request: HTTPRequest, body: HTTPBody?, metadata: ServerRequestMetadata, operationID: String,

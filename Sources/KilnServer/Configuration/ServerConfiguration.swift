@@ -140,6 +140,8 @@ public struct ServerConfiguration: Sendable, Hashable {
     public var leases = Leases()
     public var limits = Limits()
     public var webhooks = Webhooks()
+    /// When set, `GET /metrics` needs it as a bearer token (`metrics.token`); open otherwise.
+    public var metricsToken: String?
 
     /// Delivery of generations' events to their `callback_url`s.
     public struct Webhooks: Sendable, Hashable {
@@ -165,7 +167,12 @@ public struct ServerConfiguration: Sendable, Hashable {
         var configuration = ServerConfiguration()
         guard let root = try Yams.compose(yaml: text) else { return configuration }
         let top = try Mapping(root, path: source)
-        try top.allow(["tiers", "clusters", "leases", "limits", "scheduler", "fleet", "slurm", "kubernetes", "webhooks"])
+        try top.allow(["tiers", "clusters", "leases", "limits", "scheduler", "fleet", "slurm", "kubernetes", "webhooks", "metrics"])
+        if let metrics = top["metrics"] {
+            let fields = try Mapping(metrics, path: "\(source): metrics")
+            try fields.allow(["token"])
+            configuration.metricsToken = try fields.string("token")
+        }
         if let webhooks = top["webhooks"] {
             let fields = try Mapping(webhooks, path: "\(source): webhooks")
             try fields.allow(["allow_private_urls", "timeout_seconds", "max_in_flight"])

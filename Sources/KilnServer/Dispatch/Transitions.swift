@@ -18,14 +18,17 @@ extension Transition.Effect {
     }
 }
 
-/// The transitions of this server's own generations, applied to its dispatcher and event streams.
+/// The transitions of this server's own generations, applied to its dispatcher, event streams and
+/// metrics.
 public struct LocalTransitions: TransitionSink {
     let dispatcher: Dispatcher
     let signals: GenerationSignals
+    let metrics: ServerMetrics
 
-    public init(dispatcher: Dispatcher, signals: GenerationSignals) {
+    public init(dispatcher: Dispatcher, signals: GenerationSignals, metrics: ServerMetrics) {
         self.dispatcher = dispatcher
         self.signals = signals
+        self.metrics = metrics
     }
 
     public func apply(_ effect: Transition.Effect, _ generation: Generation) async throws {
@@ -36,6 +39,7 @@ public struct LocalTransitions: TransitionSink {
         case .ended: await dispatcher.ended(generation)
         case .leased, .progressed: break  // the dispatcher leased it itself; progress is for the streams
         }
+        metrics.observe(effect, generation)
         await signals.signal(generation.id)
     }
 }

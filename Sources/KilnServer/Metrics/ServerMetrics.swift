@@ -1,0 +1,170 @@
+import Foundation
+import KilnCore
+import KilnStore
+import Prometheus
+
+/// The server's Prometheus metrics (`GET /metrics`): counters and histograms fed as transitions
+/// commit and requests finish, and gauges read from the queue, the workers and the fleet when
+/// scraped. Labels are bounded sets (tiers, states, models, routes, pools), never ids.
+///
+/// Each server has a registry of its own (no process-wide metrics system), so several servers in
+/// one process (tests) do not mix their figures.
+public final class ServerMetrics: Sendable {
+    public let registry = PrometheusCollectorRegistry()
+    let tiers: TierTable
+
+    /// Waits in seconds: from a second to the free tier's hour, and past it.
+    static let waitBuckets: [Double] = [1, 5, 15, 30, 60, 120, 300, 900, 1_800, 3_600, 7_200, 14_400]
+    /// Waits as multiples of the tier's promise: 1 is the promise kept to the second.
+    static let promiseBuckets: [Double] = [0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 5, 10, 20]
+    /// Run times of a model: a second to an hour.
+    static let runBuckets: [Double] = [1, 5, 15, 30, 60, 120, 300, 600, 1_800, 3_600]
+    /// Request durations: 100 µs to 10 s (long polls and streams run longer, and land past it).
+    static let requestBuckets: [Double] = [0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 10]
+
+    public init(tiers: TierTable) {
+        self.tiers = tiers
+    }
+
+    static func name(_ metric: String, _ unit: String, _ help: String) -> MetricNameDescriptor {
+        MetricNameDescriptor(namespace: "kiln", metricName: metric, unitName: unit, helpText: help)
+    }
+
+    // MARK: Events
+
+    /// A committed transition of `generation`.
+    func observe(_ effect: Transition.Effect, _ generation: Generation) {
+        switch effect {
+        case .leased:
+            guard generation.attempts == 1, let lease = generation.lease else { return }  // the first dispatch ends the wait
+            dispatched(tier: generation.tier, waited: lease.leasedAt.timeIntervalSince(generation.queuedAt))
+        case .requeued:
+            registry.makeCounter(
+                descriptor: Self.name("requeues", "total", "Jobs sent back to the queue: a lease expired or an attempt failed and may be retried."),
+                labels: [("tier", generation.tier)]
+            ).increment()
+        case .ended:
+            ended(generation)
+        default:
+            return
+        }
+    }
+
+    func dispatched(tier: String, waited: Double) {
+        let promise = tiers[tier]?.maxWait ?? 1
+        let kept = waited <= promise
+        registry.makeCounter(
+            descriptor: Self.name("dispatches", "total", "First dispatches of jobs, within their tier's promised wait or past it."),
+            labels: [("tier", tier), ("within_promise", kept ? "true" : "false")]
+        ).increment()
+        registry.makeValueHistogram(
+            descriptor: Self.name("queue_wait", "seconds", "How long jobs waited in the queue before their first dispatch."),
+            labels: [("tier", tier)], buckets: Self.waitBuckets
+        ).record(waited)
+        registry.makeValueHistogram(
+            descriptor: Self.name("queue_wait_promise", "ratio", "The wait before the first dispatch as a multiple of the tier's promise."),
+            labels: [("tier", tier)], buckets: Self.promiseBuckets
+        ).record(waited / promise)
+    }
+
+    func ended(_ generation: Generation) {
+        registry.makeCounter(
+            descriptor: Self.name("generations_ended", "total", "Generations that ended, by tier and final state."),
+            labels: [("tier", generation.tier), ("state", generation.state.rawValue)]
+        ).increment()
+        guard let started = generation.startedAt, let completed = generation.completedAt else { return }  // it ran
+        let version = generation.version ?? "none"
+        registry.makeCounter(
+            descriptor: Self.name("runs", "total", "Generations that ran to an end, by model, version and outcome."),
+            labels: [("model", generation.model), ("version", version), ("outcome", generation.state.rawValue)]
+        ).increment()
+        registry.makeValueHistogram(
+            descriptor: Self.name("run", "seconds", "From a generation's first start to its end, by model."),
+            labels: [("model", generation.model)], buckets: Self.runBuckets
+        ).record(completed.timeIntervalSince(started))
+    }
+
+    /// A submission refused by an admission cap (`429`).
+    func refused(tier: String) {
+        registry.makeCounter(
+            descriptor: Self.name("admission_refusals", "total", "Submissions refused with 429 by a tier's queue caps."),
+            labels: [("tier", tier)]
+        ).increment()
+    }
+
+    /// An API call that ended with `status` after `seconds`; `operation` is the OpenAPI operation.
+    func request(operation: String, status: Int, seconds: Double) {
+        registry.makeValueHistogram(
+            descriptor: Self.name("http_request_duration", "seconds", "API calls by operation and status class."),
+            labels: [("operation", operation), ("status", "\(status / 100)xx")], buckets: Self.requestBuckets
+        ).record(seconds)
+    }
+
+    // MARK: Scrape
+
+    /// Every metric in the Prometheus text format.
+    public func exposition() -> [UInt8] {
+        var bytes: [UInt8] = []
+        registry.emit(into: &bytes)
+        return bytes
+    }
+
+    /// What is true now, read when scraped.
+    struct Now: Sendable {
+        var queue: QueueSnapshot
+        var workers: [WorkerRecord]
+        var leasedNotStarted: [String: Int]
+        var dispatchLimits: [String: Int]
+        var pools: [(name: String, cluster: String, desired: Int, actual: Int)]
+        var at: Date
+    }
+
+    func refresh(_ now: Now) {
+        var queued: [String: Int] = [:]
+        var urgency: [String: Double] = [:]
+        for row in now.queue.rows {
+            queued[row.tier, default: 0] += row.queued
+            urgency[row.tier] = max(urgency[row.tier] ?? 0, row.maxUrgency ?? 0)
+        }
+        for tier in tiers.names {
+            registry.makeGauge(descriptor: Self.name("queued_jobs", "", "Jobs queued now, by tier."), labels: [("tier", tier)])
+                .set(Double(queued[tier] ?? 0))
+            registry.makeGauge(
+                descriptor: Self.name(
+                    "queue_oldest_promise", "ratio", "The largest share of its tier's promise any queued job has used (1: at the promise)."),
+                labels: [("tier", tier)]
+            ).set(urgency[tier] ?? 0)
+        }
+        var counts: [[String]: Int] = [:]
+        for worker in now.workers { counts[[worker.cluster, worker.pool ?? "", worker.state.rawValue], default: 0] += 1 }
+        let states = Set(now.workers.map { [$0.cluster, $0.pool ?? ""] })
+        for key in states {
+            for state in ["active", "draining"] {
+                registry.makeGauge(
+                    descriptor: Self.name("workers", "", "Registered workers by cluster, pool and state."),
+                    labels: [("cluster", key[0]), ("pool", key[1]), ("state", state)]
+                ).set(Double(counts[key + [state]] ?? 0))
+            }
+        }
+        for (cluster, limit) in now.dispatchLimits {
+            registry.makeGauge(
+                descriptor: Self.name("dispatch_limit", "", "The most jobs a cluster may hold leased but not started."),
+                labels: [("cluster", cluster)]
+            ).set(Double(limit))
+            registry.makeGauge(
+                descriptor: Self.name("leased_not_started_jobs", "", "Jobs leased by a cluster's workers and not yet started."),
+                labels: [("cluster", cluster)]
+            ).set(Double(now.leasedNotStarted[cluster] ?? 0))
+        }
+        for pool in now.pools {
+            registry.makeGauge(
+                descriptor: Self.name("pool_desired_workers", "", "The size the fleet controller wants for a pool."),
+                labels: [("cluster", pool.cluster), ("pool", pool.name)]
+            ).set(Double(pool.desired))
+            registry.makeGauge(
+                descriptor: Self.name("pool_workers", "", "Workers a pool has now, provisioning included."),
+                labels: [("cluster", pool.cluster), ("pool", pool.name)]
+            ).set(Double(pool.actual))
+        }
+    }
+}

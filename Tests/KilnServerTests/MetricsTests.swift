@@ -1,0 +1,120 @@
+import Foundation
+import HTTPTypes
+import KilnAPI
+import KilnCore
+import KilnServer
+import NIOCore
+import Testing
+
+/// The Prometheus text format read back, as a scraper reads it: `# HELP` and `# TYPE` lines, then
+/// one sample per line, `name{label="value",…} number`. A line it cannot read fails the test.
+struct Exposition {
+    var samples: [String: Double] = [:]
+    var types: [String: String] = [:]
+
+    init(_ text: String) throws {
+        for line in text.split(separator: "\n") {
+            if line.hasPrefix("# TYPE ") {
+                let parts = line.split(separator: " ")
+                try #require(parts.count == 4 && ["counter", "gauge", "histogram"].contains(parts[3]), "\(line)")
+                types[String(parts[2])] = String(parts[3])
+                continue
+            }
+            if line.hasPrefix("#") { continue }
+            let space = try #require(line.lastIndex(of: " "), "\(line)")
+            let value = try #require(Double(line[line.index(after: space)...]), "\(line)")
+            let series = String(line[..<space])
+            let name = String(series.prefix { $0 != "{" })
+            try #require(name.range(of: "^[a-zA-Z_:][a-zA-Z0-9_:]*$", options: .regularExpression) != nil, "\(line)")
+            if let open = series.firstIndex(of: "{") {
+                try #require(series.hasSuffix("}"), "\(line)")
+                let labels = series[series.index(after: open)..<series.index(before: series.endIndex)]
+                try #require(labels.range(of: #"^([a-zA-Z_][a-zA-Z0-9_]*="[^"]*",?)*$"#, options: .regularExpression) != nil, "\(line)")
+            }
+            samples[series] = value
+        }
+    }
+
+    /// The sample of `name` whose labels are exactly `labels` (in any order).
+    func value(_ name: String, _ labels: [String: String] = [:]) -> Double? {
+        for (series, value) in samples where series.prefix(while: { $0 != "{" }) == name {
+            var found: [String: String] = [:]
+            if let open = series.firstIndex(of: "{") {
+                for pair in series[series.index(after: open)..<series.index(before: series.endIndex)].split(separator: ",") {
+                    let parts = pair.split(separator: "=", maxSplits: 1)
+                    found[String(parts[0])] = String(parts[1].dropFirst().dropLast())
+                }
+            }
+            if found == labels { return value }
+        }
+        return nil
+    }
+}
+
+@Suite("Metrics: what ran, as Prometheus reads it")
+struct MetricsTests {
+    @Test("after a run of known jobs, the counters, histograms and gauges at /metrics equal what happened")
+    func countersEqualWhatRan() async throws {
+        let kiln = try await KilnHarness.make()
+        try await kiln.withClient { api in
+            let (user, workerKey, worker) = try await api.cast(tier: "api")
+            for outcome in ["succeeded", "succeeded", "failed"] {
+                _ = try await api.submit(user)
+                let lease = try #require(try await api.lease(workerKey, worker: worker))
+                #expect(try await api.job(workerKey, worker, lease, "start", json: #"{"token":"\#(lease.lease.token)"}"#).status == .ok)
+                kiln.clock.advance(by: 30)
+                if outcome == "succeeded" {
+                    #expect(try await api.complete(workerKey, worker, lease).status == .noContent)
+                } else {
+                    let failed = try await api.job(
+                        workerKey, worker, lease, "fail",
+                        json: #"{"token":"\#(lease.lease.token)","error":{"code":"bad","message":"no"},"retryable":false}"#)
+                    #expect(failed.status == .noContent)
+                }
+            }
+            let canceled = try await api.submit(user)
+            _ = try await api.call(.post, "/v1/generations/\(canceled.id)/cancel", key: user)
+            let (_, free) = try await api.account(tier: "free", name: "free")
+            for _ in 0..<20 { _ = try await api.submit(free) }
+            #expect(try await api.call(.post, "/v1/generations", key: free, json: #"{"model":"demo","input":{}}"#).status == .tooManyRequests)
+            kiln.clock.advance(by: 1_800)  // the free jobs have used half their hour
+
+            let scraped = try await api.call(.get, "/metrics", key: nil)
+            #expect(scraped.status == .ok)
+            #expect(scraped.headers[.contentType]?.hasPrefix("text/plain; version=0.0.4") == true)
+            let metrics = try Exposition(scraped.text)
+            #expect(metrics.types["kiln_generations_ended_total"] == "counter")
+            #expect(metrics.types["kiln_queue_wait_seconds"] == "histogram")
+            #expect(metrics.types["kiln_queued_jobs"] == "gauge")
+            #expect(metrics.value("kiln_generations_ended_total", ["tier": "api", "state": "succeeded"]) == 2)
+            #expect(metrics.value("kiln_generations_ended_total", ["tier": "api", "state": "failed"]) == 1)
+            #expect(metrics.value("kiln_generations_ended_total", ["tier": "api", "state": "canceled"]) == 1)
+            #expect(metrics.value("kiln_dispatches_total", ["tier": "api", "within_promise": "true"]) == 3)
+            #expect(metrics.value("kiln_queue_wait_seconds_count", ["tier": "api"]) == 3)
+            #expect(metrics.value("kiln_runs_total", ["model": "demo", "version": "none", "outcome": "succeeded"]) == 2)
+            #expect(metrics.value("kiln_runs_total", ["model": "demo", "version": "none", "outcome": "failed"]) == 1)
+            #expect(metrics.value("kiln_run_seconds_sum", ["model": "demo"]) == 90)
+            #expect(metrics.value("kiln_admission_refusals_total", ["tier": "free"]) == 1)
+            #expect(metrics.value("kiln_queued_jobs", ["tier": "free"]) == 20)
+            #expect(metrics.value("kiln_queued_jobs", ["tier": "api"]) == 0)
+            #expect(metrics.value("kiln_queue_oldest_promise_ratio", ["tier": "free"]) == 0.5)
+            #expect(metrics.value("kiln_workers", ["cluster": "default", "pool": "", "state": "active"]) == 1)
+            #expect(metrics.value("kiln_dispatch_limit", ["cluster": "default"]) == 64)
+            #expect(metrics.value("kiln_http_request_duration_seconds_count", ["operation": "createGeneration", "status": "2xx"]) == 24)
+            #expect(metrics.value("kiln_http_request_duration_seconds_count", ["operation": "createGeneration", "status": "4xx"]) == 1)
+            #expect(metrics.value("kiln_http_request_duration_seconds_count", ["operation": "completeJob", "status": "2xx"]) == 2)
+        }
+    }
+
+    @Test("with metrics.token set, /metrics needs it as a bearer token")
+    func scrapeToken() async throws {
+        var configuration = ServerConfiguration()
+        configuration.metricsToken = "scrape-me"
+        let kiln = try await KilnHarness.make(configuration: configuration)
+        try await kiln.withClient { (api: KilnClient) async throws in
+            #expect(try await api.call(.get, "/metrics", key: nil).status == .unauthorized)
+            #expect(try await api.call(.get, "/metrics", key: "wrong").status == .unauthorized)
+            #expect(try await api.call(.get, "/metrics", key: "scrape-me").status == .ok)
+        }
+    }
+}
