@@ -170,7 +170,7 @@ public struct KilnServer: Sendable {
     /// The lease reaper: the background service beside the HTTP server.
     public func reaper(interval: Duration = .seconds(1)) -> LeaseReaper {
         LeaseReaper(
-            store: services.store, transitions: services.transitions, clock: services.clock,
+            store: services.store, transitions: services.transitions, clock: services.clock, metrics: services.metrics,
             interval: interval, logger: services.logger)
     }
 

@@ -86,6 +86,8 @@ struct MetricsTests {
             #expect(metrics.types["kiln_generations_ended_total"] == "counter")
             #expect(metrics.types["kiln_queue_wait_seconds"] == "histogram")
             #expect(metrics.types["kiln_queued_jobs"] == "gauge")
+            let declared = Set(ServerMetrics.families.map(\.name))
+            for family in metrics.types.keys { #expect(declared.contains(family), "\(family) is not in ServerMetrics.families") }
             #expect(metrics.value("kiln_generations_ended_total", ["tier": "api", "state": "succeeded"]) == 2)
             #expect(metrics.value("kiln_generations_ended_total", ["tier": "api", "state": "failed"]) == 1)
             #expect(metrics.value("kiln_generations_ended_total", ["tier": "api", "state": "canceled"]) == 1)
@@ -103,6 +105,31 @@ struct MetricsTests {
             #expect(metrics.value("kiln_http_request_duration_seconds_count", ["operation": "createGeneration", "status": "2xx"]) == 24)
             #expect(metrics.value("kiln_http_request_duration_seconds_count", ["operation": "createGeneration", "status": "4xx"]) == 1)
             #expect(metrics.value("kiln_http_request_duration_seconds_count", ["operation": "completeJob", "status": "2xx"]) == 2)
+        }
+    }
+
+    @Test("the Grafana board and the alert rules name only metrics the server exposes; each panel is complete")
+    func deployFilesNameRealMetrics() throws {
+        let repository = URL(filePath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        let families = Set(ServerMetrics.families.map(\.name))
+        #expect(families.count == ServerMetrics.families.count, "no family is listed twice")
+        let board = try Data(contentsOf: repository.appending(path: "deploy/grafana/kiln.json"))
+        let alerts = try String(contentsOf: repository.appending(path: "deploy/prometheus/alerts.yaml"), encoding: .utf8)
+        for text in [String(decoding: board, as: UTF8.self), alerts] {
+            let named = text.matches(of: /kiln_[a-z_]+/).map { String($0.output) }
+            #expect(!named.isEmpty)
+            for name in named {
+                let family = name.replacing(/_(bucket|sum|count)$/, with: "")
+                #expect(families.contains(family) || families.contains(name), "\(name) is not a metric of the server")
+            }
+        }
+        let json = try #require(try JSONSerialization.jsonObject(with: board) as? [String: Any])
+        let panels = try #require(json["panels"] as? [[String: Any]])
+        #expect(Set(panels.compactMap { $0["id"] as? Int }).count == panels.count, "panel ids are unique")
+        for panel in panels {
+            let targets = try #require(panel["targets"] as? [[String: Any]], "\(panel["title"] ?? "")")
+            #expect(!targets.isEmpty && targets.allSatisfy { ($0["expr"] as? String)?.isEmpty == false })
+            #expect(panel["gridPos"] is [String: Any] && panel["datasource"] is [String: Any])
         }
     }
 

@@ -10,16 +10,18 @@ public struct LeaseReaper: Service {
     let store: any JobStore
     let transitions: any TransitionSink
     let clock: any WallClock
+    let metrics: ServerMetrics
     let interval: Duration
     let logger: Logger
 
     public init(
-        store: any JobStore, transitions: any TransitionSink, clock: any WallClock,
+        store: any JobStore, transitions: any TransitionSink, clock: any WallClock, metrics: ServerMetrics,
         interval: Duration = .seconds(1), logger: Logger
     ) {
         self.store = store
         self.transitions = transitions
         self.clock = clock
+        self.metrics = metrics
         self.interval = interval
         self.logger = logger
     }
@@ -40,6 +42,7 @@ public struct LeaseReaper: Service {
     public func reap() async throws -> [Generation] {
         let changed = try await store.expireLeases(at: clock.now())
         for generation in changed {
+            metrics.leaseExpired(tier: generation.tier)
             if generation.state == .queued {
                 logger.info("lease expired; requeued", metadata: ["generation": "\(generation.id)", "attempts": "\(generation.attempts)"])
             } else {

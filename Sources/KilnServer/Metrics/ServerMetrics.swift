@@ -30,6 +30,33 @@ public final class ServerMetrics: Sendable {
         MetricNameDescriptor(namespace: "kiln", metricName: metric, unitName: unit, helpText: help)
     }
 
+    // MARK: Families
+
+    static let requeues = name("requeues", "total", "Jobs sent back to the queue: a lease expired or an attempt failed and may be retried.")
+    static let dispatches = name("dispatches", "total", "First dispatches of jobs, within their tier's promised wait or past it.")
+    static let queueWait = name("queue_wait", "seconds", "How long jobs waited in the queue before their first dispatch.")
+    static let queueWaitPromise = name("queue_wait_promise", "ratio", "The wait before the first dispatch as a multiple of the tier's promise.")
+    static let leaseExpiries = name("lease_expiries", "total", "Leases that expired without a heartbeat: a worker died or lost the server.")
+    static let generationsEnded = name("generations_ended", "total", "Generations that ended, by tier and final state.")
+    static let runs = name("runs", "total", "Generations that ran to an end, by model, version and outcome.")
+    static let run = name("run", "seconds", "From a generation's first start to its end, by model.")
+    static let admissionRefusals = name("admission_refusals", "total", "Submissions refused with 429 by a tier's queue caps.")
+    static let httpRequestDuration = name("http_request_duration", "seconds", "API calls by operation and status class.")
+    static let queuedJobs = name("queued_jobs", "", "Jobs queued now, by tier.")
+    static let queueOldestPromise = name("queue_oldest_promise", "ratio", "The largest share of its tier's promise any queued job has used (1: at the promise).")
+    static let workers = name("workers", "", "Registered workers by cluster, pool and state.")
+    static let dispatchLimit = name("dispatch_limit", "", "The most jobs a cluster may hold leased but not started.")
+    static let leasedNotStartedJobs = name("leased_not_started_jobs", "", "Jobs leased by a cluster's workers and not yet started.")
+    static let poolDesiredWorkers = name("pool_desired_workers", "", "The size the fleet controller wants for a pool.")
+    static let poolWorkers = name("pool_workers", "", "Workers a pool has now, provisioning included.")
+
+    /// Every metric family this server exposes (the names dashboards and alerts may use).
+    public static let families: [MetricNameDescriptor] = [
+        requeues, dispatches, leaseExpiries, queueWait, queueWaitPromise, generationsEnded, runs, run, admissionRefusals,
+        httpRequestDuration, queuedJobs, queueOldestPromise, workers, dispatchLimit, leasedNotStartedJobs, poolDesiredWorkers,
+        poolWorkers,
+    ]
+
     // MARK: Events
 
     /// A committed transition of `generation`.
@@ -40,7 +67,7 @@ public final class ServerMetrics: Sendable {
             dispatched(tier: generation.tier, waited: lease.leasedAt.timeIntervalSince(generation.queuedAt))
         case .requeued:
             registry.makeCounter(
-                descriptor: Self.name("requeues", "total", "Jobs sent back to the queue: a lease expired or an attempt failed and may be retried."),
+                descriptor: Self.requeues,
                 labels: [("tier", generation.tier)]
             ).increment()
         case .ended:
@@ -54,40 +81,45 @@ public final class ServerMetrics: Sendable {
         let promise = tiers[tier]?.maxWait ?? 1
         let kept = waited <= promise
         registry.makeCounter(
-            descriptor: Self.name("dispatches", "total", "First dispatches of jobs, within their tier's promised wait or past it."),
+            descriptor: Self.dispatches,
             labels: [("tier", tier), ("within_promise", kept ? "true" : "false")]
         ).increment()
         registry.makeValueHistogram(
-            descriptor: Self.name("queue_wait", "seconds", "How long jobs waited in the queue before their first dispatch."),
+            descriptor: Self.queueWait,
             labels: [("tier", tier)], buckets: Self.waitBuckets
         ).record(waited)
         registry.makeValueHistogram(
-            descriptor: Self.name("queue_wait_promise", "ratio", "The wait before the first dispatch as a multiple of the tier's promise."),
+            descriptor: Self.queueWaitPromise,
             labels: [("tier", tier)], buckets: Self.promiseBuckets
         ).record(waited / promise)
     }
 
     func ended(_ generation: Generation) {
         registry.makeCounter(
-            descriptor: Self.name("generations_ended", "total", "Generations that ended, by tier and final state."),
+            descriptor: Self.generationsEnded,
             labels: [("tier", generation.tier), ("state", generation.state.rawValue)]
         ).increment()
         guard let started = generation.startedAt, let completed = generation.completedAt else { return }  // it ran
         let version = generation.version ?? "none"
         registry.makeCounter(
-            descriptor: Self.name("runs", "total", "Generations that ran to an end, by model, version and outcome."),
+            descriptor: Self.runs,
             labels: [("model", generation.model), ("version", version), ("outcome", generation.state.rawValue)]
         ).increment()
         registry.makeValueHistogram(
-            descriptor: Self.name("run", "seconds", "From a generation's first start to its end, by model."),
+            descriptor: Self.run,
             labels: [("model", generation.model)], buckets: Self.runBuckets
         ).record(completed.timeIntervalSince(started))
+    }
+
+    /// A lease that expired (the reaper took the job back).
+    func leaseExpired(tier: String) {
+        registry.makeCounter(descriptor: Self.leaseExpiries, labels: [("tier", tier)]).increment()
     }
 
     /// A submission refused by an admission cap (`429`).
     func refused(tier: String) {
         registry.makeCounter(
-            descriptor: Self.name("admission_refusals", "total", "Submissions refused with 429 by a tier's queue caps."),
+            descriptor: Self.admissionRefusals,
             labels: [("tier", tier)]
         ).increment()
     }
@@ -95,7 +127,7 @@ public final class ServerMetrics: Sendable {
     /// An API call that ended with `status` after `seconds`; `operation` is the OpenAPI operation.
     func request(operation: String, status: Int, seconds: Double) {
         registry.makeValueHistogram(
-            descriptor: Self.name("http_request_duration", "seconds", "API calls by operation and status class."),
+            descriptor: Self.httpRequestDuration,
             labels: [("operation", operation), ("status", "\(status / 100)xx")], buckets: Self.requestBuckets
         ).record(seconds)
     }
@@ -127,11 +159,10 @@ public final class ServerMetrics: Sendable {
             urgency[row.tier] = max(urgency[row.tier] ?? 0, row.maxUrgency ?? 0)
         }
         for tier in tiers.names {
-            registry.makeGauge(descriptor: Self.name("queued_jobs", "", "Jobs queued now, by tier."), labels: [("tier", tier)])
+            registry.makeGauge(descriptor: Self.queuedJobs, labels: [("tier", tier)])
                 .set(Double(queued[tier] ?? 0))
             registry.makeGauge(
-                descriptor: Self.name(
-                    "queue_oldest_promise", "ratio", "The largest share of its tier's promise any queued job has used (1: at the promise)."),
+                descriptor: Self.queueOldestPromise,
                 labels: [("tier", tier)]
             ).set(urgency[tier] ?? 0)
         }
@@ -141,30 +172,33 @@ public final class ServerMetrics: Sendable {
         for key in states {
             for state in ["active", "draining"] {
                 registry.makeGauge(
-                    descriptor: Self.name("workers", "", "Registered workers by cluster, pool and state."),
+                    descriptor: Self.workers,
                     labels: [("cluster", key[0]), ("pool", key[1]), ("state", state)]
                 ).set(Double(counts[key + [state]] ?? 0))
             }
         }
         for (cluster, limit) in now.dispatchLimits {
             registry.makeGauge(
-                descriptor: Self.name("dispatch_limit", "", "The most jobs a cluster may hold leased but not started."),
+                descriptor: Self.dispatchLimit,
                 labels: [("cluster", cluster)]
             ).set(Double(limit))
             registry.makeGauge(
-                descriptor: Self.name("leased_not_started_jobs", "", "Jobs leased by a cluster's workers and not yet started."),
+                descriptor: Self.leasedNotStartedJobs,
                 labels: [("cluster", cluster)]
             ).set(Double(now.leasedNotStarted[cluster] ?? 0))
         }
         for pool in now.pools {
             registry.makeGauge(
-                descriptor: Self.name("pool_desired_workers", "", "The size the fleet controller wants for a pool."),
+                descriptor: Self.poolDesiredWorkers,
                 labels: [("cluster", pool.cluster), ("pool", pool.name)]
             ).set(Double(pool.desired))
             registry.makeGauge(
-                descriptor: Self.name("pool_workers", "", "Workers a pool has now, provisioning included."),
+                descriptor: Self.poolWorkers,
                 labels: [("cluster", pool.cluster), ("pool", pool.name)]
             ).set(Double(pool.actual))
         }
     }
 }
+
+// Five optional strings, all `let`: safe to share; the library does not say so yet.
+extension MetricNameDescriptor: @retroactive @unchecked Sendable {}
