@@ -34,7 +34,11 @@ struct Server: AsyncParsableCommand {
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel: String = "info"
 
+    @Option(help: "Log format: text, or json (one object per line on standard error).")
+    var logFormat: LogFormat = .text
+
     func run() async throws {
+        logFormat.bootstrap()
         var logger = Logger(label: "kiln")
         logger.logLevel = Logger.Level(rawValue: logLevel) ?? .info
         var configuration = ServerConfiguration()

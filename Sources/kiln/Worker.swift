@@ -26,8 +26,10 @@ struct Worker: AsyncParsableCommand {
         help: "A variable of this worker's environment that model runtimes see too (repeatable; never a KILN_ one).")
     var runtimeEnvironment: [String] = []
     @Option(name: .customLong("label"), help: "A label KEY=VALUE (repeatable).") var labels: [String] = []
+    @Option(help: "Log format: text, or json (one object per line on standard error).") var logFormat: LogFormat = .text
 
     func run() async throws {
+        logFormat.bootstrap()
         let environment = ProcessInfo.processInfo.environment
         guard let server = server ?? environment["KILN_URL"] else { throw ValidationError("pass --server or set KILN_URL") }
         guard let key = key ?? environment["KILN_WORKER_KEY"] else { throw ValidationError("pass --key or set KILN_WORKER_KEY") }
