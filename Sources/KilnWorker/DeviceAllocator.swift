@@ -6,6 +6,9 @@ actor DeviceAllocator {
     private var waiters: [(count: Int, prefer: [Int], continuation: CheckedContinuation<[Int], Never>)] = []
     private var idleWaiters: [CheckedContinuation<Void, Never>] = []
 
+    /// Devices held by replicas now.
+    var busy: Int { total - free.count }
+
     init(count: Int) {
         total = max(count, 0)
         free = Set(0..<max(count, 0))

@@ -99,7 +99,9 @@ extension WorkerAgent {
             guard let text = job.version, let versionID = KilnCore.Digest(text) else {
                 throw KilnError(.invalidInput, "model '\(job.model)' has no version to run")
             }
+            let preparing = ContinuousClock.now
             let version = try await cache.prepare(versionID, keeping: versionsInUse)
+            metrics.prepared(model: job.model, seconds: WorkerMetrics.seconds(since: preparing))
             var files: [String: String] = [:]
             for (name, meta) in job.inputFiles.additionalProperties.sorted(by: { $0.key < $1.key }) {
                 let path = folder.appending(path: "inputs/\(name)")
@@ -139,7 +141,9 @@ extension WorkerAgent {
             }
             logger.info(
                 "placed on \(assignment.model); preparing \(id.short)", metadata: ["reason": "\(assignment.reason)"])
+            let preparing = ContinuousClock.now
             let version = try await cache.prepare(id, keeping: versionsInUse)
+            metrics.prepared(model: assignment.model, seconds: WorkerMetrics.seconds(since: preparing))
             if let replica, version.manifest.gpus <= devices.total {
                 let held = await devices.acquire(version.manifest.gpus, prefer: replica.devices)
                 defer { Task { await self.devices.release(held) } }
@@ -182,8 +186,12 @@ extension WorkerAgent {
             progress.attach(replica.runtime)
             replica.runtime?.send(
                 .predict(id: lease.job.rawValue, inputs: prepared.input, files: prepared.files, outputDirectory: prepared.outputs.path))
+            let running = ContinuousClock.now
             let outcome = await follow(lease.job.rawValue, on: replica, progress: progress)
             progress.attach(nil)
+            metrics.ran(
+                model: prepared.version.manifest.model, version: prepared.version.id.short, outcome: outcome.name,
+                seconds: WorkerMetrics.seconds(since: running))
             // 3. Report.
             switch outcome {
             case .done(let produced):
@@ -237,6 +245,16 @@ extension WorkerAgent {
         case failed(code: String, message: String)
         case crashed(String)
         case canceled
+
+        /// The `outcome` label of the run metrics.
+        var name: String {
+            switch self {
+            case .done: "succeeded"
+            case .failed: "failed"
+            case .crashed: "crashed"
+            case .canceled: "canceled"
+            }
+        }
     }
 
     /// Reads runtime events until this job ends.
@@ -279,6 +297,7 @@ extension WorkerAgent {
             version: version, python: options.python, runtimePath: options.runtimePath, devices: devices, user: user,
             passing: options.runtimeEnvironment, logger: logger)
         var events = fresh.events.makeAsyncIterator()
+        let settingUp = ContinuousClock.now
         fresh.send(.setup)
         // A setup that hangs is killed at the job's time limit; its exit ends the wait below.
         let limit = options.jobTimeoutSeconds
@@ -298,6 +317,7 @@ extension WorkerAgent {
             default: continue
             }
         }
+        metrics.setUp(model: version.manifest.model, seconds: WorkerMetrics.seconds(since: settingUp))
         let old = replica.runtime
         replicasLock.withLock {
             replica.runtime = fresh
@@ -305,6 +325,7 @@ extension WorkerAgent {
             replica.devices = devices
         }
         if let old {
+            if old.version != version.id { metrics.switched(model: version.manifest.model) }
             logger.info("switched version", metadata: ["from": "\(old.version.short)", "to": "\(version.id.short)"])
             await old.stop()
         }

@@ -28,6 +28,8 @@ public final class WorkerAgent: Service, @unchecked Sendable {
     let client: KilnAPIClient
     let logger: Logger
     let devices: DeviceAllocator
+    /// What `kiln worker --metrics-port` serves.
+    public let metrics = WorkerMetrics()
     private var replicas: [Replica] = []
     let replicasLock = NSLock()
     /// The version of its assignment this worker has prepared (guarded by `replicasLock`).
@@ -41,6 +43,11 @@ public final class WorkerAgent: Service, @unchecked Sendable {
         self.client = try KilnAPIClient(server: options.server, key: options.key)
         self.logger = logger
         self.devices = DeviceAllocator(count: options.gpus)
+    }
+
+    /// The metrics in the Prometheus text format, with the GPUs busy now.
+    public func metricsExposition() async -> [UInt8] {
+        metrics.exposition(busyGPUs: await devices.busy, totalGPUs: devices.total)
     }
 
     /// The version of its assignment this worker has prepared, told to the server on every lease.

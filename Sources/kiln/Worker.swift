@@ -1,7 +1,9 @@
 import ArgumentParser
 import Foundation
+import Hummingbird
 import KilnWorker
 import Logging
+import ServiceLifecycle
 
 struct Worker: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -27,6 +29,8 @@ struct Worker: AsyncParsableCommand {
     var runtimeEnvironment: [String] = []
     @Option(name: .customLong("label"), help: "A label KEY=VALUE (repeatable).") var labels: [String] = []
     @Option(help: "Log format: text, or json (one object per line on standard error).") var logFormat: LogFormat = .text
+    @Option(help: "Serve Prometheus metrics at http://HOST:PORT/metrics (0 picks a free port; none by default).") var metricsPort: Int?
+    @Option(help: "The address the metrics listen on.") var metricsHost: String = "0.0.0.0"
 
     func run() async throws {
         logFormat.bootstrap()
@@ -62,7 +66,25 @@ struct Worker: AsyncParsableCommand {
         }
         // A model runtime that died is written to before it is reaped: that must not kill the worker.
         signal(SIGPIPE, SIG_IGN)
-        try await serve([try WorkerAgent(options: options, logger: logger)], logger: logger)
+        let agent = try WorkerAgent(options: options, logger: logger)
+        var services: [any Service] = [agent]
+        if let metricsPort {
+            let router = Router()
+            router.get("/metrics") { _, _ -> Response in
+                Response(
+                    status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
+                    body: .init(byteBuffer: ByteBuffer(bytes: await agent.metricsExposition())))
+            }
+            let host = metricsHost
+            services.append(
+                Application(
+                    router: router, configuration: .init(address: .hostname(host, port: metricsPort), serverName: "kiln-worker"),
+                    onServerRunning: { channel in
+                        print("kiln worker metrics on http://\(host):\(channel.localAddress?.port ?? metricsPort)/metrics")
+                        fflush(nil)
+                    }, logger: logger))
+        }
+        try await serve(services, logger: logger)
     }
 }
 

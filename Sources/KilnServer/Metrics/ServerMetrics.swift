@@ -32,30 +32,32 @@ public final class ServerMetrics: Sendable {
 
     // MARK: Families
 
-    static let requeues = name("requeues", "total", "Jobs sent back to the queue: a lease expired or an attempt failed and may be retried.")
-    static let dispatches = name("dispatches", "total", "First dispatches of jobs, within their tier's promised wait or past it.")
-    static let queueWait = name("queue_wait", "seconds", "How long jobs waited in the queue before their first dispatch.")
-    static let queueWaitPromise = name("queue_wait_promise", "ratio", "The wait before the first dispatch as a multiple of the tier's promise.")
-    static let leaseExpiries = name("lease_expiries", "total", "Leases that expired without a heartbeat: a worker died or lost the server.")
-    static let generationsEnded = name("generations_ended", "total", "Generations that ended, by tier and final state.")
-    static let runs = name("runs", "total", "Generations that ran to an end, by model, version and outcome.")
-    static let run = name("run", "seconds", "From a generation's first start to its end, by model.")
-    static let admissionRefusals = name("admission_refusals", "total", "Submissions refused with 429 by a tier's queue caps.")
-    static let httpRequestDuration = name("http_request_duration", "seconds", "API calls by operation and status class.")
-    static let queuedJobs = name("queued_jobs", "", "Jobs queued now, by tier.")
-    static let queueOldestPromise = name("queue_oldest_promise", "ratio", "The largest share of its tier's promise any queued job has used (1: at the promise).")
-    static let workers = name("workers", "", "Registered workers by cluster, pool and state.")
-    static let dispatchLimit = name("dispatch_limit", "", "The most jobs a cluster may hold leased but not started.")
-    static let leasedNotStartedJobs = name("leased_not_started_jobs", "", "Jobs leased by a cluster's workers and not yet started.")
-    static let poolDesiredWorkers = name("pool_desired_workers", "", "The size the fleet controller wants for a pool.")
-    static let poolWorkers = name("pool_workers", "", "Workers a pool has now, provisioning included.")
+    static var requeues: MetricNameDescriptor { name("requeues", "total", "Jobs sent back to the queue: a lease expired or an attempt failed and may be retried.") }
+    static var dispatches: MetricNameDescriptor { name("dispatches", "total", "First dispatches of jobs, within their tier's promised wait or past it.") }
+    static var queueWait: MetricNameDescriptor { name("queue_wait", "seconds", "How long jobs waited in the queue before their first dispatch.") }
+    static var queueWaitPromise: MetricNameDescriptor { name("queue_wait_promise", "ratio", "The wait before the first dispatch as a multiple of the tier's promise.") }
+    static var leaseExpiries: MetricNameDescriptor { name("lease_expiries", "total", "Leases that expired without a heartbeat: a worker died or lost the server.") }
+    static var generationsEnded: MetricNameDescriptor { name("generations_ended", "total", "Generations that ended, by tier and final state.") }
+    static var runs: MetricNameDescriptor { name("runs", "total", "Generations that ran to an end, by model, version and outcome.") }
+    static var run: MetricNameDescriptor { name("run", "seconds", "From a generation's first start to its end, by model.") }
+    static var admissionRefusals: MetricNameDescriptor { name("admission_refusals", "total", "Submissions refused with 429 by a tier's queue caps.") }
+    static var httpRequestDuration: MetricNameDescriptor { name("http_request_duration", "seconds", "API calls by operation and status class.") }
+    static var queuedJobs: MetricNameDescriptor { name("queued_jobs", "", "Jobs queued now, by tier.") }
+    static var queueOldestPromise: MetricNameDescriptor { name("queue_oldest_promise", "ratio", "The largest share of its tier's promise any queued job has used (1: at the promise).") }
+    static var workers: MetricNameDescriptor { name("workers", "", "Registered workers by cluster, pool and state.") }
+    static var dispatchLimit: MetricNameDescriptor { name("dispatch_limit", "", "The most jobs a cluster may hold leased but not started.") }
+    static var leasedNotStartedJobs: MetricNameDescriptor { name("leased_not_started_jobs", "", "Jobs leased by a cluster's workers and not yet started.") }
+    static var poolDesiredWorkers: MetricNameDescriptor { name("pool_desired_workers", "", "The size the fleet controller wants for a pool.") }
+    static var poolWorkers: MetricNameDescriptor { name("pool_workers", "", "Workers a pool has now, provisioning included.") }
 
     /// Every metric family this server exposes (the names dashboards and alerts may use).
-    public static let families: [MetricNameDescriptor] = [
-        requeues, dispatches, leaseExpiries, queueWait, queueWaitPromise, generationsEnded, runs, run, admissionRefusals,
-        httpRequestDuration, queuedJobs, queueOldestPromise, workers, dispatchLimit, leasedNotStartedJobs, poolDesiredWorkers,
-        poolWorkers,
-    ]
+    public static var families: [MetricNameDescriptor] {
+        [
+            requeues, dispatches, leaseExpiries, queueWait, queueWaitPromise, generationsEnded, runs, run, admissionRefusals,
+            httpRequestDuration, queuedJobs, queueOldestPromise, workers, dispatchLimit, leasedNotStartedJobs, poolDesiredWorkers,
+            poolWorkers,
+        ]
+    }
 
     // MARK: Events
 
@@ -199,6 +201,3 @@ public final class ServerMetrics: Sendable {
         }
     }
 }
-
-// Five optional strings, all `let`: safe to share; the library does not say so yet.
-extension MetricNameDescriptor: @retroactive @unchecked Sendable {}
