@@ -9,7 +9,7 @@ struct Kiln: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "kiln",
         abstract: "Serve generative video models on a fleet of GPU workers.",
-        subcommands: [Up.self, Server.self, Worker.self, Generate.self, Jobs.self, Models.self, Fleet.self, Simulate.self])
+        subcommands: [Up.self, Server.self, Worker.self, Generate.self, Jobs.self, Models.self, Fleet.self, Top.self, Simulate.self])
 
     /// This program, which `local` capacity pools start as `kiln worker`.
     static var program: URL { Bundle.main.executableURL ?? URL(filePath: CommandLine.arguments[0]) }

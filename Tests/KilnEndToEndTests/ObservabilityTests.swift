@@ -92,4 +92,28 @@ struct ObservabilityTests {
         _ = withUnsafeMutablePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(socket, $0, &length) } }
         return Int(UInt16(bigEndian: address.sin_port))
     }
+
+    @Test("kiln top under a pseudo-terminal shows every tier with its queue and share of promise, refreshing in place")
+    func top() async throws {
+        let cluster = try await LocalCluster.start()
+        do {
+            _ = try await cluster.pushProbe()
+            for _ in 0..<3 { _ = try await cluster.submit([:], model: "probe") }  // no worker: they stay queued
+            let kiln = LocalCluster.repository.appending(path: ".build/debug/kiln").path
+            let command = "\(kiln) top --interval 0.5 --server \(cluster.url) --key \(LocalCluster.adminKey)"
+            // `script` gives the command a pseudo-terminal; `timeout` ends it after a few refreshes.
+            let screen = try LocalCluster.run("/usr/bin/timeout", ["3", "/usr/bin/script", "-qfc", command, "/dev/null"])
+            for tier in ["enterprise", "api", "unlimited", "light", "free"] { #expect(screen.contains(tier), "\(screen)") }
+            #expect(screen.contains("\u{1B}[2J"), "a terminal gets the view in place")
+            #expect(screen.components(separatedBy: "kiln top ").count > 2, "it refreshed")
+            let line = try #require(screen.split(whereSeparator: \.isNewline).first { $0.hasPrefix("api ") }, "\(screen)")
+            #expect(line.split(separator: " ").contains("3"), "three api jobs queued: \(line)")
+
+            let once = try LocalCluster.run(kiln, ["top", "--once", "--server", cluster.url, "--key", LocalCluster.adminKey])
+            #expect(!once.contains("\u{1B}[") && once.contains("enterprise"), "a pipe gets plain lines, once")
+        } catch {
+            Issue.record("\(error)")
+        }
+        await cluster.stop()
+    }
 }

@@ -181,9 +181,10 @@ extension Components.Schemas.VersionObject {
 }
 
 extension Components.Schemas.QueueView {
-    public init(_ snapshot: QueueSnapshot) {
+    public init(_ snapshot: QueueSnapshot, tiers: TierTable) {
         self.init(
-            policy: snapshot.policy, queued: snapshot.queued, dispatched: snapshot.dispatched,
+            policy: snapshot.policy, tiers: tiers.tiers.map { .init(name: $0.name, maxWaitSeconds: $0.maxWait) },
+            queued: snapshot.queued, dispatched: snapshot.dispatched,
             rows: snapshot.rows.map {
                 .init(
                     tier: $0.tier, model: $0.model, queued: $0.queued, parked: $0.parked, oldestQueuedAt: $0.oldestQueuedAt,

@@ -113,7 +113,7 @@ extension APIHandler {
         guard (1...1000).contains(count) else {
             throw KilnError(.invalidRequest, "limit: '\(count)' must be a whole number from 1 to 1000")
         }
-        return .ok(.init(body: .json(.init(await services.dispatcher.view(limit: count)))))
+        return .ok(.init(body: .json(.init(await services.dispatcher.view(limit: count), tiers: services.configuration.tiers))))
     }
 
     func listWorkers(_ input: Operations.ListWorkers.Input) async throws -> Operations.ListWorkers.Output {
