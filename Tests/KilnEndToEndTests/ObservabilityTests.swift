@@ -102,7 +102,17 @@ struct ObservabilityTests {
             let kiln = LocalCluster.repository.appending(path: ".build/debug/kiln").path
             let command = "\(kiln) top --interval 0.5 --server \(cluster.url) --key \(LocalCluster.adminKey)"
             // `script` gives the command a pseudo-terminal; `timeout` ends it after a few refreshes.
-            let screen = try LocalCluster.run("/usr/bin/timeout", ["3", "/usr/bin/script", "-qfc", command, "/dev/null"])
+            // Its input must stay open (at end of input `script` ends at once): a pipe never written.
+            let process = Process()
+            process.executableURL = URL(filePath: "/usr/bin/timeout")
+            process.arguments = ["5", "/usr/bin/script", "-qfc", command, "/dev/null"]
+            let input = Pipe()
+            let output = Pipe()
+            process.standardInput = input
+            process.standardOutput = output
+            try process.run()
+            let screen = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+            try? input.fileHandleForWriting.close()
             for tier in ["enterprise", "api", "unlimited", "light", "free"] { #expect(screen.contains(tier), "\(screen)") }
             #expect(screen.contains("\u{1B}[2J"), "a terminal gets the view in place")
             #expect(screen.components(separatedBy: "kiln top ").count > 2, "it refreshed")
