@@ -1,4 +1,5 @@
 import Foundation
+import HTTPTypes
 import Hummingbird
 import KilnAPI
 import KilnCore
@@ -137,6 +138,18 @@ public struct KilnServer: Sendable {
         try APIHandler(services: services).registerHandlers(
             on: router, configuration: .kiln, middlewares: [RequestMetrics(metrics: services.metrics), RawMediaTypes()])
         let services = services
+        router.get("/dashboard") { _, _ -> Response in
+            // No data in the page itself: it asks for an admin key and reads the admin API with it.
+            Response(
+                status: .ok,
+                headers: [
+                    .contentType: "text/html; charset=utf-8", .cacheControl: "no-store",
+                    .contentSecurityPolicy:
+                        "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; frame-ancestors 'none'; form-action 'none'",
+                    .xContentTypeOptions: "nosniff", HTTPField.Name("Referrer-Policy")!: "no-referrer",
+                ],
+                body: .init(byteBuffer: ByteBuffer(string: DashboardPage.html)))
+        }
         router.get("/metrics") { request, _ -> Response in
             if let token = services.configuration.metricsToken, request.headers[.authorization] != "Bearer \(token)" {
                 throw KilnError(.unauthorized, "the metrics need the scrape token (metrics.token) as a bearer token")

@@ -96,6 +96,7 @@ struct Up: AsyncParsableCommand {
                   user key    \(state.userKey)  (account \(state.accountID), tier api)
                   model       \(modelFolder.lastPathComponent): production → \(version.short)
                   workers     \(pools.joined(separator: ", ")): grow under load, shrink when idle (kiln fleet shows them)
+                  dashboard   \(url)/dashboard  (sign in with the admin key; kiln top shows the same in a terminal)
 
                 Try, from this folder in another terminal:
                   kiln generate --model demo-video --prompt "a red kiln at dusk" --out kiln.mp4

@@ -32,6 +32,7 @@ struct UpTests {
         func output() -> String { (try? String(contentsOf: log, encoding: .utf8)) ?? "" }
         try await until("kiln up is up", seconds: 300) { output().contains("Kiln is up at") }
         let state = try JSONDecoder().decode(UpState.self, from: Data(contentsOf: folder.appending(path: ".kiln/up.json")))
+        #expect(output().contains("dashboard   \(state.url)/dashboard"), "kiln up names the dashboard")
         let admin = try KilnAPIClient(server: state.url, key: state.adminKey)
         let user = try KilnAPIClient(server: state.url, key: state.userKey)
         let fleet = { try await admin { try await $0.getFleet().ok.body.json } }

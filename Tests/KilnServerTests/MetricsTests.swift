@@ -133,6 +133,43 @@ struct MetricsTests {
         }
     }
 
+    @Test("the dashboard page is served without data, keeps the key out of URLs, and the admin calls it reads carry its fields")
+    func dashboard() async throws {
+        let kiln = try await KilnHarness.make()
+        try await kiln.withClient { api in
+            let page = try await api.call(.get, "/dashboard", key: nil)
+            #expect(page.status == .ok)
+            #expect(page.headers[.contentType] == "text/html; charset=utf-8")
+            #expect(page.headers[.contentSecurityPolicy]?.contains("frame-ancestors 'none'") == true)
+            #expect(page.headers[.cacheControl] == "no-store")
+            let html = page.text
+            #expect(html.contains(#"<input id="key" type="password""#), "a login form asks for the key")
+            #expect(html.contains("sessionStorage") && !html.contains("localStorage"), "kept for the tab's session only")
+            #expect(!html.contains("?key=") && !html.contains("&key="), "never in a URL")
+            #expect(!html.contains("http://") || html.contains(#""http://www.w3.org/2000/svg""#), "nothing fetched from elsewhere")
+
+            // What the page's script reads, present in what the server answers.
+            let (user, workerKey, worker) = try await api.cast()
+            _ = try await api.submit(user)
+            _ = try await api.submit(user)
+            _ = try #require(try await api.lease(workerKey, worker: worker))
+            let queue = try #require(try JSONSerialization.jsonObject(with: Data(try await api.call(.get, "/v1/admin/queue?limit=10").body.readableBytesView)) as? [String: Any])
+            for field in ["policy", "queued", "dispatched", "tiers", "rows", "next"] { #expect(queue[field] != nil, "queue.\(field)") }
+            let tiers = try #require(queue["tiers"] as? [[String: Any]])
+            #expect(tiers.map { $0["name"] as? String } == ["enterprise", "api", "unlimited", "light", "free"])
+            #expect(tiers.allSatisfy { $0["max_wait_seconds"] is Double || $0["max_wait_seconds"] is Int })
+            let rows = try #require(queue["rows"] as? [[String: Any]])
+            #expect(rows.first.map { $0["tier"] != nil && $0["queued"] != nil && $0["max_urgency"] != nil } == true, "\(rows)")
+            let next = try #require((queue["next"] as? [[String: Any]])?.first)
+            for field in ["id", "tier", "model", "urgency"] { #expect(next[field] != nil, "next.\(field)") }
+            let fleet = try #require(try JSONSerialization.jsonObject(with: Data(try await api.call(.get, "/v1/admin/fleet").body.readableBytesView)) as? [String: Any])
+            #expect(fleet["pools"] is [Any] && fleet["workers"] is [Any])
+            let workers = try #require(try JSONSerialization.jsonObject(with: Data(try await api.call(.get, "/v1/admin/workers").body.readableBytesView)) as? [String: Any])
+            let first = try #require((workers["data"] as? [[String: Any]])?.first)
+            for field in ["id", "cluster", "accelerator", "gpus", "state"] { #expect(first[field] != nil, "workers.data.\(field)") }
+        }
+    }
+
     @Test("with metrics.token set, /metrics needs it as a bearer token")
     func scrapeToken() async throws {
         var configuration = ServerConfiguration()
