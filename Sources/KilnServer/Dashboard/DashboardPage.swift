@@ -10,6 +10,7 @@ enum DashboardPage {
         <meta charset="utf-8">
         <meta name="viewport" content="width=device-width, initial-scale=1">
         <title>Kiln</title>
+        <link rel="icon" href="data:,">
         <style>
           :root { --ok: #1b7f3b; --warn: #b76e00; --bad: #b3261e; --line: #d0d4da; --ink: #1c1f23; --soft: #5f6670; }
           body { font: 14px/1.4 system-ui, sans-serif; color: var(--ink); margin: 0; background: #f6f7f9; }
