@@ -161,6 +161,8 @@ let package = Package(
             name: "KilnEndToEndTests",
             dependencies: [
                 "KilnCore", "KilnFleet", "KilnServer", "KilnAPI", "KilnModels", "KilnStore",
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "OpenAPIRuntime", package: "swift-openapi-runtime"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Logging", package: "swift-log"),

@@ -401,7 +401,3 @@ actor LastSubmission {
     private(set) var value: ContinuousClock.Instant?
     func set(_ instant: ContinuousClock.Instant) { value = instant }
 }
-
-extension Duration {
-    var seconds: Double { Double(components.seconds) + Double(components.attoseconds) / 1e18 }
-}

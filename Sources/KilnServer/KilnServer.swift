@@ -174,7 +174,7 @@ public struct KilnServer: Sendable {
                 leasedNotStarted: leasedNotStarted, dispatchLimits: services.configuration.clusters.mapValues(\.dispatchLimit),
                 pools: fleet.pools.compactMap { pool in
                     pool.decision.map { (pool.configured.spec.name, pool.configured.spec.cluster, $0.desired, $0.actual) }
-                }, at: services.clock.now()))
+                }))
         return Response(
             status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
             body: .init(byteBuffer: ByteBuffer(bytes: services.metrics.exposition())))

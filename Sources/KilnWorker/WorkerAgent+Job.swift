@@ -101,7 +101,7 @@ extension WorkerAgent {
             }
             let preparing = ContinuousClock.now
             let version = try await cache.prepare(versionID, keeping: versionsInUse)
-            metrics.prepared(model: job.model, seconds: WorkerMetrics.seconds(since: preparing))
+            metrics.prepared(model: job.model, seconds: preparing.duration(to: .now).seconds)
             var files: [String: String] = [:]
             for (name, meta) in job.inputFiles.additionalProperties.sorted(by: { $0.key < $1.key }) {
                 let path = folder.appending(path: "inputs/\(name)")
@@ -143,7 +143,7 @@ extension WorkerAgent {
                 "placed on \(assignment.model); preparing \(id.short)", metadata: ["reason": "\(assignment.reason)"])
             let preparing = ContinuousClock.now
             let version = try await cache.prepare(id, keeping: versionsInUse)
-            metrics.prepared(model: assignment.model, seconds: WorkerMetrics.seconds(since: preparing))
+            metrics.prepared(model: assignment.model, seconds: preparing.duration(to: .now).seconds)
             if let replica, version.manifest.gpus <= devices.total {
                 let held = await devices.acquire(version.manifest.gpus, prefer: replica.devices)
                 defer { Task { await self.devices.release(held) } }
@@ -191,7 +191,7 @@ extension WorkerAgent {
             progress.attach(nil)
             metrics.ran(
                 model: prepared.version.manifest.model, version: prepared.version.id.short, outcome: outcome.name,
-                seconds: WorkerMetrics.seconds(since: running))
+                seconds: running.duration(to: .now).seconds)
             // 3. Report.
             switch outcome {
             case .done(let produced):
@@ -317,7 +317,7 @@ extension WorkerAgent {
             default: continue
             }
         }
-        metrics.setUp(model: version.manifest.model, seconds: WorkerMetrics.seconds(since: settingUp))
+        metrics.setUp(model: version.manifest.model, seconds: settingUp.duration(to: .now).seconds)
         let old = replica.runtime
         replicasLock.withLock {
             replica.runtime = fresh

@@ -51,9 +51,4 @@ public final class WorkerMetrics: Sendable {
         registry.emit(into: &bytes)
         return bytes
     }
-
-    static func seconds(since start: ContinuousClock.Instant) -> Double {
-        let elapsed = start.duration(to: .now).components
-        return Double(elapsed.seconds) + Double(elapsed.attoseconds) * 1e-18
-    }
 }

@@ -81,7 +81,7 @@ struct Simulate: AsyncParsableCommand {
         let sideBySide = runs.count > 1
         for (_, report, elapsed) in runs {
             if !sideBySide { print(ReportTable.render(report)) }
-            let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
+            let seconds = elapsed.seconds
             print(
                 String(
                     format: "%@ (%@ fleet): simulated %.1f hours in %.2f s (%d events, %.0f events/s)", report.policy, report.fleet,

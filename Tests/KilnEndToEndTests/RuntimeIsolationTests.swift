@@ -1,3 +1,4 @@
+import AsyncHTTPClient
 import Foundation
 #if canImport(Glibc)
     import Glibc
@@ -5,6 +6,7 @@ import Foundation
 import KilnAPI
 import KilnCore
 import KilnServer
+import NIOCore
 import Testing
 
 /// Model code fenced off from the worker, against real `kiln worker` and runtime processes, with
@@ -218,7 +220,12 @@ struct ConnectionTests {
             let read = recv(socket, &byte, 1, 0)
             #expect(read == 0, "closed by the server (recv: \(read), errno \(errno))")
             // A long poll of 3 s, three idle timeouts long, is answered, not cut.
-            let worker = try KilnAPIClient(server: cluster.url, key: cluster.workerKey)
+            // A client whose pool drops idle connections before the server's 1 s timeout: on a loaded
+            // machine a pooled connection idle that long may be closed as the next request goes out.
+            let http = HTTPClient(
+                eventLoopGroupProvider: .singleton, configuration: .init(connectionPool: .init(idleTimeout: .milliseconds(300))))
+            defer { _ = http.shutdown() }
+            let worker = try KilnAPIClient(server: cluster.url, key: cluster.workerKey, http: http)
             let id = try await worker {
                 try await $0.registerWorker(body: .json(.init(cluster: "default", accelerator: "cpu", gpus: 0))).created.body.json.id
             }

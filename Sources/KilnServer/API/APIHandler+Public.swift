@@ -18,13 +18,13 @@ extension APIHandler {
         guard case .any(let body) = input.body else { throw KilnError(.invalidRequest, "the file's bytes are the request body") }
         let limits = services.configuration.limits
         let quota = limits.maxAccountFileBytes
-        let held = try await services.store.uploadedBytes(of: account)
         // Refused before a byte is read when the length says so; the quota is checked again, in
         // the same transaction as the record, once the bytes are in.
         if case .known(let length) = body.length {
             if length > limits.maxFileBytes {
                 throw KilnError(.payloadTooLarge, "the file is \(length) bytes, larger than the limit of \(limits.maxFileBytes) bytes")
             }
+            let held = try await services.store.uploadedBytes(of: account)
             if held + length > quota {
                 throw KilnError.uploadQuota(held: held, adding: length, quota: quota)
             }

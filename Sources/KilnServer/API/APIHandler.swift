@@ -69,12 +69,8 @@ struct RequestMetrics: ServerMiddleware {
         _ request: HTTPRequest, body: HTTPBody?, metadata: ServerRequestMetadata, operationID: String,
         next: @Sendable (HTTPRequest, HTTPBody?, ServerRequestMetadata) async throws -> (HTTPResponse, HTTPBody?)
     ) async throws -> (HTTPResponse, HTTPBody?) {
-        let clock = ContinuousClock()
-        let start = clock.now
-        func seconds() -> Double {
-            let elapsed = start.duration(to: clock.now).components
-            return Double(elapsed.seconds) + Double(elapsed.attoseconds) * 1e-18
-        }
+        let start = ContinuousClock.now
+        func seconds() -> Double { start.duration(to: .now).seconds }
         do {
             let answer = try await next(request, body, metadata)
             metrics.request(operation: operationID, status: answer.0.status.code, seconds: seconds())

@@ -150,7 +150,6 @@ public final class ServerMetrics: Sendable {
         var leasedNotStarted: [String: Int]
         var dispatchLimits: [String: Int]
         var pools: [(name: String, cluster: String, desired: Int, actual: Int)]
-        var at: Date
     }
 
     func refresh(_ now: Now) {

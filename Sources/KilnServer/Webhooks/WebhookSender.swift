@@ -120,7 +120,7 @@ public final class WebhookSender: Service, Sendable {
         }
         let attempt = WebhookAttempt(
             at: started, status: status, error: failure,
-            durationSeconds: Double(duration.components.seconds) + Double(duration.components.attoseconds) * 1e-18)
+            durationSeconds: duration.seconds)
         do {
             try await services.store.recordDeliveryAttempt(delivery.id, attempt, outcome: outcome)
         } catch {

@@ -128,6 +128,7 @@ extension SQLiteJobStore {
             db,
             cached: "SELECT o.file_id, f.object_key FROM job_outputs o JOIN files f ON f.id = o.file_id WHERE o.generation_id = ?",
             arguments: [generation.id.rawValue])
+        guard !staged.isEmpty else { return }  // most jobs: no outputs, nothing to forget
         for row in staged where !kept.contains(row["file_id"]) {
             try doom(db, fileID: row["file_id"], objectKey: row["object_key"], at: at)
         }

@@ -52,7 +52,14 @@ extension SQLiteJobStore {
     }
 
     public func claimDueDeliveries(at now: Date, claimUntil: Date, limit: Int) async throws -> [WebhookDelivery] {
-        try await write { db in
+        // Polled several times a second: the writer is taken only when something is due.
+        let due = try await pool.read { db in
+            try Bool.fetchOne(
+                db, cached: "SELECT 1 FROM webhook_deliveries WHERE state = 'pending' AND next_attempt_at <= ? LIMIT 1",
+                arguments: [now.timeIntervalSince1970]) == true
+        }
+        guard due else { return [] }
+        return try await write { db in
             let rows = try Row.fetchAll(
                 db,
                 sql: """
