@@ -102,7 +102,7 @@ let package = Package(
         .target(
             name: "KilnServer",
             dependencies: [
-                "KilnCore", "KilnScheduling", "KilnFleet", "KilnStore", "KilnObjects", "KilnModels", "KilnAPI",
+                "KilnCore", "KilnScheduling", "KilnFleet", "KilnSimulation", "KilnStore", "KilnObjects", "KilnModels", "KilnAPI",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "NIOFoundationCompat", package: "swift-nio"),

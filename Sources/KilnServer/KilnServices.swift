@@ -34,6 +34,7 @@ public struct KilnServices: Sendable {
         self.signals = signals
         let metrics = ServerMetrics(tiers: configuration.tiers)
         self.metrics = metrics
+        store.observeCommits { metrics.committed($0) }
         let transitions = LocalTransitions(dispatcher: dispatcher, signals: signals, metrics: metrics)
         self.transitions = transitions
         self.cache = cache

@@ -228,19 +228,25 @@ public struct Scenario: Codable, Sendable, Hashable {
         public var gpuSeconds: Double
         /// Which of the tier's accounts sent it (0-based).
         public var account: Int
+        /// Seconds the job had already waited at `atSeconds`: a queue taken from a live server,
+        /// whose jobs arrived before the run begins. Its wait, and its share of the promise, count
+        /// from then.
+        public var waitedSeconds: Double
 
-        public init(atSeconds: Double, tier: String, model: String, gpuSeconds: Double, account: Int = 0) {
+        public init(atSeconds: Double, tier: String, model: String, gpuSeconds: Double, account: Int = 0, waitedSeconds: Double = 0) {
             self.atSeconds = atSeconds
             self.tier = tier
             self.model = model
             self.gpuSeconds = gpuSeconds
             self.account = account
+            self.waitedSeconds = waitedSeconds
         }
 
         enum CodingKeys: String, CodingKey {
             case tier, model, account
             case atSeconds = "at_seconds"
             case gpuSeconds = "gpu_seconds"
+            case waitedSeconds = "waited_seconds"
         }
 
         public init(from decoder: any Decoder) throws {
@@ -250,6 +256,7 @@ public struct Scenario: Codable, Sendable, Hashable {
             model = try c.decode(String.self, forKey: .model)
             gpuSeconds = try c.decode(Double.self, forKey: .gpuSeconds)
             account = try c.decodeIfPresent(Int.self, forKey: .account) ?? 0
+            waitedSeconds = try c.decodeIfPresent(Double.self, forKey: .waitedSeconds) ?? 0
         }
     }
 

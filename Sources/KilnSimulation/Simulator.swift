@@ -38,6 +38,7 @@ public struct Simulator: Sendable {
 }
 
 struct SimJob {
+    /// When it joined the queue: before the run began (negative) for a trace job that had waited.
     var arrival: Double
     var tier: Int
     var account: Int
@@ -187,7 +188,7 @@ struct SimulationRun {
                 }
             }
         }
-        if let first = jobs.indices.first { events.schedule(.arrival(first), at: jobs[first].arrival) }
+        if let first = jobs.indices.first { events.schedule(.arrival(first), at: max(0, jobs[first].arrival)) }
         events.schedule(.sample, at: 0)
 
         var processed = 0
@@ -199,7 +200,7 @@ struct SimulationRun {
                 try scheduler.enqueue(queued(index))
                 metrics.arrived(tier: jobs[index].tier)
                 arrivalsByModel[jobs[index].model] += 1
-                if index + 1 < jobs.count { events.schedule(.arrival(index + 1), at: jobs[index + 1].arrival) }
+                if index + 1 < jobs.count { events.schedule(.arrival(index + 1), at: max(0, jobs[index + 1].arrival)) }
                 dispatch(now: time)
             case .started(let index, let dispatch):
                 guard jobs[index].dispatches == dispatch else { break }

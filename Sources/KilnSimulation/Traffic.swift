@@ -33,7 +33,9 @@ enum TrafficGenerator {
             let tier = scenario.tiers.firstIndex { $0.name == item.tier }!
             let model = scenario.models.firstIndex { $0.name == item.model }!
             jobs.append(
-                SimJob(arrival: item.atSeconds, tier: tier, account: firstAccount[tier] + item.account, model: model, work: item.gpuSeconds))
+                SimJob(
+                    arrival: item.atSeconds - item.waitedSeconds, tier: tier, account: firstAccount[tier] + item.account, model: model,
+                    work: item.gpuSeconds))
         }
         // Stable: generated jobs before trace jobs of the same instant, each in its own order.
         return jobs.enumerated().sorted { $0.element.arrival != $1.element.arrival ? $0.element.arrival < $1.element.arrival : $0.offset < $1.offset }
@@ -114,8 +116,8 @@ enum ScenarioValidation {
             guard scenario.models.contains(where: { $0.name == item.model }) else {
                 throw fail("trace[\(index)].model: no model named '\(item.model)'")
             }
-            guard item.atSeconds >= 0, item.gpuSeconds > 0 else {
-                throw fail("trace[\(index)]: at_seconds must not be negative and gpu_seconds must be positive")
+            guard item.atSeconds >= 0, item.waitedSeconds >= 0, item.gpuSeconds > 0 else {
+                throw fail("trace[\(index)]: at_seconds and waited_seconds must not be negative and gpu_seconds must be positive")
             }
             guard (0..<tier.accounts).contains(item.account) else {
                 throw fail("trace[\(index)].account must be below the tier's \(tier.accounts) accounts")

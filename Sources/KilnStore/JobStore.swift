@@ -200,6 +200,25 @@ public protocol JobStore: Sendable {
     /// the gap it leaves, and starts afresh.
     /// - Returns: how many were deleted.
     func pruneChanges(recordedBefore cutoff: Date) async throws -> Int
+
+    // MARK: Observation
+
+    /// Calls `observer` after each commit that carried changes, with how many and how long the
+    /// transaction took to become durable: the store's side of the server's metrics.
+    func observeCommits(_ observer: @escaping @Sendable (CommitTiming) -> Void)
+}
+
+/// One durable commit of a store: a group of changes that went to disk together.
+public struct CommitTiming: Sendable, Hashable {
+    /// The changes in the commit (callers answered by it).
+    public var changes: Int
+    /// From the transaction's start to its durable end.
+    public var seconds: Double
+
+    public init(changes: Int, seconds: Double) {
+        self.changes = changes
+        self.seconds = seconds
+    }
 }
 
 /// One entry of the change feed: which cached record changed.
@@ -262,6 +281,9 @@ public struct Submission: Sendable, Hashable {
 }
 
 extension JobStore {
+    /// A backend that has no commit to report reports none.
+    public func observeCommits(_ observer: @escaping @Sendable (CommitTiming) -> Void) {}
+
     /// Leases without starting: the worker prefetches, then calls ``start(_:worker:token:at:ttl:)``.
     public func lease(sequence: Int64, to worker: WorkerRecord, at: Date, ttl: Double) async throws -> Generation? {
         try await lease(sequence: sequence, to: worker, at: at, ttl: ttl, start: false)

@@ -105,6 +105,12 @@ struct MetricsTests {
             #expect(metrics.value("kiln_http_request_duration_seconds_count", ["operation": "createGeneration", "status": "2xx"]) == 24)
             #expect(metrics.value("kiln_http_request_duration_seconds_count", ["operation": "createGeneration", "status": "4xx"]) == 1)
             #expect(metrics.value("kiln_http_request_duration_seconds_count", ["operation": "completeJob", "status": "2xx"]) == 2)
+            // Every accepted submission was a change in some commit; commits carry one change or more.
+            let commits = try #require(metrics.value("kiln_store_commit_seconds_count"))
+            let changes = try #require(metrics.value("kiln_store_commit_changes_sum"))
+            #expect(commits >= 1)
+            #expect(changes >= 24)
+            #expect(changes >= commits)
         }
     }
 

@@ -354,6 +354,20 @@ public struct Scheduler: Sendable {
         }
     }
 
+    /// Every queued job, parked ones included, in no particular order. O(queued): for a forecast,
+    /// never for a dispatch.
+    public func queuedJobs() -> [QueuedJob] {
+        var result: [QueuedJob] = []
+        result.reserveCapacity(queuedCount)
+        for (index, queue) in queues.enumerated() {
+            for entry in queue.entries { result.append(job(entry, queue: index)) }
+        }
+        for list in parked.values {
+            for item in list { result.append(job(item.entry, queue: item.queue)) }
+        }
+        return result
+    }
+
     /// Queued jobs per tier and model, with the urgency of the oldest.
     public func summary(now: Double) -> [QueueSummary] {
         var rows: [QueueKeyByModel: QueueSummary] = [:]

@@ -3,6 +3,7 @@ import KilnAPI
 import KilnCore
 import KilnModels
 import KilnObjects
+import KilnSimulation
 import KilnStore
 import Logging
 import NIOCore
@@ -116,6 +117,31 @@ extension APIHandler {
         return .ok(.init(body: .json(.init(await services.dispatcher.view(limit: count), tiers: services.configuration.tiers))))
     }
 
+    func forecast(_ input: Operations.Forecast.Input) async throws -> Operations.Forecast.Output {
+        guard case .json(let body) = input.body else { throw KilnError(.invalidRequest, "the request needs a JSON body") }
+        let hours = body.hours ?? 1
+        guard (0...WhatIf.maxAddedGPUs).contains(body.addGpus) else {
+            throw KilnError(.invalidRequest, "add_gpus: '\(body.addGpus)' must be a whole number from 0 to \(WhatIf.maxAddedGPUs)")
+        }
+        guard hours > 0, hours <= 24 else { throw KilnError(.invalidRequest, "hours: '\(hours)' must be above 0 and at most 24") }
+        let state = Forecast.liveState(
+            await services.dispatcher.forecastDemand(), workers: try await services.store.workers(), configuration: services.configuration)
+        if let pool = body.pool, !state.workers.contains(where: { $0.pool == pool }) {
+            throw KilnError(.invalidRequest, "pool: no pool named '\(pool)' has active workers")
+        }
+        let runs = try await WhatIf.compare(
+            state, hours: hours, addedGPUs: body.addGpus, pool: body.pool, policy: await services.dispatcher.policy)
+        let inputs = Components.Schemas.Forecast.InputsPayload(
+            queued: state.queued.count, arrivalsPerHour: state.arrivalsPerHour, arrivalWindowSeconds: state.arrivalSeconds,
+            runSeconds: .init(
+                additionalProperties: Dictionary(
+                    uniqueKeysWithValues: Set(state.queued.map(\.model)).union(state.arrivalsByModel.keys).map {
+                        ($0, state.runSeconds[$0] ?? state.defaultRunSeconds)
+                    })),
+            gpus: state.gpus)
+        return .ok(.init(body: .json(.init(hours: hours, inputs: inputs, now: .init(runs.now), added: .init(runs.added)))))
+    }
+
     func listWorkers(_ input: Operations.ListWorkers.Input) async throws -> Operations.ListWorkers.Output {
         .ok(.init(body: .json(.init(data: try await services.store.workers().map(Components.Schemas.WorkerObject.init)))))
     }
@@ -140,5 +166,17 @@ extension APIHandler {
             id: .random(), scope: scope, accountID: account, secretHash: KeySecret.hash(secret), createdAt: services.clock.now())
         try await services.store.createKey(record)
         return .init(record, secret: secret)
+    }
+}
+
+extension Components.Schemas.ForecastRun {
+    init(_ outcome: WhatIf.Outcome) {
+        self.init(
+            gpus: outcome.gpus, gpuUtilisation: outcome.gpuUtilisation,
+            tiers: outcome.tiers.map { tier in
+                .init(
+                    name: tier.name, maxWaitSeconds: tier.maxWaitSeconds, jobs: tier.jobs, attainment: tier.attainment,
+                    waitP95Seconds: tier.waitP95Seconds, waitP95Promise: tier.waitP95Promise, queuedAtEnd: tier.queuedAtEnd)
+            })
     }
 }

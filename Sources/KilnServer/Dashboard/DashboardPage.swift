@@ -1,7 +1,7 @@
 /// The live dashboard at `/dashboard`: one page, compiled into the server, that asks for an admin
 /// key (kept in the browser tab's session storage, never in a URL), then reads the admin API every
 /// two seconds and draws each tier's queue against its promise, the last hour of it, the pools and
-/// the workers. Plain HTML, CSS and a small script: nothing to build, nothing fetched from elsewhere.
+/// the workers; and runs a what-if forecast on demand (`POST /v1/admin/forecast`). Plain HTML, CSS and a small script: nothing to build, nothing fetched from elsewhere.
 enum DashboardPage {
     static let html = #"""
         <!doctype html>
@@ -16,7 +16,7 @@ enum DashboardPage {
           body { font: 14px/1.4 system-ui, sans-serif; color: var(--ink); margin: 0; background: #f6f7f9; }
           header { display: flex; gap: 1rem; align-items: baseline; padding: .8rem 1.2rem; background: #fff; border-bottom: 1px solid var(--line); }
           header h1 { font-size: 1.1rem; margin: 0; }
-          header .meta { color: var(--soft); }
+          .meta { color: var(--soft); }
           main { padding: 1rem 1.2rem; display: grid; gap: 1rem; }
           .tiers { display: grid; grid-template-columns: repeat(auto-fill, minmax(190px, 1fr)); gap: .8rem; }
           .card, section { background: #fff; border: 1px solid var(--line); border-radius: 6px; padding: .8rem; }
@@ -58,6 +58,15 @@ enum DashboardPage {
             <section><h2>Pools</h2><table id="pools"></table></section>
             <section><h2>Workers</h2><table id="workers"></table></section>
             <section><h2>Next in dispatch order</h2><table id="next"></table></section>
+            <section><h2>What if we add GPUs?</h2>
+              <form id="whatif">
+                <label>Add <input id="add-gpus" type="number" min="0" max="100000" value="8" required> GPUs</label>
+                <label>for the next <select id="hours"><option value="1">hour</option><option value="4">4 hours</option>
+                  <option value="12">12 hours</option></select></label>
+                <button type="submit" id="forecast-run">Simulate</button>
+              </form>
+              <p class="meta" id="forecast-inputs">Runs the simulator from the queue as it is and the last hour's arrivals.</p>
+              <table id="forecast"></table></section>
           </main>
         </div>
         <script>
@@ -170,6 +179,34 @@ enum DashboardPage {
           });
         }
 
+        async function forecast(event) {
+          event.preventDefault();
+          const added = Number(document.getElementById("add-gpus").value);
+          const hours = Number(document.getElementById("hours").value);
+          const note = document.getElementById("forecast-inputs");
+          const table = document.getElementById("forecast");
+          note.textContent = "simulating…";
+          const response = await fetch("/v1/admin/forecast", {
+            method: "POST",
+            headers: { "Authorization": "Bearer " + sessionStorage.getItem("kiln-admin-key"), "Content-Type": "application/json" },
+            body: JSON.stringify({ add_gpus: added, hours })
+          });
+          const body = await response.json();
+          table.replaceChildren();
+          if (!response.ok) { note.textContent = body.error ? body.error.message : "the forecast failed: " + response.status; return; }
+          const i = body.inputs;
+          note.textContent = "From " + i.queued + " queued, " + Math.round(i.arrivals_per_hour) + " arrivals an hour (over the last " +
+            duration(Math.round(i.arrival_window_seconds)) + "), " + i.gpus + " GPUs now; each job runs its model's recent mean.";
+          const percent = value => (value * 100).toFixed(1) + "%";
+          row(table, ["tier", "promise", "on time, " + body.now.gpus + " GPUs", "with " + body.added.gpus,
+            "p95 wait ÷ promise", "with " + body.added.gpus, "queued after " + duration(hours * 3600), "with " + body.added.gpus], true);
+          body.now.tiers.forEach((tier, index) => {
+            const more = body.added.tiers[index];
+            row(table, [tier.name, duration(tier.max_wait_seconds), percent(tier.attainment), percent(more.attainment),
+              tier.wait_p95_promise.toFixed(2), more.wait_p95_promise.toFixed(2), tier.queued_at_end, more.queued_at_end]);
+          });
+        }
+
         function show() {
           const signedIn = !!sessionStorage.getItem("kiln-admin-key");
           document.getElementById("login").hidden = signedIn;
@@ -189,6 +226,9 @@ enum DashboardPage {
           show();
         });
         document.getElementById("logout").addEventListener("click", () => signOut());
+        document.getElementById("whatif").addEventListener("submit", event => forecast(event).catch(error => {
+          document.getElementById("forecast-inputs").textContent = "the forecast failed: " + error.message;
+        }));
         show();
         </script>
         </body>

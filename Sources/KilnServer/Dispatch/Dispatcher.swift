@@ -27,6 +27,8 @@ public actor Dispatcher {
     private var arrivals: [String: Int] = [:]
     /// Mean run time per model (start to end of succeeded generations), weighted to the recent.
     private var runSeconds: [String: Double] = [:]
+    /// Submissions of the last hour per tier and model: the arrival rate of a forecast.
+    private var recentArrivals: ArrivalWindow
     private var identifiers: [Int64: GenerationID] = [:]
     private var waiters: [UUID: Waiter] = [:]
     /// Shutting down: no long poll waits.
@@ -48,6 +50,7 @@ public actor Dispatcher {
         self.store = store
         self.clock = clock
         self.configuration = configuration
+        self.recentArrivals = ArrivalWindow(now: clock.now().timeIntervalSince1970)
         self.scheduler = Scheduler(
             tiers: configuration.tiers, policy: try configuration.schedulingPolicy(),
             dispatchLimits: configuration.clusters.mapValues(\.dispatchLimit),
@@ -86,6 +89,7 @@ public actor Dispatcher {
     public func submitted(_ generation: Generation) throws {
         try enqueue(generation)
         arrivals[generation.model, default: 0] += 1
+        recentArrivals.record(tier: generation.tier, model: generation.model, at: now)
         wakeOne(for: Self.job(generation).requirements)
     }
 
@@ -172,6 +176,19 @@ public actor Dispatcher {
     public func fleetDemand() -> (backlog: [QueueBacklog], arrivals: [String: Int], runSeconds: [String: Double]) {
         (scheduler.backlog(), arrivals, runSeconds)
     }
+
+    /// What a what-if forecast starts from: every queued job, the last hour's submissions, and the
+    /// mean run time per model.
+    func forecastDemand() -> ForecastDemand {
+        let now = self.now
+        let recent = recentArrivals.recent(now: now)
+        return ForecastDemand(
+            queued: scheduler.queuedJobs(), now: now, arrivalsByTier: recent.byTier, arrivalsByModel: recent.byModel,
+            arrivalSeconds: recent.seconds, runSeconds: runSeconds)
+    }
+
+    /// The scheduling policy in use.
+    public var policy: any SchedulingPolicy { scheduler.policy }
 
     /// Position, ETA and deadline of a queued generation.
     public func queuePlace(for generation: Generation) -> QueuePlace? {

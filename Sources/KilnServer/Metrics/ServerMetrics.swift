@@ -22,8 +22,18 @@ public final class ServerMetrics: Sendable {
     /// Request durations: 100 µs to 10 s (long polls and streams run longer, and land past it).
     static let requestBuckets: [Double] = [0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 10]
 
+    /// Store commits: from 100 µs to a second (a slow disk, or a stalled database).
+    static let commitBuckets: [Double] = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1]
+    /// Changes per commit: one alone, to large groups under load.
+    static let groupBuckets: [Double] = [1, 2, 4, 8, 16, 32, 64, 128, 256]
+
+    private let commitDuration: ValueHistogram
+    private let commitChanges: ValueHistogram
+
     public init(tiers: TierTable) {
         self.tiers = tiers
+        commitDuration = registry.makeValueHistogram(descriptor: Self.storeCommit, buckets: Self.commitBuckets)
+        commitChanges = registry.makeValueHistogram(descriptor: Self.storeCommitChanges, buckets: Self.groupBuckets)
     }
 
     static func name(_ metric: String, _ unit: String, _ help: String) -> MetricNameDescriptor {
@@ -49,13 +59,15 @@ public final class ServerMetrics: Sendable {
     static var leasedNotStartedJobs: MetricNameDescriptor { name("leased_not_started_jobs", "", "Jobs leased by a cluster's workers and not yet started.") }
     static var poolDesiredWorkers: MetricNameDescriptor { name("pool_desired_workers", "", "The size the fleet controller wants for a pool.") }
     static var poolWorkers: MetricNameDescriptor { name("pool_workers", "", "Workers a pool has now, provisioning included.") }
+    static var storeCommit: MetricNameDescriptor { name("store_commit", "seconds", "Store transactions from their start to durable, each carrying a group of changes.") }
+    static var storeCommitChanges: MetricNameDescriptor { name("store_commit_changes", "", "Changes carried by each store commit (group commit).") }
 
     /// Every metric family this server exposes (the names dashboards and alerts may use).
     public static var families: [MetricNameDescriptor] {
         [
             requeues, dispatches, leaseExpiries, queueWait, queueWaitPromise, generationsEnded, runs, run, admissionRefusals,
             httpRequestDuration, queuedJobs, queueOldestPromise, workers, dispatchLimit, leasedNotStartedJobs, poolDesiredWorkers,
-            poolWorkers,
+            poolWorkers, storeCommit, storeCommitChanges,
         ]
     }
 
@@ -111,6 +123,12 @@ public final class ServerMetrics: Sendable {
             descriptor: Self.run,
             labels: [("model", generation.model)], buckets: Self.runBuckets
         ).record(completed.timeIntervalSince(started))
+    }
+
+    /// A commit of the store.
+    func committed(_ timing: CommitTiming) {
+        commitDuration.record(timing.seconds)
+        commitChanges.record(Double(timing.changes))
     }
 
     /// A lease that expired (the reaper took the job back).

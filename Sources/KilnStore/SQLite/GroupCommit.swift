@@ -22,9 +22,15 @@ final class GroupCommit: @unchecked Sendable {
     private let lock = NSLock()
     private var pending: [Change] = []
     private var committing = false
+    private var observer: (@Sendable (CommitTiming) -> Void)?
 
     init(pool: DatabasePool) {
         self.pool = pool
+    }
+
+    /// Calls `observer` after each committed group (see ``JobStore/observeCommits(_:)``).
+    func observe(_ observer: @escaping @Sendable (CommitTiming) -> Void) {
+        lock.withLock { self.observer = observer }
     }
 
     /// Runs `body` in the next group and returns its result once the group is committed.
@@ -87,9 +93,13 @@ final class GroupCommit: @unchecked Sendable {
         }
         guard !group.isEmpty else { return }
         do {
+            let clock = ContinuousClock()
+            let began = clock.now
             try await pool.write { db in
                 for change in group { change.apply(db) }
             }
+            let observer = lock.withLock { self.observer }
+            observer?(CommitTiming(changes: group.count, seconds: (clock.now - began).seconds))
             for change in group { change.answer(nil) }
         } catch {
             for change in group { change.answer(error) }

@@ -27,6 +27,10 @@ public final class SQLiteJobStore: JobStore {
         try pool.writeWithoutTransaction { try Int.fetchOne($0, sql: "PRAGMA synchronous") ?? -1 }
     }
 
+    public func observeCommits(_ observer: @escaping @Sendable (CommitTiming) -> Void) {
+        writer.observe(observer)
+    }
+
     /// Runs `body` in the next group commit; a constraint it breaks is a conflict.
     func write<T: Sendable>(_ body: @escaping @Sendable (Database) throws -> T) async throws -> T {
         do {

@@ -1,6 +1,6 @@
 """The dashboard in a real browser: headless Chromium against ``kiln up`` with jobs flowing. It
-signs in with the admin key, shows the five tiers and the workers, updates without a reload, and
-logs no console error. A screenshot is kept in ``$KILN_ARTIFACTS`` (or the test's folder).
+signs in with the admin key, shows the five tiers and the workers, updates without a reload, runs
+a what-if forecast, and logs no console error. A screenshot is kept in ``$KILN_ARTIFACTS`` (or the test's folder).
 
 Needs Debian's ``chromium`` and ``chromium-driver`` and PyPI's ``selenium``; skipped without them
 unless ``KILN_REQUIRE_BROWSER=1`` (CI), where their absence fails the test."""
@@ -62,6 +62,17 @@ def test_the_dashboard_shows_the_tiers_and_workers_and_updates(kiln_up, tmp_path
         first = driver.find_element(By.ID, "updated").text
         wait(lambda: driver.find_element(By.ID, "updated").text not in ("", first), what="an update without a reload")
         assert driver.execute_script("return performance.getEntriesByType('navigation').length") == 1
+
+        # The simulator hand-off: what if we add 16 GPUs, from the queue as it is.
+        added = driver.find_element(By.ID, "add-gpus")
+        added.clear()
+        added.send_keys("16")
+        driver.find_element(By.ID, "forecast-run").click()
+        rows = wait(lambda: driver.find_elements(By.CSS_SELECTOR, "#forecast tr")[1:], what="the forecast")
+        assert [row.find_element(By.TAG_NAME, "td").text for row in rows] == ["enterprise", "api", "unlimited", "light", "free"]
+        header = driver.find_element(By.CSS_SELECTOR, "#forecast tr").text
+        assert "with " in header and "queued after 1 h" in header, header
+        assert "arrivals an hour" in driver.find_element(By.ID, "forecast-inputs").text
 
         artifacts = pathlib.Path(os.environ.get("KILN_ARTIFACTS", tmp_path))
         artifacts.mkdir(parents=True, exist_ok=True)
