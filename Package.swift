@@ -30,6 +30,7 @@ let package = Package(
         .package(url: "https://github.com/hummingbird-project/swift-openapi-hummingbird.git", from: "2.1.0"),
         .package(url: "https://github.com/swift-server/swift-openapi-async-http-client.git", from: "1.5.0"),
         .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
+        .package(url: "https://github.com/vapor/postgres-nio.git", from: "1.33.2"),
     ],
     targets: [
         // Domain types: no dependency beyond Foundation.
@@ -52,6 +53,15 @@ let package = Package(
             dependencies: [
                 "KilnCore",
                 .product(name: "GRDB", package: "GRDB.swift"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        // The PostgreSQL backend of the `JobStore`: several control-plane replicas share one database.
+        .target(
+            name: "KilnPostgres",
+            dependencies: [
+                "KilnCore", "KilnStore",
+                .product(name: "PostgresNIO", package: "postgres-nio"),
             ],
             swiftSettings: swiftSettings
         ),
@@ -173,7 +183,7 @@ let package = Package(
         .testTarget(name: "KilnModelsTests", dependencies: ["KilnCore", "KilnModels"], swiftSettings: swiftSettings),
         .testTarget(
             name: "KilnSimulationTests", dependencies: ["KilnCore", "KilnScheduling", "KilnFleet", "KilnSimulation"], swiftSettings: swiftSettings),
-        .testTarget(name: "KilnStoreTests", dependencies: ["KilnCore", "KilnStore"], swiftSettings: swiftSettings),
+        .testTarget(name: "KilnStoreTests", dependencies: ["KilnCore", "KilnStore", "KilnPostgres"], swiftSettings: swiftSettings),
         .testTarget(
             name: "KilnServerTests",
             dependencies: [

@@ -8,7 +8,7 @@ import Testing
 struct ChangeFeedConformanceTests {
     @Test("each change to a cached record appears in the feed, in order, after the sequence asked for", arguments: StoreBackend.allCases)
     func feed(_ backend: StoreBackend) async throws {
-        let store = try backend.make()
+        let store = try await backend.make()
         #expect(try await store.latestChange() == 0)
         let account = makeAccount()
         try await store.createAccount(account)
@@ -41,7 +41,7 @@ struct ChangeFeedConformanceTests {
 
     @Test("pruning deletes the changes recorded before the cutoff, never the latest one", arguments: StoreBackend.allCases)
     func pruning(_ backend: StoreBackend) async throws {
-        let store = try backend.make()
+        let store = try await backend.make()
         let account = makeAccount()
         try await store.createAccount(account)
         for tier in ["api", "free", "light"] { _ = try await store.updateAccountTier(account.id, tier: tier) }

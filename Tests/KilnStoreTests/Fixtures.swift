@@ -1,21 +1,28 @@
 import Foundation
 import KilnCore
+import KilnPostgres
 import KilnStore
 import Testing
 
 // MARK: - Backends
 
-/// The backends every conformance test runs against. PostgreSQL joins this list when its backend lands.
+/// The backends every conformance test runs against. PostgreSQL runs where it is installed (see
+/// ``PostgresTestCluster``), and always under `KILN_REQUIRE_POSTGRES=1`.
 enum StoreBackend: String, CaseIterable, CustomTestStringConvertible, Sendable {
     case sqlite
+    case postgres
+
+    static var allCases: [StoreBackend] { PostgresTestCluster.enabled ? [.sqlite, .postgres] : [.sqlite] }
 
     var testDescription: String { rawValue }
 
     /// A fresh, empty store that no other test shares.
-    func make() throws -> any JobStore {
+    func make() async throws -> any JobStore {
         switch self {
         case .sqlite:
             return try SQLiteJobStore(path: temporaryDatabasePath())
+        case .postgres:
+            return try await PostgresJobStore.connect(url: PostgresTestCluster.freshDatabase(), maximumConnections: 4)
         }
     }
 }

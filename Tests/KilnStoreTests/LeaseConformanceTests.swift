@@ -8,7 +8,7 @@ import Testing
 struct LeaseConformanceTests {
     @Test("lease: a queued generation leases once; a canceled one cannot be leased", arguments: StoreBackend.allCases)
     func leaseOnce(_ backend: StoreBackend) async throws {
-        let store = try backend.make()
+        let store = try await backend.make()
         let account = try await store.seedAccount()
         let worker = try await store.seedWorker(cluster: "eu-1")
         let rival = try await store.seedWorker(cluster: "us-2")
@@ -56,7 +56,7 @@ struct LeaseConformanceTests {
     @Test("fencing: after expiry and a new lease, the old token is refused everywhere and changes nothing",
           arguments: StoreBackend.allCases)
     func fencing(_ backend: StoreBackend) async throws {
-        let store = try backend.make()
+        let store = try await backend.make()
         let account = try await store.seedAccount()
         let worker = try await store.seedWorker()
         let other = try await store.seedWorker(cluster: "us-2")
@@ -125,7 +125,7 @@ struct LeaseConformanceTests {
     @Test("expiry: requeues keeping queuedAt and attempts, then fails with lease_expired at maxAttempts",
           arguments: StoreBackend.allCases)
     func expiryRequeuesThenFails(_ backend: StoreBackend) async throws {
-        let store = try backend.make()
+        let store = try await backend.make()
         let account = try await store.seedAccount()
         let worker = try await store.seedWorker()
         let queued = try await store.submitQueued(makeGeneration(account: account.id, maxAttempts: 2, at: Fixture.time(0)))
@@ -181,7 +181,7 @@ struct LeaseConformanceTests {
     @Test("release: a drained worker's jobs return to the queue with their queued time, charged no attempt; its old token is refused",
           arguments: StoreBackend.allCases)
     func releaseChargesNoAttempt(_ backend: StoreBackend) async throws {
-        let store = try backend.make()
+        let store = try await backend.make()
         let account = try await store.seedAccount()
         let worker = try await store.seedWorker()
         let other = try await store.seedWorker(cluster: "us-2")
@@ -219,7 +219,7 @@ struct LeaseConformanceTests {
 
     @Test("expiry: a lease extended by a heartbeat is not expired", arguments: StoreBackend.allCases)
     func heartbeatKeepsLeaseAlive(_ backend: StoreBackend) async throws {
-        let store = try backend.make()
+        let store = try await backend.make()
         let account = try await store.seedAccount()
         let worker = try await store.seedWorker()
         let alive = try await store.submitQueued(makeGeneration(account: account.id, at: Fixture.time(0)))
@@ -244,7 +244,7 @@ struct LeaseConformanceTests {
 
     @Test("renewal after an outage: leases that lapsed meanwhile run until the new expiry, and hold their tokens", arguments: StoreBackend.allCases)
     func renewAfterOutage(_ backend: StoreBackend) async throws {
-        let store = try backend.make()
+        let store = try await backend.make()
         let account = try await store.seedAccount()
         let worker = try await store.seedWorker()
         let held = try await store.submitQueued(makeGeneration(account: account.id, at: Fixture.time(0)))
@@ -268,7 +268,7 @@ struct LeaseConformanceTests {
 
     @Test("each lease's token is larger than the last by a step no one can guess", arguments: StoreBackend.allCases)
     func tokensAreUnguessable(_ backend: StoreBackend) async throws {
-        let store = try backend.make()
+        let store = try await backend.make()
         let account = try await store.seedAccount()
         let worker = try await store.seedWorker()
         let job = try await store.submitQueued(makeGeneration(account: account.id, maxAttempts: 100, at: Fixture.time(0)))
@@ -289,7 +289,7 @@ struct LeaseConformanceTests {
 
     @Test("a lease that never reaches its worker is free only a few times: a job that kills its worker at once fails in the end", arguments: StoreBackend.allCases)
     func unacknowledgedLeasesAreBounded(_ backend: StoreBackend) async throws {
-        let store = try backend.make()
+        let store = try await backend.make()
         let account = try await store.seedAccount()
         let worker = try await store.seedWorker()
         let job = try await store.submitQueued(makeGeneration(account: account.id, at: Fixture.time(0)))
@@ -321,7 +321,7 @@ struct LeaseConformanceTests {
     @Test("start: sets lease.startedAt and startedAt and extends the lease; a second start only extends it",
           arguments: StoreBackend.allCases)
     func start(_ backend: StoreBackend) async throws {
-        let store = try backend.make()
+        let store = try await backend.make()
         let account = try await store.seedAccount()
         let worker = try await store.seedWorker()
         let queued = try await store.submitQueued(makeGeneration(account: account.id, at: Fixture.time(0)))
@@ -362,7 +362,7 @@ struct LeaseConformanceTests {
     @Test("heartbeat: extends the lease, records progress once per change; a canceled job answers canceled",
           arguments: StoreBackend.allCases)
     func heartbeat(_ backend: StoreBackend) async throws {
-        let store = try backend.make()
+        let store = try await backend.make()
         let account = try await store.seedAccount()
         let worker = try await store.seedWorker()
         let queued = try await store.submitQueued(makeGeneration(account: account.id, at: Fixture.time(0)))
@@ -418,7 +418,7 @@ struct LeaseConformanceTests {
 
     @Test("complete: needs the outputs attached under this lease; succeeds once", arguments: StoreBackend.allCases)
     func complete(_ backend: StoreBackend) async throws {
-        let store = try backend.make()
+        let store = try await backend.make()
         let account = try await store.seedAccount()
         let worker = try await store.seedWorker()
         let queued = try await store.submitQueued(makeGeneration(account: account.id, at: Fixture.time(0)))
@@ -460,7 +460,7 @@ struct LeaseConformanceTests {
 
     @Test("complete: outputs attached under an earlier lease do not count", arguments: StoreBackend.allCases)
     func completeIgnoresEarlierLeaseOutputs(_ backend: StoreBackend) async throws {
-        let store = try backend.make()
+        let store = try await backend.make()
         let account = try await store.seedAccount()
         let worker = try await store.seedWorker()
         let queued = try await store.submitQueued(makeGeneration(account: account.id, maxAttempts: 3, at: Fixture.time(0)))
@@ -489,7 +489,7 @@ struct LeaseConformanceTests {
 
     @Test("fail: retryable requeues; final or exhausted fails with the error", arguments: StoreBackend.allCases)
     func fail(_ backend: StoreBackend) async throws {
-        let store = try backend.make()
+        let store = try await backend.make()
         let account = try await store.seedAccount()
         let worker = try await store.seedWorker()
         let crash = JobFailure(code: "worker_crash", message: "CUDA error: an illegal memory access")
@@ -550,7 +550,7 @@ struct LeaseConformanceTests {
 
     @Test("events: the log in order, and after skips earlier entries", arguments: StoreBackend.allCases)
     func events(_ backend: StoreBackend) async throws {
-        let store = try backend.make()
+        let store = try await backend.make()
         let account = try await store.seedAccount()
         let worker = try await store.seedWorker()
         let watched = try await store.submitQueued(makeGeneration(account: account.id, at: Fixture.time(0)))
@@ -600,7 +600,7 @@ struct LeaseConformanceTests {
         "a lease its worker never acknowledged expires without costing an attempt, even at max_attempts",
         arguments: StoreBackend.allCases)
     func unacknowledgedLease(_ backend: StoreBackend) async throws {
-        let store = try backend.make()
+        let store = try await backend.make()
         let account = try await store.seedAccount()
         let worker = try await store.seedWorker()
         let queued = try await store.submitQueued(makeGeneration(account: account.id, maxAttempts: 1, at: Fixture.time(0)))

@@ -8,7 +8,7 @@ import Testing
 struct RecordConformanceTests {
     @Test("accounts: create, fetch, list, update tier; unknown account is not found", arguments: StoreBackend.allCases)
     func accounts(_ backend: StoreBackend) async throws {
-        let store = try backend.make()
+        let store = try await backend.make()
         let first = makeAccount(name: "First", tier: "free", at: Fixture.time(0))
         let second = makeAccount(name: "Second", tier: "enterprise", at: Fixture.time(10))
         try await store.createAccount(first)
@@ -40,7 +40,7 @@ struct RecordConformanceTests {
 
     @Test("keys: create, look up by secret hash, revoke; unknown key is not found", arguments: StoreBackend.allCases)
     func keys(_ backend: StoreBackend) async throws {
-        let store = try backend.make()
+        let store = try await backend.make()
         let account = try await store.seedAccount()
         let user = makeKey(scope: .user, account: account.id, at: Fixture.time(0))
         let admin = makeKey(scope: .admin, account: nil, at: Fixture.time(1))
@@ -69,7 +69,7 @@ struct RecordConformanceTests {
 
     @Test("models: create, fetch, list sorted by name; a taken name is a conflict", arguments: StoreBackend.allCases)
     func models(_ backend: StoreBackend) async throws {
-        let store = try backend.make()
+        let store = try await backend.make()
         let schema: JSONValue = .object([
             "type": .string("object"),
             "required": .array([.string("prompt")]),
@@ -101,7 +101,7 @@ struct RecordConformanceTests {
 
     @Test("files: create and fetch round trip", arguments: StoreBackend.allCases)
     func files(_ backend: StoreBackend) async throws {
-        let store = try backend.make()
+        let store = try await backend.make()
         let account = try await store.seedAccount()
         let image = makeFile(account: account.id, contentType: "image/png", size: 123_456, at: Fixture.time(3))
         let audio = makeFile(account: account.id, contentType: "audio/wav", size: 9, at: Fixture.time(4))
@@ -118,7 +118,7 @@ struct RecordConformanceTests {
 
     @Test("files: an upload past the account's quota is refused and stores nothing; outputs do not count", arguments: StoreBackend.allCases)
     func fileQuota(_ backend: StoreBackend) async throws {
-        let store = try backend.make()
+        let store = try await backend.make()
         let account = try await store.seedAccount()
         try await store.createFile(makeFile(account: account.id, size: 600), quota: 1_000)
         var output = makeFile(account: account.id, size: 5_000)
@@ -136,7 +136,7 @@ struct RecordConformanceTests {
 
     @Test("workers: register, fetch, list, drain, touch; unknown worker is not found", arguments: StoreBackend.allCases)
     func workers(_ backend: StoreBackend) async throws {
-        let store = try backend.make()
+        let store = try await backend.make()
         let first = makeWorker(cluster: "eu-1", labels: ["gpu": "h200", "zone": "a"], at: Fixture.time(0))
         let second = makeWorker(cluster: "us-2", labels: [:], at: Fixture.time(5))
         try await store.registerWorker(first)

@@ -17,7 +17,7 @@ extension JobStore {
 struct RepositoryConformanceTests {
     @Test("versions are immutable: a second create of the same id changes nothing", arguments: StoreBackend.allCases)
     func versions(_ backend: StoreBackend) async throws {
-        let store = try backend.make()
+        let store = try await backend.make()
         try await store.seedModel()
         let v1 = makeVersion(at: Fixture.time(1))
         #expect(try await store.createVersion(v1))
@@ -39,7 +39,7 @@ struct RepositoryConformanceTests {
 
     @Test("promote, split and rollback move the alias and keep its history", arguments: StoreBackend.allCases)
     func aliases(_ backend: StoreBackend) async throws {
-        let store = try backend.make()
+        let store = try await backend.make()
         try await store.seedModel()
         let v1 = makeVersion(), v2 = makeVersion(), v3 = makeVersion()
         for version in [v1, v2, v3] { _ = try await store.createVersion(version) }
@@ -66,7 +66,7 @@ struct RepositoryConformanceTests {
 
     @Test("an alias can only point at versions of its own model, with sane weights", arguments: StoreBackend.allCases)
     func aliasValidation(_ backend: StoreBackend) async throws {
-        let store = try backend.make()
+        let store = try await backend.make()
         try await store.seedModel()
         try await store.seedModel("other")
         let foreign = makeVersion(model: "other")
@@ -85,7 +85,7 @@ struct RepositoryConformanceTests {
 
     @Test("a lease resolves the generation's alias and records the version; a pinned version is kept", arguments: StoreBackend.allCases)
     func resolutionAtLease(_ backend: StoreBackend) async throws {
-        let store = try backend.make()
+        let store = try await backend.make()
         try await store.seedModel()
         let account = try await store.seedAccount()
         let worker = try await store.seedWorker()

@@ -8,7 +8,7 @@ import Testing
 struct SubmissionConformanceTests {
     @Test("submit: increasing sequence, queued, input stored exactly, a queued event", arguments: StoreBackend.allCases)
     func submitStoresQueuedGeneration(_ backend: StoreBackend) async throws {
-        let store = try backend.make()
+        let store = try await backend.make()
         let account = try await store.seedAccount()
         let file = makeFile(account: account.id)
         try await store.createFile(file, quota: nil)
@@ -71,7 +71,7 @@ struct SubmissionConformanceTests {
     @Test("idempotency: a replay returns the first generation; another request under the key conflicts",
           arguments: StoreBackend.allCases)
     func idempotency(_ backend: StoreBackend) async throws {
-        let store = try backend.make()
+        let store = try await backend.make()
         let account = try await store.seedAccount()
         let other = try await store.seedAccount(name: "Other")
         let claim = IdempotencyClaim(key: "order-42", requestHash: "hash-a")
@@ -119,7 +119,7 @@ struct SubmissionConformanceTests {
     @Test("admission: the per-account queued cap refuses, stores nothing, and frees up on lease",
           arguments: StoreBackend.allCases)
     func admissionPerAccount(_ backend: StoreBackend) async throws {
-        let store = try backend.make()
+        let store = try await backend.make()
         let account = try await store.seedAccount()
         let neighbour = try await store.seedAccount(name: "Neighbour")
         let worker = try await store.seedWorker()
@@ -150,7 +150,7 @@ struct SubmissionConformanceTests {
 
     @Test("admission: the tier queued cap counts every account of the tier", arguments: StoreBackend.allCases)
     func admissionPerTier(_ backend: StoreBackend) async throws {
-        let store = try backend.make()
+        let store = try await backend.make()
         let alice = try await store.seedAccount(name: "Alice", tier: "free")
         let bob = try await store.seedAccount(name: "Bob", tier: "free")
         let carol = try await store.seedAccount(name: "Carol", tier: "enterprise")
@@ -180,7 +180,7 @@ struct SubmissionConformanceTests {
 
     @Test("listing: newest first, filtered by state, paged by sequence, one account only", arguments: StoreBackend.allCases)
     func listing(_ backend: StoreBackend) async throws {
-        let store = try backend.make()
+        let store = try await backend.make()
         let account = try await store.seedAccount()
         let other = try await store.seedAccount(name: "Other")
         let worker = try await store.seedWorker()
@@ -231,7 +231,7 @@ struct SubmissionConformanceTests {
     @Test("cancel: queued or running becomes canceled; an ended one conflicts; unknown is not found",
           arguments: StoreBackend.allCases)
     func cancel(_ backend: StoreBackend) async throws {
-        let store = try backend.make()
+        let store = try await backend.make()
         let account = try await store.seedAccount()
         let worker = try await store.seedWorker()
 
@@ -290,7 +290,7 @@ struct SubmissionConformanceTests {
 
     @Test("queue views: queued oldest first, running, an account's oldest queued", arguments: StoreBackend.allCases)
     func queueViews(_ backend: StoreBackend) async throws {
-        let store = try backend.make()
+        let store = try await backend.make()
         let alice = try await store.seedAccount(name: "Alice")
         let bob = try await store.seedAccount(name: "Bob")
         let idle = try await store.seedAccount(name: "Idle")

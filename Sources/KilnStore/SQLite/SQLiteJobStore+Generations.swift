@@ -14,8 +14,7 @@ extension SQLiteJobStore {
                     arguments: [generation.accountID.rawValue, idempotency.key])
             {
                 guard (row["request_hash"] as String) == idempotency.requestHash else {
-                    throw KilnError(
-                        .conflict, "Idempotency-Key '\(idempotency.key)' was already used with a different request")
+                    throw KilnError.idempotencyKeyReused(idempotency.key)
                 }
                 let existing = try Self.fetchGeneration(db, id: GenerationID(unchecked: row["generation_id"]))!
                 return Submission(generation: existing, created: false)
@@ -24,32 +23,15 @@ extension SQLiteJobStore {
                 let queued = try Int.fetchOne(
                     db, cached: "SELECT COUNT(*) FROM generations WHERE account_id = ? AND state = 'queued'",
                     arguments: [generation.accountID.rawValue]) ?? 0
-                if queued >= cap {
-                    throw KilnError(
-                        .rateLimited,
-                        "account has \(queued) queued generations, the most its '\(generation.tier)' tier allows (max_queued_per_account \(cap))"
-                    )
-                }
+                if queued >= cap { throw KilnError.accountQueueFull(queued: queued, cap: cap, tier: generation.tier) }
             }
             if let cap = admission.maxQueuedInTier {
                 let queued = try Int.fetchOne(
                     db, cached: "SELECT COUNT(*) FROM generations WHERE tier = ? AND state = 'queued'",
                     arguments: [generation.tier]) ?? 0
-                if queued >= cap {
-                    throw KilnError(
-                        .rateLimited, "the '\(generation.tier)' tier has \(queued) queued generations, its limit (max_queued \(cap))")
-                }
+                if queued >= cap { throw KilnError.tierQueueFull(queued: queued, cap: cap, tier: generation.tier) }
             }
-            // A new generation starts clean, whatever else the caller's value carried.
-            var stored = generation
-            stored.state = .queued
-            stored.attempts = 0
-            stored.progress = JobProgress()
-            stored.output = [:]
-            stored.error = nil
-            stored.lease = nil
-            stored.startedAt = nil
-            stored.completedAt = nil
+            var stored = generation.asSubmitted
             try db.run(
                 sql: """
                     INSERT INTO generations (id, account_id, model, version, alias, tier, accelerators, gpus, state, input,
@@ -59,9 +41,9 @@ extension SQLiteJobStore {
                     """,
                 arguments: [
                     stored.id.rawValue, stored.accountID.rawValue, stored.model, stored.version, stored.alias, stored.tier,
-                    Self.encode(stored.accelerators), stored.gpus,
-                    JSONValue.object(stored.input).canonicalJSON(), Self.json(stored.inputFiles.mapValues(\.rawValue)),
-                    stored.maxAttempts, stored.callbackURL, stored.callbackEvents.isEmpty ? nil : Self.encode(stored.callbackEvents),
+                    JSONColumn.encode(stored.accelerators), stored.gpus,
+                    JSONValue.object(stored.input).canonicalJSON(), JSONColumn.encode(stored.inputFiles.mapValues(\.rawValue)),
+                    stored.maxAttempts, stored.callbackURL, stored.callbackEvents.isEmpty ? nil : JSONColumn.encode(stored.callbackEvents),
                     stored.createdAt.timeIntervalSince1970, stored.queuedAt.timeIntervalSince1970,
                 ])
             stored.sequence = db.lastInsertedRowID
@@ -329,13 +311,13 @@ extension SQLiteJobStore {
                     "token": lease?.token.value ?? token, "worker": lease?.workerID.rawValue, "cluster": lease?.cluster,
                     "leasedAt": lease?.leasedAt.timeIntervalSince1970, "expires": lease?.expiresAt.timeIntervalSince1970,
                     "leaseStarted": lease?.startedAt?.timeIntervalSince1970, "acked": lease?.acknowledged ?? false,
-                    "fraction": after.progress.fraction, "stage": after.progress.stage, "output": after.output.isEmpty ? "{}" : encode(after.output),
+                    "fraction": after.progress.fraction, "stage": after.progress.stage, "output": after.output.isEmpty ? "{}" : JSONColumn.encode(after.output),
                     "errorCode": after.error?.code, "errorMessage": after.error?.message,
                     "startedAt": after.startedAt?.timeIntervalSince1970, "completedAt": after.completedAt?.timeIntervalSince1970,
                     "unacknowledged": after.unacknowledgedLeases, "id": after.id.rawValue, "beforeState": before.state.rawValue, "beforeToken": token,
                 ])
             guard db.changesCount == 1 else {
-                throw KilnError(.conflict, "generation '\(after.id)' changed while this change was made; nothing was applied")
+                throw KilnError.generationChanged(after.id)
             }
         }
         if after.state.isFinal, !before.state.isFinal { try settleOutputs(db, of: after, at: at) }

@@ -105,7 +105,7 @@ extension SQLiteJobStore {
     static func setAlias(
         _ db: Database, _ name: String, of model: String, targets: [AliasTarget], action: AliasChange.Action, at: Date
     ) throws -> AliasRecord {
-        let encoded = encode(targets)
+        let encoded = JSONColumn.encode(targets)
         try db.run(
             sql: """
                 INSERT INTO aliases (model, name, targets, updated_at) VALUES (?, ?, ?, ?)
@@ -129,7 +129,7 @@ extension SQLiteJobStore {
         ).map { row in
             AliasChange(
                 sequence: row["seq"], model: row["model"], alias: row["alias"],
-                action: AliasChange.Action(rawValue: row["action"]) ?? .promote, targets: decode(row["targets"]) ?? [],
+                action: AliasChange.Action(rawValue: row["action"]) ?? .promote, targets: JSONColumn.decode(row["targets"]) ?? [],
                 at: Date(timeIntervalSince1970: row["at"]))
         }
     }
@@ -142,7 +142,7 @@ extension SQLiteJobStore {
 
     static func alias(from row: Row) -> AliasRecord {
         AliasRecord(
-            model: row["model"], name: row["name"], targets: decode(row["targets"]) ?? [],
+            model: row["model"], name: row["name"], targets: JSONColumn.decode(row["targets"]) ?? [],
             updatedAt: Date(timeIntervalSince1970: row["updated_at"]))
     }
 }

@@ -37,21 +37,21 @@ extension SQLiteJobStore {
         }
         let inputText: String = row["input"]
         let input = inputText == "{}" ? [:] : (try? JSONValue.parse(inputText))?.objectValue ?? [:]
-        let inputFiles: [String: String] = decode(row["input_files"]) ?? [:]
+        let inputFiles: [String: String] = JSONColumn.decode(row["input_files"]) ?? [:]
         var generation = Generation(
             id: GenerationID(unchecked: row["id"]), sequence: row["seq"], accountID: AccountID(unchecked: row["account_id"]),
             model: row["model"], version: row["version"], alias: row["alias"], tier: row["tier"],
-            accelerators: decode(row["accelerators"]) ?? [], gpus: row["gpus"],
+            accelerators: JSONColumn.decode(row["accelerators"]) ?? [], gpus: row["gpus"],
             state: GenerationState(rawValue: row["state"]) ?? .failed, input: input,
             inputFiles: inputFiles.mapValues(FileID.init(unchecked:)),
             progress: JobProgress(fraction: row["progress_fraction"], stage: row["progress_stage"]),
-            output: decode(row["output"]) ?? [:], error: error, attempts: row["attempts"], maxAttempts: row["max_attempts"],
+            output: JSONColumn.decode(row["output"]) ?? [:], error: error, attempts: row["attempts"], maxAttempts: row["max_attempts"],
             callbackURL: row["callback_url"], createdAt: Date(timeIntervalSince1970: row["created_at"]),
             queuedAt: Date(timeIntervalSince1970: row["queued_at"]),
             startedAt: (row["started_at"] as Double?).map(Date.init(timeIntervalSince1970:)),
             completedAt: (row["completed_at"] as Double?).map(Date.init(timeIntervalSince1970:)), lease: lease)
         generation.unacknowledgedLeases = row["unacknowledged_leases"]
-        generation.callbackEvents = decode(row["callback_events"]) ?? []
+        generation.callbackEvents = JSONColumn.decode(row["callback_events"]) ?? []
         return generation
     }
 
@@ -78,24 +78,9 @@ extension SQLiteJobStore {
     static func worker(from row: Row) -> WorkerRecord {
         WorkerRecord(
             id: WorkerID(unchecked: row["id"]), cluster: row["cluster"], accelerator: row["accelerator"], gpus: row["gpus"],
-            labels: decode(row["labels"]) ?? [:], pool: row["pool"], state: WorkerRecord.State(rawValue: row["state"]) ?? .active,
+            labels: JSONColumn.decode(row["labels"]) ?? [:], pool: row["pool"], state: WorkerRecord.State(rawValue: row["state"]) ?? .active,
             keyID: (row["key_id"] as String?).map(KeyID.init(unchecked:)), registeredAt: Date(timeIntervalSince1970: row["registered_at"]),
             lastSeenAt: Date(timeIntervalSince1970: row["last_seen_at"]))
-    }
-
-    static func json(_ value: [String: String]) -> String { encode(value) }
-
-    static func encode<T: Encodable>(_ value: T) -> String {
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.sortedKeys]
-        return String(decoding: (try? encoder.encode(value)) ?? Data("{}".utf8), as: UTF8.self)
-    }
-
-    static func decode<T: Decodable & EmptyDecodable>(_ text: String?) -> T? {
-        guard let text else { return nil }
-        // Most rows hold empty collections: no decoder for those.
-        if text == "{}" || text == "[]", let empty = T.empty { return empty }
-        return try? JSONDecoder().decode(T.self, from: Data(text.utf8))
     }
 }
 
@@ -121,17 +106,4 @@ extension DatabaseValueConvertible {
     static func fetchOne(_ db: Database, cached sql: String, arguments: StatementArguments = []) throws -> Self? {
         try fetchOne(db.cachedStatement(sql: sql), arguments: arguments)
     }
-}
-
-/// A collection whose empty value needs no decoder.
-protocol EmptyDecodable {
-    static var empty: Self? { get }
-}
-
-extension Dictionary: EmptyDecodable {
-    static var empty: Self? { [:] }
-}
-
-extension Array: EmptyDecodable {
-    static var empty: Self? { [] }
 }

@@ -12,7 +12,7 @@ extension SQLiteJobStore {
                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                     """,
                 arguments: [
-                    worker.id.rawValue, worker.cluster, worker.accelerator, worker.gpus, Self.json(worker.labels), worker.pool,
+                    worker.id.rawValue, worker.cluster, worker.accelerator, worker.gpus, JSONColumn.encode(worker.labels), worker.pool,
                     worker.state.rawValue, worker.keyID?.rawValue, worker.registeredAt.timeIntervalSince1970,
                     worker.lastSeenAt.timeIntervalSince1970,
                 ])
