@@ -124,22 +124,4 @@ extension PostgresJobStore {
             ON CONFLICT (object_key) DO NOTHING
             """)
     }
-
-    /// When a generation ends: its attempts' outputs that are not its own are doomed, and the
-    /// attachments forgotten (the outputs it keeps are named in its `output`).
-    static func settleOutputs(_ session: PostgresSession, of generation: Generation, at: Date) async throws {
-        let kept = Set(generation.output.values.map(\.fileID.rawValue))
-        let staged = try await session.rows(
-            """
-            SELECT o.file_id, f.object_key FROM job_outputs o JOIN files f ON f.id = o.file_id
-            WHERE o.generation_id = \(generation.id.rawValue)
-            """)
-        guard !staged.isEmpty else { return }  // most jobs: no outputs, nothing to forget
-        for row in staged {
-            let fileID: String = try row.value("file_id")
-            guard !kept.contains(fileID) else { continue }
-            try await doom(session, fileID: fileID, objectKey: try row.value("object_key"), at: at)
-        }
-        try await session.run("DELETE FROM job_outputs WHERE generation_id = \(generation.id.rawValue)")
-    }
 }

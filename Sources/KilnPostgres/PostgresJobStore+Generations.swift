@@ -8,21 +8,26 @@ extension PostgresJobStore {
     public func submit(_ generation: Generation, admission: Admission, idempotency: IdempotencyClaim?) async throws
         -> Submission
     {
-        try await write { session in
+        let stored = generation.asSubmitted
+        guard idempotency != nil || admission.maxQueuedPerAccount != nil || admission.maxQueuedInTier != nil else {
+            // Nothing to check first: one statement, committed on its own.
+            return try await autocommit { session in Submission(generation: try await Self.insert(stored, session), created: true) }
+        }
+        return try await write { session in
             // Admission is serialized per account, and per tier for the tier's cap, with
             // transaction-scoped advisory locks rather than `FOR UPDATE` on the account row: the
             // tier has no row to lock, and tier changes of the account need not wait for
             // submissions. Always account before tier, so that two submissions never wait on each
             // other. The account lock also makes a repeated idempotency key find the first one.
             if idempotency != nil || admission.maxQueuedPerAccount != nil {
-                try await session.lock(.account, generation.accountID.rawValue)
+                try await session.lock(.account, stored.accountID.rawValue)
             }
-            if admission.maxQueuedInTier != nil { try await session.lock(.tier, generation.tier) }
+            if admission.maxQueuedInTier != nil { try await session.lock(.tier, stored.tier) }
             if let idempotency,
                 let row = try await session.row(
                     """
                     SELECT generation_id, request_hash FROM idempotency_keys
-                    WHERE account_id = \(generation.accountID.rawValue) AND key = \(idempotency.key)
+                    WHERE account_id = \(stored.accountID.rawValue) AND key = \(idempotency.key)
                     """)
             {
                 guard try row.value("request_hash", as: String.self) == idempotency.requestHash else {
@@ -36,47 +41,54 @@ extension PostgresJobStore {
             }
             if let cap = admission.maxQueuedPerAccount {
                 let queued = try await session.value(
-                    "SELECT COUNT(*) FROM generations WHERE account_id = \(generation.accountID.rawValue) AND state = 'queued'",
+                    "SELECT COUNT(*) FROM generations WHERE account_id = \(stored.accountID.rawValue) AND state = 'queued'",
                     as: Int.self) ?? 0
-                if queued >= cap { throw KilnError.accountQueueFull(queued: queued, cap: cap, tier: generation.tier) }
+                if queued >= cap { throw KilnError.accountQueueFull(queued: queued, cap: cap, tier: stored.tier) }
             }
             if let cap = admission.maxQueuedInTier {
                 let queued = try await session.value(
-                    "SELECT COUNT(*) FROM generations WHERE tier = \(generation.tier) AND state = 'queued'", as: Int.self) ?? 0
-                if queued >= cap { throw KilnError.tierQueueFull(queued: queued, cap: cap, tier: generation.tier) }
+                    "SELECT COUNT(*) FROM generations WHERE tier = \(stored.tier) AND state = 'queued'", as: Int.self) ?? 0
+                if queued >= cap { throw KilnError.tierQueueFull(queued: queued, cap: cap, tier: stored.tier) }
             }
-            var stored = generation.asSubmitted
-            let created = stored.createdAt.timeIntervalSince1970
-            // The generation and its `queued` event in one round trip.
-            let sequence = try await session.value(
-                """
-                WITH inserted AS (
-                    INSERT INTO generations (id, account_id, model, version, alias, tier, accelerators, gpus, state, input,
-                        input_files, progress_fraction, progress_stage, output, attempts, max_attempts, callback_url,
-                        callback_events, created_at, queued_at)
-                    VALUES (\(stored.id.rawValue), \(stored.accountID.rawValue), \(stored.model), \(stored.version), \(stored.alias),
-                        \(stored.tier), \(JSONColumn.encode(stored.accelerators)), \(stored.gpus), 'queued',
-                        \(JSONValue.object(stored.input).canonicalJSON()), \(JSONColumn.encode(stored.inputFiles.mapValues(\.rawValue))),
-                        0, '', '{}', 0, \(stored.maxAttempts), \(stored.callbackURL),
-                        \(stored.callbackEvents.isEmpty ? nil : JSONColumn.encode(stored.callbackEvents)), \(created),
-                        \(stored.queuedAt.timeIntervalSince1970))
-                    RETURNING seq),
-                event AS (
-                    INSERT INTO generation_events (generation_id, kind, at, state, progress_fraction, progress_stage)
-                    VALUES (\(stored.id.rawValue), \(GenerationEvent.Kind.queued.rawValue), \(created), 'queued', 0, ''))
-                SELECT seq FROM inserted
-                """, as: Int64.self)
-            guard let sequence else { throw KilnError(.internal, "inserting generation '\(stored.id)' returned no sequence") }
-            stored.sequence = sequence
+            let inserted = try await Self.insert(stored, session)
             if let idempotency {
                 try await session.run(
                     """
                     INSERT INTO idempotency_keys (account_id, key, request_hash, generation_id, created_at)
-                    VALUES (\(stored.accountID.rawValue), \(idempotency.key), \(idempotency.requestHash), \(stored.id.rawValue), \(created))
+                    VALUES (\(stored.accountID.rawValue), \(idempotency.key), \(idempotency.requestHash), \(stored.id.rawValue),
+                        \(stored.createdAt.timeIntervalSince1970))
                     """)
             }
-            return Submission(generation: stored, created: true)
+            return Submission(generation: inserted, created: true)
         }
+    }
+
+    /// Inserts a submitted generation and its `queued` event, in one statement.
+    /// - Returns: the generation with its sequence.
+    static func insert(_ generation: Generation, _ session: PostgresSession) async throws -> Generation {
+        var stored = generation
+        let created = stored.createdAt.timeIntervalSince1970
+        let sequence = try await session.value(
+            """
+            WITH inserted AS (
+                INSERT INTO generations (id, account_id, model, version, alias, tier, accelerators, gpus, state, input,
+                    input_files, progress_fraction, progress_stage, output, attempts, max_attempts, callback_url,
+                    callback_events, created_at, queued_at)
+                VALUES (\(stored.id.rawValue), \(stored.accountID.rawValue), \(stored.model), \(stored.version), \(stored.alias),
+                    \(stored.tier), \(JSONColumn.encode(stored.accelerators)), \(stored.gpus), 'queued',
+                    \(JSONValue.object(stored.input).canonicalJSON()), \(JSONColumn.encode(stored.inputFiles.mapValues(\.rawValue))),
+                    0, '', '{}', 0, \(stored.maxAttempts), \(stored.callbackURL),
+                    \(stored.callbackEvents.isEmpty ? nil : JSONColumn.encode(stored.callbackEvents)), \(created),
+                    \(stored.queuedAt.timeIntervalSince1970))
+                RETURNING seq),
+            event AS (
+                INSERT INTO generation_events (generation_id, kind, at, state, progress_fraction, progress_stage)
+                VALUES (\(stored.id.rawValue), \(GenerationEvent.Kind.queued.rawValue), \(created), 'queued', 0, ''))
+            SELECT seq FROM inserted
+            """, as: Int64.self)
+        guard let sequence else { throw KilnError(.internal, "inserting generation '\(stored.id)' returned no sequence") }
+        stored.sequence = sequence
+        return stored
     }
 
     public func generation(_ id: GenerationID) async throws -> Generation? {
@@ -110,15 +122,14 @@ extension PostgresJobStore {
     }
 
     public func lease(sequence: Int64, to worker: WorkerRecord, at: Date, ttl: Double, start: Bool) async throws -> Generation? {
-        try await write { session in
+        try await racing("generation #\(sequence)") { session in
             guard
-                let row = try await session.row(
-                    "SELECT \(unescaped: Self.generationColumns) FROM generations WHERE seq = \(sequence) FOR UPDATE")
-            else { return nil }
+                let row = try await session.row("SELECT \(unescaped: Self.generationColumns) FROM generations WHERE seq = \(sequence)")
+            else { return .done(nil) }
             let generation = try Self.generation(from: row)
-            guard generation.state == .queued else { return nil }
+            guard generation.state == .queued else { return .done(nil) }
             let token: Int64 = try row.value("lease_token")
-            // Resolve the alias now, in the same transaction: the generation records what it runs.
+            // Resolve the alias now: the generation records what it runs.
             var version: String?
             if generation.version == nil, let aliasName = generation.alias,
                 let alias = try await Self.fetchAlias(session, aliasName, of: generation.model)
@@ -128,7 +139,7 @@ extension PostgresJobStore {
             let transition = try Lifecycle.lease(
                 generation, to: worker.id, cluster: worker.cluster, token: FencingToken.next(after: FencingToken(token)),
                 version: version, at: at, ttl: ttl, start: start)
-            return try await Self.persist(session, transition, from: generation, token: token, at: at)
+            return try await Self.persist(session, transition, from: generation, token: token, at: at).map { .done($0) } ?? .lostRace
         }
     }
 
@@ -150,7 +161,7 @@ extension PostgresJobStore {
         async throws
     {
         try await write { session in
-            guard let (generation, _) = try await Self.fetchForTransition(session, id: id) else {
+            guard let (generation, _) = try await Self.fetchForTransition(session, id: id, lock: true) else {
                 throw KilnError(.notFound, "no generation '\(id)'")
             }
             try Lifecycle.holding(generation, worker: worker, token: token, allowCanceled: false)
@@ -175,30 +186,32 @@ extension PostgresJobStore {
     public func complete(_ id: GenerationID, worker: WorkerID, token: FencingToken, outputs: [String], at: Date)
         async throws -> Generation
     {
-        try await write { session in
-            guard let (generation, held) = try await Self.fetchForTransition(session, id: id) else {
+        guard !outputs.isEmpty else {
+            return try await transition(id, at: at) { try Lifecycle.complete($0, worker: worker, token: token, outputs: [:], at: at) }
+        }
+        // With outputs, under the row's lock: no upload of the same name may replace one between
+        // reading it and keeping it.
+        return try await write { session in
+            guard let (generation, held) = try await Self.fetchForTransition(session, id: id, lock: true) else {
                 throw KilnError(.notFound, "no generation '\(id)'")
             }
             // The lease first: a stale token is told so, whatever outputs it names.
             try Lifecycle.holding(generation, worker: worker, token: token, allowCanceled: false)
             var files: [String: OutputFile] = [:]
-            if !outputs.isEmpty {
-                let attached = try await session.rows(
-                    """
-                    SELECT o.name, f.id, f.content_type, f.size FROM job_outputs o JOIN files f ON f.id = o.file_id
-                    WHERE o.generation_id = \(id.rawValue) AND o.token = \(token.value) AND o.name = ANY(\(outputs))
-                    """)
-                for row in attached {
-                    files[try row.value("name")] = OutputFile(
-                        fileID: FileID(unchecked: try row.value("id")), contentType: try row.value("content_type"),
-                        size: try row.value("size"))
-                }
-                if let missing = outputs.first(where: { files[$0] == nil }) {
-                    throw KilnError(.invalidInput, "outputs: '\(missing)' was not uploaded for this lease")
-                }
+            let attached = try await session.rows(
+                """
+                SELECT o.name, f.id, f.content_type, f.size FROM job_outputs o JOIN files f ON f.id = o.file_id
+                WHERE o.generation_id = \(id.rawValue) AND o.token = \(token.value) AND o.name = ANY(\(outputs))
+                """)
+            for row in attached {
+                files[try row.value("name")] = OutputFile(
+                    fileID: FileID(unchecked: try row.value("id")), contentType: try row.value("content_type"), size: try row.value("size"))
+            }
+            if let missing = outputs.first(where: { files[$0] == nil }) {
+                throw KilnError(.invalidInput, "outputs: '\(missing)' was not uploaded for this lease")
             }
             let transition = try Lifecycle.complete(generation, worker: worker, token: token, outputs: files, at: at)
-            return try await Self.persist(session, transition, from: generation, token: held, at: at)
+            return try await Self.persistLocked(session, transition, from: generation, token: held, at: at)
         }
     }
 
@@ -223,7 +236,7 @@ extension PostgresJobStore {
             for row in expired {
                 let generation = try Self.generation(from: row)
                 changed.append(
-                    try await Self.persist(
+                    try await Self.persistLocked(
                         session, Lifecycle.expire(generation, at: now), from: generation, token: try row.value("lease_token"), at: now))
             }
             return changed
@@ -251,7 +264,7 @@ extension PostgresJobStore {
             for row in held {
                 let generation = try Self.generation(from: row)
                 released.append(
-                    try await Self.persist(
+                    try await Self.persistLocked(
                         session, Lifecycle.release(generation, reason: reason), from: generation, token: try row.value("lease_token"),
                         at: at))
             }
@@ -304,13 +317,39 @@ extension PostgresJobStore {
 
     // MARK: Transitions
 
-    /// Locks the generation, applies `change` (one of ``Lifecycle``'s functions) and persists it.
+    /// The outcome of one try of a change made without locks.
+    enum Attempt<T> {
+        case done(T)
+        /// The generation changed between reading it and writing it: read it again and retry.
+        case lostRace
+    }
+
+    /// How many times a change is tried against a generation that keeps changing under it.
+    static let raceAttempts = 50
+
+    /// Runs `body` outside a transaction until it does not lose a race: each try reads the
+    /// generation, decides, and writes with one conditional statement (see ``persist``).
+    /// - Throws: `.conflict` when every try lost.
+    func racing<T: Sendable>(_ subject: String, _ body: (PostgresSession) async throws -> Attempt<T>) async throws -> T {
+        try await autocommit { session in
+            for _ in 0..<Self.raceAttempts {
+                if case .done(let value) = try await body(session) { return value }
+            }
+            throw KilnError(
+                .conflict, "\(subject) kept changing while this change was tried \(Self.raceAttempts) times; nothing was applied")
+        }
+    }
+
+    /// Reads the generation, applies `change` (one of ``Lifecycle``'s functions) and persists it,
+    /// in two round trips and no transaction; a change that loses a race with another is decided
+    /// again on the generation as the other left it, as if it had waited for it.
     func transition(_ id: GenerationID, at: Date, _ change: (Generation) throws -> Transition) async throws -> Generation {
-        try await write { session in
-            guard let (generation, token) = try await Self.fetchForTransition(session, id: id) else {
+        try await racing("generation '\(id)'") { session in
+            guard let (generation, token) = try await Self.fetchForTransition(session, id: id, lock: false) else {
                 throw KilnError(.notFound, "no generation '\(id)'")
             }
-            return try await Self.persist(session, change(generation), from: generation, token: token, at: at)
+            return try await Self.persist(session, change(generation), from: generation, token: token, at: at).map { .done($0) }
+                ?? .lostRace
         }
     }
 
@@ -318,86 +357,113 @@ extension PostgresJobStore {
         try await session.row("SELECT \(unescaped: generationColumns) FROM generations WHERE id = \(id.rawValue)").map(generation(from:))
     }
 
-    /// The generation, locked until the transaction ends, and the last fencing token issued for it
-    /// (kept while it is not leased).
-    static func fetchForTransition(_ session: PostgresSession, id: GenerationID) async throws -> (Generation, Int64)? {
+    /// The generation and the last fencing token issued for it (kept while it is not leased);
+    /// with `lock`, its row is locked until the transaction ends.
+    static func fetchForTransition(_ session: PostgresSession, id: GenerationID, lock: Bool) async throws -> (Generation, Int64)? {
         guard
             let row = try await session.row(
-                "SELECT \(unescaped: generationColumns) FROM generations WHERE id = \(id.rawValue) FOR UPDATE")
+                "SELECT \(unescaped: generationColumns) FROM generations WHERE id = \(id.rawValue) \(unescaped: lock ? "FOR UPDATE" : "")")
         else { return nil }
         return (try generation(from: row), try row.value("lease_token"))
     }
 
-    /// Writes a transition of `before` (read with fencing token `token`) and its event: one
-    /// conditional update of every column a transition may change, refused unless the row still
-    /// has the state and token it was read with, and the event inserted by the same statement.
-    static func persist(_ session: PostgresSession, _ transition: Transition, from before: Generation, token: Int64, at: Date)
+    /// ``persist`` for a generation whose row this transaction has locked: it cannot have changed.
+    static func persistLocked(_ session: PostgresSession, _ transition: Transition, from before: Generation, token: Int64, at: Date)
         async throws -> Generation
     {
-        let after = transition.generation
-        let event = transition.event
-        if after != before {
-            let lease = after.lease
-            var binds = PostgresBindings(capacity: 28)
-            binds.append(after.state.rawValue)  // $1
-            binds.append(after.version)
-            binds.append(after.attempts)
-            binds.append(lease?.token.value ?? token)
-            binds.append(lease?.workerID.rawValue)  // $5
-            binds.append(lease?.cluster)
-            binds.append(lease?.leasedAt.timeIntervalSince1970)
-            binds.append(lease?.expiresAt.timeIntervalSince1970)
-            binds.append(lease?.startedAt?.timeIntervalSince1970)
-            binds.append(lease?.acknowledged ?? false)  // $10
-            binds.append(after.progress.fraction)
-            binds.append(after.progress.stage)
-            binds.append(after.output.isEmpty ? "{}" : JSONColumn.encode(after.output))
-            binds.append(after.error?.code)
-            binds.append(after.error?.message)  // $15
-            binds.append(after.startedAt?.timeIntervalSince1970)
-            binds.append(after.completedAt?.timeIntervalSince1970)
-            binds.append(after.unacknowledgedLeases)
-            binds.append(after.id.rawValue)
-            binds.append(before.state.rawValue)  // $20
-            binds.append(token)
-            var sql = """
-                UPDATE generations SET state = $1, version = $2, attempts = $3, lease_token = $4, lease_worker = $5,
-                    lease_cluster = $6, leased_at = $7, lease_expires_at = $8, lease_started_at = $9, lease_acked = $10,
-                    progress_fraction = $11, progress_stage = $12, output = $13, error_code = $14, error_message = $15,
-                    started_at = $16, completed_at = $17, unacknowledged_leases = $18
-                WHERE id = $19 AND state = $20 AND lease_token = $21
-                RETURNING id
-                """
-            if let event {
-                binds.append(event.rawValue)  // $22
-                binds.append(at.timeIntervalSince1970)
-                binds.append(transition.message)
-                sql = """
-                    WITH updated AS (\(sql))
-                    INSERT INTO generation_events (generation_id, kind, at, state, progress_fraction, progress_stage, message)
-                    SELECT id, $22, $23, $1, $11, $12, $24 FROM updated
-                    RETURNING generation_id
-                    """
-            }
-            guard try await session.run(PostgresQuery(unsafeSQL: sql, binds: binds)) == 1 else {
-                throw KilnError.generationChanged(after.id)
-            }
-        } else if let event {
-            try await appendEvent(session, after, event, at: at, message: transition.message)
+        guard let after = try await persist(session, transition, from: before, token: token, at: at) else {
+            throw KilnError.generationChanged(before.id)
         }
-        if after.state.isFinal, !before.state.isFinal { try await settleOutputs(session, of: after, at: at) }
-        if let event { try await enqueueWebhook(session, for: after, event: event, at: at) }
         return after
     }
 
-    static func appendEvent(
-        _ session: PostgresSession, _ generation: Generation, _ kind: GenerationEvent.Kind, at: Date, message: String? = nil
-    ) async throws {
-        try await session.run(
+    /// Writes a transition of `before` (read with fencing token `token`) in one statement: the
+    /// conditional update of every column a transition may change, which applies only while the
+    /// row still has the state and token it was read with, and, only if it applied, the event, the
+    /// settling of outputs when the generation ends (those it does not keep are doomed, the
+    /// attachments forgotten) and the webhook delivery the event owes.
+    /// - Returns: the generation as written; nil when the row had changed and nothing was written.
+    static func persist(_ session: PostgresSession, _ transition: Transition, from before: Generation, token: Int64, at: Date)
+        async throws -> Generation?
+    {
+        let after = transition.generation
+        guard after != before || transition.event != nil else { return after }
+        let lease = after.lease
+        var statement = BoundStatement()
+        let id = statement.bind(after.id.rawValue)
+        let time = statement.bind(at.timeIntervalSince1970)
+        let state = statement.bind(after.state.rawValue)
+        let fraction = statement.bind(after.progress.fraction)
+        let stage = statement.bind(after.progress.stage)
+        var parts = [
             """
-            INSERT INTO generation_events (generation_id, kind, at, state, progress_fraction, progress_stage, message)
-            VALUES (\(generation.id.rawValue), \(kind.rawValue), \(at.timeIntervalSince1970), \(generation.state.rawValue),
-                \(generation.progress.fraction), \(generation.progress.stage), \(message))
-            """)
+            updated AS (
+                UPDATE generations SET state = \(state), version = \(statement.bind(after.version)),
+                    attempts = \(statement.bind(after.attempts)), lease_token = \(statement.bind(lease?.token.value ?? token)),
+                    lease_worker = \(statement.bind(lease?.workerID.rawValue)), lease_cluster = \(statement.bind(lease?.cluster)),
+                    leased_at = \(statement.bind(lease?.leasedAt.timeIntervalSince1970)),
+                    lease_expires_at = \(statement.bind(lease?.expiresAt.timeIntervalSince1970)),
+                    lease_started_at = \(statement.bind(lease?.startedAt?.timeIntervalSince1970)),
+                    lease_acked = \(statement.bind(lease?.acknowledged ?? false)), progress_fraction = \(fraction),
+                    progress_stage = \(stage), output = \(statement.bind(after.output.isEmpty ? "{}" : JSONColumn.encode(after.output))),
+                    error_code = \(statement.bind(after.error?.code)), error_message = \(statement.bind(after.error?.message)),
+                    started_at = \(statement.bind(after.startedAt?.timeIntervalSince1970)),
+                    completed_at = \(statement.bind(after.completedAt?.timeIntervalSince1970)),
+                    unacknowledged_leases = \(statement.bind(after.unacknowledgedLeases))
+                WHERE id = \(id) AND state = \(statement.bind(before.state.rawValue)) AND lease_token = \(statement.bind(token))
+                RETURNING id)
+            """
+        ]
+        if let event = transition.event {
+            parts.append(
+                """
+                event AS (
+                    INSERT INTO generation_events (generation_id, kind, at, state, progress_fraction, progress_stage, message)
+                    SELECT id, \(statement.bind(event.rawValue)), \(time), \(state), \(fraction), \(stage),
+                        \(statement.bind(transition.message))
+                    FROM updated)
+                """)
+        }
+        if after.state.isFinal, !before.state.isFinal {
+            // The outputs its attempts uploaded that it does not keep are doomed, and every
+            // attachment forgotten. (Foreign keys are checked at the end of the statement, after
+            // both deletes.)
+            let kept = statement.bind(Array(Set(after.output.values.map(\.fileID.rawValue))).sorted())
+            parts.append(
+                """
+                unkept AS (
+                    SELECT o.file_id, f.object_key FROM job_outputs o JOIN files f ON f.id = o.file_id
+                    WHERE o.generation_id = \(id) AND o.file_id <> ALL(\(kept)) AND EXISTS (SELECT 1 FROM updated)),
+                doomed AS (
+                    INSERT INTO doomed_objects (object_key, doomed_at) SELECT object_key, \(time) FROM unkept
+                    ON CONFLICT (object_key) DO NOTHING),
+                detached AS (
+                    DELETE FROM job_outputs
+                    WHERE (generation_id = \(id) AND EXISTS (SELECT 1 FROM updated)) OR file_id IN (SELECT file_id FROM unkept)),
+                dropped AS (DELETE FROM files WHERE id IN (SELECT file_id FROM unkept))
+                """)
+        }
+        if let event = transition.event, let type = event.webhookType(for: after), let url = after.callbackURL {
+            // Progress is coalesced: while one progress delivery waits for its first attempt, no
+            // other is added (it will carry the generation as it is when it goes).
+            let coalesced =
+                event == .progress
+                ? """
+                WHERE NOT EXISTS (
+                    SELECT 1 FROM webhook_deliveries d
+                    WHERE d.generation_id = \(id) AND d.type = 'generation.progress' AND d.state = 'pending'
+                    AND NOT EXISTS (SELECT 1 FROM webhook_attempts a WHERE a.delivery_id = d.id))
+                """ : ""
+            parts.append(
+                """
+                delivery AS (
+                    INSERT INTO webhook_deliveries (id, generation_id, account_id, type, url, state, created_at, next_attempt_at)
+                    SELECT \(statement.bind(WebhookDelivery.newID())), id, \(statement.bind(after.accountID.rawValue)),
+                        \(statement.bind(type)), \(statement.bind(url)), 'pending', \(time), \(time)
+                    FROM updated \(coalesced))
+                """)
+        }
+        let written = try await session.run(statement.query("WITH " + parts.joined(separator: ",\n") + "\nSELECT id FROM updated"))
+        return written == 1 ? after : nil
     }
 }

@@ -3,7 +3,7 @@ import KilnCore
 import KilnStore
 import PostgresNIO
 
-/// Webhook secrets and deliveries. A delivery is inserted by ``persist`` in the transaction of the
+/// Webhook secrets and deliveries. A delivery is inserted by ``persist`` in the statement of the
 /// transition it tells of: a committed final state always has its delivery.
 extension PostgresJobStore {
     static let deliveryColumns = "id, generation_id, account_id, type, url, state, created_at, next_attempt_at"
@@ -123,34 +123,7 @@ extension PostgresJobStore {
         }
     }
 
-    // MARK: In a transaction
-
-    /// The delivery a transition owes the generation's callback URL, if any (see
-    /// ``KilnStore/GenerationEvent/Kind/webhookType(for:)``). Progress is coalesced: while one
-    /// progress delivery waits for its first attempt, no other is added (it will carry the
-    /// generation as it is when it goes).
-    static func enqueueWebhook(_ session: PostgresSession, for generation: Generation, event: GenerationEvent.Kind, at: Date) async throws {
-        guard let type = event.webhookType(for: generation), let url = generation.callbackURL else { return }
-        let id = WebhookDelivery.newID()
-        let time = at.timeIntervalSince1970
-        if event == .progress {
-            try await session.run(
-                """
-                INSERT INTO webhook_deliveries (id, generation_id, account_id, type, url, state, created_at, next_attempt_at)
-                SELECT \(id), \(generation.id.rawValue), \(generation.accountID.rawValue), \(type), \(url), 'pending', \(time), \(time)
-                WHERE NOT EXISTS (
-                    SELECT 1 FROM webhook_deliveries d
-                    WHERE d.generation_id = \(generation.id.rawValue) AND d.type = 'generation.progress' AND d.state = 'pending'
-                    AND NOT EXISTS (SELECT 1 FROM webhook_attempts a WHERE a.delivery_id = d.id))
-                """)
-        } else {
-            try await session.run(
-                """
-                INSERT INTO webhook_deliveries (id, generation_id, account_id, type, url, state, created_at, next_attempt_at)
-                VALUES (\(id), \(generation.id.rawValue), \(generation.accountID.rawValue), \(type), \(url), 'pending', \(time), \(time))
-                """)
-        }
-    }
+    // MARK: Rows
 
     /// Deliveries from their rows, each with its attempts (read in one query for all).
     static func deliveries(from rows: [PostgresRandomAccessRow], _ session: PostgresSession) async throws -> [WebhookDelivery] {

@@ -66,3 +66,26 @@ extension PostgresRandomAccessRow {
         try value(column, as: Double?.self).map(Date.init(timeIntervalSince1970:))
     }
 }
+
+/// A statement assembled from pieces, each value bound as the next parameter (`$1`, `$2`, …):
+/// for statements whose shape depends on the change, such as a transition's.
+struct BoundStatement {
+    private(set) var binds = PostgresBindings()
+
+    /// Binds `value` and returns its placeholder.
+    mutating func bind<Value: PostgresDynamicTypeEncodable>(_ value: Value) -> String {
+        binds.append(value)
+        return "$\(binds.count)"
+    }
+
+    /// Binds `value`, or NULL, and returns its placeholder.
+    mutating func bind<Value: PostgresDynamicTypeEncodable>(_ value: Value?) -> String {
+        binds.append(value)
+        return "$\(binds.count)"
+    }
+
+    /// The query of `sql`, whose placeholders are those this statement handed out.
+    func query(_ sql: String) -> PostgresQuery {
+        PostgresQuery(unsafeSQL: sql, binds: binds)
+    }
+}
