@@ -66,27 +66,10 @@ extension PostgresJobStore {
     /// Inserts a submitted generation and its `queued` event, in one statement.
     /// - Returns: the generation with its sequence.
     static func insert(_ generation: Generation, _ session: PostgresSession) async throws -> Generation {
+        guard let sequence = try await session.rows(InsertGeneration(generation: generation)).first else {
+            throw KilnError(.internal, "inserting generation '\(generation.id)' returned no sequence")
+        }
         var stored = generation
-        let created = stored.createdAt.timeIntervalSince1970
-        let sequence = try await session.value(
-            """
-            WITH inserted AS (
-                INSERT INTO generations (id, account_id, model, version, alias, tier, accelerators, gpus, state, input,
-                    input_files, progress_fraction, progress_stage, output, attempts, max_attempts, callback_url,
-                    callback_events, created_at, queued_at)
-                VALUES (\(stored.id.rawValue), \(stored.accountID.rawValue), \(stored.model), \(stored.version), \(stored.alias),
-                    \(stored.tier), \(JSONColumn.encode(stored.accelerators)), \(stored.gpus), 'queued',
-                    \(JSONValue.object(stored.input).canonicalJSON()), \(JSONColumn.encode(stored.inputFiles.mapValues(\.rawValue))),
-                    0, '', '{}', 0, \(stored.maxAttempts), \(stored.callbackURL),
-                    \(stored.callbackEvents.isEmpty ? nil : JSONColumn.encode(stored.callbackEvents)), \(created),
-                    \(stored.queuedAt.timeIntervalSince1970))
-                RETURNING seq),
-            event AS (
-                INSERT INTO generation_events (generation_id, kind, at, state, progress_fraction, progress_stage)
-                VALUES (\(stored.id.rawValue), \(GenerationEvent.Kind.queued.rawValue), \(created), 'queued', 0, ''))
-            SELECT seq FROM inserted
-            """, as: Int64.self)
-        guard let sequence else { throw KilnError(.internal, "inserting generation '\(stored.id)' returned no sequence") }
         stored.sequence = sequence
         return stored
     }
@@ -97,8 +80,7 @@ extension PostgresJobStore {
 
     public func generation(sequence: Int64) async throws -> Generation? {
         try await autocommit { session in
-            try await session.row("SELECT \(unescaped: Self.generationColumns) FROM generations WHERE seq = \(sequence)")
-                .map(Self.generation(from:))
+            try await session.rows(GenerationBySequence(sequence: sequence)).first.map(Self.generation(from:))
         }
     }
 
@@ -123,9 +105,7 @@ extension PostgresJobStore {
 
     public func lease(sequence: Int64, to worker: WorkerRecord, at: Date, ttl: Double, start: Bool) async throws -> Generation? {
         try await racing("generation #\(sequence)") { session in
-            guard
-                let row = try await session.row("SELECT \(unescaped: Self.generationColumns) FROM generations WHERE seq = \(sequence)")
-            else { return .done(nil) }
+            guard let row = try await session.rows(GenerationBySequence(sequence: sequence)).first else { return .done(nil) }
             let generation = try Self.generation(from: row)
             guard generation.state == .queued else { return .done(nil) }
             let token: Int64 = try row.value("lease_token")
@@ -354,16 +334,17 @@ extension PostgresJobStore {
     }
 
     static func fetchGeneration(_ session: PostgresSession, id: GenerationID) async throws -> Generation? {
-        try await session.row("SELECT \(unescaped: generationColumns) FROM generations WHERE id = \(id.rawValue)").map(generation(from:))
+        try await session.rows(GenerationByID(id: id)).first.map(generation(from:))
     }
 
     /// The generation and the last fencing token issued for it (kept while it is not leased);
     /// with `lock`, its row is locked until the transaction ends.
     static func fetchForTransition(_ session: PostgresSession, id: GenerationID, lock: Bool) async throws -> (Generation, Int64)? {
-        guard
-            let row = try await session.row(
-                "SELECT \(unescaped: generationColumns) FROM generations WHERE id = \(id.rawValue) \(unescaped: lock ? "FOR UPDATE" : "")")
-        else { return nil }
+        let row =
+            lock
+            ? try await session.row("SELECT \(unescaped: generationColumns) FROM generations WHERE id = \(id.rawValue) FOR UPDATE")
+            : try await session.rows(GenerationByID(id: id)).first
+        guard let row else { return nil }
         return (try generation(from: row), try row.value("lease_token"))
     }
 
@@ -377,93 +358,18 @@ extension PostgresJobStore {
         return after
     }
 
-    /// Writes a transition of `before` (read with fencing token `token`) in one statement: the
-    /// conditional update of every column a transition may change, which applies only while the
-    /// row still has the state and token it was read with, and, only if it applied, the event, the
-    /// settling of outputs when the generation ends (those it does not keep are doomed, the
-    /// attachments forgotten) and the webhook delivery the event owes.
+    /// Writes a transition of `before` (read with fencing token `token`) in one statement
+    /// (``PersistTransition``): the conditional update of every column a transition may change,
+    /// which applies only while the row still has the state and token it was read with, and, only
+    /// if it applied, the event, the settling of outputs when the generation ends and the webhook
+    /// delivery the event owes.
     /// - Returns: the generation as written; nil when the row had changed and nothing was written.
     static func persist(_ session: PostgresSession, _ transition: Transition, from before: Generation, token: Int64, at: Date)
         async throws -> Generation?
     {
         let after = transition.generation
         guard after != before || transition.event != nil else { return after }
-        let lease = after.lease
-        var statement = BoundStatement()
-        let id = statement.bind(after.id.rawValue)
-        let time = statement.bind(at.timeIntervalSince1970)
-        let state = statement.bind(after.state.rawValue)
-        let fraction = statement.bind(after.progress.fraction)
-        let stage = statement.bind(after.progress.stage)
-        var parts = [
-            """
-            updated AS (
-                UPDATE generations SET state = \(state), version = \(statement.bind(after.version)),
-                    attempts = \(statement.bind(after.attempts)), lease_token = \(statement.bind(lease?.token.value ?? token)),
-                    lease_worker = \(statement.bind(lease?.workerID.rawValue)), lease_cluster = \(statement.bind(lease?.cluster)),
-                    leased_at = \(statement.bind(lease?.leasedAt.timeIntervalSince1970)),
-                    lease_expires_at = \(statement.bind(lease?.expiresAt.timeIntervalSince1970)),
-                    lease_started_at = \(statement.bind(lease?.startedAt?.timeIntervalSince1970)),
-                    lease_acked = \(statement.bind(lease?.acknowledged ?? false)), progress_fraction = \(fraction),
-                    progress_stage = \(stage), output = \(statement.bind(after.output.isEmpty ? "{}" : JSONColumn.encode(after.output))),
-                    error_code = \(statement.bind(after.error?.code)), error_message = \(statement.bind(after.error?.message)),
-                    started_at = \(statement.bind(after.startedAt?.timeIntervalSince1970)),
-                    completed_at = \(statement.bind(after.completedAt?.timeIntervalSince1970)),
-                    unacknowledged_leases = \(statement.bind(after.unacknowledgedLeases))
-                WHERE id = \(id) AND state = \(statement.bind(before.state.rawValue)) AND lease_token = \(statement.bind(token))
-                RETURNING id)
-            """
-        ]
-        if let event = transition.event {
-            parts.append(
-                """
-                event AS (
-                    INSERT INTO generation_events (generation_id, kind, at, state, progress_fraction, progress_stage, message)
-                    SELECT id, \(statement.bind(event.rawValue)), \(time), \(state), \(fraction), \(stage),
-                        \(statement.bind(transition.message))
-                    FROM updated)
-                """)
-        }
-        if after.state.isFinal, !before.state.isFinal {
-            // The outputs its attempts uploaded that it does not keep are doomed, and every
-            // attachment forgotten. (Foreign keys are checked at the end of the statement, after
-            // both deletes.)
-            let kept = statement.bind(Array(Set(after.output.values.map(\.fileID.rawValue))).sorted())
-            parts.append(
-                """
-                unkept AS (
-                    SELECT o.file_id, f.object_key FROM job_outputs o JOIN files f ON f.id = o.file_id
-                    WHERE o.generation_id = \(id) AND o.file_id <> ALL(\(kept)) AND EXISTS (SELECT 1 FROM updated)),
-                doomed AS (
-                    INSERT INTO doomed_objects (object_key, doomed_at) SELECT object_key, \(time) FROM unkept
-                    ON CONFLICT (object_key) DO NOTHING),
-                detached AS (
-                    DELETE FROM job_outputs
-                    WHERE (generation_id = \(id) AND EXISTS (SELECT 1 FROM updated)) OR file_id IN (SELECT file_id FROM unkept)),
-                dropped AS (DELETE FROM files WHERE id IN (SELECT file_id FROM unkept))
-                """)
-        }
-        if let event = transition.event, let type = event.webhookType(for: after), let url = after.callbackURL {
-            // Progress is coalesced: while one progress delivery waits for its first attempt, no
-            // other is added (it will carry the generation as it is when it goes).
-            let coalesced =
-                event == .progress
-                ? """
-                WHERE NOT EXISTS (
-                    SELECT 1 FROM webhook_deliveries d
-                    WHERE d.generation_id = \(id) AND d.type = 'generation.progress' AND d.state = 'pending'
-                    AND NOT EXISTS (SELECT 1 FROM webhook_attempts a WHERE a.delivery_id = d.id))
-                """ : ""
-            parts.append(
-                """
-                delivery AS (
-                    INSERT INTO webhook_deliveries (id, generation_id, account_id, type, url, state, created_at, next_attempt_at)
-                    SELECT \(statement.bind(WebhookDelivery.newID())), id, \(statement.bind(after.accountID.rawValue)),
-                        \(statement.bind(type)), \(statement.bind(url)), 'pending', \(time), \(time)
-                    FROM updated \(coalesced))
-                """)
-        }
-        let written = try await session.run(statement.query("WITH " + parts.joined(separator: ",\n") + "\nSELECT id FROM updated"))
-        return written == 1 ? after : nil
+        let written = try await session.rows(PersistTransition(transition: transition, before: before, token: token, at: at))
+        return written.count == 1 ? after : nil
     }
 }

@@ -67,25 +67,11 @@ extension PostgresRandomAccessRow {
     }
 }
 
-/// A statement assembled from pieces, each value bound as the next parameter (`$1`, `$2`, …):
-/// for statements whose shape depends on the change, such as a transition's.
-struct BoundStatement {
-    private(set) var binds = PostgresBindings()
-
-    /// Binds `value` and returns its placeholder.
-    mutating func bind<Value: PostgresDynamicTypeEncodable>(_ value: Value) -> String {
-        binds.append(value)
-        return "$\(binds.count)"
-    }
-
-    /// Binds `value`, or NULL, and returns its placeholder.
-    mutating func bind<Value: PostgresDynamicTypeEncodable>(_ value: Value?) -> String {
-        binds.append(value)
-        return "$\(binds.count)"
-    }
-
-    /// The query of `sql`, whose placeholders are those this statement handed out.
-    func query(_ sql: String) -> PostgresQuery {
-        PostgresQuery(unsafeSQL: sql, binds: binds)
+extension PostgresSession {
+    /// The rows a prepared statement returns (prepared on this connection the first time).
+    func rows<Statement: PostgresPreparedStatement>(_ statement: Statement) async throws -> [Statement.Row] {
+        var rows: [Statement.Row] = []
+        for try await row in try await connection.execute(statement, logger: logger) { rows.append(row) }
+        return rows
     }
 }
