@@ -28,9 +28,17 @@ public protocol ObjectStore: Sendable {
 
     /// Removes the object; removing an absent one is not an error.
     func delete(_ key: String) async throws
+
+    /// A URL that fetches the object with a plain `GET` for `expiresIn` seconds, with no
+    /// credentials, or nil when the store cannot make one (the file system): the server then
+    /// serves the bytes itself. Workers download blobs through such URLs (DESIGN §6).
+    /// - Throws: `.invalidInput` for a key that is not valid or an expiry the store cannot give.
+    func presignedGetURL(for key: String, expiresIn: Int) async throws -> URL?
 }
 
 extension ObjectStore {
+    public func presignedGetURL(for key: String, expiresIn: Int) async throws -> URL? { nil }
+
     public func get(_ key: String) async throws -> AsyncThrowingStream<ByteBuffer, any Error> {
         try await get(key, range: nil)
     }

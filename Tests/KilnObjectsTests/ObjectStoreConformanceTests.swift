@@ -5,15 +5,23 @@ import KilnObjects
 import NIOCore
 import Testing
 
-/// The backends every conformance test runs against; an S3 backend joins this list when it lands.
+/// The backends every conformance test runs against. S3 runs against the S3-compatible test
+/// endpoint (``S3TestEndpoint``), a bucket a test, on the server that does not check signatures
+/// (the S3 suite checks them).
 enum ObjectBackend: String, CaseIterable, CustomTestStringConvertible, Sendable {
     case fileSystem
+    case s3
     var testDescription: String { rawValue }
 
-    func make() throws -> any ObjectStore {
+    /// The backends this run can test: S3 where its test endpoint is installed or required.
+    static let enabled: [ObjectBackend] = allCases.filter { $0 != .s3 || S3TestEndpoint.isEnabled }
+
+    func make() async throws -> any ObjectStore {
         switch self {
         case .fileSystem:
             try FileSystemObjectStore(root: FileManager.default.temporaryDirectory.appending(path: "kiln-objects-\(UUID().uuidString)"))
+        case .s3:
+            try await S3TestEndpoint.makeStore(on: S3TestEndpoint.open)
         }
     }
 }
@@ -52,9 +60,9 @@ func sha256Hex(_ bytes: [UInt8]) -> String {
 struct ObjectStoreConformanceTests {
     let payload: [UInt8] = (0..<100_000).map { UInt8(($0 * 7 + 3) % 251) }
 
-    @Test("put streams, hashes and stores; get returns the same bytes", arguments: ObjectBackend.allCases)
+    @Test("put streams, hashes and stores; get returns the same bytes", arguments: ObjectBackend.enabled)
     func roundTrip(_ backend: ObjectBackend) async throws {
-        let store = try backend.make()
+        let store = try await backend.make()
         let stored = try await store.put("files/a", body: Chunks(bytes: payload), maxBytes: 1 << 20)
         #expect(stored.size == Int64(payload.count))
         #expect(stored.sha256 == sha256Hex(payload))
@@ -63,18 +71,18 @@ struct ObjectStoreConformanceTests {
         #expect(try await store.size(of: "files/missing") == nil)
     }
 
-    @Test("ranged gets return exactly the bytes asked for", arguments: ObjectBackend.allCases)
+    @Test("ranged gets return exactly the bytes asked for", arguments: ObjectBackend.enabled)
     func ranges(_ backend: ObjectBackend) async throws {
-        let store = try backend.make()
+        let store = try await backend.make()
         _ = try await store.put("blob", body: Chunks(bytes: payload), maxBytes: 1 << 20)
         #expect(try await collect(store.get("blob", range: 10...19)) == Array(payload[10...19]))
         #expect(try await collect(store.get("blob", range: 99_990...200_000)) == Array(payload[99_990...]))
         await #expect(throws: KilnError.self) { _ = try await store.get("blob", range: 100_000...100_010) }
     }
 
-    @Test("a body past the limit or with the wrong digest stores nothing, not even part", arguments: ObjectBackend.allCases)
+    @Test("a body past the limit or with the wrong digest stores nothing, not even part", arguments: ObjectBackend.enabled)
     func refusedPutsLeaveNothing(_ backend: ObjectBackend) async throws {
-        let store = try backend.make()
+        let store = try await backend.make()
         await #expect(throws: KilnError.self) { _ = try await store.put("big", body: Chunks(bytes: payload), maxBytes: 50_000) }
         await #expect(throws: KilnError.self) {
             _ = try await store.put("wrong", body: Chunks(bytes: payload), maxBytes: 1 << 20, expectedSHA256: String(repeating: "0", count: 64))
@@ -86,9 +94,9 @@ struct ObjectStoreConformanceTests {
         #expect(right.size == Int64(payload.count))
     }
 
-    @Test("concurrent writers of one key leave one whole object, never a mix", arguments: ObjectBackend.allCases)
+    @Test("concurrent writers of one key leave one whole object, never a mix", arguments: ObjectBackend.enabled)
     func concurrentWriters(_ backend: ObjectBackend) async throws {
-        let store = try backend.make()
+        let store = try await backend.make()
         let bodies: [[UInt8]] = (0..<8).map { writer in [UInt8](repeating: UInt8(writer), count: 200_000) }
         try await withThrowingTaskGroup(of: Void.self) { group in
             for body in bodies {
@@ -100,9 +108,9 @@ struct ObjectStoreConformanceTests {
         #expect(bodies.contains(result))
     }
 
-    @Test("list by prefix is sorted; delete removes and is idempotent", arguments: ObjectBackend.allCases)
+    @Test("list by prefix is sorted; delete removes and is idempotent", arguments: ObjectBackend.enabled)
     func listAndDelete(_ backend: ObjectBackend) async throws {
-        let store = try backend.make()
+        let store = try await backend.make()
         for key in ["blobs/sha256/bb", "blobs/sha256/aa", "files/x"] {
             _ = try await store.put(key, body: Chunks(bytes: [1, 2, 3]), maxBytes: 10)
         }
@@ -113,9 +121,9 @@ struct ObjectStoreConformanceTests {
         await #expect(throws: KilnError.self) { _ = try await store.get("blobs/sha256/aa") }
     }
 
-    @Test("keys that could escape the store are refused", arguments: ObjectBackend.allCases)
+    @Test("keys that could escape the store are refused", arguments: ObjectBackend.enabled)
     func badKeys(_ backend: ObjectBackend) async throws {
-        let store = try backend.make()
+        let store = try await backend.make()
         for key in ["../x", "/etc/passwd", "a//b", "a/./b", "", "a/../../b"] {
             await #expect(throws: KilnError.self, "\(key)") { _ = try await store.put(key, body: Chunks(bytes: [1]), maxBytes: 10) }
         }
@@ -134,5 +142,13 @@ struct FileSystemObjectStoreTests {
         let reopened = try FileSystemObjectStore(root: root)
         #expect(try FileManager.default.contentsOfDirectory(atPath: root.appending(path: ".tmp").path).isEmpty)
         #expect(try await reopened.list(prefix: "") == ["files/kept"])
+    }
+
+    @Test("the file system cannot presign: the server serves its blobs itself")
+    func noPresignedURLs() async throws {
+        let store: any ObjectStore = try FileSystemObjectStore(
+            root: FileManager.default.temporaryDirectory.appending(path: "kiln-objects-\(UUID().uuidString)"))
+        _ = try await store.put("files/kept", body: Chunks(bytes: [1, 2, 3]), maxBytes: 10)
+        #expect(try await store.presignedGetURL(for: "files/kept", expiresIn: 60) == nil)
     }
 }
