@@ -16,13 +16,13 @@ extension PostgresJobStore {
     }
 
     public func account(_ id: AccountID) async throws -> Account? {
-        try await autocommit { session in
+        try await read { session in
             try await session.row("SELECT id, name, tier, created_at FROM accounts WHERE id = \(id.rawValue)").map(Self.account(from:))
         }
     }
 
     public func accounts() async throws -> [Account] {
-        try await autocommit { session in
+        try await read { session in
             try await session.rows("SELECT id, name, tier, created_at FROM accounts ORDER BY created_at, id").map(Self.account(from:))
         }
     }
@@ -50,7 +50,7 @@ extension PostgresJobStore {
     }
 
     public func key(secretHash: String) async throws -> APIKeyRecord? {
-        try await autocommit { session in
+        try await read { session in
             guard
                 let row = try await session.row(
                     "SELECT id, scope, account_id, secret_hash, created_at, revoked_at FROM api_keys WHERE secret_hash = \(secretHash)")

@@ -22,13 +22,13 @@ extension PostgresJobStore {
     }
 
     public func file(_ id: FileID) async throws -> FileRecord? {
-        try await autocommit { session in
+        try await read { session in
             try await session.row("SELECT \(unescaped: Self.fileColumns) FROM files WHERE id = \(id.rawValue)").map(Self.file(from:))
         }
     }
 
     public func uploadedBytes(of account: AccountID) async throws -> Int64 {
-        try await autocommit { session in try await Self.uploadedBytes(session, account) }
+        try await read { session in try await Self.uploadedBytes(session, account) }
     }
 
     public func deleteFile(_ id: FileID, of account: AccountID) async throws {
@@ -72,14 +72,14 @@ extension PostgresJobStore {
     }
 
     public func doomedObjects(limit: Int) async throws -> [String] {
-        try await autocommit { session in
+        try await read { session in
             try await session.rows("SELECT object_key FROM doomed_objects ORDER BY doomed_at LIMIT \(limit)").map { try $0.value("object_key") }
         }
     }
 
     public func forgetDoomedObjects(_ keys: [String]) async throws {
         guard !keys.isEmpty else { return }
-        try await autocommit { session in
+        try await change { session in
             try await session.run("DELETE FROM doomed_objects WHERE object_key = ANY(\(keys))")
         }
     }

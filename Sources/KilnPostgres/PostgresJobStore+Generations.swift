@@ -11,7 +11,7 @@ extension PostgresJobStore {
         let stored = generation.asSubmitted
         guard idempotency != nil || admission.maxQueuedPerAccount != nil || admission.maxQueuedInTier != nil else {
             // Nothing to check first: one statement, committed on its own.
-            return try await autocommit { session in Submission(generation: try await Self.insert(stored, session), created: true) }
+            return try await change { session in Submission(generation: try await Self.insert(stored, session), created: true) }
         }
         return try await write { session in
             // Admission is serialized per account, and per tier for the tier's cap, with
@@ -75,11 +75,11 @@ extension PostgresJobStore {
     }
 
     public func generation(_ id: GenerationID) async throws -> Generation? {
-        try await autocommit { session in try await Self.fetchGeneration(session, id: id) }
+        try await read { session in try await Self.fetchGeneration(session, id: id) }
     }
 
     public func generation(sequence: Int64) async throws -> Generation? {
-        try await autocommit { session in
+        try await read { session in
             try await session.rows(GenerationBySequence(sequence: sequence)).first.map(Self.generation(from:))
         }
     }
@@ -87,7 +87,7 @@ extension PostgresJobStore {
     public func generations(of account: AccountID, state: GenerationState?, limit: Int, before: Int64?) async throws
         -> [Generation]
     {
-        try await autocommit { session in
+        try await read { session in
             try await session.rows(
                 """
                 SELECT \(unescaped: Self.generationColumns) FROM generations
@@ -224,7 +224,7 @@ extension PostgresJobStore {
     }
 
     public func renewLeases(until expiry: Date) async throws -> Int {
-        try await autocommit { session in
+        try await change { session in
             try await session.run(
                 """
                 UPDATE generations SET lease_expires_at = \(expiry.timeIntervalSince1970)
@@ -253,7 +253,7 @@ extension PostgresJobStore {
     }
 
     public func oldestQueuedGeneration(of account: AccountID) async throws -> Generation? {
-        try await autocommit { session in
+        try await read { session in
             try await session.row(
                 """
                 SELECT \(unescaped: Self.generationColumns) FROM generations
@@ -264,21 +264,21 @@ extension PostgresJobStore {
     }
 
     public func queuedGenerations() async throws -> [Generation] {
-        try await autocommit { session in
+        try await read { session in
             try await session.rows("SELECT \(unescaped: Self.generationColumns) FROM generations WHERE state = 'queued' ORDER BY seq")
                 .map(Self.generation(from:))
         }
     }
 
     public func runningGenerations() async throws -> [Generation] {
-        try await autocommit { session in
+        try await read { session in
             try await session.rows("SELECT \(unescaped: Self.generationColumns) FROM generations WHERE state = 'running' ORDER BY seq")
                 .map(Self.generation(from:))
         }
     }
 
     public func events(of id: GenerationID, after: Int64, limit: Int) async throws -> [GenerationEvent] {
-        try await autocommit { session in
+        try await read { session in
             try await session.rows(
                 """
                 SELECT seq, generation_id, kind, at, state, progress_fraction, progress_stage, message FROM generation_events
@@ -311,7 +311,7 @@ extension PostgresJobStore {
     /// generation, decides, and writes with one conditional statement (see ``persist``).
     /// - Throws: `.conflict` when every try lost.
     func racing<T: Sendable>(_ subject: String, _ body: (PostgresSession) async throws -> Attempt<T>) async throws -> T {
-        try await autocommit { session in
+        try await change { session in
             for _ in 0..<Self.raceAttempts {
                 if case .done(let value) = try await body(session) { return value }
             }

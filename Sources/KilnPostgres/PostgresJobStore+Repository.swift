@@ -18,14 +18,14 @@ extension PostgresJobStore {
     }
 
     public func model(named name: String) async throws -> ModelRecord? {
-        try await autocommit { session in
+        try await read { session in
             try await session.row("SELECT name, description, input_schema, created_at FROM models WHERE name = \(name)")
                 .map(Self.model(from:))
         }
     }
 
     public func models() async throws -> [ModelRecord] {
-        try await autocommit { session in
+        try await read { session in
             try await session.rows("SELECT name, description, input_schema, created_at FROM models ORDER BY name").map(Self.model(from:))
         }
     }
@@ -56,14 +56,14 @@ extension PostgresJobStore {
     }
 
     public func version(_ id: Digest) async throws -> ModelVersionRecord? {
-        try await autocommit { session in
+        try await read { session in
             try await session.row("SELECT id, model, manifest, created_at FROM model_versions WHERE id = \(id.description)")
                 .map(Self.version(from:))
         }
     }
 
     public func versions(of model: String) async throws -> [ModelVersionRecord] {
-        try await autocommit { session in
+        try await read { session in
             try await session.rows(
                 "SELECT id, model, manifest, created_at FROM model_versions WHERE model = \(model) ORDER BY created_at DESC, id"
             ).map(Self.version(from:))
@@ -71,11 +71,11 @@ extension PostgresJobStore {
     }
 
     public func alias(_ name: String, of model: String) async throws -> AliasRecord? {
-        try await autocommit { session in try await Self.fetchAlias(session, name, of: model) }
+        try await read { session in try await Self.fetchAlias(session, name, of: model) }
     }
 
     public func aliases(of model: String) async throws -> [AliasRecord] {
-        try await autocommit { session in
+        try await read { session in
             try await session.rows("SELECT model, name, targets, updated_at FROM aliases WHERE model = \(model) ORDER BY name")
                 .map(Self.alias(from:))
         }
@@ -111,7 +111,7 @@ extension PostgresJobStore {
     }
 
     public func aliasHistory(_ name: String, of model: String) async throws -> [AliasChange] {
-        try await autocommit { session in try await Self.fetchHistory(session, name, of: model) }
+        try await read { session in try await Self.fetchHistory(session, name, of: model) }
     }
 
     static func setAlias(

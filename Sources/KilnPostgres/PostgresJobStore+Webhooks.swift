@@ -28,7 +28,7 @@ extension PostgresJobStore {
     }
 
     public func webhookSecrets(of account: AccountID, at now: Date) async throws -> [WebhookSecret] {
-        try await autocommit { session in
+        try await read { session in
             try await session.rows(
                 """
                 SELECT id, account_id, secret, created_at, expires_at FROM webhook_secrets
@@ -52,7 +52,7 @@ extension PostgresJobStore {
     }
 
     public func claimDueDeliveries(at now: Date, claimUntil: Date, limit: Int) async throws -> [WebhookDelivery] {
-        try await autocommit { session in
+        try await change { session in
             // One statement claims them: deliveries another server is claiming are skipped, not
             // waited for. Each is returned as it was before the claim moved its next attempt.
             let rows = try await session.rows(
@@ -77,7 +77,7 @@ extension PostgresJobStore {
             case .failed: (.failed, nil)
             case .retry(let at): (.pending, at)
             }
-        try await autocommit { session in
+        try await change { session in
             try await session.run(
                 """
                 WITH attempt AS (
@@ -92,14 +92,14 @@ extension PostgresJobStore {
     }
 
     public func delivery(_ id: String) async throws -> WebhookDelivery? {
-        try await autocommit { session in
+        try await read { session in
             let rows = try await session.rows("SELECT \(unescaped: Self.deliveryColumns) FROM webhook_deliveries WHERE id = \(id)")
             return try await Self.deliveries(from: rows, session).first
         }
     }
 
     public func deliveries(of generation: GenerationID) async throws -> [WebhookDelivery] {
-        try await autocommit { session in
+        try await read { session in
             let rows = try await session.rows(
                 """
                 SELECT \(unescaped: Self.deliveryColumns) FROM webhook_deliveries WHERE generation_id = \(generation.rawValue)

@@ -18,13 +18,13 @@ extension PostgresJobStore {
     }
 
     public func worker(_ id: WorkerID) async throws -> WorkerRecord? {
-        try await autocommit { session in
+        try await read { session in
             try await session.row("SELECT \(unescaped: Self.workerColumns) FROM workers WHERE id = \(id.rawValue)").map(Self.worker(from:))
         }
     }
 
     public func workers() async throws -> [WorkerRecord] {
-        try await autocommit { session in
+        try await read { session in
             try await session.rows("SELECT \(unescaped: Self.workerColumns) FROM workers ORDER BY registered_at, id").map(Self.worker(from:))
         }
     }
@@ -42,7 +42,7 @@ extension PostgresJobStore {
 
     public func touchWorker(_ id: WorkerID, at: Date) async throws {
         // One statement: atomic without a transaction of its own.
-        try await autocommit { session in
+        try await change { session in
             try await session.run("UPDATE workers SET last_seen_at = \(at.timeIntervalSince1970) WHERE id = \(id.rawValue)")
         }
     }

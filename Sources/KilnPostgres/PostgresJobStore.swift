@@ -2,21 +2,26 @@ import Foundation
 import KilnCore
 import KilnStore
 import PostgresNIO
+import Synchronization
 
 /// The ``JobStore`` that several control-plane replicas share: one PostgreSQL database (DESIGN §2).
 ///
 /// It keeps the semantics of ``SQLiteJobStore`` exactly (one conformance suite runs on both), with
 /// what sharing a database among processes adds:
-/// - every change is one transaction at PostgreSQL's default isolation (read committed); a change
-///   to a generation first locks its row (`SELECT … FOR UPDATE`), then writes it with a conditional
-///   `UPDATE … WHERE state = … AND lease_token = …`, so two servers racing on one job never both
-///   win: the second waits for the first, then finds the state it left;
-/// - fencing tokens grow per generation by a random step, as on SQLite; the row lock and the
-///   conditional update make each token committed at most once per generation, whichever server
-///   drew it;
+/// - a change to a generation is read without a lock, decided by ``Lifecycle``, and written by one
+///   statement (``PersistTransition``): a conditional `UPDATE … WHERE state = … AND lease_token = …`
+///   and, only if it applied, the event, the settled outputs and the webhook delivery. Two servers
+///   racing on one job never both win: PostgreSQL makes the second update wait for the first and
+///   then finds the row changed, and the loser decides again on the row as the winner left it;
+/// - changes that read more than one row first (a completion with outputs, an attachment, the
+///   expiry and release of leases in bulk) run in a transaction that locks the rows
+///   (`SELECT … FOR UPDATE`) at PostgreSQL's default isolation, read committed;
+/// - fencing tokens grow per generation by a random step, as on SQLite; the conditional update
+///   makes each token committed at most once per generation, whichever server drew it;
 /// - admission caps, idempotency keys and the upload quota are checked under transaction-scoped
 ///   advisory locks on the account (and on the tier), see ``AdvisoryLock``;
-/// - the change feed's sequence is handed out in commit order (``recordChange(_:_:_:)``).
+/// - the change feed's sequence is handed out in commit order (``recordChange(_:_:_:)``);
+/// - the statements of every job's path are prepared once per connection.
 ///
 /// Each change is acknowledged once PostgreSQL has committed it (with the server's
 /// `synchronous_commit`, durable by default).
@@ -27,6 +32,8 @@ public final class PostgresJobStore: JobStore {
     let client: PostgresClient
     let logger: Logger
     private let pool: Task<Void, Never>
+    /// Told of each committed change (``observeCommits(_:)``).
+    private let commitObserver = Mutex<(@Sendable (CommitTiming) -> Void)?>(nil)
 
     private init(client: PostgresClient, logger: Logger) {
         self.client = client
@@ -85,39 +92,50 @@ public final class PostgresJobStore: JobStore {
 
     /// The schema versions the database records as applied, in order.
     public func appliedMigrations() async throws -> [Int] {
-        try await autocommit { try await PostgresSchema.appliedVersions($0) }
+        try await read { try await PostgresSchema.appliedVersions($0) }
     }
 
     // MARK: - Sessions
+
+    public func observeCommits(_ observer: @escaping @Sendable (CommitTiming) -> Void) {
+        commitObserver.withLock { $0 = observer }
+    }
 
     /// Runs `body` in a transaction of its own, committed before this returns.
     /// - Throws: what `body` threw (everything rolled back), or the commit's error; database errors
     ///   as ``KilnError`` (a broken constraint is `.conflict`).
     @discardableResult
     func write<T: Sendable>(_ body: (PostgresSession) async throws -> T) async throws -> T {
-        do {
-            return try await client.withConnection { connection in
-                let session = PostgresSession(connection: connection, logger: logger)
-                try await session.run("BEGIN")
-                do {
-                    let value = try await body(session)
-                    try await session.run("COMMIT")
-                    return value
-                } catch {
-                    // A connection that cannot roll back is closed by the pool; the change is lost either way.
-                    _ = try? await session.run("ROLLBACK")
-                    throw error
-                }
+        try await change { session in
+            try await session.run("BEGIN")
+            do {
+                let value = try await body(session)
+                try await session.run("COMMIT")
+                return value
+            } catch {
+                // A connection that cannot roll back is closed by the pool; the change is lost either way.
+                _ = try? await session.run("ROLLBACK")
+                throw error
             }
-        } catch {
-            throw Self.storeError(error)
         }
     }
 
-    /// Runs `body` on a connection outside any transaction: each statement commits on its own and
-    /// sees what was committed when it began. For reads, and for changes made by one statement.
+    /// Runs a change made by statements that each commit on their own (one statement, or one
+    /// that is retried until it applies), and reports it to the commit observer once done.
     @discardableResult
-    func autocommit<T: Sendable>(_ body: (PostgresSession) async throws -> T) async throws -> T {
+    func change<T: Sendable>(_ body: (PostgresSession) async throws -> T) async throws -> T {
+        let clock = ContinuousClock()
+        let began = clock.now
+        let value = try await read(body)
+        let seconds = (clock.now - began).seconds
+        commitObserver.withLock { $0 }?(CommitTiming(changes: 1, seconds: seconds))
+        return value
+    }
+
+    /// Runs `body` on a connection outside any transaction: each statement commits on its own and
+    /// sees what was committed when it began.
+    @discardableResult
+    func read<T: Sendable>(_ body: (PostgresSession) async throws -> T) async throws -> T {
         do {
             return try await client.withConnection { connection in
                 try await body(PostgresSession(connection: connection, logger: logger))
@@ -162,7 +180,7 @@ public final class PostgresJobStore: JobStore {
     // MARK: - Change feed
 
     public func changes(after: Int64, limit: Int) async throws -> [StoreChange] {
-        try await autocommit { session in
+        try await read { session in
             try await session.rows(
                 "SELECT sequence, record, key FROM changes WHERE sequence > \(after) ORDER BY sequence LIMIT \(limit)"
             ).compactMap { row in
@@ -173,7 +191,7 @@ public final class PostgresJobStore: JobStore {
     }
 
     public func latestChange() async throws -> Int64 {
-        try await autocommit { try await $0.value("SELECT COALESCE(MAX(sequence), 0) FROM changes", as: Int64.self) ?? 0 }
+        try await read { try await $0.value("SELECT COALESCE(MAX(sequence), 0) FROM changes", as: Int64.self) ?? 0 }
     }
 
     /// Appends to the change feed, in the transaction of the change itself.

@@ -2,6 +2,7 @@ import Foundation
 import KilnCore
 import KilnPostgres
 import KilnStore
+import Synchronization
 import Testing
 
 /// What only the PostgreSQL backend has to show: its URL, and several servers sharing one database.
@@ -65,6 +66,25 @@ struct PostgresJobStoreTests {
         let account = try await stores[1].seedAccount()
         #expect(try await late.account(account.id) == account)
         for store in stores + [late] { await store.shutdown() }
+    }
+
+    @Test("each committed change is reported to the commit observer, and a read is not", .enabled(if: PostgresTestCluster.enabled))
+    func commitsObserved() async throws {
+        let store = try await PostgresJobStore.connect(url: PostgresTestCluster.freshDatabase(), maximumConnections: 2)
+        let commits = Mutex<[CommitTiming]>([])
+        store.observeCommits { timing in commits.withLock { $0.append(timing) } }
+        let account = try await store.seedAccount()
+        let queued = try await store.submitQueued(makeGeneration(account: account.id, at: Fixture.time(0)))
+        #expect(commits.withLock { $0.count } == 2)
+        _ = try await store.generation(queued.id)
+        _ = try await store.queuedGenerations()
+        await expectError(.notFound) { try await store.updateAccountTier(AccountID.random(), tier: "api") }
+        #expect(commits.withLock { $0.count } == 2, "reads and refused changes commit nothing")
+        _ = try await store.cancel(queued.id, at: Fixture.time(1))
+        let observed = commits.withLock { $0 }
+        #expect(observed.count == 3)
+        #expect(observed.allSatisfy { $0.changes == 1 && $0.seconds > 0 })
+        await store.shutdown()
     }
 
     @Test("two servers racing to lease the same queued generation: exactly one wins", .enabled(if: PostgresTestCluster.enabled))
