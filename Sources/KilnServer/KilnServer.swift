@@ -1,3 +1,4 @@
+import AsyncHTTPClient
 import Foundation
 import HTTPTypes
 import Hummingbird
@@ -81,16 +82,16 @@ public struct KilnServer: Sendable {
         for pool in configuration.pools where pool.provider == .kubernetes && extraProviders[.kubernetes] == nil {
             throw KilnError(.invalidInput, "pool '\(pool.spec.name)': no Kubernetes access is configured for this server")
         }
-        // Leases held through this server's absence run one more TTL: their workers, which kept
-        // working, re-attach with their tokens at their next heartbeat.
-        let renewed = try await store.renewLeases(until: clock.now().addingTimeInterval(configuration.leases.ttlSeconds))
-        if renewed > 0 { logger.info("renewed the leases held while the server was away", metadata: ["leases": "\(renewed)"]) }
         let dispatcher = try Dispatcher(store: store, clock: clock, configuration: configuration)
-        let skipped = try await dispatcher.load()
-        for tier in Set(skipped.map(\.tier)).sorted() {
-            logger.error(
-                "generations of tier '\(tier)' are kept but not scheduled: the configuration no longer has that tier",
-                metadata: ["count": "\(skipped.filter { $0.tier == tier }.count)"])
+        let replica: ReplicaState
+        if configuration.replicas.enabled {
+            guard store is any LeaderElection else {
+                throw KilnError(.invalidInput, "replicas.enabled: this store cannot elect a leader among servers")
+            }
+            replica = ReplicaState(role: .follower(leaderURL: nil))  // until elected: see `LeaderElector`
+        } else {
+            replica = ReplicaState(role: .leader(epoch: 0))
+            try await Self.prepareToLead(store: store, dispatcher: dispatcher, clock: clock, configuration: configuration, logger: logger)
         }
         let cache = try await RecordCache.following(store)
         var providers: [ServerConfiguration.Pool.Provider: any CapacityProvider] = [.static: StaticProvider()]
@@ -101,9 +102,26 @@ public struct KilnServer: Sendable {
         self.slurmProvider = slurmProvider
         self.services = KilnServices(
             store: store, objects: objects, dispatcher: dispatcher, signals: GenerationSignals(), cache: cache, clock: clock,
-            configuration: configuration, providers: providers, logger: logger)
+            configuration: configuration, providers: providers, replica: replica, logger: logger)
         self.authenticator = Authenticator(cache: cache, bootstrapAdminKey: adminKey.flatMap { $0.isEmpty ? nil : $0 })
         self.webhooks = WebhookSender(services: services)
+    }
+
+    /// What a server does before it leads: leases held through the absence of a leader run one
+    /// more TTL (their workers, which kept working, re-attach with their tokens at their next
+    /// heartbeat), and the queue is rebuilt from the store.
+    static func prepareToLead(
+        store: any JobStore, dispatcher: Dispatcher, clock: any WallClock, configuration: ServerConfiguration, logger: Logger
+    ) async throws {
+        let renewed = try await store.renewLeases(until: clock.now().addingTimeInterval(configuration.leases.ttlSeconds))
+        if renewed > 0 { logger.info("renewed the leases held while no server led", metadata: ["leases": "\(renewed)"]) }
+        try await dispatcher.reset()
+        let skipped = try await dispatcher.load()
+        for tier in Set(skipped.map(\.tier)).sorted() {
+            logger.error(
+                "generations of tier '\(tier)' are kept but not scheduled: the configuration no longer has that tier",
+                metadata: ["count": "\(skipped.filter { $0.tier == tier }.count)"])
+        }
     }
 
     /// The worker key of the workers the providers start: the one kept in `file` while the store
@@ -133,6 +151,9 @@ public struct KilnServer: Sendable {
     public func router() throws -> Router<KilnRequestContext> {
         let router = Router(context: KilnRequestContext.self)
         router.add(middleware: ErrorMiddleware(logger: services.logger))
+        if services.configuration.replicas.enabled {
+            router.add(middleware: LeaderForwarding(state: services.replica, http: .shared))
+        }
         router.add(middleware: RequireScope(authenticator: authenticator))
         router.add(middleware: JSONBodyLimit(limit: services.configuration.limits.maxJSONBytes))
         try APIHandler(services: services).registerHandlers(
@@ -199,23 +220,27 @@ public struct KilnServer: Sendable {
 
     /// The long-running parts of the control plane: the HTTP application, the lease reaper, the
     /// file janitor, the change feed and the fleet.
+    /// - Parameter advertiseURL: where the other servers on the store reach this one, when they
+    ///   elect a leader; by default `http://HOST:PORT` of the address it listens on.
     public func services(
-        host: String, port: Int, reaperInterval: Duration = .seconds(1), onServerRunning: @escaping @Sendable (Int) async -> Void = { _ in }
+        host: String, port: Int, advertiseURL: String? = nil, reaperInterval: Duration = .seconds(1),
+        onServerRunning: @escaping @Sendable (Int) async -> Void = { _ in }
     ) throws -> [any Service] {
         let (local, slurm, store, clock, logger) = (localProvider, slurmProvider, services.store, services.clock, services.logger)
         let keyFile = providerKeyFile
+        let bound = BoundURL()
         // A request in progress (a long poll, an event stream, an upload) is never cut by this.
         let idle = TimeAmount.nanoseconds(Int64(services.configuration.limits.idleTimeoutSeconds * 1e9))
         let application = Application(
             router: try router(), server: .http1(configuration: .init(idleTimeout: idle)),
             configuration: .init(address: .hostname(host, port: port), serverName: "kiln"),
             onServerRunning: { channel in
-                let bound = channel.localAddress?.port ?? port
+                let port = channel.localAddress?.port ?? port
+                bound.set(advertiseURL ?? Self.url(host: host, port: port))
                 if local != nil || slurm != nil {
                     // The workers the providers start reach this server with a worker key of their own.
                     let secret = await Self.providerKey(file: keyFile, store: store, clock: clock, logger: logger)
-                    let address = host == "0.0.0.0" || host == "::" ? "127.0.0.1" : host
-                    let url = "http://\(address.contains(":") ? "[\(address)]" : address):\(bound)"
+                    let url = Self.url(host: host, port: port)
                     await local?.connect(server: url, key: secret)
                     do {
                         try await slurm?.connect(server: url, key: secret)
@@ -223,16 +248,35 @@ public struct KilnServer: Sendable {
                         logger.error("slurm: cannot write the worker key: \(error)")
                     }
                 }
-                await onServerRunning(bound)
+                await onServerRunning(port)
             }, logger: services.logger)
-        return [
-            application, reaper(interval: reaperInterval), janitor(), webhooks,
+        var leading: [any Service] = [reaper(interval: reaperInterval), janitor(), webhooks, services.fleet]
+        var electing: [any Service] = []
+        if let election = services.store as? any LeaderElection, services.configuration.replicas.enabled {
+            let (replica, dispatcher, configuration) = (services.replica, services.dispatcher, services.configuration)
+            leading = leading.map { LeaderOnly(service: $0, state: replica) }
+            electing = [
+                LeaderElector(
+                    election: election, state: replica, holder: "srv_\(UUID().uuidString.lowercased())", url: bound,
+                    ttl: configuration.replicas.leaseSeconds, clock: clock, logger: logger,
+                    prepare: {
+                        try await Self.prepareToLead(store: store, dispatcher: dispatcher, clock: clock, configuration: configuration, logger: logger)
+                    },
+                    stepDown: { try? await dispatcher.reset() })
+            ]
+        }
+        return [application] + electing + leading + [
             ChangeFeed(cache: services.cache, store: services.store, logger: services.logger),
-            services.fleet,
             // Last, so shut down first: open event streams and long polls end before the HTTP
             // server waits for its connections.
             ConnectionCloser(dispatcher: services.dispatcher, signals: services.signals),
         ]
+    }
+
+    /// `http://HOST:PORT`, loopback for a server listening on every address.
+    static func url(host: String, port: Int) -> String {
+        let address = host == "0.0.0.0" || host == "::" ? "127.0.0.1" : host
+        return "http://\(address.contains(":") ? "[\(address)]" : address):\(port)"
     }
 
     /// The most a graceful shutdown of the server may take before its services are cancelled: its

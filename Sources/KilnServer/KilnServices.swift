@@ -21,13 +21,16 @@ public struct KilnServices: Sendable {
     public let configuration: ServerConfiguration
     /// What `GET /metrics` shows.
     public let metrics: ServerMetrics
+    /// Whether this server leads (runs the scheduler) or forwards to the leader.
+    public let replica: ReplicaState
     public let logger: Logger
 
     public init(
         store: any JobStore, objects: any ObjectStore, dispatcher: Dispatcher, signals: GenerationSignals, cache: RecordCache,
         clock: any WallClock, configuration: ServerConfiguration, providers: [ServerConfiguration.Pool.Provider: any CapacityProvider],
-        logger: Logger
+        replica: ReplicaState, logger: Logger
     ) {
+        self.replica = replica
         self.store = store
         self.objects = objects
         self.dispatcher = dispatcher

@@ -28,8 +28,13 @@ struct Server: AsyncParsableCommand {
     @Option(help: "Port to listen on (0 picks a free one).")
     var port: Int = 8080
 
-    @Option(help: "YAML configuration: tiers, clusters and their pools, fleet, leases, limits, scheduler.")
+    @Option(help: "YAML configuration: tiers, clusters and their pools, fleet, leases, limits, scheduler, replicas.")
     var config: String?
+
+    @Option(
+        name: .customLong("advertise-url"),
+        help: "With replicas.enabled: where the other servers on the same store reach this one (default http://HOST:PORT).")
+    var advertiseURL: String?
 
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel: String = "info"
@@ -59,7 +64,7 @@ struct Server: AsyncParsableCommand {
         let server = try await KilnServer.open(
             data: URL(filePath: data, directoryHint: .isDirectory), configuration: configuration, adminKey: adminKey,
             workerProgram: Kiln.program, logger: logger)
-        let services = try server.services(host: host, port: port) { port in
+        let services = try server.services(host: host, port: port, advertiseURL: advertiseURL) { port in
             print("kiln server listening on http://\(host):\(port) (data: \(data))")
             if adminKey == nil { print("no KILN_ADMIN_KEY set: the admin API accepts admin keys only") }
             fflush(nil)  // a supervisor reading a pipe learns the port now, not at exit

@@ -9,7 +9,7 @@ struct Worker: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Run a worker: lease jobs, run models as Python processes, report results. SIGTERM drains it.")
 
-    @Option(help: "The Kiln server (default: $KILN_URL).") var server: String?
+    @Option(help: "The Kiln server, or several sharing one store separated by commas (default: $KILN_URL).") var server: String?
     @Option(help: "A worker key (default: $KILN_WORKER_KEY).") var key: String?
     @Option(help: "The cluster this worker belongs to.") var cluster: String = "default"
     @Option(help: "The server's capacity pool this worker belongs to (placement then assigns it a model).") var pool: String?

@@ -163,4 +163,23 @@ struct ConfigurationTests {
             }
         }
     }
+
+    @Test("replicas: off by default; enabled with a lease time; bad values refused naming the setting")
+    func replicas() throws {
+        #expect(!ServerConfiguration().replicas.enabled)
+        let configuration = try ServerConfiguration.load(yaml: "replicas: {enabled: true, lease_seconds: 4}")
+        #expect(configuration.replicas.enabled && configuration.replicas.leaseSeconds == 4)
+        for (yaml, message) in [
+            ("replicas: {lease_seconds: 0.5}", "replicas.lease_seconds must be from 1 to 300"),
+            ("replicas: {lease_seconds: 301}", "replicas.lease_seconds must be from 1 to 300"),
+            ("replicas: {leader: true}", "replicas: unknown key 'leader'"),
+        ] {
+            do {
+                _ = try ServerConfiguration.load(yaml: yaml)
+                Issue.record("\(yaml) was accepted")
+            } catch let error as KilnError {
+                #expect(error.message.contains(message), "\(error.message)")
+            }
+        }
+    }
 }

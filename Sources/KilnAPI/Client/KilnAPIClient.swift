@@ -22,14 +22,21 @@ public struct KilnAPIClient: Sendable {
     /// Uploads and downloads, of any size.
     private let transfers: Client
 
-    /// - Throws: `.invalidRequest` when `server` is not an http(s) URL.
+    /// - Parameter server: the server's URL; or several, separated by commas, of servers sharing one
+    ///   store: calls go to one of them, and to the next when it cannot be reached.
+    /// - Throws: `.invalidRequest` when `server` is not a list of http(s) URLs.
     public init(server: String, key: String, http: HTTPClient = .shared) throws {
-        let trimmed = server.hasSuffix("/") ? String(server.dropLast()) : server
-        guard let url = URL(string: trimmed), ["http", "https"].contains(url.scheme?.lowercased() ?? ""), url.host != nil else {
-            throw KilnError(.invalidRequest, "'\(server)' is not an http(s) URL of a Kiln server")
+        let urls = try server.split(separator: ",").map { item in
+            let text = item.trimmingCharacters(in: .whitespaces)
+            let trimmed = text.hasSuffix("/") ? String(text.dropLast()) : text
+            guard let url = URL(string: trimmed), ["http", "https"].contains(url.scheme?.lowercased() ?? ""), url.host != nil else {
+                throw KilnError(.invalidRequest, "'\(text)' is not an http(s) URL of a Kiln server")
+            }
+            return url
         }
+        guard !urls.isEmpty else { throw KilnError(.invalidRequest, "no Kiln server URL given") }
         self.init(
-            server: url, key: key, calls: AsyncHTTPClientTransport(configuration: .init(client: http, timeout: .minutes(2))),
+            servers: urls, key: key, calls: AsyncHTTPClientTransport(configuration: .init(client: http, timeout: .minutes(2))),
             transfers: AsyncHTTPClientTransport(configuration: .init(client: http, timeout: .hours(6))))
     }
 
@@ -38,10 +45,15 @@ public struct KilnAPIClient: Sendable {
     ///   - calls: carries JSON calls and long polls.
     ///   - transfers: carries uploads and downloads.
     public init(server: URL, key: String, calls: any ClientTransport, transfers: any ClientTransport) {
-        self.server = server.absoluteString
-        let middlewares: [any ClientMiddleware] = [BearerKey(key: key), RawBodyType(), ErrorAnswers()]
-        self.calls = Client(serverURL: server, configuration: .kiln, transport: calls, middlewares: middlewares)
-        self.transfers = Client(serverURL: server, configuration: .kiln, transport: transfers, middlewares: middlewares)
+        self.init(servers: [server], key: key, calls: calls, transfers: transfers)
+    }
+
+    init(servers: [URL], key: String, calls: any ClientTransport, transfers: any ClientTransport) {
+        self.server = servers.map(\.absoluteString).joined(separator: ",")
+        var middlewares: [any ClientMiddleware] = [BearerKey(key: key), RawBodyType(), ErrorAnswers()]
+        if servers.count > 1 { middlewares.append(Failover(servers: servers)) }
+        self.calls = Client(serverURL: servers[0], configuration: .kiln, transport: calls, middlewares: middlewares)
+        self.transfers = Client(serverURL: servers[0], configuration: .kiln, transport: transfers, middlewares: middlewares)
     }
 
     /// Runs `body`'s calls. Errors come back as ``KilnError``: the server's own (its code, message
@@ -91,6 +103,34 @@ public struct KilnAPIClient: Sendable {
             }
             return KilnError(.internal, "the answer to \(error.operationID) does not match the API document: \(error.causeDescription)")
         default: return error
+        }
+    }
+}
+
+/// Sends each call to the server in use, of several that share one store; when it cannot be
+/// reached, the call fails as it would (callers retry) and the next one is in use.
+final class Failover: ClientMiddleware, @unchecked Sendable {
+    private let servers: [URL]
+    private let lock = NSLock()
+    private var current = 0
+
+    init(servers: [URL]) {
+        self.servers = servers
+    }
+
+    func intercept(
+        _ request: HTTPRequest, body: HTTPBody?, baseURL: URL, operationID: String,
+        next: @Sendable (HTTPRequest, HTTPBody?, URL) async throws -> (HTTPResponse, HTTPBody?)
+    ) async throws -> (HTTPResponse, HTTPBody?) {
+        let index = lock.withLock { current }
+        do {
+            return try await next(request, body, servers[index])
+        } catch is CancellationError {
+            throw CancellationError()
+        } catch {
+            // Not reached (an answer, even an error, is not thrown here): try the next one next time.
+            lock.withLock { if current == index { current = (index + 1) % servers.count } }
+            throw error
         }
     }
 }

@@ -20,7 +20,7 @@ struct APIHandler: APIProtocol {
     let services: KilnServices
 
     func getHealth(_ input: Operations.GetHealth.Input) async throws -> Operations.GetHealth.Output {
-        .ok(.init(body: .json(.init(status: .ok))))
+        .ok(.init(body: .json(.init(status: .ok, role: services.replica.isLeader ? .leader : .follower))))
     }
 
     func getOpenAPIDocument(_ input: Operations.GetOpenAPIDocument.Input) async throws -> Operations.GetOpenAPIDocument.Output {

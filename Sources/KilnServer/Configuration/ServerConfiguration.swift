@@ -142,6 +142,18 @@ public struct ServerConfiguration: Sendable, Hashable {
     public var webhooks = Webhooks()
     /// When set, `GET /metrics` needs it as a bearer token (`metrics.token`); open otherwise.
     public var metricsToken: String?
+    public var replicas = Replicas()
+
+    /// Several servers on one store (`replicas`): they elect a leader through the store, which
+    /// runs the scheduler; the others forward the API to it.
+    public struct Replicas: Sendable, Hashable {
+        /// Whether this server elects a leader with the others on its store. Off, it leads alone.
+        public var enabled = false
+        /// How long the leader's lease runs unless renewed (renewed every third of it): the most a
+        /// dead leader's successor waits, and so the longest pause in dispatching at a failover.
+        public var leaseSeconds: Double = 10
+        public init() {}
+    }
 
     /// Delivery of generations' events to their `callback_url`s.
     public struct Webhooks: Sendable, Hashable {
@@ -167,7 +179,18 @@ public struct ServerConfiguration: Sendable, Hashable {
         var configuration = ServerConfiguration()
         guard let root = try Yams.compose(yaml: text) else { return configuration }
         let top = try Mapping(root, path: source)
-        try top.allow(["tiers", "clusters", "leases", "limits", "scheduler", "fleet", "slurm", "kubernetes", "webhooks", "metrics"])
+        try top.allow(["tiers", "clusters", "leases", "limits", "scheduler", "fleet", "slurm", "kubernetes", "webhooks", "metrics", "replicas"])
+        if let replicas = top["replicas"] {
+            let fields = try Mapping(replicas, path: "\(source): replicas")
+            try fields.allow(["enabled", "lease_seconds"])
+            if let value = try fields.bool("enabled") { configuration.replicas.enabled = value }
+            if let value = try fields.double("lease_seconds") {
+                guard value >= 1, value <= 300 else {
+                    throw KilnError(.invalidInput, "\(source): replicas.lease_seconds must be from 1 to 300")
+                }
+                configuration.replicas.leaseSeconds = value
+            }
+        }
         if let metrics = top["metrics"] {
             let fields = try Mapping(metrics, path: "\(source): metrics")
             try fields.allow(["token"])

@@ -257,6 +257,17 @@ public actor Dispatcher {
         }
     }
 
+    /// Forgets the queue (this server stopped leading, or is about to rebuild it from the store):
+    /// long polls waiting find nothing until it is loaded again.
+    public func reset() throws {
+        scheduler = Scheduler(
+            tiers: configuration.tiers, policy: try configuration.schedulingPolicy(),
+            dispatchLimits: configuration.clusters.mapValues(\.dispatchLimit),
+            defaultDispatchLimit: configuration.defaultDispatchLimit)
+        identifiers.removeAll()
+        throughput = ThroughputEstimator()
+    }
+
     /// Ends the long polls `worker` is waiting in, with nothing: its offer changed (the fleet
     /// placed it on a model), and it must ask again under the new one.
     public func recall(_ worker: WorkerID) {

@@ -135,6 +135,15 @@ enum SQLiteSchema {
                         duration REAL NOT NULL, PRIMARY KEY (delivery_id, seq));
                     """)
         }
+        migrator.registerMigration("v11-leadership") { db in
+            // One row at most: the lease of the server that leads (see `LeaderElection`).
+            try db.execute(
+                sql: """
+                    CREATE TABLE leadership (
+                        id INTEGER PRIMARY KEY CHECK (id = 1), holder TEXT NOT NULL, epoch INTEGER NOT NULL, url TEXT NOT NULL,
+                        expires_at REAL NOT NULL);
+                    """)
+        }
         return migrator
     }
 }
