@@ -135,7 +135,17 @@ enum PostgresSchema {
                     delivery_id TEXT NOT NULL, seq BIGINT NOT NULL, at DOUBLE PRECISION NOT NULL, status BIGINT,
                     error TEXT, duration DOUBLE PRECISION NOT NULL, PRIMARY KEY (delivery_id, seq))
                 """,
-            ])
+            ]),
+        Migration(
+            version: 2, name: "leadership",
+            statements: [
+                // One row at most: the lease of the server that leads (see `LeaderElection`).
+                """
+                CREATE TABLE leadership (
+                    id BIGINT PRIMARY KEY CHECK (id = 1), holder TEXT NOT NULL, epoch BIGINT NOT NULL, url TEXT NOT NULL,
+                    expires_at DOUBLE PRECISION NOT NULL)
+                """
+            ]),
     ]
 
     /// Applies the migrations the database lacks, in one transaction that holds the migrations'
