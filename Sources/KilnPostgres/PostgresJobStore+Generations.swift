@@ -320,15 +320,15 @@ extension PostgresJobStore {
         }
     }
 
-    /// Reads the generation, applies `change` (one of ``Lifecycle``'s functions) and persists it,
+    /// Reads the generation, applies `decide` (one of ``Lifecycle``'s functions) and persists it,
     /// in two round trips and no transaction; a change that loses a race with another is decided
     /// again on the generation as the other left it, as if it had waited for it.
-    func transition(_ id: GenerationID, at: Date, _ change: (Generation) throws -> Transition) async throws -> Generation {
+    func transition(_ id: GenerationID, at: Date, _ decide: (Generation) throws -> Transition) async throws -> Generation {
         try await racing("generation '\(id)'") { session in
             guard let (generation, token) = try await Self.fetchForTransition(session, id: id, lock: false) else {
                 throw KilnError(.notFound, "no generation '\(id)'")
             }
-            return try await Self.persist(session, change(generation), from: generation, token: token, at: at).map { .done($0) }
+            return try await Self.persist(session, decide(generation), from: generation, token: token, at: at).map { .done($0) }
                 ?? .lostRace
         }
     }

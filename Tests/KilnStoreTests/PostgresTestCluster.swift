@@ -11,9 +11,9 @@ import Synchronization
 /// One throwaway PostgreSQL cluster for the whole test process, started on first use and stopped
 /// at exit; each test that asks gets a fresh, empty database of its own on it.
 ///
-/// The cluster runs as the `postgres` user (tests run as root, and PostgreSQL refuses root), with
-/// its socket in its own temporary directory, on a free loopback port, trusting local logins, and
-/// with fsync off: it holds nothing worth keeping. It is stopped twice over: by an `atexit`
+/// The cluster runs as the `postgres` user when the tests run as root (PostgreSQL refuses root),
+/// with its socket in its own temporary directory, on a free loopback port, trusting local logins,
+/// and with fsync off: it holds nothing worth keeping. It is stopped twice over: by an `atexit`
 /// handler (immediate shutdown: a process started from the test binary may ignore SIGTERM), and by
 /// a watchdog in a session of its own that stops it once the test process is gone, however it
 /// ended.
@@ -65,7 +65,7 @@ enum PostgresTestCluster {
         }
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("kiln-postgres-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
-        try run("/bin/chown", ["postgres:postgres", directory.path])
+        if getuid() == 0 { try run("/bin/chown", ["postgres:postgres", directory.path]) }
         let data = directory.appendingPathComponent("data").path
         try asPostgres(
             bin.appendingPathComponent("initdb").path,
@@ -90,13 +90,20 @@ enum PostgresTestCluster {
     /// Starts, in a session of its own (so that no signal to this process group reaches it), a
     /// shell that waits for this process to end, then stops the cluster and deletes its files.
     private static func watch(bin: URL, data: String, directory: URL) throws {
-        let stop = "runuser -u postgres -- '\(bin.appendingPathComponent("pg_ctl").path)' -D '\(data)' -m immediate stop"
+        let pgCtl = "'\(bin.appendingPathComponent("pg_ctl").path)' -D '\(data)' -m immediate stop"
+        let stop = getuid() == 0 ? "runuser -u postgres -- \(pgCtl)" : pgCtl
         let script = "while kill -0 \(getpid()) 2>/dev/null; do sleep 1; done; \(stop); rm -rf '\(directory.path)'"
         _ = try spawn(["/usr/bin/setsid", "/bin/sh", "-c", script], output: "/dev/null")
     }
 
+    /// Runs a PostgreSQL program as the `postgres` user when this process is root (PostgreSQL
+    /// refuses to run as root), as this process's user otherwise.
     private static func asPostgres(_ program: String, _ arguments: [String]) throws {
-        try run("/usr/sbin/runuser", ["-u", "postgres", "--", program] + arguments)
+        if getuid() == 0 {
+            try run("/usr/sbin/runuser", ["-u", "postgres", "--", program] + arguments)
+        } else {
+            try run(program, arguments)
+        }
     }
 
     /// Runs a program to its end.
@@ -122,6 +129,7 @@ enum PostgresTestCluster {
     /// signal handling and an empty signal mask, whatever this process's threads block.
     /// - Parameter output: the file that takes its standard output and error (appended to).
     private static func spawn(_ argv: [String], output: String) throws -> pid_t {
+        #if os(Linux)
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
         defer { posix_spawn_file_actions_destroy(&actions) }
@@ -146,6 +154,9 @@ enum PostgresTestCluster {
         let result = posix_spawn(&pid, argv[0], &actions, &attributes, arguments, environ)
         guard result == 0 else { throw KilnError(.internal, "cannot start \(argv[0]): errno \(result)") }
         return pid
+        #else
+        throw KilnError(.unavailable, "the throwaway PostgreSQL cluster of the tests runs on Linux only")
+        #endif
     }
 
     /// A loopback TCP port that nothing listens on now.
