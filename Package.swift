@@ -114,7 +114,8 @@ let package = Package(
         .target(
             name: "KilnServer",
             dependencies: [
-                "KilnCore", "KilnScheduling", "KilnFleet", "KilnSimulation", "KilnStore", "KilnObjects", "KilnModels", "KilnAPI",
+                "KilnCore", "KilnScheduling", "KilnFleet", "KilnSimulation", "KilnStore", "KilnPostgres", "KilnObjects", "KilnModels",
+                "KilnAPI",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "NIOFoundationCompat", package: "swift-nio"),

@@ -6,6 +6,7 @@ import KilnAPI
 import KilnCore
 import KilnFleet
 import KilnObjects
+import KilnPostgres
 import KilnScheduling
 import KilnStore
 import Logging
@@ -27,17 +28,22 @@ public struct KilnServer: Sendable {
     /// Slurm jobs outlive a restart, and one key serves every run.
     var providerKeyFile: URL?
 
-    /// Opens (creating when needed) the embedded state in `data`: `kiln.sqlite` and `objects/`, and
-    /// rebuilds the dispatcher's queues from it.
-    /// - Parameter workerProgram: the `kiln` program that `local` pools start workers with (their
-    ///   folders go in `data/workers`); nil where workers cannot be started from this process.
+    /// Opens (creating when needed) the state in `data`, by default `kiln.sqlite` and `objects/`,
+    /// and rebuilds the dispatcher's queues from it.
+    /// - Parameters:
+    ///   - database: the store, when not the embedded one: `postgres://user:password@host:port/db`
+    ///     (see ``PostgresURL``), or `sqlite:PATH`.
+    ///   - objects: the object store, when not `data/objects`: `s3://bucket/prefix?endpoint=URL`
+    ///     (see ``S3Configuration``), or a folder.
+    ///   - workerProgram: the `kiln` program that `local` pools start workers with (their folders
+    ///     go in `data/workers`); nil where workers cannot be started from this process.
     public static func open(
-        data: URL, configuration: ServerConfiguration, clock: any WallClock = SystemWallClock(), adminKey: String? = nil,
-        workerProgram: URL? = nil, logger: Logger = Logger(label: "kiln")
+        data: URL, database: String? = nil, objects objectsURL: String? = nil, configuration: ServerConfiguration,
+        clock: any WallClock = SystemWallClock(), adminKey: String? = nil, workerProgram: URL? = nil, logger: Logger = Logger(label: "kiln")
     ) async throws -> KilnServer {
         try FileManager.default.createDirectory(at: data, withIntermediateDirectories: true)
-        let store = try SQLiteJobStore(path: data.appending(path: "kiln.sqlite").path)
-        let objects = try FileSystemObjectStore(root: data.appending(path: "objects"))
+        let store = try await openStore(database, data: data, logger: logger)
+        let objects = try openObjects(objectsURL, data: data)
         let local = workerProgram.map {
             LocalProvider(settings: .init(executable: $0, folder: data.appending(path: "workers")), logger: logger)
         }
@@ -66,6 +72,30 @@ public struct KilnServer: Sendable {
             slurmProvider: slurm, extraProviders: extra, logger: logger)
         server.providerKeyFile = data.appending(path: "provider-worker.key")
         return server
+    }
+
+    /// The store `database` names (see ``open(data:database:objects:configuration:clock:adminKey:workerProgram:logger:)``).
+    static func openStore(_ database: String?, data: URL, logger: Logger) async throws -> any JobStore {
+        guard let database else { return try SQLiteJobStore(path: data.appending(path: "kiln.sqlite").path) }
+        if database.hasPrefix("postgres://") || database.hasPrefix("postgresql://") {
+            return try await PostgresJobStore.connect(url: database, logger: logger)
+        }
+        if database.hasPrefix("sqlite:") {
+            let path = String(database.dropFirst("sqlite:".count))
+            guard !path.isEmpty else { throw KilnError(.invalidInput, "--database: 'sqlite:' needs a path, as in sqlite:/srv/kiln/kiln.sqlite") }
+            return try SQLiteJobStore(path: path.hasPrefix("//") ? String(path.dropFirst(2)) : path)
+        }
+        throw KilnError(.invalidInput, "--database: '\(database.prefix(32))…' is neither postgres://user:password@host:port/database nor sqlite:PATH")
+    }
+
+    /// The object store `objects` names.
+    static func openObjects(_ objects: String?, data: URL) throws -> any ObjectStore {
+        guard let objects else { return try FileSystemObjectStore(root: data.appending(path: "objects")) }
+        if objects.hasPrefix("s3://") { return try S3ObjectStore(configuration: S3Configuration(url: objects)) }
+        guard !objects.contains("://") else {
+            throw KilnError(.invalidInput, "--objects: '\(objects)' is neither s3://bucket/prefix?endpoint=URL nor a folder")
+        }
+        return try FileSystemObjectStore(root: URL(filePath: objects, directoryHint: .isDirectory))
     }
 
     public init(

@@ -22,6 +22,14 @@ struct Server: AsyncParsableCommand {
     @Option(help: "Folder of the embedded state (SQLite database and objects).")
     var data: String = ".kiln"
 
+    @Option(
+        help: "The store instead of the embedded one: postgres://user:password@host:port/database, or sqlite:PATH (default: $KILN_DATABASE).")
+    var database: String?
+
+    @Option(
+        help: "The object store instead of DATA/objects: s3://bucket/prefix?endpoint=URL (credentials from AWS_* variables), or a folder (default: $KILN_OBJECTS).")
+    var objects: String?
+
     @Option(help: "Address to listen on.")
     var host: String = "127.0.0.1"
 
@@ -60,10 +68,17 @@ struct Server: AsyncParsableCommand {
                 throw ValidationError(error.message)
             }
         }
-        let adminKey = ProcessInfo.processInfo.environment["KILN_ADMIN_KEY"]
-        let server = try await KilnServer.open(
-            data: URL(filePath: data, directoryHint: .isDirectory), configuration: configuration, adminKey: adminKey,
-            workerProgram: Kiln.program, logger: logger)
+        let environment = ProcessInfo.processInfo.environment
+        let adminKey = environment["KILN_ADMIN_KEY"]
+        let server: KilnServer
+        do {
+            server = try await KilnServer.open(
+                data: URL(filePath: data, directoryHint: .isDirectory), database: database ?? environment["KILN_DATABASE"],
+                objects: objects ?? environment["KILN_OBJECTS"], configuration: configuration,
+                adminKey: adminKey, workerProgram: Kiln.program, logger: logger)
+        } catch let error as KilnError where error.code == .invalidInput {
+            throw ValidationError(error.message)
+        }
         let services = try server.services(host: host, port: port, advertiseURL: advertiseURL) { port in
             print("kiln server listening on http://\(host):\(port) (data: \(data))")
             if adminKey == nil { print("no KILN_ADMIN_KEY set: the admin API accepts admin keys only") }
