@@ -10,8 +10,8 @@ import FoundationNetworking
 #endif
 
 /// The S3-compatible endpoint the S3 backend's tests talk to: moto's server (`moto_server`, PyPI
-/// `moto[server]`) on loopback, one per test process, started on first use. Each test gets a
-/// bucket of its own.
+/// `moto[server]`) on loopback, started by the test process on first use and gone when it ends.
+/// Each test gets a bucket of its own.
 ///
 /// Two servers, each started only when first asked for: one with authentication on, which checks
 /// every request's SigV4 signature against an IAM user's key made at start, and one that accepts
