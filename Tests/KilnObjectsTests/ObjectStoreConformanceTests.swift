@@ -71,6 +71,16 @@ struct ObjectStoreConformanceTests {
         #expect(try await store.size(of: "files/missing") == nil)
     }
 
+    @Test("an empty body is an object of no bytes", arguments: ObjectBackend.enabled)
+    func emptyObject(_ backend: ObjectBackend) async throws {
+        let store = try await backend.make()
+        let stored = try await store.put("files/empty", body: Chunks(bytes: []), maxBytes: 10, expectedSHA256: sha256Hex([]))
+        #expect(stored == StoredObject(size: 0, sha256: sha256Hex([])))
+        #expect(try await collect(store.get("files/empty")).isEmpty)
+        #expect(try await store.size(of: "files/empty") == 0)
+        #expect(try await store.list(prefix: "files/") == ["files/empty"])
+    }
+
     @Test("ranged gets return exactly the bytes asked for", arguments: ObjectBackend.enabled)
     func ranges(_ backend: ObjectBackend) async throws {
         let store = try await backend.make()

@@ -103,6 +103,18 @@ struct S3ObjectStoreTests {
         #expect(missing?.code == .notFound)
     }
 
+    @Test("a bucket outside us-east-1: created with its location, requests signed for its region")
+    func otherRegion() async throws {
+        let server = try await S3TestEndpoint.signatureChecking.value
+        var configuration = server.configuration(bucket: S3TestEndpoint.newBucketName())
+        configuration.region = "eu-west-1"
+        let store = try S3ObjectStore(configuration: configuration)
+        try await store.createBucket()
+        try await store.createBucket()
+        _ = try await store.put("files/a", body: Chunks(bytes: [1, 2, 3]), maxBytes: 10)
+        #expect(try await collect(store.get("files/a")) == [1, 2, 3])
+    }
+
     @Test("a wrong secret key gets an error naming S3's error code and the bucket")
     func wrongSecret() async throws {
         let store = try await S3TestEndpoint.makeStore()
