@@ -84,14 +84,15 @@ extension PostgresJobStore {
         }
     }
 
-    public func generations(of account: AccountID, state: GenerationState?, limit: Int, before: Int64?) async throws
+    public func generations(of account: AccountID?, state: GenerationState?, limit: Int, before: Int64?) async throws
         -> [Generation]
     {
         try await read { session in
             try await session.rows(
                 """
                 SELECT \(unescaped: Self.generationColumns) FROM generations
-                WHERE account_id = \(account.rawValue) AND (\(state?.rawValue)::TEXT IS NULL OR state = \(state?.rawValue))
+                WHERE (\(account?.rawValue)::TEXT IS NULL OR account_id = \(account?.rawValue))
+                    AND (\(state?.rawValue)::TEXT IS NULL OR state = \(state?.rawValue))
                     AND (\(before)::BIGINT IS NULL OR seq < \(before))
                 ORDER BY seq DESC LIMIT \(limit)
                 """
@@ -359,7 +360,7 @@ extension PostgresJobStore {
     }
 
     /// Writes a transition of `before` (read with fencing token `token`) in one statement
-    /// (``PersistTransition``): the conditional update of every column a transition may change,
+    /// (``PersistTransition`` or ``PersistEndingTransition``): the conditional update of every column a transition may change,
     /// which applies only while the row still has the state and token it was read with, and, only
     /// if it applied, the event, the settling of outputs when the generation ends and the webhook
     /// delivery the event owes.
@@ -369,7 +370,15 @@ extension PostgresJobStore {
     {
         let after = transition.generation
         guard after != before || transition.event != nil else { return after }
-        let written = try await session.rows(PersistTransition(transition: transition, before: before, token: token, at: at))
-        return written.count == 1 ? after : nil
+        let plain = PersistTransition(transition: transition, before: before, token: token, at: at)
+        // Most transitions neither end the generation nor owe a webhook: a statement that leaves
+        // outputs and deliveries alone costs PostgreSQL less.
+        let settles = after.state.isFinal && !before.state.isFinal
+        let deliveryType = transition.event?.webhookType(for: after)
+        let written =
+            settles || deliveryType != nil
+            ? try await session.rows(PersistEndingTransition(base: plain, settles: settles, deliveryType: deliveryType)).count
+            : try await session.rows(plain).count
+        return written == 1 ? after : nil
     }
 }

@@ -77,47 +77,30 @@ extension PostgresJobStore {
         func decodeRow(_ row: PostgresRow) throws -> Int64 { try row.decode(Int64.self) }
     }
 
-    /// A transition, as ``persist`` describes it: the conditional update and, only if it applied,
-    /// the event (when `$22` is not NULL), the settling of outputs (when `$25`: those not in `$26`
-    /// are doomed, every attachment forgotten; foreign keys are checked at the end of the
-    /// statement, after both deletes) and the webhook delivery (when `$29` is not NULL; progress is
-    /// coalesced: while one progress delivery waits for its first attempt, no other is added).
-    /// Returns the generation's id when the update applied.
+    /// A transition that neither ends the generation nor owes a webhook (a lease, a start, a
+    /// heartbeat, a requeue): the conditional update and, only if it applied, the event (when `$22`
+    /// is not NULL). Returns the generation's id when the update applied.
     struct PersistTransition: PostgresPreparedStatement {
-        static let sql = """
-            WITH updated AS (
+        static let sql = "WITH \(updated),\n\(event)\nSELECT id FROM updated"
+
+        static let updated = """
+            updated AS (
                 UPDATE generations SET state = $2::TEXT, version = $3::TEXT, attempts = $4::BIGINT, lease_token = $5::BIGINT,
                     lease_worker = $6::TEXT, lease_cluster = $7::TEXT, leased_at = $8::FLOAT8, lease_expires_at = $9::FLOAT8,
                     lease_started_at = $10::FLOAT8, lease_acked = $11::BOOLEAN, progress_fraction = $12::FLOAT8,
                     progress_stage = $13::TEXT, output = $14::TEXT, error_code = $15::TEXT, error_message = $16::TEXT,
                     started_at = $17::FLOAT8, completed_at = $18::FLOAT8, unacknowledged_leases = $19::BIGINT
                 WHERE id = $1::TEXT AND state = $20::TEXT AND lease_token = $21::BIGINT
-                RETURNING id),
+                RETURNING id)
+            """
+
+        static let event = """
             event AS (
                 INSERT INTO generation_events (generation_id, kind, at, state, progress_fraction, progress_stage, message)
                 SELECT id, $22::TEXT, $23::FLOAT8, $2::TEXT, $12::FLOAT8, $13::TEXT, $24::TEXT FROM updated
-                WHERE $22::TEXT IS NOT NULL),
-            unkept AS (
-                SELECT o.file_id, f.object_key FROM job_outputs o JOIN files f ON f.id = o.file_id
-                WHERE $25::BOOLEAN AND o.generation_id = $1::TEXT AND o.file_id <> ALL($26::TEXT[])
-                    AND EXISTS (SELECT 1 FROM updated)),
-            doomed AS (
-                INSERT INTO doomed_objects (object_key, doomed_at) SELECT object_key, $23::FLOAT8 FROM unkept
-                ON CONFLICT (object_key) DO NOTHING),
-            detached AS (
-                DELETE FROM job_outputs
-                WHERE ($25::BOOLEAN AND generation_id = $1::TEXT AND EXISTS (SELECT 1 FROM updated))
-                    OR file_id IN (SELECT file_id FROM unkept)),
-            dropped AS (DELETE FROM files WHERE id IN (SELECT file_id FROM unkept)),
-            delivery AS (
-                INSERT INTO webhook_deliveries (id, generation_id, account_id, type, url, state, created_at, next_attempt_at)
-                SELECT $27::TEXT, id, $28::TEXT, $29::TEXT, $30::TEXT, 'pending', $23::FLOAT8, $23::FLOAT8 FROM updated
-                WHERE $29::TEXT IS NOT NULL AND ($29::TEXT <> 'generation.progress' OR NOT EXISTS (
-                    SELECT 1 FROM webhook_deliveries d
-                    WHERE d.generation_id = $1::TEXT AND d.type = 'generation.progress' AND d.state = 'pending'
-                    AND NOT EXISTS (SELECT 1 FROM webhook_attempts a WHERE a.delivery_id = d.id))))
-            SELECT id FROM updated
+                WHERE $22::TEXT IS NOT NULL)
             """
+
         var transition: Transition
         var before: Generation
         var token: Int64
@@ -126,8 +109,6 @@ extension PostgresJobStore {
         func makeBindings() -> PostgresBindings {
             let after = transition.generation
             let lease = after.lease
-            let event = transition.event
-            let delivery = event?.webhookType(for: after)
             var binds = PostgresBindings(capacity: 30)
             binds.append(after.id.rawValue)  // $1
             binds.append(after.state.rawValue)
@@ -150,14 +131,58 @@ extension PostgresJobStore {
             binds.append(after.unacknowledgedLeases)
             binds.append(before.state.rawValue)  // $20
             binds.append(token)
-            binds.append(event?.rawValue)
+            binds.append(transition.event?.rawValue)
             binds.append(at.timeIntervalSince1970)
             binds.append(transition.message)
-            binds.append(after.state.isFinal && !before.state.isFinal)  // $25
+            return binds
+        }
+
+        func decodeRow(_ row: PostgresRow) throws -> String { try row.decode(String.self) }
+    }
+
+    /// Any other transition, as ``persist`` describes it: ``PersistTransition``'s update and
+    /// event, and, only if the update applied, the settling of outputs (when `$25`: those not in
+    /// `$26` are doomed, every attachment forgotten; foreign keys are checked at the end of the
+    /// statement, after both deletes) and the webhook delivery (when `$29` is not NULL; progress is
+    /// coalesced: while one progress delivery waits for its first attempt, no other is added).
+    /// Returns the generation's id when the update applied.
+    struct PersistEndingTransition: PostgresPreparedStatement {
+        static let sql = """
+            WITH \(PersistTransition.updated),
+            \(PersistTransition.event),
+            unkept AS (
+                SELECT o.file_id, f.object_key FROM job_outputs o JOIN files f ON f.id = o.file_id
+                WHERE $25::BOOLEAN AND o.generation_id = $1::TEXT AND o.file_id <> ALL($26::TEXT[])
+                    AND EXISTS (SELECT 1 FROM updated)),
+            doomed AS (
+                INSERT INTO doomed_objects (object_key, doomed_at) SELECT object_key, $23::FLOAT8 FROM unkept
+                ON CONFLICT (object_key) DO NOTHING),
+            detached AS (
+                DELETE FROM job_outputs
+                WHERE ($25::BOOLEAN AND generation_id = $1::TEXT AND EXISTS (SELECT 1 FROM updated))
+                    OR file_id IN (SELECT file_id FROM unkept)),
+            dropped AS (DELETE FROM files WHERE id IN (SELECT file_id FROM unkept)),
+            delivery AS (
+                INSERT INTO webhook_deliveries (id, generation_id, account_id, type, url, state, created_at, next_attempt_at)
+                SELECT $27::TEXT, id, $28::TEXT, $29::TEXT, $30::TEXT, 'pending', $23::FLOAT8, $23::FLOAT8 FROM updated
+                WHERE $29::TEXT IS NOT NULL AND ($29::TEXT <> 'generation.progress' OR NOT EXISTS (
+                    SELECT 1 FROM webhook_deliveries d
+                    WHERE d.generation_id = $1::TEXT AND d.type = 'generation.progress' AND d.state = 'pending'
+                    AND NOT EXISTS (SELECT 1 FROM webhook_attempts a WHERE a.delivery_id = d.id))))
+            SELECT id FROM updated
+            """
+        var base: PersistTransition
+        var settles: Bool
+        var deliveryType: String?
+
+        func makeBindings() -> PostgresBindings {
+            let after = base.transition.generation
+            var binds = base.makeBindings()
+            binds.append(settles)  // $25
             binds.append(after.output.values.map(\.fileID.rawValue).sorted())
-            binds.append(delivery.map { _ in WebhookDelivery.newID() })
+            binds.append(deliveryType.map { _ in WebhookDelivery.newID() })
             binds.append(after.accountID.rawValue)
-            binds.append(delivery)
+            binds.append(deliveryType)
             binds.append(after.callbackURL)  // $30
             return binds
         }
