@@ -146,6 +146,12 @@ enum PostgresSchema {
                     expires_at DOUBLE PRECISION NOT NULL)
                 """
             ]),
+        Migration(
+            version: 3, name: "generations-by-state",
+            statements: [
+                // The admin's latest generations in a state (the dashboard's failures), newest first.
+                "CREATE INDEX generations_by_state_seq ON generations(state, seq)"
+            ]),
     ]
 
     /// Applies the migrations the database lacks, in one transaction that holds the migrations'

@@ -98,8 +98,9 @@ public protocol JobStore: Sendable {
 
     func generation(_ id: GenerationID) async throws -> Generation?
     func generation(sequence: Int64) async throws -> Generation?
-    /// An account's generations, newest first, older than `before` (a sequence) when given.
-    func generations(of account: AccountID, state: GenerationState?, limit: Int, before: Int64?) async throws -> [Generation]
+    /// An account's generations (every account's when nil), newest first, older than `before` (a
+    /// sequence) when given.
+    func generations(of account: AccountID?, state: GenerationState?, limit: Int, before: Int64?) async throws -> [Generation]
 
     /// Cancels a queued or running generation.
     /// - Throws: `.notFound`; `.conflict` when it already ended.

@@ -158,6 +158,12 @@ struct MetricsTests {
             let (user, workerKey, worker) = try await api.cast()
             _ = try await api.submit(user)
             _ = try await api.submit(user)
+            _ = try await api.submit(user)
+            let failing = try #require(try await api.lease(workerKey, worker: worker))
+            let failed = try await api.job(
+                workerKey, worker, failing, "fail",
+                json: #"{"token":"\#(failing.lease.token)","error":{"code":"oom","message":"out of memory at frame 12"},"retryable":false}"#)
+            #expect(failed.status == .noContent)
             _ = try #require(try await api.lease(workerKey, worker: worker))
             let queue = try #require(try JSONSerialization.jsonObject(with: Data(try await api.call(.get, "/v1/admin/queue?limit=10").body.readableBytesView)) as? [String: Any])
             for field in ["policy", "queued", "dispatched", "tiers", "rows", "next"] { #expect(queue[field] != nil, "queue.\(field)") }
@@ -173,6 +179,14 @@ struct MetricsTests {
             let workers = try #require(try JSONSerialization.jsonObject(with: Data(try await api.call(.get, "/v1/admin/workers").body.readableBytesView)) as? [String: Any])
             let first = try #require((workers["data"] as? [[String: Any]])?.first)
             for field in ["id", "cluster", "accelerator", "gpus", "state"] { #expect(first[field] != nil, "workers.data.\(field)") }
+            // The latest failures, across accounts, with their errors; a user key may not list them.
+            let failures = try await api.call(.get, "/v1/admin/generations?state=failed&limit=10")
+            let listed = try failures.decode(Components.Schemas.GenerationList.self).data
+            #expect(listed.map(\.id) == [failing.job.id])
+            #expect(listed.first?.error?.message == "out of memory at frame 12")
+            #expect(try await api.call(.get, "/v1/admin/generations?state=failed", key: user).status == .forbidden)
+            #expect(try await api.call(.get, "/v1/admin/generations?limit=0").status == .badRequest)
+            #expect(html.contains(#"id="failures""#) && html.contains("/v1/admin/generations?state=failed"))
         }
     }
 

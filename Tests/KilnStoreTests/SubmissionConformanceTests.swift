@@ -6,6 +6,31 @@ import Testing
 /// Conformance of ``JobStore`` backends: submission, admission, idempotency, listing, cancellation.
 @Suite("JobStore conformance: submission")
 struct SubmissionConformanceTests {
+    @Test("listing every account's generations: newest first, by state, paged by sequence", arguments: StoreBackend.allCases)
+    func listAcrossAccounts(_ backend: StoreBackend) async throws {
+        let store = try await backend.make()
+        let first = try await store.seedAccount(name: "first")
+        let second = try await store.seedAccount(name: "second")
+        var submitted: [Generation] = []
+        for index in 0..<6 {
+            let owner = index.isMultiple(of: 2) ? first : second
+            submitted.append(try await store.submitQueued(makeGeneration(account: owner.id, at: Fixture.time(Double(index)))))
+        }
+        _ = try await store.cancel(submitted[1].id, at: Fixture.time(10))
+        _ = try await store.cancel(submitted[4].id, at: Fixture.time(11))
+
+        let all = try await store.generations(of: nil, state: nil, limit: 100, before: nil)
+        #expect(all.map(\.id) == submitted.reversed().map(\.id))
+        let canceled = try await store.generations(of: nil, state: .canceled, limit: 100, before: nil)
+        #expect(canceled.map(\.id) == [submitted[4].id, submitted[1].id], "both accounts' canceled, newest first")
+        let page = try await store.generations(of: nil, state: .queued, limit: 2, before: nil)
+        #expect(page.map(\.id) == [submitted[5].id, submitted[3].id])
+        let next = try await store.generations(of: nil, state: .queued, limit: 2, before: page.last?.sequence)
+        #expect(next.map(\.id) == [submitted[2].id, submitted[0].id])
+        let own = try await store.generations(of: second.id, state: .canceled, limit: 100, before: nil)
+        #expect(own.map(\.id) == [submitted[1].id], "an account's own listing is still its own")
+    }
+
     @Test("submit: increasing sequence, queued, input stored exactly, a queued event", arguments: StoreBackend.allCases)
     func submitStoresQueuedGeneration(_ backend: StoreBackend) async throws {
         let store = try await backend.make()

@@ -117,6 +117,14 @@ extension APIHandler {
         return .ok(.init(body: .json(.init(await services.dispatcher.view(limit: count), tiers: services.configuration.tiers))))
     }
 
+    func listGenerationsAsAdmin(_ input: Operations.ListGenerationsAsAdmin.Input) async throws
+        -> Operations.ListGenerationsAsAdmin.Output
+    {
+        let page = try await generationPage(
+            of: nil, state: input.query.state.map(GenerationState.init), limit: input.query.limit, cursor: input.query.cursor)
+        return .ok(.init(body: .json(page)))
+    }
+
     func forecast(_ input: Operations.Forecast.Input) async throws -> Operations.Forecast.Output {
         guard case .json(let body) = input.body else { throw KilnError(.invalidRequest, "the request needs a JSON body") }
         let hours = body.hours ?? 1

@@ -176,25 +176,33 @@ extension APIHandler {
     }
 
     func listGenerations(_ input: Operations.ListGenerations.Input) async throws -> Operations.ListGenerations.Output {
-        let account = try Principal.account()
-        let limit = input.query.limit ?? 20
+        let page = try await generationPage(
+            of: try Principal.account(), state: input.query.state.map(GenerationState.init), limit: input.query.limit,
+            cursor: input.query.cursor)
+        return .ok(.init(body: .json(page)))
+    }
+
+    /// A page of an account's generations (every account's when nil), newest first.
+    func generationPage(of account: AccountID?, state: GenerationState?, limit: Int?, cursor: String?) async throws
+        -> Components.Schemas.GenerationList
+    {
+        let limit = limit ?? 20
         guard (1...100).contains(limit) else {
             throw KilnError(.invalidRequest, "limit: '\(limit)' must be a whole number from 1 to 100")
         }
         var before: Int64?
-        if let raw = input.query.cursor {
+        if let raw = cursor {
             guard let parsed = Int64(raw), parsed > 0 else {
                 throw KilnError(.invalidRequest, "cursor: '\(raw)' is not a cursor this API returned")
             }
             before = parsed
         }
-        let page = try await services.store.generations(
-            of: account, state: input.query.state.map(GenerationState.init), limit: limit + 1, before: before)
+        let page = try await services.store.generations(of: account, state: state, limit: limit + 1, before: before)
         let shown = page.prefix(limit)
         var rendered: [Components.Schemas.GenerationObject] = []
         for generation in shown { rendered.append(try await services.render(generation)) }
         let next = page.count > limit ? shown.last.map { String($0.sequence) } : nil
-        return .ok(.init(body: .json(.init(data: rendered, nextCursor: next))))
+        return .init(data: rendered, nextCursor: next)
     }
 
     func getGeneration(_ input: Operations.GetGeneration.Input) async throws -> Operations.GetGeneration.Output {

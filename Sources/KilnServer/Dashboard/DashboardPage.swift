@@ -1,7 +1,7 @@
 /// The live dashboard at `/dashboard`: one page, compiled into the server, that asks for an admin
 /// key (kept in the browser tab's session storage, never in a URL), then reads the admin API every
 /// two seconds and draws each tier's queue against its promise, the last hour of it, the pools and
-/// the workers; and runs a what-if forecast on demand (`POST /v1/admin/forecast`). Plain HTML, CSS and a small script: nothing to build, nothing fetched from elsewhere.
+/// the workers, the latest failures with their errors; and runs a what-if forecast on demand (`POST /v1/admin/forecast`). Plain HTML, CSS and a small script: nothing to build, nothing fetched from elsewhere.
 enum DashboardPage {
     static let html = #"""
         <!doctype html>
@@ -58,6 +58,7 @@ enum DashboardPage {
             <section><h2>Pools</h2><table id="pools"></table></section>
             <section><h2>Workers</h2><table id="workers"></table></section>
             <section><h2>Next in dispatch order</h2><table id="next"></table></section>
+            <section><h2>Latest failures</h2><table id="failures"></table></section>
             <section><h2>What if we add GPUs?</h2>
               <form id="whatif">
                 <label>Add <input id="add-gpus" type="number" min="0" max="100000" value="8" required> GPUs</label>
@@ -97,16 +98,17 @@ enum DashboardPage {
 
         async function refresh() {
           try {
-            const [queue, fleet, workers] = await Promise.all([
-              get("/v1/admin/queue?limit=10"), get("/v1/admin/fleet"), get("/v1/admin/workers")]);
-            draw(queue, fleet, workers.data);
+            const [queue, fleet, workers, failed] = await Promise.all([
+              get("/v1/admin/queue?limit=10"), get("/v1/admin/fleet"), get("/v1/admin/workers"),
+              get("/v1/admin/generations?state=failed&limit=10")]);
+            draw(queue, fleet, workers.data, failed.data);
           } catch (error) {
             if (error.message === "unauthorized") { signOut("That key is not an admin key."); return; }
             document.getElementById("updated").textContent = "not updated: " + error.message;
           }
         }
 
-        function draw(queue, fleet, workers) {
+        function draw(queue, fleet, workers, failed) {
           const now = new Date();
           document.getElementById("summary").textContent =
             "policy " + queue.policy + " · " + queue.queued + " queued · " + queue.dispatched + " dispatched";
@@ -156,6 +158,17 @@ enum DashboardPage {
           next.replaceChildren();
           row(next, ["generation", "tier", "model", "share of promise used"], true);
           for (const n of queue.next) row(next, [n.id, n.tier, n.model, (n.urgency * 100).toFixed(0) + "%"]);
+          const failures = document.getElementById("failures");
+          failures.replaceChildren();
+          if (failed.length === 0) row(failures, ["no generation has failed"]);
+          else {
+            row(failures, ["when", "generation", "tier", "model", "attempts", "error"], true);
+            for (const f of failed) {
+              const when = f.completed_at ? new Date(f.completed_at).toLocaleTimeString() : "";
+              const version = f.version ? " " + f.version.slice(0, 19) : "";
+              row(failures, [when, f.id, f.tier, f.model + version, f.attempts, f.error ? f.error.code + ": " + f.error.message : ""]);
+            }
+          }
         }
 
         function chart(tiers, now) {

@@ -70,20 +70,26 @@ extension SQLiteJobStore {
         }
     }
 
-    public func generations(of account: AccountID, state: GenerationState?, limit: Int, before: Int64?) async throws
+    public func generations(of account: AccountID?, state: GenerationState?, limit: Int, before: Int64?) async throws
         -> [Generation]
     {
         try await pool.read { db in
-            var sql = "SELECT * FROM generations WHERE account_id = ?"
-            var arguments: StatementArguments = [account.rawValue]
+            var conditions: [String] = []
+            var arguments: StatementArguments = []
+            if let account {
+                conditions.append("account_id = ?")
+                arguments += [account.rawValue]
+            }
             if let state {
-                sql += " AND state = ?"
+                conditions.append("state = ?")
                 arguments += [state.rawValue]
             }
             if let before {
-                sql += " AND seq < ?"
+                conditions.append("seq < ?")
                 arguments += [before]
             }
+            var sql = "SELECT * FROM generations"
+            if !conditions.isEmpty { sql += " WHERE " + conditions.joined(separator: " AND ") }
             sql += " ORDER BY seq DESC LIMIT ?"
             arguments += [limit]
             return try Row.fetchAll(db, cached: sql, arguments: arguments).map(Self.generation(from:))

@@ -144,6 +144,10 @@ enum SQLiteSchema {
                         expires_at REAL NOT NULL);
                     """)
         }
+        migrator.registerMigration("v12-generations-by-state") { db in
+            // The admin's latest generations in a state (the dashboard's failures), newest first.
+            try db.execute(sql: "CREATE INDEX generations_by_state_seq ON generations(state, seq)")
+        }
         return migrator
     }
 }
