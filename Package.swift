@@ -117,6 +117,7 @@ let package = Package(
                 "KilnCore", "KilnScheduling", "KilnFleet", "KilnSimulation", "KilnStore", "KilnPostgres", "KilnObjects", "KilnModels",
                 "KilnAPI",
                 .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "NIOFoundationCompat", package: "swift-nio"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),

@@ -213,6 +213,17 @@ public struct KilnServer: Sendable {
     /// The Prometheus text of `services.metrics`, its gauges read first from the queue, the
     /// workers and the fleet.
     static func metricsResponse(_ services: KilnServices) async throws -> Response {
+        if services.replica.isLeader {
+            try await refreshLeaderGauges(services)
+        } else {
+            services.metrics.withdrawLeaderGauges()
+        }
+        return Response(
+            status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
+            body: .init(byteBuffer: ByteBuffer(bytes: services.metrics.exposition())))
+    }
+
+    private static func refreshLeaderGauges(_ services: KilnServices) async throws {
         let running = try await services.store.runningGenerations()
         var leasedNotStarted: [String: Int] = [:]
         for generation in running where generation.lease?.startedAt == nil {
@@ -226,9 +237,6 @@ public struct KilnServer: Sendable {
                 pools: fleet.pools.compactMap { pool in
                     pool.decision.map { (pool.configured.spec.name, pool.configured.spec.cluster, $0.desired, $0.actual) }
                 }))
-        return Response(
-            status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
-            body: .init(byteBuffer: ByteBuffer(bytes: services.metrics.exposition())))
     }
 
     /// The lease reaper: the background service beside the HTTP server.

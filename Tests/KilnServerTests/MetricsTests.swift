@@ -190,6 +190,28 @@ struct MetricsTests {
         }
     }
 
+    @Test("a server that does not lead serves its own metrics without the queue and fleet gauges; the API waits for a leader")
+    func followerMetrics() async throws {
+        var configuration = ServerConfiguration()
+        configuration.replicas.enabled = true  // and no election runs here: it follows, knowing no leader
+        let kiln = try await KilnHarness.make(configuration: configuration)
+        try await kiln.withClient { api in
+            let scraped = try Exposition(try await api.call(.get, "/metrics", key: nil).text)
+            #expect(scraped.value("kiln_leader") == 0)
+            #expect(scraped.value("kiln_queued_jobs", ["tier": "api"]) == nil, "the leader's figure, not an empty queue's")
+            #expect(try await api.call(.get, "/healthz", key: nil).text.contains(#""role":"follower""#))
+            let forwarded = try await api.call(.get, "/v1/admin/queue")
+            #expect(forwarded.status == .serviceUnavailable)
+            #expect(forwarded.headers[.retryAfter] == "1")
+        }
+        let alone = try await KilnHarness.make()
+        try await alone.withClient { api in
+            let scraped = try Exposition(try await api.call(.get, "/metrics", key: nil).text)
+            #expect(scraped.value("kiln_leader") == 1)
+            #expect(scraped.value("kiln_queued_jobs", ["tier": "api"]) == 0)
+        }
+    }
+
     @Test("with metrics.token set, /metrics needs it as a bearer token")
     func scrapeToken() async throws {
         var configuration = ServerConfiguration()

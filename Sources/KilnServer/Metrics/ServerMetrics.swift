@@ -1,6 +1,7 @@
 import Foundation
 import KilnCore
 import KilnStore
+import NIOConcurrencyHelpers
 import Prometheus
 
 /// The server's Prometheus metrics (`GET /metrics`): counters and histograms fed as transitions
@@ -29,11 +30,15 @@ public final class ServerMetrics: Sendable {
 
     private let commitDuration: ValueHistogram
     private let commitChanges: ValueHistogram
+    /// 1 while this server leads; the queue and fleet gauges are served by the leader alone.
+    private let leader: Gauge
+    private let leaderGauges = NIOLockedValueBox<[String: Gauge]>([:])
 
     public init(tiers: TierTable) {
         self.tiers = tiers
         commitDuration = registry.makeValueHistogram(descriptor: Self.storeCommit, buckets: Self.commitBuckets)
         commitChanges = registry.makeValueHistogram(descriptor: Self.storeCommitChanges, buckets: Self.groupBuckets)
+        leader = registry.makeGauge(descriptor: Self.leads)
     }
 
     static func name(_ metric: String, _ unit: String, _ help: String) -> MetricNameDescriptor {
@@ -59,6 +64,7 @@ public final class ServerMetrics: Sendable {
     static var leasedNotStartedJobs: MetricNameDescriptor { name("leased_not_started_jobs", "", "Jobs leased by a cluster's workers and not yet started.") }
     static var poolDesiredWorkers: MetricNameDescriptor { name("pool_desired_workers", "", "The size the fleet controller wants for a pool.") }
     static var poolWorkers: MetricNameDescriptor { name("pool_workers", "", "Workers a pool has now, provisioning included.") }
+    static var leads: MetricNameDescriptor { name("leader", "", "1 while this server leads (runs the scheduler; serves the queue and fleet gauges), 0 otherwise.") }
     static var storeCommit: MetricNameDescriptor { name("store_commit", "seconds", "Store transactions from their start to durable, each carrying a group of changes.") }
     static var storeCommitChanges: MetricNameDescriptor { name("store_commit_changes", "", "Changes carried by each store commit (group commit).") }
 
@@ -67,7 +73,7 @@ public final class ServerMetrics: Sendable {
         [
             requeues, dispatches, leaseExpiries, queueWait, queueWaitPromise, generationsEnded, runs, run, admissionRefusals,
             httpRequestDuration, queuedJobs, queueOldestPromise, workers, dispatchLimit, leasedNotStartedJobs, poolDesiredWorkers,
-            poolWorkers, storeCommit, storeCommitChanges,
+            poolWorkers, storeCommit, storeCommitChanges, leads,
         ]
     }
 
@@ -170,7 +176,9 @@ public final class ServerMetrics: Sendable {
         var pools: [(name: String, cluster: String, desired: Int, actual: Int)]
     }
 
+    /// Sets the queue-wide and fleet gauges (this server leads).
     func refresh(_ now: Now) {
+        leader.set(1.0)
         var queued: [String: Int] = [:]
         var urgency: [String: Double] = [:]
         for row in now.queue.rows {
@@ -178,9 +186,9 @@ public final class ServerMetrics: Sendable {
             urgency[row.tier] = max(urgency[row.tier] ?? 0, row.maxUrgency ?? 0)
         }
         for tier in tiers.names {
-            registry.makeGauge(descriptor: Self.queuedJobs, labels: [("tier", tier)])
+            gauge(descriptor: Self.queuedJobs, labels: [("tier", tier)])
                 .set(Double(queued[tier] ?? 0))
-            registry.makeGauge(
+            gauge(
                 descriptor: Self.queueOldestPromise,
                 labels: [("tier", tier)]
             ).set(urgency[tier] ?? 0)
@@ -190,31 +198,50 @@ public final class ServerMetrics: Sendable {
         let states = Set(now.workers.map { [$0.cluster, $0.pool ?? ""] })
         for key in states {
             for state in ["active", "draining"] {
-                registry.makeGauge(
+                gauge(
                     descriptor: Self.workers,
                     labels: [("cluster", key[0]), ("pool", key[1]), ("state", state)]
                 ).set(Double(counts[key + [state]] ?? 0))
             }
         }
         for (cluster, limit) in now.dispatchLimits {
-            registry.makeGauge(
+            gauge(
                 descriptor: Self.dispatchLimit,
                 labels: [("cluster", cluster)]
             ).set(Double(limit))
-            registry.makeGauge(
+            gauge(
                 descriptor: Self.leasedNotStartedJobs,
                 labels: [("cluster", cluster)]
             ).set(Double(now.leasedNotStarted[cluster] ?? 0))
         }
         for pool in now.pools {
-            registry.makeGauge(
+            gauge(
                 descriptor: Self.poolDesiredWorkers,
                 labels: [("cluster", pool.cluster), ("pool", pool.name)]
             ).set(Double(pool.desired))
-            registry.makeGauge(
+            gauge(
                 descriptor: Self.poolWorkers,
                 labels: [("cluster", pool.cluster), ("pool", pool.name)]
             ).set(Double(pool.actual))
         }
     }
+    /// Withdraws the queue-wide and fleet gauges: this server does not lead, and the leader's
+    /// `/metrics` has them (a follower's would be empty, or stale from when it led).
+    func withdrawLeaderGauges() {
+        leader.set(0.0)
+        let gauges = leaderGauges.withLockedValue { gauges in
+            defer { gauges.removeAll() }
+            return gauges
+        }
+        for gauge in gauges.values { registry.unregisterGauge(gauge) }
+    }
+
+    /// A gauge of the leader's, made or found in the registry, and kept to be withdrawn.
+    private func gauge(descriptor: MetricNameDescriptor, labels: [(String, String)]) -> Gauge {
+        let gauge = registry.makeGauge(descriptor: descriptor, labels: labels)
+        let key = descriptor.name + labels.map { "|\($0.0)=\($0.1)" }.joined()
+        leaderGauges.withLockedValue { $0[key] = gauge }
+        return gauge
+    }
+
 }
