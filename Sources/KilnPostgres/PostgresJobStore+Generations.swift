@@ -107,9 +107,9 @@ extension PostgresJobStore {
     public func lease(sequence: Int64, to worker: WorkerRecord, at: Date, ttl: Double, start: Bool) async throws -> Generation? {
         try await racing("generation #\(sequence)") { session in
             guard let row = try await session.rows(GenerationBySequence(sequence: sequence)).first else { return .done(nil) }
-            let generation = try Self.generation(from: row)
+            let stored = try StoredGeneration(row)
+            let generation = stored.generation
             guard generation.state == .queued else { return .done(nil) }
-            let token: Int64 = try row.value("lease_token")
             // Resolve the alias now: the generation records what it runs.
             var version: String?
             if generation.version == nil, let aliasName = generation.alias,
@@ -118,9 +118,9 @@ extension PostgresJobStore {
                 version = alias.resolve(for: generation.id)?.description
             }
             let transition = try Lifecycle.lease(
-                generation, to: worker.id, cluster: worker.cluster, token: FencingToken.next(after: FencingToken(token)),
+                generation, to: worker.id, cluster: worker.cluster, token: FencingToken.next(after: FencingToken(stored.token)),
                 version: version, at: at, ttl: ttl, start: start)
-            return try await Self.persist(session, transition, from: generation, token: token, at: at).map { .done($0) } ?? .lostRace
+            return try await Self.persist(session, transition, from: stored, at: at).map { .done($0) } ?? .lostRace
         }
     }
 
@@ -142,10 +142,10 @@ extension PostgresJobStore {
         async throws
     {
         try await write { session in
-            guard let (generation, _) = try await Self.fetchForTransition(session, id: id, lock: true) else {
+            guard let stored = try await Self.fetchForTransition(session, id: id, lock: true) else {
                 throw KilnError(.notFound, "no generation '\(id)'")
             }
-            try Lifecycle.holding(generation, worker: worker, token: token, allowCanceled: false)
+            try Lifecycle.holding(stored.generation, worker: worker, token: token, allowCanceled: false)
             // An upload of the same name by the same attempt replaces the earlier one.
             if let replaced = try await session.row(
                 """
@@ -173,11 +173,11 @@ extension PostgresJobStore {
         // With outputs, under the row's lock: no upload of the same name may replace one between
         // reading it and keeping it.
         return try await write { session in
-            guard let (generation, held) = try await Self.fetchForTransition(session, id: id, lock: true) else {
+            guard let stored = try await Self.fetchForTransition(session, id: id, lock: true) else {
                 throw KilnError(.notFound, "no generation '\(id)'")
             }
             // The lease first: a stale token is told so, whatever outputs it names.
-            try Lifecycle.holding(generation, worker: worker, token: token, allowCanceled: false)
+            try Lifecycle.holding(stored.generation, worker: worker, token: token, allowCanceled: false)
             var files: [String: OutputFile] = [:]
             let attached = try await session.rows(
                 """
@@ -191,8 +191,8 @@ extension PostgresJobStore {
             if let missing = outputs.first(where: { files[$0] == nil }) {
                 throw KilnError(.invalidInput, "outputs: '\(missing)' was not uploaded for this lease")
             }
-            let transition = try Lifecycle.complete(generation, worker: worker, token: token, outputs: files, at: at)
-            return try await Self.persistLocked(session, transition, from: generation, token: held, at: at)
+            let transition = try Lifecycle.complete(stored.generation, worker: worker, token: token, outputs: files, at: at)
+            return try await Self.persistLocked(session, transition, from: stored, at: at)
         }
     }
 
@@ -215,10 +215,8 @@ extension PostgresJobStore {
                 """)
             var changed: [Generation] = []
             for row in expired {
-                let generation = try Self.generation(from: row)
-                changed.append(
-                    try await Self.persistLocked(
-                        session, Lifecycle.expire(generation, at: now), from: generation, token: try row.value("lease_token"), at: now))
+                let stored = try StoredGeneration(row)
+                changed.append(try await Self.persistLocked(session, Lifecycle.expire(stored.generation, at: now), from: stored, at: now))
             }
             return changed
         }
@@ -243,11 +241,9 @@ extension PostgresJobStore {
                 """)
             var released: [Generation] = []
             for row in held {
-                let generation = try Self.generation(from: row)
+                let stored = try StoredGeneration(row)
                 released.append(
-                    try await Self.persistLocked(
-                        session, Lifecycle.release(generation, reason: reason), from: generation, token: try row.value("lease_token"),
-                        at: at))
+                    try await Self.persistLocked(session, Lifecycle.release(stored.generation, reason: reason), from: stored, at: at))
             }
             return released
         }
@@ -326,11 +322,10 @@ extension PostgresJobStore {
     /// again on the generation as the other left it, as if it had waited for it.
     func transition(_ id: GenerationID, at: Date, _ decide: (Generation) throws -> Transition) async throws -> Generation {
         try await racing("generation '\(id)'") { session in
-            guard let (generation, token) = try await Self.fetchForTransition(session, id: id, lock: false) else {
+            guard let stored = try await Self.fetchForTransition(session, id: id, lock: false) else {
                 throw KilnError(.notFound, "no generation '\(id)'")
             }
-            return try await Self.persist(session, decide(generation), from: generation, token: token, at: at).map { .done($0) }
-                ?? .lostRace
+            return try await Self.persist(session, decide(stored.generation), from: stored, at: at).map { .done($0) } ?? .lostRace
         }
     }
 
@@ -338,39 +333,39 @@ extension PostgresJobStore {
         try await session.rows(GenerationByID(id: id)).first.map(generation(from:))
     }
 
-    /// The generation and the last fencing token issued for it (kept while it is not leased);
-    /// with `lock`, its row is locked until the transaction ends.
-    static func fetchForTransition(_ session: PostgresSession, id: GenerationID, lock: Bool) async throws -> (Generation, Int64)? {
+    /// The generation as read for a change; with `lock`, its row is locked until the transaction
+    /// ends.
+    static func fetchForTransition(_ session: PostgresSession, id: GenerationID, lock: Bool) async throws -> StoredGeneration? {
         let row =
             lock
             ? try await session.row("SELECT \(unescaped: generationColumns) FROM generations WHERE id = \(id.rawValue) FOR UPDATE")
             : try await session.rows(GenerationByID(id: id)).first
-        guard let row else { return nil }
-        return (try generation(from: row), try row.value("lease_token"))
+        return try row.map(StoredGeneration.init)
     }
 
     /// ``persist`` for a generation whose row this transaction has locked: it cannot have changed.
-    static func persistLocked(_ session: PostgresSession, _ transition: Transition, from before: Generation, token: Int64, at: Date)
+    static func persistLocked(_ session: PostgresSession, _ transition: Transition, from stored: StoredGeneration, at: Date)
         async throws -> Generation
     {
-        guard let after = try await persist(session, transition, from: before, token: token, at: at) else {
-            throw KilnError.generationChanged(before.id)
+        guard let after = try await persist(session, transition, from: stored, at: at) else {
+            throw KilnError.generationChanged(stored.generation.id)
         }
         return after
     }
 
-    /// Writes a transition of `before` (read with fencing token `token`) in one statement
-    /// (``PersistTransition`` or ``PersistEndingTransition``): the conditional update of every column a transition may change,
-    /// which applies only while the row still has the state and token it was read with, and, only
-    /// if it applied, the event, the settling of outputs when the generation ends and the webhook
-    /// delivery the event owes.
+    /// Writes a transition of a generation as it was read, in one statement (``PersistTransition``
+    /// or ``PersistEndingTransition``): the conditional update of every column a transition may
+    /// change, which applies only while the row is the revision that was read (with the state and
+    /// token it had), and, only if it applied, the event, the settling of outputs when the
+    /// generation ends and the webhook delivery the event owes.
     /// - Returns: the generation as written; nil when the row had changed and nothing was written.
-    static func persist(_ session: PostgresSession, _ transition: Transition, from before: Generation, token: Int64, at: Date)
+    static func persist(_ session: PostgresSession, _ transition: Transition, from stored: StoredGeneration, at: Date)
         async throws -> Generation?
     {
+        let before = stored.generation
         let after = transition.generation
         guard after != before || transition.event != nil else { return after }
-        let plain = PersistTransition(transition: transition, before: before, token: token, at: at)
+        let plain = PersistTransition(transition: transition, before: stored, at: at)
         // Most transitions neither end the generation nor owe a webhook: a statement that leaves
         // outputs and deliveries alone costs PostgreSQL less.
         let settles = after.state.isFinal && !before.state.isFinal

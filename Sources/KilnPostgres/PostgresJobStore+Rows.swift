@@ -5,13 +5,29 @@ import PostgresNIO
 
 /// Row mapping: the columns each record is read with, and records from rows.
 extension PostgresJobStore {
-    /// Every column ``generation(from:)`` reads: generations are never read with `SELECT *`.
+    /// Every column ``generation(from:)`` and ``StoredGeneration`` read: generations are never read
+    /// with `SELECT *`.
     static let generationColumns = """
         seq, id, account_id, model, version, alias, tier, accelerators, gpus, state, input, input_files, progress_fraction,
         progress_stage, output, error_code, error_message, attempts, max_attempts, unacknowledged_leases, callback_url,
         callback_events, created_at, queued_at, started_at, completed_at, lease_token, lease_worker, lease_cluster, leased_at,
-        lease_expires_at, lease_started_at, lease_acked
+        lease_expires_at, lease_started_at, lease_acked, xmin::TEXT::BIGINT AS revision
         """
+
+    /// A generation as read for a change: with the last fencing token issued for it (kept while
+    /// it is not leased) and the revision of its row (PostgreSQL's `xmin`, new at every update),
+    /// which a conditional write compares: a start and a heartbeat change neither state nor token.
+    struct StoredGeneration {
+        var generation: Generation
+        var token: Int64
+        var revision: Int64
+
+        init(_ row: PostgresRandomAccessRow) throws {
+            generation = try PostgresJobStore.generation(from: row)
+            token = try row.value("lease_token")
+            revision = try row.value("revision")
+        }
+    }
 
     static let fileColumns = "id, account_id, size, sha256, content_type, object_key, created_at, kind"
     static let workerColumns = "id, cluster, accelerator, gpus, labels, pool, state, key_id, registered_at, last_seen_at"

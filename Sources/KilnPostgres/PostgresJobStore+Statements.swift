@@ -78,8 +78,9 @@ extension PostgresJobStore {
     }
 
     /// A transition that neither ends the generation nor owes a webhook (a lease, a start, a
-    /// heartbeat, a requeue): the conditional update and, only if it applied, the event (when `$22`
-    /// is not NULL). Returns the generation's id when the update applied.
+    /// heartbeat, a requeue): the update, conditional on the row's revision (`$25`, with its state
+    /// and token), and, only if it applied, the event (when `$22` is not NULL). Returns the
+    /// generation's id when the update applied.
     struct PersistTransition: PostgresPreparedStatement {
         static let sql = "WITH \(updated),\n\(event)\nSELECT id FROM updated"
 
@@ -90,7 +91,7 @@ extension PostgresJobStore {
                     lease_started_at = $10::FLOAT8, lease_acked = $11::BOOLEAN, progress_fraction = $12::FLOAT8,
                     progress_stage = $13::TEXT, output = $14::TEXT, error_code = $15::TEXT, error_message = $16::TEXT,
                     started_at = $17::FLOAT8, completed_at = $18::FLOAT8, unacknowledged_leases = $19::BIGINT
-                WHERE id = $1::TEXT AND state = $20::TEXT AND lease_token = $21::BIGINT
+                WHERE id = $1::TEXT AND state = $20::TEXT AND lease_token = $21::BIGINT AND xmin::TEXT::BIGINT = $25::BIGINT
                 RETURNING id)
             """
 
@@ -102,8 +103,7 @@ extension PostgresJobStore {
             """
 
         var transition: Transition
-        var before: Generation
-        var token: Int64
+        var before: StoredGeneration
         var at: Date
 
         func makeBindings() -> PostgresBindings {
@@ -114,7 +114,7 @@ extension PostgresJobStore {
             binds.append(after.state.rawValue)
             binds.append(after.version)
             binds.append(after.attempts)
-            binds.append(lease?.token.value ?? token)  // $5
+            binds.append(lease?.token.value ?? before.token)  // $5
             binds.append(lease?.workerID.rawValue)
             binds.append(lease?.cluster)
             binds.append(lease?.leasedAt.timeIntervalSince1970)
@@ -129,11 +129,12 @@ extension PostgresJobStore {
             binds.append(after.startedAt?.timeIntervalSince1970)
             binds.append(after.completedAt?.timeIntervalSince1970)
             binds.append(after.unacknowledgedLeases)
-            binds.append(before.state.rawValue)  // $20
-            binds.append(token)
+            binds.append(before.generation.state.rawValue)  // $20
+            binds.append(before.token)
             binds.append(transition.event?.rawValue)
             binds.append(at.timeIntervalSince1970)
             binds.append(transition.message)
+            binds.append(before.revision)  // $25
             return binds
         }
 
@@ -141,9 +142,9 @@ extension PostgresJobStore {
     }
 
     /// Any other transition, as ``persist`` describes it: ``PersistTransition``'s update and
-    /// event, and, only if the update applied, the settling of outputs (when `$25`: those not in
-    /// `$26` are doomed, every attachment forgotten; foreign keys are checked at the end of the
-    /// statement, after both deletes) and the webhook delivery (when `$29` is not NULL; progress is
+    /// event, and, only if the update applied, the settling of outputs (when `$26`: those not in
+    /// `$27` are doomed, every attachment forgotten; foreign keys are checked at the end of the
+    /// statement, after both deletes) and the webhook delivery (when `$30` is not NULL; progress is
     /// coalesced: while one progress delivery waits for its first attempt, no other is added).
     /// Returns the generation's id when the update applied.
     struct PersistEndingTransition: PostgresPreparedStatement {
@@ -152,20 +153,20 @@ extension PostgresJobStore {
             \(PersistTransition.event),
             unkept AS (
                 SELECT o.file_id, f.object_key FROM job_outputs o JOIN files f ON f.id = o.file_id
-                WHERE $25::BOOLEAN AND o.generation_id = $1::TEXT AND o.file_id <> ALL($26::TEXT[])
+                WHERE $26::BOOLEAN AND o.generation_id = $1::TEXT AND o.file_id <> ALL($27::TEXT[])
                     AND EXISTS (SELECT 1 FROM updated)),
             doomed AS (
                 INSERT INTO doomed_objects (object_key, doomed_at) SELECT object_key, $23::FLOAT8 FROM unkept
                 ON CONFLICT (object_key) DO NOTHING),
             detached AS (
                 DELETE FROM job_outputs
-                WHERE ($25::BOOLEAN AND generation_id = $1::TEXT AND EXISTS (SELECT 1 FROM updated))
+                WHERE ($26::BOOLEAN AND generation_id = $1::TEXT AND EXISTS (SELECT 1 FROM updated))
                     OR file_id IN (SELECT file_id FROM unkept)),
             dropped AS (DELETE FROM files WHERE id IN (SELECT file_id FROM unkept)),
             delivery AS (
                 INSERT INTO webhook_deliveries (id, generation_id, account_id, type, url, state, created_at, next_attempt_at)
-                SELECT $27::TEXT, id, $28::TEXT, $29::TEXT, $30::TEXT, 'pending', $23::FLOAT8, $23::FLOAT8 FROM updated
-                WHERE $29::TEXT IS NOT NULL AND ($29::TEXT <> 'generation.progress' OR NOT EXISTS (
+                SELECT $28::TEXT, id, $29::TEXT, $30::TEXT, $31::TEXT, 'pending', $23::FLOAT8, $23::FLOAT8 FROM updated
+                WHERE $30::TEXT IS NOT NULL AND ($30::TEXT <> 'generation.progress' OR NOT EXISTS (
                     SELECT 1 FROM webhook_deliveries d
                     WHERE d.generation_id = $1::TEXT AND d.type = 'generation.progress' AND d.state = 'pending'
                     AND NOT EXISTS (SELECT 1 FROM webhook_attempts a WHERE a.delivery_id = d.id))))
@@ -178,12 +179,12 @@ extension PostgresJobStore {
         func makeBindings() -> PostgresBindings {
             let after = base.transition.generation
             var binds = base.makeBindings()
-            binds.append(settles)  // $25
+            binds.append(settles)  // $26
             binds.append(after.output.values.map(\.fileID.rawValue).sorted())
             binds.append(deliveryType.map { _ in WebhookDelivery.newID() })
             binds.append(after.accountID.rawValue)
             binds.append(deliveryType)
-            binds.append(after.callbackURL)  // $30
+            binds.append(after.callbackURL)  // $31
             return binds
         }
 

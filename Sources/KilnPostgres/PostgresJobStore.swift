@@ -9,10 +9,11 @@ import Synchronization
 /// It keeps the semantics of ``SQLiteJobStore`` exactly (one conformance suite runs on both), with
 /// what sharing a database among processes adds:
 /// - a change to a generation is read without a lock, decided by ``Lifecycle``, and written by one
-///   statement (``PersistTransition``): a conditional `UPDATE … WHERE state = … AND lease_token = …`
-///   and, only if it applied, the event, the settled outputs and the webhook delivery. Two servers
-///   racing on one job never both win: PostgreSQL makes the second update wait for the first and
-///   then finds the row changed, and the loser decides again on the row as the winner left it;
+///   statement (``PersistTransition``): an `UPDATE … WHERE state = … AND lease_token = … AND xmin
+///   = …`, conditional on the very revision of the row that was read, and, only if it applied, the
+///   event, the settled outputs and the webhook delivery. Two servers racing on one job never both
+///   win: PostgreSQL makes the second update wait for the first and then finds the row changed,
+///   and the loser decides again on the row as the winner left it;
 /// - changes that read more than one row first (a completion with outputs, an attachment, the
 ///   expiry and release of leases in bulk) run in a transaction that locks the rows
 ///   (`SELECT … FOR UPDATE`) at PostgreSQL's default isolation, read committed;

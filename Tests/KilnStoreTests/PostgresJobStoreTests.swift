@@ -112,6 +112,34 @@ struct PostgresJobStoreTests {
         await second.shutdown()
     }
 
+    @Test(
+        "a start and a heartbeat at once, through two servers: neither undoes the other", .enabled(if: PostgresTestCluster.enabled))
+    func startHeartbeatRace() async throws {
+        let url = try await PostgresTestCluster.freshDatabase()
+        let first = try await PostgresJobStore.connect(url: url, maximumConnections: 4)
+        let second = try await PostgresJobStore.connect(url: url, maximumConnections: 4)
+        let account = try await first.seedAccount()
+        let worker = try await first.seedWorker()
+        for round in 0..<20 {
+            let queued = try await first.submitQueued(makeGeneration(account: account.id, at: Fixture.time(Double(round))))
+            let leased = try await first.leaseQueued(queued, to: worker, at: Fixture.time(Double(round)))
+            let token = try #require(leased.lease?.token)
+            let progress = JobProgress(fraction: 0.5, stage: "denoising")
+            let at = Fixture.time(Double(round) + 1)
+            async let started = first.start(queued.id, worker: worker.id, token: token, at: at, ttl: 30)
+            async let beat = second.heartbeat(queued.id, worker: worker.id, token: token, progress: progress, at: at, ttl: 30)
+            _ = try await (started, beat)
+            // Whichever came second saw what the first wrote: the start's time and the progress.
+            let stored = try await first.fetch(queued.id)
+            #expect(stored.lease?.startedAt == at, "round \(round): the start was undone")
+            #expect(stored.startedAt == at)
+            #expect(stored.progress.fraction == 0.5, "round \(round): the progress was undone")
+            #expect(try await first.eventKinds(of: queued.id).filter { $0 == .started }.count == 1)
+        }
+        await first.shutdown()
+        await second.shutdown()
+    }
+
     @Test("a stale worker racing the new lease holder: only the holder's completion counts", .enabled(if: PostgresTestCluster.enabled))
     func completionRace() async throws {
         let url = try await PostgresTestCluster.freshDatabase()
