@@ -288,7 +288,9 @@ public struct KilnServer: Sendable {
                 }
                 await onServerRunning(port)
             }, logger: services.logger)
-        var leading: [any Service] = [reaper(interval: reaperInterval), janitor(), webhooks, services.fleet]
+        var leading: [any Service] = [
+            reaper(interval: reaperInterval), janitor(), webhooks, services.fleet, QueueSampler(dispatcher: services.dispatcher),
+        ]
         var electing: [any Service] = []
         if let election = services.store as? any LeaderElection, services.configuration.replicas.enabled {
             let (replica, dispatcher, configuration) = (services.replica, services.dispatcher, services.configuration)

@@ -69,3 +69,33 @@ struct ForecastTests {
         }
     }
 }
+
+@Suite("Queue history: the dashboard's last hour")
+struct QueueHistoryTests {
+    @Test("samples per tier, oldest first, for the last hour only")
+    func history() async throws {
+        let kiln = try await KilnHarness.make()
+        try await kiln.withClient { api in
+            try await api.model()
+            let (_, user) = try await api.account(tier: "free")
+            await kiln.server.services.dispatcher.sample()  // empty
+            _ = try await api.submit(user)
+            kiln.clock.advance(by: 1_800)
+            await kiln.server.services.dispatcher.sample()  // one free job at half its hour
+            kiln.clock.advance(by: 1_900)
+            _ = try await api.submit(user)
+            await kiln.server.services.dispatcher.sample()  // the first sample is past the hour now
+            let answer = try await api.call(.get, "/v1/admin/queue/history")
+            let history = try answer.decode(Components.Schemas.QueueHistory.self)
+            #expect(history.intervalSeconds == 30)
+            #expect(history.samples.count == 2)
+            let first = try #require(history.samples.first)
+            #expect(first.tiers.map(\.name) == ["enterprise", "api", "unlimited", "light", "free"])
+            let free = try #require(first.tiers.last)
+            #expect(free.queued == 1 && free.oldestShare == 0.5)
+            let last = try #require(history.samples.last?.tiers.last)
+            #expect(last.queued == 2 && abs(last.oldestShare - 3_700.0 / 3_600) < 1e-9)
+            #expect(try await api.call(.get, "/v1/admin/queue/history", key: user).status == .forbidden)
+        }
+    }
+}

@@ -68,3 +68,28 @@ public struct QueueSnapshot: Hashable, Sendable {
         self.next = next
     }
 }
+
+/// One sample of the queue's recent history: per tier, jobs queued and the largest share of the
+/// promise a queued job had used.
+public struct QueueSample: Hashable, Sendable {
+    public struct Tier: Hashable, Sendable {
+        public var name: String
+        public var queued: Int
+        public var oldestShare: Double
+
+        public init(name: String, queued: Int, oldestShare: Double) {
+            self.name = name
+            self.queued = queued
+            self.oldestShare = oldestShare
+        }
+    }
+
+    public var at: Date
+    /// Every configured tier, in priority order.
+    public var tiers: [Tier]
+
+    public init(at: Date, tiers: [Tier]) {
+        self.at = at
+        self.tiers = tiers
+    }
+}

@@ -150,6 +150,15 @@ extension APIHandler {
         return .ok(.init(body: .json(.init(hours: hours, inputs: inputs, now: .init(runs.now), added: .init(runs.added)))))
     }
 
+    func getQueueHistory(_ input: Operations.GetQueueHistory.Input) async throws -> Operations.GetQueueHistory.Output {
+        let samples = await services.dispatcher.recentHistory.map { sample in
+            Components.Schemas.QueueHistory.SamplesPayloadPayload(
+                at: sample.at,
+                tiers: sample.tiers.map { .init(name: $0.name, queued: $0.queued, oldestShare: $0.oldestShare) })
+        }
+        return .ok(.init(body: .json(.init(intervalSeconds: Dispatcher.sampleInterval.seconds, samples: samples))))
+    }
+
     func listWorkers(_ input: Operations.ListWorkers.Input) async throws -> Operations.ListWorkers.Output {
         .ok(.init(body: .json(.init(data: try await services.store.workers().map(Components.Schemas.WorkerObject.init)))))
     }

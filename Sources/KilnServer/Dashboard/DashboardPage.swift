@@ -220,12 +220,25 @@ enum DashboardPage {
           });
         }
 
+        // The server's samples of the last hour, so that the chart starts full; the page adds its own.
+        async function loadHistory() {
+          try {
+            const past = await get("/v1/admin/queue/history");
+            history.length = 0;
+            for (const sample of past.samples) {
+              history.push({ at: Date.parse(sample.at), shares: Object.fromEntries(sample.tiers.map(t => [t.name, t.oldest_share])) });
+            }
+          } catch (error) {
+            document.getElementById("updated").textContent = "no history: " + error.message;
+          }
+        }
+
         function show() {
           const signedIn = !!sessionStorage.getItem("kiln-admin-key");
           document.getElementById("login").hidden = signedIn;
           document.getElementById("board").hidden = !signedIn;
           clearInterval(timer);
-          if (signedIn) { refresh(); timer = setInterval(refresh, 2000); }
+          if (signedIn) { loadHistory().then(refresh); timer = setInterval(refresh, 2000); }
         }
         function signOut(message) {
           sessionStorage.removeItem("kiln-admin-key");

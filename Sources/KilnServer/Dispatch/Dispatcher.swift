@@ -29,6 +29,10 @@ public actor Dispatcher {
     private var runSeconds: [String: Double] = [:]
     /// Submissions of the last hour per tier and model: the arrival rate of a forecast.
     private var recentArrivals: ArrivalWindow
+    /// The queue's last hour, one sample per ``sampleInterval``: the dashboard's chart.
+    private var history: [QueueSample] = []
+    /// How often ``sample()`` is called, and so how many samples an hour keeps.
+    public static let sampleInterval: Duration = .seconds(30)
     private var identifiers: [Int64: GenerationID] = [:]
     private var waiters: [UUID: Waiter] = [:]
     /// Shutting down: no long poll waits.
@@ -187,6 +191,25 @@ public actor Dispatcher {
             arrivalSeconds: recent.seconds, runSeconds: runSeconds)
     }
 
+    /// Records the queue as it is now in its history, which keeps the last hour.
+    public func sample() {
+        let now = self.now
+        var queued: [String: Int] = [:]
+        var share: [String: Double] = [:]
+        for row in scheduler.summary(now: now) {
+            queued[row.tier, default: 0] += row.queued
+            share[row.tier] = max(share[row.tier] ?? 0, row.maxUrgency ?? 0)
+        }
+        history.append(
+            QueueSample(
+                at: Date(timeIntervalSince1970: now),
+                tiers: configuration.tiers.tiers.map { .init(name: $0.name, queued: queued[$0.name] ?? 0, oldestShare: share[$0.name] ?? 0) }))
+        history.removeAll { $0.at.timeIntervalSince1970 < now - 3_600 }
+    }
+
+    /// The queue's samples over the last hour, oldest first.
+    public var recentHistory: [QueueSample] { history }
+
     /// The scheduling policy in use.
     public var policy: any SchedulingPolicy { scheduler.policy }
 
@@ -266,6 +289,7 @@ public actor Dispatcher {
             defaultDispatchLimit: configuration.defaultDispatchLimit)
         identifiers.removeAll()
         throughput = ThroughputEstimator()
+        history.removeAll()
     }
 
     /// Ends the long polls `worker` is waiting in, with nothing: its offer changed (the fleet

@@ -59,6 +59,8 @@ def test_the_dashboard_shows_the_tiers_and_workers_and_updates(kiln_up, tmp_path
         cards = wait(lambda: driver.find_elements(By.CSS_SELECTOR, "#tiers .card"), what="the tier cards")
         assert [card.get_attribute("data-tier") for card in cards] == ["enterprise", "api", "unlimited", "light", "free"]
         wait(lambda: len(driver.find_elements(By.CSS_SELECTOR, "#workers tr")) > 1, what="a worker row")
+        # The chart starts from the server's samples of the queue, a line per tier.
+        wait(lambda: len(driver.find_elements(By.CSS_SELECTOR, "#chart polyline")) == 5, what="the chart's lines")
         first = driver.find_element(By.ID, "updated").text
         wait(lambda: driver.find_element(By.ID, "updated").text not in ("", first), what="an update without a reload")
         assert driver.execute_script("return performance.getEntriesByType('navigation').length") == 1
