@@ -84,6 +84,7 @@ extension PostgresJobStore {
     public func moveAlias(_ name: String, of model: String, to targets: [AliasTarget], at: Date) async throws -> AliasRecord {
         try AliasRecord.validate(targets)
         return try await write { session in
+            try await session.lock(.alias, "\(model)/\(name)")
             for target in targets {
                 let owner = try await session.value(
                     "SELECT model FROM model_versions WHERE id = \(target.version.description)", as: String.self)
@@ -98,11 +99,11 @@ extension PostgresJobStore {
 
     public func rollbackAlias(_ name: String, of model: String, at: Date) async throws -> AliasRecord {
         try await write { session in
-            // The alias row stays locked to the commit: two rollbacks at once go back two steps, not one twice.
-            guard
-                try await session.value("SELECT 1 FROM aliases WHERE model = \(model) AND name = \(name) FOR UPDATE", as: Int32.self)
-                    != nil
-            else { throw KilnError(.notFound, "model '\(model)' has no alias '\(name)'") }
+            // Under the alias's lock to the commit: two rollbacks at once go back two steps, not one twice.
+            try await session.lock(.alias, "\(model)/\(name)")
+            guard try await Self.fetchAlias(session, name, of: model) != nil else {
+                throw KilnError(.notFound, "model '\(model)' has no alias '\(name)'")
+            }
             guard let previous = AliasChange.rollbackTarget(history: try await Self.fetchHistory(session, name, of: model)) else {
                 throw KilnError(.conflict, "alias '\(name)' of model '\(model)' has nothing to roll back to")
             }
@@ -114,6 +115,8 @@ extension PostgresJobStore {
         try await read { session in try await Self.fetchHistory(session, name, of: model) }
     }
 
+    /// Points the alias at `targets` and appends the move to its history; the caller holds the
+    /// alias's advisory lock, so that the history's order is the order of the moves.
     static func setAlias(
         _ session: PostgresSession, _ name: String, of model: String, targets: [AliasTarget], action: AliasChange.Action, at: Date
     ) async throws -> AliasRecord {

@@ -47,6 +47,8 @@ enum AdvisoryLock: Int32 {
     case tier = 7_303
     /// The change feed: sequences are handed out in commit order (see ``PostgresJobStore/recordChange``).
     case changeFeed = 7_304
+    /// An alias: its moves are recorded in its history in the order they are made.
+    case alias = 7_305
 }
 
 extension PostgresRandomAccessRow {
