@@ -2,8 +2,9 @@ import Foundation
 import KilnCore
 import PostgresNIO
 
-/// One connection lent to one call of the store: inside a transaction for a change, outside one
-/// for a read. Every value goes to the server as a bound parameter, never inside the SQL text.
+/// One connection lent to one call of the store, inside a transaction (``PostgresJobStore/write(_:)``)
+/// or not (``PostgresJobStore/read(_:)``, ``PostgresJobStore/change(_:)``). Every value goes to the
+/// server as a bound parameter, never inside the SQL text.
 struct PostgresSession {
     let connection: PostgresConnection
     let logger: Logger
