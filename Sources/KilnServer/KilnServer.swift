@@ -1,4 +1,3 @@
-import AsyncHTTPClient
 import Foundation
 import HTTPTypes
 import Hummingbird
@@ -154,6 +153,11 @@ public struct KilnServer: Sendable {
         }
     }
 
+    /// Closes what the server opened that outlives its services: the PostgreSQL store's pool.
+    public func close() async {
+        await (services.store as? PostgresJobStore)?.shutdown()
+    }
+
     /// The worker key of the workers the providers start: the one kept in `file` while the store
     /// still honours it, else a new one (kept there when there is a file).
     public static func providerKey(file: URL?, store: any JobStore, clock: any WallClock, logger: Logger) async -> String {
@@ -182,7 +186,7 @@ public struct KilnServer: Sendable {
         let router = Router(context: KilnRequestContext.self)
         router.add(middleware: ErrorMiddleware(logger: services.logger))
         if services.configuration.replicas.enabled {
-            router.add(middleware: LeaderForwarding(state: services.replica, http: .shared))
+            router.add(middleware: LeaderForwarding(state: services.replica))
         }
         router.add(middleware: RequireScope(authenticator: authenticator))
         router.add(middleware: JSONBodyLimit(limit: services.configuration.limits.maxJSONBytes))

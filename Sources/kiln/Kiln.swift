@@ -84,6 +84,12 @@ struct Server: AsyncParsableCommand {
             if adminKey == nil { print("no KILN_ADMIN_KEY set: the admin API accepts admin keys only") }
             fflush(nil)  // a supervisor reading a pipe learns the port now, not at exit
         }
-        try await serve(services, bound: KilnServer.shutdownBound, logger: logger)
+        do {
+            try await serve(services, bound: KilnServer.shutdownBound, logger: logger)
+        } catch {
+            await server.close()
+            throw error
+        }
+        await server.close()
     }
 }

@@ -28,17 +28,17 @@ struct KilnHarness: Sendable {
     /// - Parameter providers: capacity providers that replace the server's own (test doubles).
     static func make(
         data: URL? = nil, configuration: ServerConfiguration = ServerConfiguration(), clock: ManualWallClock = ManualWallClock(),
-        providers: [ServerConfiguration.Pool.Provider: any CapacityProvider] = [:]
+        providers: [ServerConfiguration.Pool.Provider: any CapacityProvider] = [:], objects: (any ObjectStore)? = nil
     ) async throws -> KilnHarness {
         let folder = data ?? FileManager.default.temporaryDirectory.appending(path: "kiln-test-\(UUID().uuidString)")
         let server: KilnServer
-        if providers.isEmpty {
+        if providers.isEmpty, objects == nil {
             server = try await KilnServer.open(data: folder, configuration: configuration, clock: clock, adminKey: adminKey)
         } else {
             try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
             server = try await KilnServer(
                 store: try SQLiteJobStore(path: folder.appending(path: "kiln.sqlite").path),
-                objects: try FileSystemObjectStore(root: folder.appending(path: "objects")), configuration: configuration, clock: clock,
+                objects: try objects ?? FileSystemObjectStore(root: folder.appending(path: "objects")), configuration: configuration, clock: clock,
                 adminKey: adminKey, extraProviders: providers, logger: quietLogger)
         }
         return KilnHarness(server: server, clock: clock, data: folder)

@@ -4,7 +4,9 @@ import Hummingbird
 import KilnAPI
 import KilnCore
 import KilnModels
+import KilnObjects
 import KilnServer
+import NIOCore
 import OpenAPIRuntime
 import Testing
 
@@ -75,6 +77,23 @@ struct ModelRepositoryTests {
             #expect(uploadedV2 == 1)
             let versions = try await api.call(.get, "/v1/admin/models/video/versions").decode(Components.Schemas.VersionList.self)
             #expect(versions.data.count == 2)
+        }
+    }
+
+    @Test("where the object store signs URLs, a worker's blob download is sent to the bucket; elsewhere the server streams it")
+    func blobsFromSignedURLs() async throws {
+        let folder = FileManager.default.temporaryDirectory.appending(path: "kiln-signing-\(UUID().uuidString)")
+        let kiln = try await KilnHarness.make(objects: SigningObjectStore(base: try FileSystemObjectStore(root: folder)))
+        try await kiln.withClient { api in
+            let packed = try pack("class Predictor: pass\n")
+            let digest = packed.manifest.blobs[0]
+            _ = try await api.push(packed)
+            let key = try await api.workerKey()
+            let worker = try await api.register(key)
+            let download = try await api.call(.get, "/v1/workers/\(worker)/blobs/\(digest)", key: key)
+            #expect(download.status == .temporaryRedirect)
+            #expect(download.headers[.location] == "https://bucket.example/blobs/sha256/\(digest.hex)?X-Amz-Expires=900")
+            #expect(try await api.call(.get, "/v1/workers/\(worker)/blobs/sha256:\(String(repeating: "0", count: 64))", key: key).status == .notFound)
         }
     }
 
@@ -175,5 +194,29 @@ struct ModelRepositoryTests {
             #expect(foreignFile.status == .unprocessableContent)
             #expect(try await api.call(.get, "/v1/generations", key: user).decode(Components.Schemas.GenerationList.self).data.isEmpty)
         }
+    }
+}
+
+/// A file-system object store that also signs URLs, as S3 does (a test double: the URLs point
+/// nowhere); what the server does with a store that can sign.
+struct SigningObjectStore: ObjectStore {
+    let base: FileSystemObjectStore
+
+    func put<Body: AsyncSequence & Sendable>(_ key: String, body: Body, maxBytes: Int64, expectedSHA256: String?) async throws
+        -> StoredObject
+    where Body.Element == ByteBuffer {
+        try await base.put(key, body: body, maxBytes: maxBytes, expectedSHA256: expectedSHA256)
+    }
+
+    func get(_ key: String, range: ClosedRange<Int64>?) async throws -> AsyncThrowingStream<ByteBuffer, any Error> {
+        try await base.get(key, range: range)
+    }
+
+    func size(of key: String) async throws -> Int64? { try await base.size(of: key) }
+    func list(prefix: String) async throws -> [String] { try await base.list(prefix: prefix) }
+    func delete(_ key: String) async throws { try await base.delete(key) }
+
+    func presignedGetURL(for key: String, expiresIn: Int) async throws -> URL? {
+        URL(string: "https://bucket.example/\(key)?X-Amz-Expires=\(expiresIn)")
     }
 }

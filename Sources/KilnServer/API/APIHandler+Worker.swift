@@ -180,6 +180,10 @@ extension APIHandler {
         let digest = try KilnCore.Digest(wire: input.path.digest.text, field: "digest")
         let key = Self.blobKey(digest)
         guard let size = try await services.objects.size(of: key) else { throw KilnError(.notFound, "no blob \(digest)") }
+        if let url = try await services.objects.presignedGetURL(for: key, expiresIn: 900) {
+            RawMedia.redirect(to: url)  // the generated code would percent-encode it
+            return .temporaryRedirect(.init(headers: .init(location: url.absoluteString)))
+        }
         return .ok(.init(body: .binary(.object(try await services.objects.get(key), size: size))))
     }
 

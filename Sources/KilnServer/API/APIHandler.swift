@@ -39,7 +39,8 @@ enum PathID {
 
 /// The media type of a raw body, which the document declares as `*/*`: the generated code neither
 /// passes the one received nor lets a handler choose the one sent, so ``RawMediaTypes`` carries
-/// both around the handler.
+/// both around the handler. Likewise a redirect's `Location`, which the generated code would
+/// percent-encode whole (as a header's string value) and so break.
 enum RawMedia {
     /// The `Content-Type` of the request being handled.
     @TaskLocal static var received: String?
@@ -49,18 +50,24 @@ enum RawMedia {
     final class Box: @unchecked Sendable {
         private let lock = NSLock()
         private var value: String?
+        private var redirect: String?
         var contentType: String? {
             get { lock.withLock { value } }
             set { lock.withLock { value = newValue } }
         }
+        var location: String? {
+            get { lock.withLock { redirect } }
+            set { lock.withLock { redirect = newValue } }
+        }
     }
+
+    /// Sets the `Location` of the redirect this handler answers with, as it is.
+    static func redirect(to url: URL) { answer?.location = url.absoluteString }
 
     /// Sets the `Content-Type` of the raw body this handler answers with.
     static func answer(with contentType: String) { answer?.contentType = contentType }
 }
 
-/// Runs each operation with ``RawMedia`` set up, and answers a raw body with the media type its
-/// handler chose instead of the document's `*/*`.
 /// Times every API call, by operation and status class, for ``ServerMetrics``.
 struct RequestMetrics: ServerMiddleware {
     let metrics: ServerMetrics
@@ -83,6 +90,8 @@ struct RequestMetrics: ServerMiddleware {
     }
 }
 
+/// Runs each operation with ``RawMedia`` set up, and answers a raw body with the media type its
+/// handler chose instead of the document's `*/*`, and a redirect with its `Location` as it is.
 struct RawMediaTypes: ServerMiddleware {
     func intercept(
         _ request: HTTPRequest, body: HTTPBody?, metadata: ServerRequestMetadata, operationID: String,
@@ -97,6 +106,7 @@ struct RawMediaTypes: ServerMiddleware {
             // The type is the uploader's word: a browser must not sniff a stored file into HTML.
             response.headerFields[.xContentTypeOptions] = "nosniff"
         }
+        if let location = box.location { response.headerFields[.location] = location }
         return (response, responseBody)
     }
 }

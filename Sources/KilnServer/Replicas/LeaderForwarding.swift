@@ -16,7 +16,6 @@ import NIOHTTP1
 /// leads, for the moment a change of leader takes): a request is forwarded once at most.
 struct LeaderForwarding<Context: RequestContext>: RouterMiddleware {
     let state: ReplicaState
-    let http: HTTPClient
 
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
         guard case .follower(let leader) = state.role, !Forwarding.local.contains(request.uri.path) else {
@@ -41,7 +40,7 @@ struct LeaderForwarding<Context: RequestContext>: RouterMiddleware {
         }
         let answer: HTTPClientResponse
         do {
-            answer = try await http.execute(forwarded, deadline: .now() + .hours(6))
+            answer = try await Forwarding.client.execute(forwarded, deadline: .now() + .hours(6))
         } catch {
             throw KilnError(.unavailable, "the leader at \(leader) could not be reached: \(error)", retryAfter: 1)
         }
@@ -56,6 +55,11 @@ struct LeaderForwarding<Context: RequestContext>: RouterMiddleware {
 }
 
 enum Forwarding {
+    /// Answers are passed on as they are, redirects included (a worker follows a blob's signed
+    /// URL itself, straight to the bucket). For the process's lifetime.
+    static let client = HTTPClient(
+        eventLoopGroupProvider: .singleton, configuration: HTTPClient.Configuration(redirectConfiguration: .disallow))
+
     /// Bodies up to this size are read before they are forwarded.
     static let bufferedBytes = 1 << 20
     /// Marks a forwarded request.
