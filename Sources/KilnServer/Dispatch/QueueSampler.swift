@@ -8,7 +8,8 @@ struct QueueSampler: Service {
     func run() async throws {
         while !Task.isShuttingDownGracefully, !Task.isCancelled {
             await dispatcher.sample()
-            try? await Task.sleep(for: Dispatcher.sampleInterval)
+            // Not past a graceful shutdown: the server must not wait out the interval to exit.
+            try? await cancelWhenGracefulShutdown { try await Task.sleep(for: Dispatcher.sampleInterval) }
         }
     }
 }

@@ -50,7 +50,7 @@ struct LeaderElector: Service {
                     await follow(nil, because: "the lease could not be renewed")
                 }
             }
-            try? await Task.sleep(for: .milliseconds(Int(ttl * 1000 / 3)))
+            try? await cancelWhenGracefulShutdown { try await Task.sleep(for: .milliseconds(Int(ttl * 1000 / 3))) }
         }
         if state.isLeader {
             state.set(.follower(leaderURL: nil))
