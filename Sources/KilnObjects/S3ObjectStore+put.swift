@@ -111,13 +111,15 @@ extension S3ObjectStore {
     }
 
     private func putObject(_ key: String, bytes: ByteBuffer, sha256: String) async throws {
-        let response = try await send("PUT", key: key, body: bytes, sha256: sha256, action: "put '\(key)'")
+        let response = try await send(
+            "PUT", key: key, headers: [("content-type", Self.storedContentType)], body: bytes, sha256: sha256, action: "put '\(key)'")
         try await expectSuccess(response, action: "put '\(key)'")
     }
 
     private func createMultipartUpload(_ key: String) async throws -> MultipartUpload {
         let action = "start a multipart upload of '\(key)'"
-        let response = try await send("POST", key: key, query: [("uploads", "")], action: action)
+        let response = try await send(
+            "POST", key: key, query: [("uploads", "")], headers: [("content-type", Self.storedContentType)], action: action)
         let document = try await document(response, action: action)
         guard let id = document.value("InitiateMultipartUploadResult/UploadId"), !id.isEmpty else {
             throw KilnError(.unavailable, "S3 did not return an upload id when asked to \(action) in the bucket '\(configuration.bucket)'")

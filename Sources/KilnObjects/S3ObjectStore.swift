@@ -172,6 +172,10 @@ public struct S3ObjectStore: ObjectStore {
 
     // MARK: Presigned URLs
 
+    /// The type every object is stored with: opaque bytes. A signed URL's answer carries it (what
+    /// the worker API's blob download declares), rather than S3's default `binary/octet-stream`.
+    static let storedContentType = "application/octet-stream"
+
     /// A URL that fetches `key` with a plain `GET`, no credentials nor headers, until `seconds`
     /// after `now`: what a worker downloads a blob through.
     ///

@@ -71,6 +71,8 @@ struct S3ObjectStoreTests {
         let (data, response) = try await URLSession.shared.data(from: url)
         #expect((response as? HTTPURLResponse)?.statusCode == 200)
         #expect(Array(data) == bytes)
+        // Stored as opaque bytes: the type the worker API's blob download declares.
+        #expect((response as? HTTPURLResponse)?.value(forHTTPHeaderField: "Content-Type") == "application/octet-stream")
     }
 
     @Test("a presigned URL is refused for a bad key or an expiry S3 would not honour")
