@@ -87,7 +87,8 @@ final class LeaseKeeper: @unchecked Sendable {
                     logger.warning("job ran past its time limit of \(Int(timeout)) s; stopping its runtime")
                     progress.runtime?.kill()
                 }
-                guard progress.dueForHeartbeat(every: interval) else { continue }
+                // A lost lease is not asked about again: the server said so once.
+                guard !progress.isLost, progress.dueForHeartbeat(every: interval) else { continue }
                 let stop: Bool
                 do {
                     let current = Components.Schemas.ProgressObject(progress.current)
