@@ -70,13 +70,7 @@ extension PostgresJobStore {
     }
 
     public func recordDeliveryAttempt(_ id: String, _ attempt: WebhookAttempt, outcome: WebhookOutcome) async throws {
-        let (state, next): (WebhookDelivery.State, Date?) =
-            switch outcome {
-            case .delivered: (.delivered, nil)
-            case .gone: (.gone, nil)
-            case .failed: (.failed, nil)
-            case .retry(let at): (.pending, at)
-            }
+        let (state, next) = outcome.next
         try await change { session in
             try await session.run(
                 """

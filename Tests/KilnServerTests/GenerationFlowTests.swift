@@ -240,7 +240,8 @@ struct GenerationFlowTests {
             let dispatcher = kiln.server.services.dispatcher
             try await withThrowingTaskGroup(of: String?.self) { group in
                 for worker in workers {
-                    group.addTask { try await api.lease(workerKey, worker: worker, wait: 2)?.job.id }
+                    // Long enough that a loaded machine's submission still finds them waiting.
+                    group.addTask { try await api.lease(workerKey, worker: worker, wait: 10)?.job.id }
                 }
                 // Not a timing: wait until all three are in their long poll, then submit.
                 while await dispatcher.waiting < 3 { try await Task.sleep(for: .milliseconds(10)) }

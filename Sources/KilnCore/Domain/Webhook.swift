@@ -74,6 +74,16 @@ public enum WebhookOutcome: Hashable, Sendable {
     case gone
     case retry(at: Date)
     case failed
+
+    /// What the delivery becomes: its state, and when it is tried next (pending only).
+    public var next: (state: WebhookDelivery.State, attemptAt: Date?) {
+        switch self {
+        case .delivered: (.delivered, nil)
+        case .gone: (.gone, nil)
+        case .failed: (.failed, nil)
+        case .retry(let at): (.pending, at)
+        }
+    }
 }
 
 /// A key that signs an account's webhooks (Standard Webhooks: `whsec_` and base64 of 32 random

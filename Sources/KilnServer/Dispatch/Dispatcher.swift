@@ -55,7 +55,12 @@ public actor Dispatcher {
         self.clock = clock
         self.configuration = configuration
         self.recentArrivals = ArrivalWindow(now: clock.now().timeIntervalSince1970)
-        self.scheduler = Scheduler(
+        self.scheduler = try Self.emptyScheduler(configuration)
+    }
+
+    /// A scheduler with nothing queued, as the configuration sets it up.
+    private static func emptyScheduler(_ configuration: ServerConfiguration) throws -> Scheduler {
+        Scheduler(
             tiers: configuration.tiers, policy: try configuration.schedulingPolicy(),
             dispatchLimits: configuration.clusters.mapValues(\.dispatchLimit),
             defaultDispatchLimit: configuration.defaultDispatchLimit)
@@ -283,10 +288,7 @@ public actor Dispatcher {
     /// Forgets the queue (this server stopped leading, or is about to rebuild it from the store):
     /// long polls waiting find nothing until it is loaded again.
     public func reset() throws {
-        scheduler = Scheduler(
-            tiers: configuration.tiers, policy: try configuration.schedulingPolicy(),
-            dispatchLimits: configuration.clusters.mapValues(\.dispatchLimit),
-            defaultDispatchLimit: configuration.defaultDispatchLimit)
+        scheduler = try Self.emptyScheduler(configuration)
         identifiers.removeAll()
         throughput = ThroughputEstimator()
         history.removeAll()

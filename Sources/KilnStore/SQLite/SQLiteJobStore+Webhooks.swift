@@ -84,13 +84,7 @@ extension SQLiteJobStore {
             try db.run(
                 sql: "INSERT INTO webhook_attempts (delivery_id, seq, at, status, error, duration) VALUES (?, ?, ?, ?, ?, ?)",
                 arguments: [id, count + 1, attempt.at.timeIntervalSince1970, attempt.status, attempt.error, attempt.durationSeconds])
-            let (state, next): (WebhookDelivery.State, Date?) =
-                switch outcome {
-                case .delivered: (.delivered, nil)
-                case .gone: (.gone, nil)
-                case .failed: (.failed, nil)
-                case .retry(let at): (.pending, at)
-                }
+            let (state, next) = outcome.next
             try db.run(
                 sql: "UPDATE webhook_deliveries SET state = ?, next_attempt_at = ? WHERE id = ?",
                 arguments: [state.rawValue, next?.timeIntervalSince1970, id])
