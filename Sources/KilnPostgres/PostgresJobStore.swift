@@ -34,7 +34,16 @@ public final class PostgresJobStore: JobStore {
     let logger: Logger
     private let pool: Task<Void, Never>
     /// Told of each committed change (``observeCommits(_:)``).
-    private let commitObserver = Mutex<(@Sendable (CommitTiming) -> Void)?>(nil)
+    ///
+    /// The closure is held in a struct, not as the mutex's value itself: read out of a `Mutex`
+    /// whose value is a function, a closure comes back wrapped in one more reabstraction thunk at
+    /// every read, and the stored one with it, so that each commit called through a chain one
+    /// link longer than the last (server CPU per job grew with every job served).
+    private let commitObserver = Mutex<CommitObserver?>(nil)
+
+    private struct CommitObserver: Sendable {
+        let observe: @Sendable (CommitTiming) -> Void
+    }
 
     private init(client: PostgresClient, logger: Logger) {
         self.client = client
@@ -99,7 +108,7 @@ public final class PostgresJobStore: JobStore {
     // MARK: - Sessions
 
     public func observeCommits(_ observer: @escaping @Sendable (CommitTiming) -> Void) {
-        commitObserver.withLock { $0 = observer }
+        commitObserver.withLock { $0 = CommitObserver(observe: observer) }
     }
 
     /// Runs `body` in a transaction of its own, committed before this returns.
@@ -129,7 +138,7 @@ public final class PostgresJobStore: JobStore {
         let began = clock.now
         let value = try await read(body)
         let seconds = (clock.now - began).seconds
-        commitObserver.withLock { $0 }?(CommitTiming(changes: 1, seconds: seconds))
+        commitObserver.withLock { $0 }?.observe(CommitTiming(changes: 1, seconds: seconds))
         return value
     }
 
