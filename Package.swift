@@ -150,12 +150,13 @@ let package = Package(
         .executableTarget(
             name: "KilnBenchmarks",
             dependencies: [
-                "KilnCore", "KilnScheduling", "KilnFleet", "KilnServer", "KilnAPI",
+                "KilnCore", "KilnScheduling", "KilnFleet", "KilnServer", "KilnAPI", "KilnPostgres", "KilnWorker",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "DequeModule", package: "swift-collections"),
                 .product(name: "GRDB", package: "GRDB.swift"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "OpenAPIRuntime", package: "swift-openapi-runtime"),
+                .product(name: "PostgresNIO", package: "postgres-nio"),
             ],
             path: "Benchmarks/KilnBenchmarks",
             swiftSettings: swiftSettings

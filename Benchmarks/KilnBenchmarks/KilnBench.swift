@@ -29,13 +29,25 @@ enum KilnBench {
             options.submitters = option("submitters", options.submitters)
             options.latencySamples = option("latency-samples", options.latencySamples)
             options.replicas = option("replicas", options.replicas)
+            options.database = text("database")
+            options.servers = option("servers", options.servers)
             if let protocols = text("protocols") { options.protocols = protocols.split(separator: ",").map(String.init) }
             try await SystemBenchmark.run(options)
+        case "pull":
+            guard let server = text("server"), let key = text("key"), let worker = text("worker"), let version = text("version"),
+                let cache = text("cache")
+            else {
+                print("usage: kiln-bench pull --server URL --key WORKER_KEY --worker ID --version sha256:… --cache DIR")
+                return
+            }
+            try await PullBenchmark.run(server: server, key: key, worker: worker, version: version, cache: URL(filePath: cache))
         default:
             print("usage: kiln-bench scheduler [--jobs N] [--decisions N] [--accounts N]")
             print("       kiln-bench fleet [--workers N] [--models N] [--ticks N]")
             print("       kiln-bench system [--jobs N] [--workers K] [--submitters S] [--latency-samples N] [--replicas R]")
             print("                         [--protocols classic,combined] [--server PATH_TO_KILN]")
+            print("                         [--database postgres://USER@HOST:PORT/DB] [--servers N]")
+            print("       kiln-bench pull --server URL --key WORKER_KEY --worker ID --version sha256:… --cache DIR")
         }
     }
 }

@@ -3,11 +3,19 @@ import Foundation
 import GRDB
 import KilnAPI
 import KilnCore
+import KilnPostgres
+import Logging
 import NIOCore
+import PostgresNIO
 
 /// (b) The whole system over HTTP, with the load generator (this process) and `kiln server` (a
 /// child process, SQLite on disk, `synchronous = FULL`) apart, so that the server's CPU per job is
 /// read from `/proc` and not mixed with the client's.
+///
+/// With `database`, the servers share a PostgreSQL database instead (a fresh one the benchmark
+/// creates beside the one named and drops at the end), and PostgreSQL's own CPU is read too; with
+/// `servers` above one, that many replicas run with one leader, and the clients are spread across
+/// them (a follower forwards to the leader).
 ///
 /// Three measures, one server, one run:
 /// - baseline: `GET /healthz` round trips with the workers' concurrency;
@@ -28,23 +36,38 @@ enum SystemBenchmark {
         var replicas = 4
         var latencySamples = 300
         var server: URL
+        /// A PostgreSQL URL: the servers use a fresh database made beside the one it names.
+        var database: String?
+        /// How many `kiln server` replicas share the store.
+        var servers = 1
     }
 
     static func run(_ options: Options) async throws {
-        let running = try await ServerProcess.start(binary: options.server)
-        defer { running.stop() }
-        let connections = Connections()
+        var scratch: ScratchDatabase?
+        if let database = options.database { scratch = try await ScratchDatabase.create(beside: database) }
+        let cluster: ServerCluster
         do {
-            try await run(options, running: running, connections: connections)
+            cluster = try await ServerCluster.start(binary: options.server, count: options.servers, database: scratch?.url)
         } catch {
-            await connections.shutdown()
+            try? await scratch?.drop()
             throw error
         }
+        let connections = Connections()
+        var failure: (any Error)?
+        do {
+            try await run(options, cluster: cluster, scratch: scratch, connections: connections)
+        } catch {
+            failure = error
+        }
         await connections.shutdown()
+        cluster.stop()
+        try await scratch?.drop()
+        if let failure { throw failure }
     }
 
-    static func run(_ options: Options, running: ServerProcess, connections: Connections) async throws {
-        let admin = try KilnAPIClient(server: running.url, key: ServerProcess.adminKey, http: await connections.open())
+    static func run(_ options: Options, cluster: ServerCluster, scratch: ScratchDatabase?, connections: Connections) async throws {
+        let urls = cluster.servers.map(\.url)
+        let admin = try KilnAPIClient(server: urls[0], key: ServerProcess.adminKey, http: await connections.open())
 
         // Setup: a model, one account per tier, a worker key and the workers.
         _ = try await admin { try await $0.createModel(body: .json(.init(name: "noop"))).created }
@@ -56,13 +79,13 @@ enum SystemBenchmark {
         let workerKey = try await admin { try await $0.createKey(body: .json(.init(scope: .worker))).created.body.json.key }
         // Each simulated client has an HTTP client, and so a connection, of its own.
         var submitters: [[KilnAPIClient]] = []
-        for _ in 0..<options.submitters {
+        for index in 0..<options.submitters {
             let http = await connections.open()
-            submitters.append(try userKeys.map { try KilnAPIClient(server: running.url, key: $0, http: http) })
+            submitters.append(try userKeys.map { try KilnAPIClient(server: urls[index % urls.count], key: $0, http: http) })
         }
         var workers: [(client: KilnAPIClient, id: String)] = []
-        for _ in 0..<options.workers {
-            let client = try KilnAPIClient(server: running.url, key: workerKey, http: await connections.open())
+        for index in 0..<options.workers {
+            let client = try KilnAPIClient(server: urls[index % urls.count], key: workerKey, http: await connections.open())
             let id = try await client {
                 try await $0.registerWorker(body: .json(.init(cluster: "default", accelerator: "cpu", gpus: 0))).created.body.json.id
             }
@@ -70,10 +93,16 @@ enum SystemBenchmark {
         }
         let setup = Setup(submitters: submitters, workers: workers)
 
-        say("system benchmark: kiln server in its own process (pid \(running.pid)), SQLite on disk, synchronous = FULL")
-        say("  load generator: this process, one connection per client; \(options.workers) workers, \(options.submitters) submitters")
+        let pids = cluster.servers.map { String($0.pid) }.joined(separator: ", ")
+        let servers = urls.count == 1 ? "kiln server in its own process (pid \(pids))" : "\(urls.count) kiln servers, one leader (pids \(pids))"
+        if let scratch {
+            say("system benchmark: \(servers), PostgreSQL (database \(scratch.name), synchronous_commit \(try await scratch.setting("synchronous_commit")), fsync \(try await scratch.setting("fsync")))")
+        } else {
+            say("system benchmark: \(servers), SQLite on disk, synchronous = FULL")
+        }
+        say("  load generator: this process, one connection per client, spread over the servers; \(options.workers) workers, \(options.submitters) submitters")
 
-        let health = try await measure(running) {
+        let health = try await measure(cluster) {
             try await withThrowingTaskGroup(of: Void.self) { group in
                 for (index, worker) in setup.workers.enumerated() {
                     group.addTask {
@@ -91,7 +120,7 @@ enum SystemBenchmark {
                 format: "  baseline GET /healthz: %.0f/s, server CPU %.3f ms per request, load generator CPU %.3f ms", healthPerSecond,
                 health.serverCPU * 1000 / Double(options.jobs), health.clientCPU * 1000 / Double(options.jobs)))
 
-        let syncs = try fsyncLatencies(in: running.data, count: 200)
+        let syncs = try fsyncLatencies(in: cluster.servers[0].data, count: 200)
         say(
             String(
                 format: "  baseline fdatasync of 4 KiB in the server's data folder: p50 %.2f ms, p99 %.2f ms "
@@ -101,7 +130,7 @@ enum SystemBenchmark {
             String(
                 format: "  submit → lease, %d idle long-polling workers, one submission at a time: p50 %.2f ms, p99 %.2f ms (%d samples)",
                 options.workers, percentile(latencies, 0.5) * 1000, percentile(latencies, 0.99) * 1000, latencies.count))
-        let inside = try serverSideLatencies(running)
+        let inside = try await scratch?.queuedToLeased() ?? serverSideLatencies(cluster.servers[0])
         say(
             String(
                 format: "    of which inside the server (its own event times, queued → leased): p50 %.2f ms, p99 %.2f ms",
@@ -109,17 +138,18 @@ enum SystemBenchmark {
 
         for name in options.protocols {
             let replicas = name == "combined" ? options.replicas : 0
-            let result = try await measure(running) {
+            let result = try await measure(cluster) {
                 try await drain(setup, jobs: options.jobs, replicas: replicas)
             }
             let jobsPerSecond = Double(options.jobs) / result.seconds
             let label = replicas > 0 ? "combined protocol, \(replicas) replicas a worker" : "\(name) protocol"
+            let database = scratch == nil ? "" : String(format: ", PostgreSQL CPU %.3f ms per job", result.databaseCPU * 1000 / Double(options.jobs))
             say(
                 String(
                     format: "  %@: %d jobs in %.2f s = %.0f jobs/s (%.1f health checks' time per job); "
-                        + "server CPU %.3f ms per job, load generator CPU %.3f ms per job",
+                        + "server CPU %.3f ms per job, load generator CPU %.3f ms per job%@",
                     label, options.jobs, result.seconds, jobsPerSecond, healthPerSecond / jobsPerSecond,
-                    result.serverCPU * 1000 / Double(options.jobs), result.clientCPU * 1000 / Double(options.jobs)))
+                    result.serverCPU * 1000 / Double(options.jobs), result.clientCPU * 1000 / Double(options.jobs), database))
         }
     }
 
@@ -131,16 +161,21 @@ enum SystemBenchmark {
 
     struct Measured {
         var seconds: Double
+        /// Of every server together.
         var serverCPU: Double
         var clientCPU: Double
+        /// Of every PostgreSQL process on the machine; 0 on SQLite.
+        var databaseCPU: Double
     }
 
-    static func measure(_ server: ServerProcess, _ body: () async throws -> Void) async throws -> Measured {
+    static func measure(_ cluster: ServerCluster, _ body: () async throws -> Void) async throws -> Measured {
         let clock = ContinuousClock()
-        let (server0, client0) = (try cpuSeconds(pid: server.pid), try cpuSeconds(pid: nil))
+        func servers() throws -> Double { try cluster.servers.reduce(0) { try $0 + cpuSeconds(pid: $1.pid) } }
+        let (server0, client0, database0) = (try servers(), try cpuSeconds(pid: nil), postgresCPUSeconds())
         let elapsed = try await clock.measure(body)
-        let (server1, client1) = (try cpuSeconds(pid: server.pid), try cpuSeconds(pid: nil))
-        return Measured(seconds: elapsed.seconds, serverCPU: server1 - server0, clientCPU: client1 - client0)
+        let (server1, client1, database1) = (try servers(), try cpuSeconds(pid: nil), postgresCPUSeconds())
+        return Measured(
+            seconds: elapsed.seconds, serverCPU: server1 - server0, clientCPU: client1 - client0, databaseCPU: database1 - database0)
     }
 
     /// Workers wait in long polls; one submission at a time, each sent once the previous one was
@@ -271,7 +306,7 @@ enum SystemBenchmark {
             try Double.fetchAll(
                 db,
                 sql: """
-                    SELECT MIN(l.at) - q.at FROM generation_events q
+                    SELECT MIN(l.at) - MIN(q.at) FROM generation_events q
                     JOIN generation_events l ON l.generation_id = q.generation_id AND l.kind = 'leased'
                     WHERE q.kind = 'queued' GROUP BY q.generation_id
                     """)
@@ -319,6 +354,132 @@ enum SystemBenchmark {
         let ticks = Double(fields[11])! + Double(fields[12])!
         return ticks / Double(sysconf(Int32(_SC_CLK_TCK)))
     }
+
+    /// CPU seconds of PostgreSQL so far: of every process named `postgres`, its own and that of
+    /// its children that have ended (so a backend that ends between two readings still counts,
+    /// through the postmaster). Any other PostgreSQL on the machine counts too: run on a quiet one.
+    static func postgresCPUSeconds() -> Double {
+        guard let entries = try? FileManager.default.contentsOfDirectory(atPath: "/proc") else { return 0 }
+        var ticks = 0.0
+        for entry in entries where entry.allSatisfy(\.isNumber) {
+            guard let text = try? String(contentsOfFile: "/proc/\(entry)/stat", encoding: .utf8),
+                let open = text.firstIndex(of: "("), let close = text.lastIndex(of: ")"),
+                text[text.index(after: open)..<close] == "postgres"
+            else { continue }
+            // utime, stime, cutime, cstime: fields 14 to 17 of the whole line.
+            let fields = text[text.index(after: close)...].split(separator: " ")
+            ticks += fields[11...14].reduce(0) { $0 + (Double($1) ?? 0) }
+        }
+        return ticks / Double(sysconf(Int32(_SC_CLK_TCK)))
+    }
+}
+
+/// The servers of one run: one, or several replicas on one store with one leader.
+struct ServerCluster {
+    let servers: [ServerProcess]
+
+    /// Starts `count` servers and, when there are several, waits until one of them leads.
+    static func start(binary: URL, count: Int, database: String?) async throws -> ServerCluster {
+        var servers: [ServerProcess] = []
+        do {
+            for _ in 0..<max(1, count) {
+                servers.append(try await ServerProcess.start(binary: binary, database: database, replicas: count > 1))
+            }
+            let cluster = ServerCluster(servers: servers)
+            if count > 1 { try await cluster.awaitLeader() }
+            return cluster
+        } catch {
+            for server in servers { server.stop() }
+            throw error
+        }
+    }
+
+    /// Polls `/healthz` of every server until one says it leads (10 s at most).
+    func awaitLeader() async throws {
+        let http = HTTPClient(eventLoopGroupProvider: .singleton)
+        defer { _ = http.shutdown() }
+        for _ in 0..<100 {
+            for server in servers {
+                let client = try KilnAPIClient(server: server.url, key: "", http: http)
+                if let health = try? await client({ try await $0.getHealth().ok.body.json }), health.role == .leader { return }
+            }
+            try await Task.sleep(for: .milliseconds(100))
+        }
+        throw KilnError(.unavailable, "no server became the leader within 10 s")
+    }
+
+    func stop() {
+        for server in servers { server.stop() }
+    }
+}
+
+/// A PostgreSQL database made for one run, on the server of a URL the caller gives, and dropped
+/// at its end.
+struct ScratchDatabase: Sendable {
+    let target: PostgresURL
+    let name: String
+
+    /// The URL the servers connect to.
+    var url: String {
+        let password = target.password.map { ":\($0)" } ?? ""
+        return "postgres://\(target.user)\(password)@\(target.host):\(target.port)/\(name)?sslmode=\(target.tls.rawValue)"
+    }
+
+    static func create(beside url: String) async throws -> ScratchDatabase {
+        let target = try PostgresURL(url)
+        let name = "kiln_bench_\(UInt32.random(in: 0...UInt32.max))"
+        try await run(on: target, database: target.database) { try await $0.query(PostgresQuery(unsafeSQL: "CREATE DATABASE \(name)"), logger: Self.logger) }
+        return ScratchDatabase(target: target, name: name)
+    }
+
+    func drop() async throws {
+        try await Self.run(on: target, database: target.database) {
+            try await $0.query(PostgresQuery(unsafeSQL: "DROP DATABASE IF EXISTS \(name) WITH (FORCE)"), logger: Self.logger)
+        }
+    }
+
+    /// A server setting as `SHOW` reads it.
+    func setting(_ name: String) async throws -> String {
+        try await Self.run(on: target, database: self.name) { connection in
+            for try await value in try await connection.query(PostgresQuery(unsafeSQL: "SHOW \(name)"), logger: Self.logger).decode(String.self) { return value }
+            return "?"
+        }
+    }
+
+    /// Per generation so far, seconds from its `queued` event to its first `leased` one.
+    func queuedToLeased() async throws -> [Double] {
+        try await Self.run(on: target, database: name) { connection in
+            var values: [Double] = []
+            let rows = try await connection.query(
+                """
+                SELECT MIN(l.at) - MIN(q.at) FROM generation_events q
+                JOIN generation_events l ON l.generation_id = q.generation_id AND l.kind = 'leased'
+                WHERE q.kind = 'queued' GROUP BY q.generation_id
+                """, logger: Self.logger)
+            for try await value in rows.decode(Double.self) { values.append(value) }
+            return values
+        }
+    }
+
+    private static let logger = Logger(label: "kiln.bench.postgres")
+
+    private static func run<T: Sendable>(
+        on target: PostgresURL, database: String, _ body: (PostgresConnection) async throws -> T
+    ) async throws -> T {
+        let connection = try await PostgresConnection.connect(
+            configuration: PostgresConnection.Configuration(
+                host: target.host, port: target.port, username: target.user, password: target.password, database: database,
+                tls: try target.connectionTLS()),
+            id: 1, logger: logger)
+        do {
+            let value = try await body(connection)
+            try await connection.close()
+            return value
+        } catch {
+            try? await connection.close()
+            throw error
+        }
+    }
 }
 
 /// `kiln server` as a child process on a free loopback port, with its data in a temporary folder.
@@ -329,7 +490,7 @@ struct ServerProcess {
     let data: URL
     var pid: Int32 { process.processIdentifier }
 
-    static func start(binary: URL) async throws -> ServerProcess {
+    static func start(binary: URL, database: String?, replicas: Bool) async throws -> ServerProcess {
         let data = FileManager.default.temporaryDirectory.appending(path: "kiln-bench-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: data, withIntermediateDirectories: true)
         // Per-account limits out of reach: the benchmark's five accounts submit thousands of jobs each.
@@ -344,13 +505,14 @@ struct ServerProcess {
               light: {max_wait_seconds: 900, \(uncapped)}
               free: {max_wait_seconds: 3600, \(uncapped)}
             scheduler: {default_dispatch_limit: 1024}
+            replicas: {enabled: \(replicas)}
             """.utf8
         ).write(to: config)
         let process = Process()
         process.executableURL = binary
         process.arguments = [
             "server", "--data", data.appending(path: "state").path, "--port", "0", "--config", config.path, "--log-level", "error",
-        ]
+        ] + (database.map { ["--database", $0] } ?? [])
         process.environment = ProcessInfo.processInfo.environment.merging(["KILN_ADMIN_KEY": adminKey]) { $1 }
         let output = Pipe()
         process.standardOutput = output

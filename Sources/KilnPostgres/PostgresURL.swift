@@ -66,7 +66,7 @@ public struct PostgresURL: Sendable, Hashable, CustomStringConvertible {
     }
 
     /// TLS as a single connection takes it.
-    func connectionTLS() throws -> PostgresConnection.Configuration.TLS {
+    public func connectionTLS() throws -> PostgresConnection.Configuration.TLS {
         guard let configuration = tlsConfiguration else { return .disable }
         let context = try NIOSSLContext(configuration: configuration)
         return tls == .prefer ? .prefer(context) : .require(context)
