@@ -197,17 +197,23 @@ extension WorkerAgent {
             case .done(let produced):
                 var names: [String] = []
                 for (name, path) in produced.sorted(by: { $0.key < $1.key }) {
-                    _ = try await client.transfer(contentType: Self.contentType(of: path)) {
-                        try await $0.uploadJobOutput(
-                            path: .init(id: lease.worker, job: lease.job.rawValue, name: name), query: .init(token: lease.token),
-                            body: .any(try HTTPBody.file(URL(filePath: path)))
-                        ).created
+                    _ = try await reporting {
+                        try await self.client.transfer(contentType: Self.contentType(of: path)) {
+                            try await $0.uploadJobOutput(
+                                path: .init(id: lease.worker, job: lease.job.rawValue, name: name), query: .init(token: lease.token),
+                                body: .any(try HTTPBody.file(URL(filePath: path)))
+                            ).created
+                        }
                     }
                     names.append(name)
                 }
                 let published = names
-                _ = try await client {
-                    try await $0.completeJob(path: .init(id: lease.worker, job: lease.job.rawValue), body: .json(.init(token: lease.token, outputs: published))).noContent
+                _ = try await reporting {
+                    try await self.client {
+                        try await $0.completeJob(
+                            path: .init(id: lease.worker, job: lease.job.rawValue), body: .json(.init(token: lease.token, outputs: published))
+                        ).noContent
+                    }
                 }
                 logger.info("succeeded", metadata: ["outputs": "\(names)"])
             case .failed(let code, let message):
@@ -332,13 +338,38 @@ extension WorkerAgent {
     }
 
     private func fail(_ lease: JobLease, code: String, message: String, retryable: Bool) async throws {
-        _ = try await client {
-            try await $0.failJob(
-                path: .init(id: lease.worker, job: lease.job.rawValue),
-                body: .json(.init(token: lease.token, error: .init(code: code, message: message), retryable: retryable))
-            ).noContent
+        _ = try await reporting {
+            try await self.client {
+                try await $0.failJob(
+                    path: .init(id: lease.worker, job: lease.job.rawValue),
+                    body: .json(.init(token: lease.token, error: .init(code: code, message: message), retryable: retryable))
+                ).noContent
+            }
         }
     }
+
+    /// Makes one call of a job's report (an output's upload, its completion, its failure) until a
+    /// server takes it: while none can be reached, or the one reached has no leader for the moment
+    /// (`503`, a change of leader under way), it is made again every half second, to the next of
+    /// several servers first, for up to ``reportPatience``. The lease survives a server's restart
+    /// and a change of leader; without this, a job that ended during one would be run again.
+    ///
+    /// An upload made again replaces the first (same name, same lease); a completion or failure
+    /// applied though its answer was lost is refused when made again (the lease has ended), which
+    /// the caller takes as the job being no longer its own: each is applied once.
+    func reporting<T: Sendable>(_ call: () async throws -> T) async throws -> T {
+        let deadline = ContinuousClock.now + Self.reportPatience
+        while true {
+            do {
+                return try await call()
+            } catch let error as KilnError where error.code == .unavailable && ContinuousClock.now < deadline && !Task.isCancelled {
+                try? await Task.sleep(for: .milliseconds(500))
+            }
+        }
+    }
+
+    /// How long a job's report is retried while no server takes it.
+    static let reportPatience: Duration = .seconds(120)
 
     static func contentType(of path: String) -> String {
         switch URL(filePath: path).pathExtension.lowercased() {

@@ -117,16 +117,18 @@ final class LocalCluster: @unchecked Sendable {
     }
 
     /// Starts a `kiln worker` process.
+    /// - Parameters:
+    ///   - cache: its cache folder; default one of its own.
+    ///   - server: the URL it is given; default the cluster's.
     @discardableResult
-    /// - Parameter cache: its cache folder; default one of its own.
-    func startWorker(_ name: String, arguments extra: [String] = [], environment: [String: String] = [:], cache: URL? = nil) throws
-        -> Process
-    {
+    func startWorker(
+        _ name: String, arguments extra: [String] = [], environment: [String: String] = [:], cache: URL? = nil, server: String? = nil
+    ) throws -> Process {
         let process = Process()
         process.environment = ProcessInfo.processInfo.environment.merging(environment) { _, new in new }
         process.executableURL = Self.repository.appending(path: ".build/debug/kiln")
         process.arguments = [
-            "worker", "--server", url, "--key", workerKey, "--cache", (cache ?? data.appending(path: "cache-\(name)")).path,
+            "worker", "--server", server ?? url, "--key", workerKey, "--cache", (cache ?? data.appending(path: "cache-\(name)")).path,
             "--runtime-path", Self.repository.appending(path: "python").path, "--label", "name=\(name)",
         ] + extra
         let log = data.appending(path: "worker-\(name).log")

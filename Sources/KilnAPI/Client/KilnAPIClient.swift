@@ -22,10 +22,13 @@ public struct KilnAPIClient: Sendable {
     /// Uploads and downloads, of any size.
     private let transfers: Client
 
-    /// - Parameter server: the server's URL; or several, separated by commas, of servers sharing one
-    ///   store: calls go to one of them, and to the next when it cannot be reached.
+    /// - Parameters:
+    ///   - server: the server's URL; or several, separated by commas, of servers sharing one store:
+    ///     calls go to one of them, and to the next when it cannot be reached.
+    ///   - http: the HTTP client; by default the process's shared one, or with several servers
+    ///     ``failoverHTTP``.
     /// - Throws: `.invalidRequest` when `server` is not a list of http(s) URLs.
-    public init(server: String, key: String, http: HTTPClient = .shared) throws {
+    public init(server: String, key: String, http: HTTPClient? = nil) throws {
         let urls = try server.split(separator: ",").map { item in
             let text = item.trimmingCharacters(in: .whitespaces)
             let trimmed = text.hasSuffix("/") ? String(text.dropLast()) : text
@@ -35,6 +38,7 @@ public struct KilnAPIClient: Sendable {
             return url
         }
         guard !urls.isEmpty else { throw KilnError(.invalidRequest, "no Kiln server URL given") }
+        let http = http ?? (urls.count > 1 ? Self.failoverHTTP : .shared)
         self.init(
             servers: urls, key: key, calls: AsyncHTTPClientTransport(configuration: .init(client: http, timeout: .minutes(2))),
             transfers: AsyncHTTPClientTransport(configuration: .init(client: http, timeout: .hours(6))))
@@ -55,6 +59,18 @@ public struct KilnAPIClient: Sendable {
         self.calls = Client(serverURL: servers[0], configuration: .kiln, transport: calls, middlewares: middlewares)
         self.transfers = Client(serverURL: servers[0], configuration: .kiln, transport: transfers, middlewares: middlewares)
     }
+
+    /// The HTTP client of a client given several servers: a connection refused fails its call at
+    /// once, so that the next call goes to the next server. (By default a client retries a refused
+    /// connection until its connect timeout of 10 s, which suits one server restarting; with
+    /// several, a dead one would hold every call, heartbeats included, for those 10 s.) For the
+    /// process's lifetime.
+    public static let failoverHTTP: HTTPClient = {
+        var configuration = HTTPClient.Configuration()
+        configuration.connectionPool.retryConnectionEstablishment = false
+        configuration.timeout.connect = .seconds(2)
+        return HTTPClient(eventLoopGroupProvider: .singleton, configuration: configuration)
+    }()
 
     /// Runs `body`'s calls. Errors come back as ``KilnError``: the server's own (its code, message
     /// and `Retry-After`), or `.unavailable` when the server could not be reached.

@@ -56,9 +56,16 @@ struct LeaderForwarding<Context: RequestContext>: RouterMiddleware {
 
 enum Forwarding {
     /// Answers are passed on as they are, redirects included (a worker follows a blob's signed
-    /// URL itself, straight to the bucket). For the process's lifetime.
-    static let client = HTTPClient(
-        eventLoopGroupProvider: .singleton, configuration: HTTPClient.Configuration(redirectConfiguration: .disallow))
+    /// URL itself, straight to the bucket). A leader that refuses the connection (it died, and
+    /// this server has not learned of its successor yet) is answered `503` at once rather than
+    /// after the retries of a 10 s connect timeout, so that the caller tries again soon, or
+    /// another server. For the process's lifetime.
+    static let client: HTTPClient = {
+        var configuration = HTTPClient.Configuration(redirectConfiguration: .disallow)
+        configuration.connectionPool.retryConnectionEstablishment = false
+        configuration.timeout.connect = .seconds(2)
+        return HTTPClient(eventLoopGroupProvider: .singleton, configuration: configuration)
+    }()
 
     /// Bodies up to this size are read before they are forwarded.
     static let bufferedBytes = 1 << 20
