@@ -97,6 +97,32 @@ struct ModelRepositoryTests {
         }
     }
 
+    @Test("where the object store signs URLs, a job's input file is sent to the bucket too, under the lease's checks first")
+    func inputsFromSignedURLs() async throws {
+        let folder = FileManager.default.temporaryDirectory.appending(path: "kiln-signing-\(UUID().uuidString)")
+        let kiln = try await KilnHarness.make(objects: SigningObjectStore(base: try FileSystemObjectStore(root: folder)))
+        try await kiln.withClient { api in
+            try await api.model()
+            let (_, user) = try await api.account(tier: "api")
+            let uploaded = try await api.call(
+                .post, "/v1/files", key: user, raw: ByteBuffer(string: "clip bytes"), headers: [.contentType: "video/mp4"])
+            let file = try uploaded.decode(Components.Schemas.FileObject.self)
+            let generation = try await api.submit(user, input: ["video": .string(file.id)])
+            let key = try await api.workerKey()
+            let worker = try await api.register(key)
+            let lease = try #require(try await api.lease(key, worker: worker))
+            let base = "/v1/workers/\(worker)/jobs/\(generation.id)/inputs/video"
+            let download = try await api.call(.get, "\(base)?token=\(lease.lease.token)", key: key)
+            #expect(download.status == .temporaryRedirect)
+            let location = try #require(download.headers[.location])
+            #expect(location.hasPrefix("https://bucket.example/"), "\(location)")
+            #expect(location.hasSuffix("?X-Amz-Expires=900"), "\(location)")
+            // The lease is checked before any URL is signed.
+            #expect(try await api.call(.get, "\(base)?token=1", key: key).status == .conflict)
+            #expect(try await api.call(.get, "/v1/workers/\(worker)/jobs/\(generation.id)/inputs/other?token=\(lease.lease.token)", key: key).status == .notFound)
+        }
+    }
+
     @Test("a blob whose bytes do not match its digest is refused and not stored; a manifest with a missing blob too")
     func digestsVerified() async throws {
         let kiln = try await KilnHarness.make()

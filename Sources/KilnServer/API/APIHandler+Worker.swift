@@ -201,6 +201,10 @@ extension APIHandler {
         guard let id = generation.inputFiles[name], let file = try await services.store.file(id) else {
             throw KilnError(.notFound, "generation '\(job)' has no input file '\(name)'")
         }
+        if let url = try await services.objects.presignedGetURL(for: file.objectKey, expiresIn: 900) {
+            RawMedia.redirect(to: url)  // the generated code would percent-encode it
+            return .temporaryRedirect(.init(headers: .init(location: url.absoluteString)))
+        }
         return .ok(.init(body: .any(try await stream(file))))
     }
 
