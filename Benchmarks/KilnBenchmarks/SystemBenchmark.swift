@@ -94,13 +94,19 @@ enum SystemBenchmark {
         let setup = Setup(submitters: submitters, workers: workers)
 
         let pids = cluster.servers.map { String($0.pid) }.joined(separator: ", ")
-        let servers = urls.count == 1 ? "kiln server in its own process (pid \(pids))" : "\(urls.count) kiln servers, one leader (pids \(pids))"
+        let servers =
+            urls.count == 1 ? "kiln server in its own process (pid \(pids))" : "\(urls.count) kiln servers, one leader (pids \(pids))"
         if let scratch {
-            say("system benchmark: \(servers), PostgreSQL (database \(scratch.name), synchronous_commit \(try await scratch.setting("synchronous_commit")), fsync \(try await scratch.setting("fsync")))")
+            let (synchronousCommit, fsync) = (try await scratch.setting("synchronous_commit"), try await scratch.setting("fsync"))
+            say(
+                "system benchmark: \(servers), PostgreSQL (database \(scratch.name), synchronous_commit \(synchronousCommit), "
+                    + "fsync \(fsync))")
         } else {
             say("system benchmark: \(servers), SQLite on disk, synchronous = FULL")
         }
-        say("  load generator: this process, one connection per client, spread over the servers; \(options.workers) workers, \(options.submitters) submitters")
+        say(
+            "  load generator: this process, one connection per client, spread over the servers; "
+                + "\(options.workers) workers, \(options.submitters) submitters")
 
         let health = try await measure(cluster) {
             try await withThrowingTaskGroup(of: Void.self) { group in
@@ -143,7 +149,8 @@ enum SystemBenchmark {
             }
             let jobsPerSecond = Double(options.jobs) / result.seconds
             let label = replicas > 0 ? "combined protocol, \(replicas) replicas a worker" : "\(name) protocol"
-            let database = scratch == nil ? "" : String(format: ", PostgreSQL CPU %.3f ms per job", result.databaseCPU * 1000 / Double(options.jobs))
+            let database =
+                scratch == nil ? "" : String(format: ", PostgreSQL CPU %.3f ms per job", result.databaseCPU * 1000 / Double(options.jobs))
             say(
                 String(
                     format: "  %@: %d jobs in %.2f s = %.0f jobs/s (%.1f health checks' time per job); "
@@ -428,7 +435,9 @@ struct ScratchDatabase: Sendable {
     static func create(beside url: String) async throws -> ScratchDatabase {
         let target = try PostgresURL(url)
         let name = "kiln_bench_\(UInt32.random(in: 0...UInt32.max))"
-        try await run(on: target, database: target.database) { try await $0.query(PostgresQuery(unsafeSQL: "CREATE DATABASE \(name)"), logger: Self.logger) }
+        try await run(on: target, database: target.database) {
+            try await $0.query(PostgresQuery(unsafeSQL: "CREATE DATABASE \(name)"), logger: Self.logger)
+        }
         return ScratchDatabase(target: target, name: name)
     }
 
@@ -441,7 +450,8 @@ struct ScratchDatabase: Sendable {
     /// A server setting as `SHOW` reads it.
     func setting(_ name: String) async throws -> String {
         try await Self.run(on: target, database: self.name) { connection in
-            for try await value in try await connection.query(PostgresQuery(unsafeSQL: "SHOW \(name)"), logger: Self.logger).decode(String.self) { return value }
+            let rows = try await connection.query(PostgresQuery(unsafeSQL: "SHOW \(name)"), logger: Self.logger)
+            for try await value in rows.decode(String.self) { return value }
             return "?"
         }
     }
