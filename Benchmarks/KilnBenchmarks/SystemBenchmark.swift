@@ -303,6 +303,14 @@ enum SystemBenchmark {
         }
     }
 
+    /// Per generation, seconds from its `queued` event to its first `leased` one (the same SQL on
+    /// both stores).
+    static let queuedToLeasedSQL = """
+        SELECT MIN(l.at) - MIN(q.at) FROM generation_events q
+        JOIN generation_events l ON l.generation_id = q.generation_id AND l.kind = 'leased'
+        WHERE q.kind = 'queued' GROUP BY q.generation_id
+        """
+
     /// Per generation so far, seconds from its `queued` event to its first `leased` one, as the
     /// server stamped them in its store (read-only, beside the running server).
     static func serverSideLatencies(_ server: ServerProcess) throws -> [Double] {
@@ -312,11 +320,7 @@ enum SystemBenchmark {
         return try database.read { db in
             try Double.fetchAll(
                 db,
-                sql: """
-                    SELECT MIN(l.at) - MIN(q.at) FROM generation_events q
-                    JOIN generation_events l ON l.generation_id = q.generation_id AND l.kind = 'leased'
-                    WHERE q.kind = 'queued' GROUP BY q.generation_id
-                    """)
+                sql: queuedToLeasedSQL)
         }
     }
 
@@ -353,13 +357,20 @@ enum SystemBenchmark {
 
     /// User plus system CPU seconds of a process (this one when `pid` is nil), from `/proc`.
     static func cpuSeconds(pid: Int32?) throws -> Double {
-        let text = try String(contentsOfFile: "/proc/\(pid.map(String.init) ?? "self")/stat", encoding: .utf8)
-        // Fields after the command name, which is in parentheses and may hold spaces.
-        guard let close = text.lastIndex(of: ")") else { return 0 }
+        let process = pid.map(String.init) ?? "self"
+        guard let stat = processStat(process) else { throw KilnError(.internal, "cannot read /proc/\(process)/stat") }
+        // utime and stime: fields 14 and 15 of the whole line.
+        return stat.ticks(11...12) / Double(sysconf(Int32(_SC_CLK_TCK)))
+    }
+
+    /// A process's `/proc/PID/stat`: its command name, and the fields after it (the name is in
+    /// parentheses and may hold spaces), which `ticks` sums by index (field 3 of the line is 0).
+    static func processStat(_ pid: String) -> (name: Substring, ticks: (ClosedRange<Int>) -> Double)? {
+        guard let text = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+            let open = text.firstIndex(of: "("), let close = text.lastIndex(of: ")")
+        else { return nil }
         let fields = text[text.index(after: close)...].split(separator: " ")
-        // utime and stime are fields 14 and 15 of the whole line: 12 and 13 after the name.
-        let ticks = Double(fields[11])! + Double(fields[12])!
-        return ticks / Double(sysconf(Int32(_SC_CLK_TCK)))
+        return (text[text.index(after: open)..<close], { range in fields[range].reduce(0) { $0 + (Double($1) ?? 0) } })
     }
 
     /// CPU seconds of PostgreSQL so far: of every process named `postgres`, its own and that of
@@ -369,13 +380,9 @@ enum SystemBenchmark {
         guard let entries = try? FileManager.default.contentsOfDirectory(atPath: "/proc") else { return 0 }
         var ticks = 0.0
         for entry in entries where entry.allSatisfy(\.isNumber) {
-            guard let text = try? String(contentsOfFile: "/proc/\(entry)/stat", encoding: .utf8),
-                let open = text.firstIndex(of: "("), let close = text.lastIndex(of: ")"),
-                text[text.index(after: open)..<close] == "postgres"
-            else { continue }
+            guard let stat = processStat(entry), stat.name == "postgres" else { continue }
             // utime, stime, cutime, cstime: fields 14 to 17 of the whole line.
-            let fields = text[text.index(after: close)...].split(separator: " ")
-            ticks += fields[11...14].reduce(0) { $0 + (Double($1) ?? 0) }
+            ticks += stat.ticks(11...14)
         }
         return ticks / Double(sysconf(Int32(_SC_CLK_TCK)))
     }
@@ -461,11 +468,7 @@ struct ScratchDatabase: Sendable {
         try await Self.run(on: target, database: name) { connection in
             var values: [Double] = []
             let rows = try await connection.query(
-                """
-                SELECT MIN(l.at) - MIN(q.at) FROM generation_events q
-                JOIN generation_events l ON l.generation_id = q.generation_id AND l.kind = 'leased'
-                WHERE q.kind = 'queued' GROUP BY q.generation_id
-                """, logger: Self.logger)
+                PostgresQuery(unsafeSQL: SystemBenchmark.queuedToLeasedSQL), logger: Self.logger)
             for try await value in rows.decode(Double.self) { values.append(value) }
             return values
         }

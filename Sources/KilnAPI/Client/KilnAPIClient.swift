@@ -65,12 +65,7 @@ public struct KilnAPIClient: Sendable {
     /// connection until its connect timeout of 10 s, which suits one server restarting; with
     /// several, a dead one would hold every call, heartbeats included, for those 10 s.) For the
     /// process's lifetime.
-    public static let failoverHTTP: HTTPClient = {
-        var configuration = HTTPClient.Configuration()
-        configuration.connectionPool.retryConnectionEstablishment = false
-        configuration.timeout.connect = .seconds(2)
-        return HTTPClient(eventLoopGroupProvider: .singleton, configuration: configuration)
-    }()
+    public static let failoverHTTP = HTTPClient(eventLoopGroupProvider: .singleton, configuration: .failingFast())
 
     /// Runs `body`'s calls. Errors come back as ``KilnError``: the server's own (its code, message
     /// and `Retry-After`), or `.unavailable` when the server could not be reached.
@@ -229,5 +224,17 @@ extension HTTPBody {
             try handle.write(contentsOf: Data(chunk))
         }
         return hasher.finalize().hexString
+    }
+}
+
+extension HTTPClient.Configuration {
+    /// A client configuration in which a refused connection fails its request at once (connect
+    /// timeout 2 s) instead of being retried until the connect timeout, for callers that have
+    /// somewhere else to go: another of several servers, or an answer of `503` to their own caller.
+    public static func failingFast(redirects: RedirectConfiguration? = nil) -> HTTPClient.Configuration {
+        var configuration = HTTPClient.Configuration(redirectConfiguration: redirects)
+        configuration.connectionPool.retryConnectionEstablishment = false
+        configuration.timeout.connect = .seconds(2)
+        return configuration
     }
 }

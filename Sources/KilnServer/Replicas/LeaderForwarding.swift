@@ -2,6 +2,7 @@ import AsyncHTTPClient
 import Foundation
 import HTTPTypes
 import Hummingbird
+import KilnAPI
 import KilnCore
 import NIOCore
 import NIOHTTP1
@@ -60,12 +61,7 @@ enum Forwarding {
     /// this server has not learned of its successor yet) is answered `503` at once rather than
     /// after the retries of a 10 s connect timeout, so that the caller tries again soon, or
     /// another server. For the process's lifetime.
-    static let client: HTTPClient = {
-        var configuration = HTTPClient.Configuration(redirectConfiguration: .disallow)
-        configuration.connectionPool.retryConnectionEstablishment = false
-        configuration.timeout.connect = .seconds(2)
-        return HTTPClient(eventLoopGroupProvider: .singleton, configuration: configuration)
-    }()
+    static let client = HTTPClient(eventLoopGroupProvider: .singleton, configuration: .failingFast(redirects: .disallow))
 
     /// Bodies up to this size are read before they are forwarded.
     static let bufferedBytes = 1 << 20
