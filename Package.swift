@@ -47,7 +47,10 @@ let package = Package(
         // Placement and autoscaling: pure, clock-injected, shared by the server and the simulator.
         .target(name: "KilnFleet", swiftSettings: swiftSettings),
         // The discrete-event simulator over the very same scheduling and fleet code.
-        .target(name: "KilnSimulation", dependencies: ["KilnCore", "KilnScheduling", "KilnFleet"], swiftSettings: swiftSettings),
+        .target(
+            name: "KilnSimulation",
+            dependencies: ["KilnCore", "KilnScheduling", "KilnFleet", .product(name: "DequeModule", package: "swift-collections")],
+            swiftSettings: swiftSettings),
         .target(
             name: "KilnStore",
             dependencies: [

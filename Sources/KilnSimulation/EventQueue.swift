@@ -1,49 +1,111 @@
-/// A min-heap of events ordered by time, then by the order they were scheduled: the total order that
+import DequeModule
+
+/// The events of a run in time order, then in the order they were scheduled: the total order that
 /// makes a run reproducible.
+///
+/// Most events come at a fixed delay after the event that schedules them (the next arrival, a
+/// lease's start after its cluster's delay), so they arrive in time order already. Those go to a
+/// *lane*, a FIFO queue, where scheduling and taking cost O(1); the rest go to a heap. Taking the
+/// next event compares the heap's top with each lane's head. The order is the same as that of one
+/// heap: each event carries the sequence number it was scheduled with.
+///
+/// The heap has four children a node, so that a pop touches half the levels of a binary heap and
+/// the four siblings it compares sit side by side; both sifts move a hole rather than swap. Keep
+/// `Event` small (16 bytes or less): it travels with its key.
 struct EventQueue<Event> {
     private struct Entry {
         var time: Double
         var sequence: UInt64
         var event: Event
 
+        @inline(__always)
         func isBefore(_ other: Entry) -> Bool {
             time != other.time ? time < other.time : sequence < other.sequence
         }
     }
 
     private var heap: [Entry] = []
+    private var lanes: [Deque<Entry>]
     private var nextSequence: UInt64 = 0
 
-    var isEmpty: Bool { heap.isEmpty }
-    var count: Int { heap.count }
+    /// - Parameter lanes: how many FIFO lanes ``schedule(_:at:lane:)`` may use.
+    init(lanes: Int = 0) {
+        self.lanes = Array(repeating: [], count: lanes)
+    }
 
+    var isEmpty: Bool { heap.isEmpty && lanes.allSatisfy(\.isEmpty) }
+    var count: Int { lanes.reduce(heap.count) { $0 + $1.count } }
+
+    /// Schedules an event at any time.
     mutating func schedule(_ event: Event, at time: Double) {
-        heap.append(Entry(time: time, sequence: nextSequence, event: event))
+        let entry = Entry(time: time, sequence: nextSequence, event: event)
         nextSequence += 1
-        var child = heap.count - 1
-        while child > 0 {
-            let parent = (child - 1) / 2
-            guard heap[child].isBefore(heap[parent]) else { break }
-            heap.swapAt(child, parent)
-            child = parent
+        push(entry)
+    }
+
+    /// Schedules an event on a lane: O(1) when `time` is no earlier than the lane's last event, as it
+    /// is when every event of the lane comes at the same delay after the current time; otherwise the
+    /// event goes to the heap, in the same order.
+    mutating func schedule(_ event: Event, at time: Double, lane: Int) {
+        let entry = Entry(time: time, sequence: nextSequence, event: event)
+        nextSequence += 1
+        if let last = lanes[lane].last, entry.isBefore(last) {
+            push(entry)
+        } else {
+            lanes[lane].append(entry)
         }
     }
 
     mutating func pop() -> (time: Double, event: Event)? {
-        guard !heap.isEmpty else { return nil }
-        heap.swapAt(0, heap.count - 1)
-        let top = heap.removeLast()
-        var parent = 0
-        while true {
-            let left = 2 * parent + 1
-            let right = left + 1
-            var smallest = parent
-            if left < heap.count, heap[left].isBefore(heap[smallest]) { smallest = left }
-            if right < heap.count, heap[right].isBefore(heap[smallest]) { smallest = right }
-            guard smallest != parent else { break }
-            heap.swapAt(parent, smallest)
-            parent = smallest
+        var lane = -1
+        var best = heap.first
+        for index in lanes.indices {
+            guard let head = lanes[index].first else { continue }
+            if let current = best, !head.isBefore(current) { continue }
+            best = head
+            lane = index
         }
-        return (top.time, top.event)
+        guard let best else { return nil }
+        if lane >= 0 {
+            lanes[lane].removeFirst()
+        } else {
+            popHeap()
+        }
+        return (best.time, best.event)
+    }
+
+    private mutating func push(_ entry: Entry) {
+        heap.append(entry)
+        heap.withUnsafeMutableBufferPointer { heap in
+            var child = heap.count - 1
+            while child > 0 {
+                let parent = (child - 1) / 4
+                guard entry.isBefore(heap[parent]) else { break }
+                heap[child] = heap[parent]
+                child = parent
+            }
+            heap[child] = entry
+        }
+    }
+
+    /// Removes the heap's top.
+    private mutating func popHeap() {
+        let last = heap.removeLast()
+        guard !heap.isEmpty else { return }
+        heap.withUnsafeMutableBufferPointer { heap in
+            // The last entry moves down from the root's hole.
+            let count = heap.count
+            var hole = 0
+            while true {
+                let first = 4 * hole + 1
+                guard first < count else { break }
+                var child = first
+                for sibling in first + 1..<min(first + 4, count) where heap[sibling].isBefore(heap[child]) { child = sibling }
+                guard heap[child].isBefore(last) else { break }
+                heap[hole] = heap[child]
+                hole = child
+            }
+            heap[hole] = last
+        }
     }
 }

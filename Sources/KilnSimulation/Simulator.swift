@@ -23,34 +23,85 @@ import KilnScheduling
 public struct Simulator: Sendable {
     public let scenario: Scenario
     public let policy: any SchedulingPolicy
+    public let traffic: Traffic
 
+    /// - Parameter traffic: the scenario's jobs, drawn once by ``Traffic/init(scenario:)`` and shared
+    ///   by every run of the same scenario (each policy of a comparison); drawn here when nil.
     /// - Throws: ``KilnError`` naming the first invalid field of the scenario.
-    public init(scenario: Scenario, policy: any SchedulingPolicy) throws {
+    public init(scenario: Scenario, policy: any SchedulingPolicy, traffic: Traffic? = nil) throws {
         try ScenarioValidation.check(scenario)
         self.scenario = scenario
         self.policy = policy
+        self.traffic = try traffic ?? Traffic(scenario: scenario)
     }
 
     public func run() throws -> SimulationReport {
-        var run = try SimulationRun(scenario: scenario, policy: policy)
-        return try run.execute()
+        var run = try SimulationRun(scenario: scenario, policy: policy, traffic: traffic)
+        return run.execute()
     }
 }
 
-struct SimJob {
+/// Every job of a scenario's day, drawn from its seed: what all the runs of one scenario replay.
+/// It depends on the seed, tiers, models, arrivals, bursts and trace alone, not on the fleet or the
+/// policy.
+public struct Traffic: Sendable {
+    let jobs: [SimJob]
+    /// By tier: the index of its first account (each tier's accounts are numbered after the last's).
+    let firstAccount: [Int]
+
+    /// - Throws: ``KilnError`` naming the first invalid field of the scenario.
+    public init(scenario: Scenario) throws {
+        try ScenarioValidation.check(scenario)
+        var first: [Int] = []
+        var total = 0
+        for tier in scenario.tiers {
+            first.append(total)
+            total += tier.accounts
+        }
+        firstAccount = first
+        jobs = TrafficGenerator.jobs(for: scenario, firstAccount: first)
+    }
+
+    /// Jobs in the day, trace jobs included.
+    public var count: Int { jobs.count }
+}
+
+/// One job of the day: 48 bytes, since a run touches half a million of them in no cache-friendly
+/// order; the narrow fields are read as `Int`.
+struct SimJob: Sendable {
     /// When it joined the queue: before the run began (negative) for a trace job that had waited.
     var arrival: Double
-    var tier: Int
-    var account: Int
-    var model: Int
     /// GPU seconds at speed 1.
     var work: Double
-    /// Attempts charged (a released job is not charged for its dispatch).
-    var attempts = 0
-    /// Dispatches so far: events of an earlier dispatch (one released since) are ignored.
-    var dispatches = 0
     var dispatchedAt = 0.0
+    private var account32: Int32
+    /// Dispatches so far: events of an earlier dispatch (one released since) are ignored.
+    private var dispatches32: Int32 = 0
+    private var tier16: Int16
+    private var model16: Int16
+    /// Attempts charged (a released job is not charged for its dispatch).
+    private var attempts16: Int16 = 0
     var ended = false
+
+    init(arrival: Double, tier: Int, account: Int, model: Int, work: Double) {
+        self.arrival = arrival
+        self.work = work
+        self.account32 = Int32(account)
+        self.tier16 = Int16(tier)
+        self.model16 = Int16(model)
+    }
+
+    var tier: Int { Int(tier16) }
+    var account: Int { Int(account32) }
+    var model: Int { Int(model16) }
+    var attempts: Int {
+        get { Int(attempts16) }
+        set { attempts16 = Int16(newValue) }
+    }
+    var dispatches: Int {
+        get { Int(dispatches32) }
+        set { dispatches32 = Int32(newValue) }
+    }
 }
 
 struct SimWorker {
@@ -58,8 +109,6 @@ struct SimWorker {
     var cluster: Int
     var pool: Int
     var gpus: Int
-    var offer: WorkerOffer
-    var speed: [Double]  // per model; 0 = cannot run it
     var state: State = .idle
     /// Leaves after its job (a shrinking pool; under the controller, a drain).
     var retiring = false
@@ -73,34 +122,43 @@ struct SimWorker {
     var idleSlot: Int?
 }
 
+/// What happens next; 32-bit payloads keep an event, with its key in the queue, in 32 bytes.
 enum SimEvent {
-    case arrival(Int)
-    case started(job: Int, dispatch: Int)
-    case finished(job: Int, worker: Int, dispatch: Int)
-    case failed(job: Int, worker: Int, dispatch: Int)
-    case leaseExpired(Int)
-    case recovered(Int)
-    case capacity(pool: Int, workers: Int)
+    case arrival(Int32)
+    case started(job: Int32, dispatch: Int32)
+    case finished(job: Int32, worker: Int32, dispatch: Int32)
+    case failed(job: Int32, worker: Int32, dispatch: Int32)
+    case leaseExpired(Int32)
+    case recovered(Int32)
+    case capacity(pool: Int32, workers: Int32)
     case sample
     case fleetTick
-    case provisioned(Int)
-    case loaded(Int)
+    case provisioned(Int32)
+    case loaded(Int32)
 }
 
 struct SimulationRun {
     let scenario: Scenario
     let end: Double
     var scheduler: Scheduler
-    var events = EventQueue<SimEvent>()
+    /// Lane 0 holds the next arrival; lane 1 + c the lease starts of cluster c (see ``EventQueue``).
+    var events: EventQueue<SimEvent>
     var jobs: [SimJob]
-    let accounts: [AccountID]
+    /// The scheduler's queue of each (tier, model), at `tier * models + model`, and its account of
+    /// each account: resolved once, so that an arrival enqueues integers.
+    let queueRefs: [QueueRef]
+    let accountRefs: [AccountRef]
     let tierNames: [String]
-    let requirements: [JobRequirements]
     let modelIndex: [String: Int]
     var workers: [SimWorker] = []
+    /// By pool, at `pool * models + model`: how fast its workers run the model (0: they cannot).
+    let speeds: [Double]
     /// Idle workers by pool and assignment (see ``idleList(pool:assignment:)``), in the order
     /// pools are tried (primary first).
     var idle: [[Int]]
+    /// What the workers of each idle list offer the scheduler: one value per list, so that the
+    /// scheduler's cache of recent offers compares shared storage.
+    let offers: [WorkerOffer]
     let poolOrder: [Int]
     let pools: [(cluster: Int, spec: Scenario.PoolSpec)]
     /// Workers of each pool that count toward its scripted capacity (not retiring, not retired).
@@ -116,7 +174,7 @@ struct SimulationRun {
     var runSum: [[Double]]
     var runCount: [[Int]]
 
-    init(scenario: Scenario, policy: any SchedulingPolicy) throws {
+    init(scenario: Scenario, policy: any SchedulingPolicy, traffic: Traffic) throws {
         self.scenario = scenario
         self.end = scenario.durationHours * 3600
         let tierTable = try TierTable(
@@ -126,25 +184,46 @@ struct SimulationRun {
             dispatchLimits: Dictionary(uniqueKeysWithValues: scenario.clusters.map { ($0.name, $0.dispatchLimit) }),
             defaultDispatchLimit: 64)
         tierNames = scenario.tiers.map(\.name)
-        requirements = scenario.models.map {
+        let requirements = scenario.models.map {
             JobRequirements(model: $0.name, accelerators: Set($0.acceleratorSpeed.keys), gpus: $0.gpus)
         }
-        modelIndex = Dictionary(scenario.models.enumerated().map { ($1.name, $0) }, uniquingKeysWith: { first, _ in first })
-        var accountIDs: [AccountID] = []
-        var firstAccount: [Int] = []
+        var queueRefs: [QueueRef] = []
+        for tier in scenario.tiers {
+            for model in requirements { queueRefs.append(try scheduler.queue(tier: tier.name, requirements: model)) }
+        }
+        self.queueRefs = queueRefs
+        var accountRefs: [AccountRef] = []
         for (tierIndex, tier) in scenario.tiers.enumerated() {
-            firstAccount.append(accountIDs.count)
             for account in 0..<tier.accounts {
-                accountIDs.append(AccountID(unchecked: "acct_sim\(tierIndex)x\(account)"))
+                accountRefs.append(scheduler.account(AccountID(unchecked: "acct_sim\(tierIndex)x\(account)")))
             }
         }
-        accounts = accountIDs
-        jobs = TrafficGenerator.jobs(for: scenario, firstAccount: firstAccount)
+        self.accountRefs = accountRefs
+        modelIndex = Dictionary(scenario.models.enumerated().map { ($1.name, $0) }, uniquingKeysWith: { first, _ in first })
+        jobs = traffic.jobs
+        events = EventQueue(lanes: 1 + scenario.clusters.count)
         var allPools: [(cluster: Int, spec: Scenario.PoolSpec)] = []
         for (clusterIndex, cluster) in scenario.clusters.enumerated() {
             for pool in cluster.pools { allPools.append((clusterIndex, pool)) }
         }
+        speeds = allPools.flatMap { pool in
+            scenario.models.map { model -> Double in
+                guard model.gpus <= pool.spec.gpusPerWorker else { return 0 }
+                if model.acceleratorSpeed.isEmpty { return 1 }
+                return model.acceleratorSpeed[pool.spec.accelerator] ?? 0
+            }
+        }
         pools = allPools
+        offers = allPools.flatMap { pool in
+            let base = WorkerOffer(
+                cluster: scenario.clusters[pool.cluster].name, accelerator: pool.spec.accelerator, gpus: pool.spec.gpusPerWorker)
+            return [base]
+                + scenario.models.map { model in
+                    var placed = base
+                    placed.models = [model.name]
+                    return placed
+                }
+        }
         idle = Array(repeating: [], count: allPools.count * (scenario.models.count + 1))
         poolSize = Array(repeating: 0, count: allPools.count)
         // Primary pools first, burst pools (borrowed capacity) last.
@@ -175,7 +254,7 @@ struct SimulationRun {
         }
     }
 
-    mutating func execute() throws -> SimulationReport {
+    mutating func execute() -> SimulationReport {
         if controller != nil {
             for (index, pool) in capacityPools.enumerated() {
                 for _ in 0..<pool.minWorkers { arrive(addWorker(pool: index, state: .provisioning), now: 0) }
@@ -184,11 +263,11 @@ struct SimulationRun {
         } else {
             for (index, pool) in pools.enumerated() {
                 for (time, workers) in CapacityPlan.steps(pool.spec.capacity) {
-                    events.schedule(.capacity(pool: index, workers: workers), at: time * 3600)
+                    events.schedule(.capacity(pool: Int32(index), workers: Int32(workers)), at: time * 3600)
                 }
             }
         }
-        if let first = jobs.indices.first { events.schedule(.arrival(first), at: max(0, jobs[first].arrival)) }
+        if let first = jobs.first { events.schedule(.arrival(0), at: max(0, first.arrival), lane: 0) }
         events.schedule(.sample, at: 0)
 
         var processed = 0
@@ -196,28 +275,34 @@ struct SimulationRun {
             metrics.advance(to: time)
             processed += 1
             switch event {
-            case .arrival(let index):
-                try scheduler.enqueue(queued(index))
+            case .arrival(let index32):
+                let index = Int(index32)
+                let job = jobs[index]
+                scheduler.enqueue(
+                    Int64(index), queue: queueRefs[job.tier * scenario.models.count + job.model], account: accountRefs[job.account],
+                    queuedAt: job.arrival)
                 metrics.arrived(tier: jobs[index].tier)
                 arrivalsByModel[jobs[index].model] += 1
-                if index + 1 < jobs.count { events.schedule(.arrival(index + 1), at: max(0, jobs[index + 1].arrival)) }
+                if index + 1 < jobs.count { events.schedule(.arrival(index32 + 1), at: max(0, jobs[index + 1].arrival), lane: 0) }
                 dispatch(now: time)
             case .started(let index, let dispatch):
-                guard jobs[index].dispatches == dispatch else { break }
+                guard jobs[Int(index)].dispatches == dispatch else { break }
                 scheduler.started(Int64(index))
                 self.dispatch(now: time)
-            case .finished(let index, let worker, let dispatch):
+            case .finished(let index32, let worker32, let dispatch):
+                let (index, worker) = (Int(index32), Int(worker32))
                 guard jobs[index].dispatches == dispatch else { break }
                 scheduler.remove(Int64(index))
                 jobs[index].ended = true
                 metrics.completed(tier: jobs[index].tier, wait: jobs[index].dispatchedAt - jobs[index].arrival)
                 metrics.attemptsCharged += jobs[index].attempts
                 let model = jobs[index].model
-                runSum[model][workers[worker].pool] += jobs[index].work / workers[worker].speed[model]
+                runSum[model][workers[worker].pool] += jobs[index].work / speed(of: worker, model)
                 runCount[model][workers[worker].pool] += 1
                 release(worker, now: time)
                 self.dispatch(now: time)
-            case .failed(let index, let worker, let dispatch):
+            case .failed(let index32, let worker32, let dispatch):
+                let (index, worker) = (Int(index32), Int(worker32))
                 guard jobs[index].dispatches == dispatch else { break }
                 metrics.busy(-workers[worker].gpus)
                 alive(worker, -1)
@@ -225,9 +310,10 @@ struct SimulationRun {
                 workers[worker].job = nil
                 workers[worker].loadedModel = nil
                 metrics.workerFailures += 1
-                events.schedule(.recovered(worker), at: time + (scenario.failures?.recoverySeconds ?? 0))
-                events.schedule(.leaseExpired(index), at: time + scenario.leases.ttlSeconds)
-            case .leaseExpired(let index):
+                events.schedule(.recovered(worker32), at: time + (scenario.failures?.recoverySeconds ?? 0))
+                events.schedule(.leaseExpired(index32), at: time + scenario.leases.ttlSeconds)
+            case .leaseExpired(let index32):
+                let index = Int(index32)
                 if RetryRule.requeues(attempts: jobs[index].attempts, maxAttempts: scenario.leases.maxAttempts, retryable: true) {
                     scheduler.requeue(Int64(index))
                     metrics.retries += 1
@@ -237,7 +323,8 @@ struct SimulationRun {
                     metrics.failed(tier: jobs[index].tier)
                 }
                 dispatch(now: time)
-            case .recovered(let worker):
+            case .recovered(let worker32):
+                let worker = Int(worker32)
                 guard workers[worker].state == .down else { break }  // retired meanwhile
                 if workers[worker].retiring {
                     workers[worker].state = .retired
@@ -247,7 +334,7 @@ struct SimulationRun {
                     dispatch(now: time)
                 }
             case .capacity(let pool, let target):
-                resize(pool: pool, to: target)
+                resize(pool: Int(pool), to: Int(target))
                 dispatch(now: time)
             case .sample:
                 metrics.sample(at: time, queued: queuedByTier(now: time))
@@ -258,11 +345,13 @@ struct SimulationRun {
                 fleetTick(now: time)
                 dispatch(now: time)
                 if time + scenario.fleet.tickSeconds <= end { events.schedule(.fleetTick, at: time + scenario.fleet.tickSeconds) }
-            case .provisioned(let worker):
+            case .provisioned(let worker32):
+                let worker = Int(worker32)
                 guard workers[worker].state == .provisioning else { break }  // cancelled meanwhile
                 arrive(worker, now: time)
                 dispatch(now: time)
-            case .loaded(let worker):
+            case .loaded(let worker32):
+                let worker = Int(worker32)
                 guard workers[worker].state == .loading else { break }
                 metrics.busy(-workers[worker].gpus)
                 if workers[worker].retiring {
@@ -287,13 +376,6 @@ struct SimulationRun {
             result.append((jobs[index].tier, end - jobs[index].arrival))
         }
         return result
-    }
-
-    private func queued(_ index: Int) -> QueuedJob {
-        let job = jobs[index]
-        return QueuedJob(
-            sequence: Int64(index), account: accounts[job.account], tier: tierNames[job.tier], requirements: requirements[job.model],
-            queuedAt: job.arrival)
     }
 
     // MARK: - Workers
@@ -326,13 +408,17 @@ struct SimulationRun {
         for pool in poolOrder {
             for list in pool * lists..<(pool + 1) * lists {
                 while let worker = idle[list].last {
-                    guard let sequence = scheduler.nextSequence(for: workers[worker].offer, now: now) else { break }
+                    guard let sequence = scheduler.nextSequence(for: offers[list], now: now) else { break }
                     idle[list].removeLast()
                     workers[worker].idleSlot = nil
                     lease(Int(sequence), on: worker, now: now)
                 }
             }
         }
+    }
+
+    private func speed(of worker: Int, _ model: Int) -> Double {
+        speeds[workers[worker].pool * scenario.models.count + model]
     }
 
     private mutating func lease(_ index: Int, on worker: Int, now: Double) {
@@ -343,7 +429,7 @@ struct SimulationRun {
         metrics.dispatched(tier: jobs[index].tier, wait: now - jobs[index].arrival)
         let model = jobs[index].model
         let cluster = scenario.clusters[workers[worker].cluster]
-        var runtime = jobs[index].work / workers[worker].speed[model]
+        var runtime = jobs[index].work / speed(of: worker, model)
         if workers[worker].loadedModel != model {
             runtime += scenario.models[model].switchSeconds
             load(model, on: worker)
@@ -353,7 +439,7 @@ struct SimulationRun {
         metrics.busy(workers[worker].gpus)
         let start = now + cluster.startDelaySeconds
         if cluster.startDelaySeconds > 0 {
-            events.schedule(.started(job: index, dispatch: dispatch), at: start)
+            events.schedule(.started(job: Int32(index), dispatch: Int32(dispatch)), at: start, lane: 1 + workers[worker].cluster)
         } else {
             scheduler.started(Int64(index))
         }
@@ -362,11 +448,12 @@ struct SimulationRun {
             var random = SplitMix64(seed: scenario.seed &+ UInt64(index) &* 0x9E37_79B9 &+ UInt64(jobs[index].attempts))
             let probability = 1 - exp(-runtime / (failures.meanHoursBetweenFailures * 3600))
             if random.unit() < probability {
-                events.schedule(.failed(job: index, worker: worker, dispatch: dispatch), at: start + runtime * random.unit())
+                events.schedule(
+                    .failed(job: Int32(index), worker: Int32(worker), dispatch: Int32(dispatch)), at: start + runtime * random.unit())
                 return
             }
         }
-        events.schedule(.finished(job: index, worker: worker, dispatch: dispatch), at: start + runtime)
+        events.schedule(.finished(job: Int32(index), worker: Int32(worker), dispatch: Int32(dispatch)), at: start + runtime)
     }
 
     /// The worker loads `model`: a switch when it had another loaded, a cold load when none.
@@ -399,7 +486,7 @@ struct SimulationRun {
             load(model, on: worker)
             workers[worker].state = .loading
             metrics.busy(workers[worker].gpus)
-            events.schedule(.loaded(worker), at: now + scenario.models[model].switchSeconds)
+            events.schedule(.loaded(Int32(worker)), at: now + scenario.models[model].switchSeconds)
         } else {
             workers[worker].state = .idle
             pushIdle(worker)
@@ -443,18 +530,7 @@ struct SimulationRun {
     }
 
     private mutating func addWorker(pool: Int, state: SimWorker.State) -> Int {
-        let spec = pools[pool].spec
-        let cluster = scenario.clusters[pools[pool].cluster]
-        let speeds = scenario.models.map { model -> Double in
-            guard model.gpus <= spec.gpusPerWorker else { return 0 }
-            if model.acceleratorSpeed.isEmpty { return 1 }
-            return model.acceleratorSpeed[spec.accelerator] ?? 0
-        }
-        workers.append(
-            SimWorker(
-                cluster: pools[pool].cluster, pool: pool, gpus: spec.gpusPerWorker,
-                offer: WorkerOffer(cluster: cluster.name, accelerator: spec.accelerator, gpus: spec.gpusPerWorker),
-                speed: speeds, state: state))
+        workers.append(SimWorker(cluster: pools[pool].cluster, pool: pool, gpus: pools[pool].spec.gpusPerWorker, state: state))
         live.append(workers.count - 1)
         return workers.count - 1
     }
@@ -534,7 +610,7 @@ struct SimulationRun {
                     let worker = addWorker(pool: pool, state: .provisioning)
                     workers[worker].assignedAt = now
                     metrics.workersProvisioned += 1
-                    if delay > 0 { events.schedule(.provisioned(worker), at: now + delay) } else { arrive(worker, now: now) }
+                    if delay > 0 { events.schedule(.provisioned(Int32(worker)), at: now + delay) } else { arrive(worker, now: now) }
                 }
             case .drain(let worker, let deadline):
                 workers[worker].drainDeadline = deadline
@@ -551,7 +627,6 @@ struct SimulationRun {
                 if wasIdle { removeIdle(worker) }
                 workers[worker].assignment = model
                 workers[worker].assignedAt = now
-                workers[worker].offer.models = [scenario.models[model].name]
                 if wasIdle { becomeIdle(worker, now: now) }
             }
         }

@@ -55,15 +55,24 @@ struct Simulate: AsyncParsableCommand {
             fleets = [mode]
         }
         let variants = policies.flatMap { policy in fleets.map { (policy, $0) } }
-        // The runs of --compare go at once, one task each: every run is independent and
-        // deterministic, so the reports are the same as one after another.
+        // The day's jobs are drawn once and replayed by every run. The runs of --compare go at once,
+        // one task each: every run is independent and deterministic, so the reports are the same as
+        // one after another.
+        var drawn: Traffic?
+        let drawing: Duration
+        do {
+            drawing = try ContinuousClock().measure { drawn = try Traffic(scenario: loaded) }
+        } catch let error as KilnError {
+            throw ValidationError(error.message)
+        }
+        let traffic = drawn!
         let runs = try await withThrowingTaskGroup(of: (Int, SimulationReport, Duration).self) { group in
             for (index, (policy, mode)) in variants.enumerated() {
                 var scenario = loaded
                 scenario.fleet.mode = mode
                 let simulator: Simulator
                 do {
-                    simulator = try Simulator(scenario: scenario, policy: try scenario.configured(policy))
+                    simulator = try Simulator(scenario: scenario, policy: try scenario.configured(policy), traffic: traffic)
                 } catch let error as KilnError {
                     throw ValidationError(error.message)
                 }
@@ -79,6 +88,7 @@ struct Simulate: AsyncParsableCommand {
         }
         let reports = runs.map(\.1)
         let sideBySide = runs.count > 1
+        print(String(format: "traffic: %d jobs drawn in %.2f s, replayed by every run", traffic.count, drawing.seconds))
         for (_, report, elapsed) in runs {
             if !sideBySide { print(ReportTable.render(report)) }
             let seconds = elapsed.seconds

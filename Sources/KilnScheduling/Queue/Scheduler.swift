@@ -65,6 +65,11 @@ public struct Scheduler: Sendable {
         var parked: Bool
     }
 
+    struct CachedOffer: Sendable {
+        var offer: WorkerOffer
+        var cluster: Int
+    }
+
     struct InFlight: Sendable {
         var entry: Entry
         var queue: Int
@@ -86,8 +91,12 @@ public struct Scheduler: Sendable {
     /// The policy's protection, read once rather than at every pick.
     private var protection: Protection?
     /// Leased-but-not-started jobs a cluster may hold; clusters not named use `defaultDispatchLimit`.
-    public var dispatchLimits: [String: Int]
-    public var defaultDispatchLimit: Int
+    public var dispatchLimits: [String: Int] {
+        didSet { limitByCluster = clusterNames.map(dispatchLimit(of:)) }
+    }
+    public var defaultDispatchLimit: Int {
+        didSet { limitByCluster = clusterNames.map(dispatchLimit(of:)) }
+    }
 
     private var classes: [JobRequirements] = []
     private var classIndex: [JobRequirements: Int] = [:]
@@ -99,15 +108,20 @@ public struct Scheduler: Sendable {
     private var parked: [UInt32: Deque<Parked>] = [:]
     private var locations = SequenceSlab<Location>()
     private var inFlight = SequenceSlab<InFlight>()
-    /// Clusters by index, as workers named them; leased-but-not-started jobs by cluster index.
+    /// Clusters by index, as workers named them; by cluster index, their names, leased-but-not-started
+    /// jobs and dispatch limits.
     private var clusters: [String: Int] = [:]
+    private var clusterNames: [String] = []
     private var pendingByCluster: [Int] = []
+    private var limitByCluster: [Int] = []
     /// By tier rank: whether the policy protects the tier.
     private var protectedTiers: [Bool]
     /// Thousandths of a dispatch owed to unprotected jobs (the protected share's bound).
     private var unprotectedCredit = 0
-    /// Recent offers' eligibility by class (see ``eligibility(of:)``).
-    private var eligibilityCache: [(offer: WorkerOffer, mask: [Bool], cluster: Int)] = []
+    /// Recent offers (see ``eligibility(of:)``) with their cluster, and by class whether each may
+    /// run it: the mask of offer `i` is `eligibilityMasks[i * classes.count ..< (i + 1) * classes.count]`.
+    private var eligibilityCache: [CachedOffer] = []
+    private var eligibilityMasks: [Bool] = []
     /// The number of classes `eligibilityCache` was computed for.
     private var eligibilityClasses = 0
 
@@ -138,15 +152,32 @@ public struct Scheduler: Sendable {
     ///
     /// - Throws: ``KilnError`` when the job's tier is not in the table.
     public mutating func enqueue(_ job: QueuedJob) throws {
-        guard locations[job.sequence] == nil, inFlight[job.sequence] == nil else { return }
-        guard let tier = tiers.index(of: job.tier) else {
-            throw KilnError(.invalidInput, "unknown tier '\(job.tier)'")
-        }
-        let queue = queueFor(tier: tier, jobClass: classFor(job.requirements))
-        let entry = Entry(sequence: job.sequence, account: accountFor(job.account), queuedAt: job.queuedAt)
-        Self.insertSorted(entry, into: &queues[queue].entries)
-        locations[job.sequence] = Location(queue: queue, entry: entry, parked: false)
+        try enqueue(job.sequence, queue: queue(tier: job.tier, requirements: job.requirements), account: account(job.account), queuedAt: job.queuedAt)
+    }
+
+    /// Puts a job in a queue resolved beforehand: for callers that enqueue many jobs of few kinds
+    /// (the simulator), no string is hashed per job. A job already known is left as it is.
+    public mutating func enqueue(_ sequence: Int64, queue: QueueRef, account: AccountRef, queuedAt: Double) {
+        guard locations[sequence] == nil, inFlight[sequence] == nil else { return }
+        let entry = Entry(sequence: sequence, account: account.index, queuedAt: queuedAt)
+        Self.insertSorted(entry, into: &queues[queue.index].entries)
+        locations[sequence] = Location(queue: queue.index, entry: entry, parked: false)
         queuedCount += 1
+    }
+
+    /// The queue of a tier and requirements class, for ``enqueue(_:queue:account:queuedAt:)``.
+    ///
+    /// - Throws: ``KilnError`` when the tier is not in the table.
+    public mutating func queue(tier: String, requirements: JobRequirements) throws -> QueueRef {
+        guard let rank = tiers.index(of: tier) else {
+            throw KilnError(.invalidInput, "unknown tier '\(tier)'")
+        }
+        return QueueRef(index: queueFor(tier: rank, jobClass: classFor(requirements)))
+    }
+
+    /// An account, for ``enqueue(_:queue:account:queuedAt:)``.
+    public mutating func account(_ id: AccountID) -> AccountRef {
+        AccountRef(index: accountFor(id))
     }
 
     /// The job for `worker`, by the policy at `now`, or nil when none is eligible.
@@ -167,8 +198,8 @@ public struct Scheduler: Sendable {
     private mutating func nextIndex(for worker: WorkerOffer, now: Double) -> (entry: Entry, queue: Int)? {
         // 1. The cluster's dispatch limit.
         // 2. The classes this worker can run (kept while the same offer keeps asking).
-        let (eligible, cluster) = eligibility(of: worker)
-        guard pendingByCluster[cluster] < dispatchLimit(of: worker.cluster) else { return nil }
+        let (mask, cluster) = eligibility(of: worker)
+        guard pendingByCluster[cluster] < limitByCluster[cluster] else { return nil }
         while true {
             // 3. The best head among eligible queues, and the best unprotected one; each head's
             //    priority is computed once.
@@ -178,7 +209,7 @@ public struct Scheduler: Sendable {
             var bestUnprotected: Int?
             var bestUnprotectedHead: QueueHead?
             var bestUnprotectedPriority = -Double.infinity
-            for index in queues.indices where eligible[queues[index].jobClass] {
+            for index in queues.indices where eligibilityMasks[mask + queues[index].jobClass] {
                 guard let first = queues[index].entries.first else { continue }
                 let head = self.head(first, queue: index)
                 let priority = policy.priority(of: head, now: now)
@@ -410,21 +441,32 @@ public struct Scheduler: Sendable {
     /// By class: whether `worker` can run it; and the index of its cluster. Workers ask again and
     /// again with a few distinct offers, so the answers for the last few are kept until the classes
     /// change (a linear scan: offers of one fleet share their strings, so comparing is cheap).
-    private mutating func eligibility(of worker: WorkerOffer) -> (mask: [Bool], cluster: Int) {
+    ///
+    /// - Returns: where the offer's mask starts in `eligibilityMasks`, and its cluster's index.
+    private mutating func eligibility(of worker: WorkerOffer) -> (mask: Int, cluster: Int) {
         if eligibilityClasses != classes.count {
             eligibilityCache.removeAll(keepingCapacity: true)
+            eligibilityMasks.removeAll(keepingCapacity: true)
             eligibilityClasses = classes.count
         }
-        for cached in eligibilityCache where cached.offer == worker { return (cached.mask, cached.cluster) }
-        let answer = (mask: classes.map { $0.admits(worker) }, cluster: clusterFor(worker.cluster))
-        if eligibilityCache.count >= 16 { eligibilityCache.removeFirst() }
-        eligibilityCache.append((worker, answer.mask, answer.cluster))
-        return answer
+        for slot in eligibilityCache.indices where eligibilityCache[slot].offer == worker {
+            return (slot * classes.count, eligibilityCache[slot].cluster)
+        }
+        let cluster = clusterFor(worker.cluster)
+        if eligibilityCache.count >= 16 {
+            eligibilityCache.removeFirst()
+            eligibilityMasks.removeFirst(classes.count)
+        }
+        eligibilityCache.append(CachedOffer(offer: worker, cluster: cluster))
+        for jobClass in classes { eligibilityMasks.append(jobClass.admits(worker)) }
+        return ((eligibilityCache.count - 1) * classes.count, cluster)
     }
 
     private mutating func clusterFor(_ name: String) -> Int {
         if let index = clusters[name] { return index }
+        clusterNames.append(name)
         pendingByCluster.append(0)
+        limitByCluster.append(dispatchLimit(of: name))
         clusters[name] = pendingByCluster.count - 1
         return pendingByCluster.count - 1
     }
@@ -536,6 +578,16 @@ public struct Scheduler: Sendable {
         }
         list.insert(item, at: low)
     }
+}
+
+/// A (tier, requirements class) queue of one ``Scheduler``, resolved once.
+public struct QueueRef: Hashable, Sendable {
+    let index: Int
+}
+
+/// An account known to one ``Scheduler``, resolved once.
+public struct AccountRef: Hashable, Sendable {
+    let index: UInt32
 }
 
 /// The dispatchable jobs of one queue (see ``Scheduler/backlog()``).

@@ -47,27 +47,36 @@ struct SequenceSlab<Value>: Sendable where Value: Sendable {
                 base = sequence
                 slots.append(newValue)
             } else if offset >= Int64(slots.count), offset - Int64(slots.count) < reach {
+                let covered = base + Int64(slots.count)..<sequence
                 slots.append(contentsOf: repeatElement(nil, count: Int(offset) - slots.count))
                 slots.append(newValue)
-                absorbOutliers()
+                absorbOutliers(in: covered)
             } else if offset < 0, -offset <= reach {
+                let covered = sequence + 1..<base
                 slots.prepend(contentsOf: repeatElement(nil, count: Int(-offset)))
                 base = sequence
                 slots[0] = newValue
-                absorbOutliers()
+                absorbOutliers(in: covered)
             } else {
                 outliers[sequence] = newValue
             }
         }
     }
 
-    /// Moves the outliers the span now covers into their slots.
-    private mutating func absorbOutliers() {
-        guard !outliers.isEmpty else { return }
-        let end = base + Int64(slots.count)
-        for (sequence, value) in outliers where sequence >= base && sequence < end {
-            slots[Int(sequence - base)] = value
-            outliers[sequence] = nil
+    /// Moves the outliers in `covered`, which the span has just grown over, into their slots: by
+    /// looking each sequence up when the span grew by fewer than there are outliers (as it does, by
+    /// one, with each new job), else by going through the outliers.
+    private mutating func absorbOutliers(in covered: Range<Int64>) {
+        guard !outliers.isEmpty, !covered.isEmpty else { return }
+        if covered.count < outliers.count {
+            for sequence in covered {
+                if let value = outliers.removeValue(forKey: sequence) { slots[Int(sequence - base)] = value }
+            }
+        } else {
+            for (sequence, value) in outliers where covered.contains(sequence) {
+                slots[Int(sequence - base)] = value
+                outliers[sequence] = nil
+            }
         }
     }
 
