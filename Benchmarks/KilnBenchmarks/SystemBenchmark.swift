@@ -31,9 +31,12 @@ enum SystemBenchmark {
         var jobs = 4_000
         var workers = 8
         var submitters = 8
-        var protocols = ["classic", "combined"]
+        var protocols = ["classic", "combined", "batched"]
         /// Jobs a worker of the combined protocol runs at once (leased together, reported together).
         var replicas = 4
+        /// Generations a submitter sends in one call under the `batched` protocol (the combined
+        /// protocol's workers, with `POST /v1/generations/batch`).
+        var batch = 16
         var latencySamples = 300
         var server: URL
         /// A PostgreSQL URL: the servers use a fresh database made beside the one it names.
@@ -143,12 +146,16 @@ enum SystemBenchmark {
                 percentile(inside, 0.5) * 1000, percentile(inside, 0.99) * 1000))
 
         for name in options.protocols {
-            let replicas = name == "combined" ? options.replicas : 0
+            let replicas = name == "classic" ? 0 : options.replicas
+            let batch = name == "batched" ? options.batch : 1
             let result = try await measure(cluster) {
-                try await drain(setup, jobs: options.jobs, replicas: replicas)
+                try await drain(setup, jobs: options.jobs, replicas: replicas, batch: batch)
             }
             let jobsPerSecond = Double(options.jobs) / result.seconds
-            let label = replicas > 0 ? "combined protocol, \(replicas) replicas a worker" : "\(name) protocol"
+            let label =
+                replicas == 0
+                ? "classic protocol"
+                : "combined protocol, \(replicas) replicas a worker" + (batch > 1 ? ", submissions in batches of \(batch)" : "")
             let database =
                 scratch == nil ? "" : String(format: ", PostgreSQL CPU %.3f ms per job", result.databaseCPU * 1000 / Double(options.jobs))
             say(
@@ -237,17 +244,30 @@ enum SystemBenchmark {
     }
 
     /// `jobs` submissions as fast as the submitters go, drained by the workers.
-    /// - Parameter replicas: 0 for the classic protocol, else the combined one with this many jobs
-    ///   a worker at once.
-    static func drain(_ setup: Setup, jobs: Int, replicas: Int) async throws {
+    /// - Parameters:
+    ///   - replicas: 0 for the classic protocol, else the combined one with this many jobs a worker
+    ///     at once.
+    ///   - batch: generations a submission call carries; above 1, through the batch call.
+    static func drain(_ setup: Setup, jobs: Int, replicas: Int, batch: Int) async throws {
         let completed = Counter()
         try await withThrowingTaskGroup(of: Void.self) { group in
             for (submitter, users) in setup.submitters.enumerated() {
                 group.addTask {
-                    for index in stride(from: submitter, to: jobs, by: setup.submitters.count) {
-                        let user = users[index % users.count]
-                        _ = try await user {
-                            try await $0.createGeneration(body: .json(.init(model: "noop", input: .init()))).created
+                    // Each submitter sends its share of the jobs, `batch` at a time, the accounts in turn.
+                    let share = max(0, jobs - submitter + setup.submitters.count - 1) / setup.submitters.count
+                    for (call, first) in stride(from: 0, to: share, by: batch).enumerated() {
+                        let user = users[(submitter + call) % users.count]
+                        let count = min(batch, share - first)
+                        guard batch > 1 else {
+                            _ = try await user {
+                                try await $0.createGeneration(body: .json(.init(model: "noop", input: .init()))).created
+                            }
+                            continue
+                        }
+                        let items = Array(repeating: Components.Schemas.CreateGenerationRequest(model: "noop", input: .init()), count: count)
+                        let results = try await user { try await $0.createGenerations(body: .json(.init(generations: items))).ok.body.json }
+                        guard results.results.allSatisfy({ $0.status == ._201 }) else {
+                            throw KilnError(.internal, "a batch was not queued whole: \(results.results.map(\.status.rawValue))")
                         }
                     }
                 }

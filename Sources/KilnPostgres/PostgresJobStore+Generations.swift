@@ -5,13 +5,14 @@ import PostgresNIO
 
 /// Generations: submission, the lease lifecycle, events.
 extension PostgresJobStore {
-    public func submit(_ generation: Generation, admission: Admission, idempotency: IdempotencyClaim?) async throws
-        -> Submission
-    {
-        let stored = generation.asSubmitted
-        guard idempotency != nil || admission.maxQueuedPerAccount != nil || admission.maxQueuedInTier != nil else {
+    public func submit(_ batch: [SubmissionRequest], admission: Admission) async throws -> [Result<Submission, KilnError>] {
+        try SubmissionRequest.checkOneAccountAndTier(batch)
+        guard let first = batch.first?.generation else { return [] }
+        let keyed = batch.contains { $0.idempotency != nil }
+        if batch.count == 1, !keyed, admission.maxQueuedPerAccount == nil, admission.maxQueuedInTier == nil {
             // Nothing to check first: one statement, committed on its own.
-            return try await change { session in Submission(generation: try await Self.insert(stored, session), created: true) }
+            let stored = first.asSubmitted
+            return [.success(try await change { session in Submission(generation: try await Self.insert(stored, session), created: true) })]
         }
         return try await write { session in
             // Admission is serialized per account, and per tier for the tier's cap, with
@@ -19,47 +20,76 @@ extension PostgresJobStore {
             // tier has no row to lock, and tier changes of the account need not wait for
             // submissions. Always account before tier, so that two submissions never wait on each
             // other. The account lock also makes a repeated idempotency key find the first one.
-            if idempotency != nil || admission.maxQueuedPerAccount != nil {
-                try await session.lock(.account, stored.accountID.rawValue)
-            }
-            if admission.maxQueuedInTier != nil { try await session.lock(.tier, stored.tier) }
-            if let idempotency,
-                let row = try await session.row(
-                    """
-                    SELECT generation_id, request_hash FROM idempotency_keys
-                    WHERE account_id = \(stored.accountID.rawValue) AND key = \(idempotency.key)
-                    """)
-            {
-                guard try row.value("request_hash", as: String.self) == idempotency.requestHash else {
-                    throw KilnError.idempotencyKeyReused(idempotency.key)
+            if keyed || admission.maxQueuedPerAccount != nil { try await session.lock(.account, first.accountID.rawValue) }
+            if admission.maxQueuedInTier != nil { try await session.lock(.tier, first.tier) }
+            // Each cap is counted once, at the first item that needs it, then kept up to date.
+            var queuedInAccount: Int?
+            var queuedInTier: Int?
+            var results: [Result<Submission, KilnError>] = []
+            results.reserveCapacity(batch.count)
+            for request in batch {
+                let stored = request.generation.asSubmitted
+                if let idempotency = request.idempotency,
+                    let row = try await session.row(
+                        """
+                        SELECT generation_id, request_hash FROM idempotency_keys
+                        WHERE account_id = \(stored.accountID.rawValue) AND key = \(idempotency.key)
+                        """)
+                {
+                    guard try row.value("request_hash", as: String.self) == idempotency.requestHash else {
+                        results.append(.failure(.idempotencyKeyReused(idempotency.key)))
+                        continue
+                    }
+                    let id = GenerationID(unchecked: try row.value("generation_id"))
+                    guard let existing = try await Self.fetchGeneration(session, id: id) else {
+                        throw KilnError(.internal, "Idempotency-Key '\(idempotency.key)' names generation '\(id)', which is not stored")
+                    }
+                    results.append(.success(Submission(generation: existing, created: false)))
+                    continue
                 }
-                let id = GenerationID(unchecked: try row.value("generation_id"))
-                guard let existing = try await Self.fetchGeneration(session, id: id) else {
-                    throw KilnError(.internal, "Idempotency-Key '\(idempotency.key)' names generation '\(id)', which is not stored")
+                if let cap = admission.maxQueuedPerAccount {
+                    let queued: Int
+                    if let known = queuedInAccount {
+                        queued = known
+                    } else {
+                        queued = try await session.value(
+                            "SELECT COUNT(*) FROM generations WHERE account_id = \(stored.accountID.rawValue) AND state = 'queued'",
+                            as: Int.self) ?? 0
+                    }
+                    queuedInAccount = queued
+                    if queued >= cap {
+                        results.append(.failure(.accountQueueFull(queued: queued, cap: cap, tier: stored.tier)))
+                        continue
+                    }
                 }
-                return Submission(generation: existing, created: false)
+                if let cap = admission.maxQueuedInTier {
+                    let queued: Int
+                    if let known = queuedInTier {
+                        queued = known
+                    } else {
+                        queued = try await session.value(
+                            "SELECT COUNT(*) FROM generations WHERE tier = \(stored.tier) AND state = 'queued'", as: Int.self) ?? 0
+                    }
+                    queuedInTier = queued
+                    if queued >= cap {
+                        results.append(.failure(.tierQueueFull(queued: queued, cap: cap, tier: stored.tier)))
+                        continue
+                    }
+                }
+                let inserted = try await Self.insert(stored, session)
+                if let idempotency = request.idempotency {
+                    try await session.run(
+                        """
+                        INSERT INTO idempotency_keys (account_id, key, request_hash, generation_id, created_at)
+                        VALUES (\(stored.accountID.rawValue), \(idempotency.key), \(idempotency.requestHash), \(stored.id.rawValue),
+                            \(stored.createdAt.timeIntervalSince1970))
+                        """)
+                }
+                queuedInAccount? += 1
+                queuedInTier? += 1
+                results.append(.success(Submission(generation: inserted, created: true)))
             }
-            if let cap = admission.maxQueuedPerAccount {
-                let queued = try await session.value(
-                    "SELECT COUNT(*) FROM generations WHERE account_id = \(stored.accountID.rawValue) AND state = 'queued'",
-                    as: Int.self) ?? 0
-                if queued >= cap { throw KilnError.accountQueueFull(queued: queued, cap: cap, tier: stored.tier) }
-            }
-            if let cap = admission.maxQueuedInTier {
-                let queued = try await session.value(
-                    "SELECT COUNT(*) FROM generations WHERE tier = \(stored.tier) AND state = 'queued'", as: Int.self) ?? 0
-                if queued >= cap { throw KilnError.tierQueueFull(queued: queued, cap: cap, tier: stored.tier) }
-            }
-            let inserted = try await Self.insert(stored, session)
-            if let idempotency {
-                try await session.run(
-                    """
-                    INSERT INTO idempotency_keys (account_id, key, request_hash, generation_id, created_at)
-                    VALUES (\(stored.accountID.rawValue), \(idempotency.key), \(idempotency.requestHash), \(stored.id.rawValue),
-                        \(stored.createdAt.timeIntervalSince1970))
-                    """)
-            }
-            return Submission(generation: inserted, created: true)
+            return results
         }
     }
 

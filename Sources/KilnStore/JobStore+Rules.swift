@@ -61,3 +61,15 @@ extension KilnError {
         KilnError(.conflict, "generation '\(id)' changed while this change was made; nothing was applied")
     }
 }
+
+extension SubmissionRequest {
+    /// A batch of submissions is of one account and tier, whose caps it counts once.
+    ///
+    /// - Throws: `.invalidRequest` naming the problem when it is not.
+    public static func checkOneAccountAndTier(_ batch: [SubmissionRequest]) throws {
+        guard let first = batch.first?.generation else { return }
+        guard batch.allSatisfy({ $0.generation.accountID == first.accountID && $0.generation.tier == first.tier }) else {
+            throw KilnError(.invalidRequest, "a batch of submissions must all be of one account and tier")
+        }
+    }
+}

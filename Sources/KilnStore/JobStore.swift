@@ -87,14 +87,17 @@ public protocol JobStore: Sendable {
 
     // MARK: Generations
 
-    /// Stores a new queued generation, its `queued` event and (when given) its idempotency key, after
-    /// checking the admission caps inside the same transaction.
+    /// Stores new queued generations of one account and tier, each with its `queued` event and (when
+    /// given) its idempotency key, in one transaction, checking the admission caps inside it. Each
+    /// is admitted or refused on its own, in order: the caps count the ones admitted before it.
     ///
-    /// - Returns: the stored generation (with its sequence), or the earlier one with the same
-    ///   idempotency key and request.
-    /// - Throws: `.rateLimited` when a cap is reached; `.conflict` when the idempotency key was used
-    ///   for a different request.
-    func submit(_ generation: Generation, admission: Admission, idempotency: IdempotencyClaim?) async throws -> Submission
+    /// - Returns: for each request, in order: the stored generation (with its sequence) or the
+    ///   earlier one with the same idempotency key and request; or why it was refused:
+    ///   `.rateLimited` when a cap is reached, `.conflict` when its idempotency key was used for a
+    ///   different request.
+    /// - Throws: `.invalidRequest` when the requests are not all of one account and tier; what the
+    ///   database throws (nothing is then stored).
+    func submit(_ batch: [SubmissionRequest], admission: Admission) async throws -> [Result<Submission, KilnError>]
 
     func generation(_ id: GenerationID) async throws -> Generation?
     func generation(sequence: Int64) async throws -> Generation?
@@ -270,6 +273,17 @@ public struct IdempotencyClaim: Sendable, Hashable {
     }
 }
 
+/// A generation to submit, with the idempotency key it came with.
+public struct SubmissionRequest: Sendable, Hashable {
+    public var generation: Generation
+    public var idempotency: IdempotencyClaim?
+
+    public init(_ generation: Generation, idempotency: IdempotencyClaim? = nil) {
+        self.generation = generation
+        self.idempotency = idempotency
+    }
+}
+
 public struct Submission: Sendable, Hashable {
     public var generation: Generation
     /// False when an earlier submission with the same idempotency key was returned.
@@ -282,6 +296,17 @@ public struct Submission: Sendable, Hashable {
 }
 
 extension JobStore {
+    /// Stores one new queued generation: ``submit(_:admission:)`` with a batch of one.
+    ///
+    /// - Throws: `.rateLimited` when a cap is reached; `.conflict` when the idempotency key was used
+    ///   for a different request.
+    public func submit(_ generation: Generation, admission: Admission, idempotency: IdempotencyClaim?) async throws
+        -> Submission
+    {
+        let results = try await submit([SubmissionRequest(generation, idempotency: idempotency)], admission: admission)
+        return try results[0].get()
+    }
+
     /// A backend that has no commit to report reports none.
     public func observeCommits(_ observer: @escaping @Sendable (CommitTiming) -> Void) {}
 

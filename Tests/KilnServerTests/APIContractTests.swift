@@ -175,6 +175,73 @@ struct APIContractTests {
         }
     }
 
+    @Test("a batch: each item answered in order as a single submit would be, keyed K/i, and leased in order")
+    func batch() async throws {
+        var configuration = ServerConfiguration()
+        configuration.tiers = try TierTable([Tier(name: "free", maxWait: 600, maxQueuedPerAccount: 3)])
+        let kiln = try await KilnHarness.make(configuration: configuration)
+        try await kiln.withClient { api in
+            try await api.model()
+            let (_, user) = try await api.account(tier: "free")
+            let workerKey = try await api.workerKey()
+            let worker = try await api.register(workerKey)
+            let body = #"""
+                {"generations": [
+                  {"model": "demo", "input": {"prompt": "one"}},
+                  {"model": "nope", "input": {}},
+                  {"model": "demo", "input": {}, "version": "v1", "alias": "production"},
+                  {"model": "demo", "input": {"prompt": "two"}},
+                  {"model": "demo", "input": {"prompt": "three"}},
+                  {"model": "demo", "input": {"prompt": "four"}}
+                ]}
+                """#
+            var headers = HTTPFields()
+            headers[HTTPField.Name("Idempotency-Key")!] = "burst-1"
+            let answer = try await api.call(.post, "/v1/generations/batch", key: user, json: body, headers: headers)
+            #expect(answer.status == .ok)
+            let results = try answer.decode(Components.Schemas.CreateGenerationsResponse.self).results
+            #expect(results.map(\.status.rawValue) == [201, 422, 400, 201, 201, 429])
+            #expect(results[1].error?.message == "model: no model named 'nope'")
+            #expect(results[2].error?.code == "invalid_request")
+            #expect(results[5].error?.message.contains("max_queued_per_account 3") == true)
+            let retryAfter = try #require(results[5].retryAfterSeconds)
+            #expect(retryAfter >= 1 && retryAfter <= 600)
+            let created = results.compactMap(\.generation)
+            #expect(created.count == 3)
+            #expect(created.allSatisfy { $0.state == .queued })
+            #expect(created.map { $0.queue?.position } == [0, 1, 2])
+
+            // The same batch again: the created items come back (200), the refused ones are tried again.
+            let again = try await api.call(.post, "/v1/generations/batch", key: user, json: body, headers: headers)
+            let replayed = try again.decode(Components.Schemas.CreateGenerationsResponse.self).results
+            #expect(replayed.map(\.status.rawValue) == [200, 422, 400, 200, 200, 429])
+            #expect(replayed.compactMap(\.generation?.id) == created.map(\.id))
+            // Item 3 alone, under its own key, is the same generation.
+            var single = HTTPFields()
+            single[HTTPField.Name("Idempotency-Key")!] = "burst-1/3"
+            let alone = try await api.call(
+                .post, "/v1/generations", key: user, json: #"{"model": "demo", "input": {"prompt": "two"}}"#, headers: single)
+            #expect(alone.status == .ok)
+            #expect(try alone.decode(Components.Schemas.GenerationObject.self).id == created[1].id)
+            #expect(try await api.call(.get, "/v1/generations", key: user).decode(Components.Schemas.GenerationList.self).data.count == 3)
+
+            for expected in created {
+                let leased = try #require(try await api.lease(workerKey, worker: worker))
+                #expect(leased.job.id == expected.id, "leased in the order sent")
+            }
+
+            // Refused whole: no items, too many, an unknown field.
+            let empty = try await api.call(.post, "/v1/generations/batch", key: user, json: #"{"generations": []}"#)
+            #expect(empty.status == .badRequest)
+            let many = "{\"generations\": [" + Array(repeating: #"{"model": "demo", "input": {}}"#, count: 101).joined(separator: ",") + "]}"
+            let tooMany = try await api.call(.post, "/v1/generations/batch", key: user, json: many)
+            #expect(tooMany.status == .badRequest)
+            #expect(tooMany.error?.message.contains("101") == true)
+            let unknown = try await api.call(.post, "/v1/generations/batch", key: user, json: #"{"generations": [], "extra": 1}"#)
+            #expect(unknown.status == .badRequest)
+        }
+    }
+
     @Test("by default every tier caps one account's queue: a light account's 51st queued generation is refused")
     func defaultCaps() async throws {
         #expect(TierTable.standard.tiers.allSatisfy { $0.maxQueuedPerAccount != nil && $0.maxRunningPerAccount != nil })

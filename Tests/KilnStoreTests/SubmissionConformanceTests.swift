@@ -141,6 +141,65 @@ struct SubmissionConformanceTests {
         #expect(ownList.map(\.id) == [original.id])
     }
 
+    @Test("a batch: each item admitted or refused on its own, in order, the caps counting the ones before it",
+          arguments: StoreBackend.allCases)
+    func batch(_ backend: StoreBackend) async throws {
+        let store = try await backend.make()
+        let account = try await store.seedAccount()
+        let caps = Admission(maxQueuedPerAccount: 3)
+        let earlier = try await store.submit(
+            makeGeneration(account: account.id, at: Fixture.time(0)), admission: caps,
+            idempotency: IdempotencyClaim(key: "k/0", requestHash: "a"))
+
+        let drafts = (1...5).map { makeGeneration(account: account.id, at: Fixture.time(Double($0))) }
+        let results = try await store.submit(
+            [
+                SubmissionRequest(drafts[0], idempotency: IdempotencyClaim(key: "k/0", requestHash: "a")),  // a replay
+                SubmissionRequest(drafts[1], idempotency: IdempotencyClaim(key: "k/0", requestHash: "b")),  // a conflict
+                SubmissionRequest(drafts[2], idempotency: IdempotencyClaim(key: "k/2", requestHash: "c")),
+                SubmissionRequest(drafts[3]),
+                SubmissionRequest(drafts[4]),  // the fourth queued: over the cap
+            ], admission: caps)
+        #expect(results.count == 5)
+        let replay = try results[0].get()
+        #expect(!replay.created)
+        #expect(replay.generation.id == earlier.generation.id)
+        #expect(throws: KilnError.self) { try results[1].get() }
+        if case .failure(let error) = results[1] { #expect(error.code == .conflict) }
+        let third = try results[2].get()
+        let fourth = try results[3].get()
+        #expect(third.created && fourth.created)
+        #expect(third.generation.sequence > earlier.generation.sequence)
+        #expect(fourth.generation.sequence > third.generation.sequence, "sequences follow the order sent")
+        if case .failure(let error) = results[4] {
+            #expect(error.code == .rateLimited)
+        } else {
+            Issue.record("the item past the account's cap was admitted")
+        }
+        let stored = try await store.generations(of: account.id, state: nil, limit: 100, before: nil)
+        #expect(stored.map(\.id) == [fourth.generation.id, third.generation.id, earlier.generation.id], "refused items store nothing")
+        let events = try await store.allEvents(of: third.generation.id)
+        #expect(events.map(\.kind) == [.queued])
+
+        // The same key again within one batch finds the item stored before it in that batch.
+        let twice = makeGeneration(account: account.id, at: Fixture.time(9))
+        let again = try await store.submit(
+            [
+                SubmissionRequest(twice, idempotency: IdempotencyClaim(key: "k/9", requestHash: "d")),
+                SubmissionRequest(makeGeneration(account: account.id, at: Fixture.time(9)), idempotency: IdempotencyClaim(key: "k/9", requestHash: "d")),
+            ], admission: Admission())
+        #expect(try again[0].get().created)
+        #expect(try again[1].get().generation.id == twice.id)
+        #expect(try !again[1].get().created)
+
+        // A batch of several accounts is refused whole.
+        let other = try await store.seedAccount(name: "Other")
+        let mixed = [makeGeneration(account: account.id, at: Fixture.time(10)), makeGeneration(account: other.id, at: Fixture.time(10))]
+        await expectError(.invalidRequest) { _ = try await store.submit(mixed.map { SubmissionRequest($0) }, admission: Admission()) }
+        let mixedStored = try await store.generation(mixed[0].id)
+        #expect(mixedStored == nil)
+    }
+
     @Test("admission: the per-account queued cap refuses, stores nothing, and frees up on lease",
           arguments: StoreBackend.allCases)
     func admissionPerAccount(_ backend: StoreBackend) async throws {

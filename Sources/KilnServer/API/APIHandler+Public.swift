@@ -1,5 +1,6 @@
 import Crypto
 import Foundation
+import HTTPTypes
 import KilnAPI
 import KilnCore
 import KilnModels
@@ -69,7 +70,6 @@ extension APIHandler {
     // MARK: Generations
 
     func createGeneration(_ input: Operations.CreateGeneration.Input) async throws -> Operations.CreateGeneration.Output {
-        let account = try Principal.account()
         guard case .json(let body) = input.body else { throw KilnError(.invalidRequest, "the request needs a JSON body") }
         var claim: IdempotencyClaim?
         if let key = input.headers.idempotencyKey {
@@ -78,12 +78,81 @@ extension APIHandler {
             }
             claim = IdempotencyClaim(key: key, requestHash: try Self.requestHash(body))
         }
+        let submitter = try await submitter()
+        let generation = try await prepare(body, for: submitter)
+        let submission = try await submit([SubmissionRequest(generation, idempotency: claim)], for: submitter)[0].get()
+        let object = try await services.render(submission.generation)
+        return submission.created ? .created(.init(body: .json(object))) : .ok(.init(body: .json(object)))
+    }
+
+    /// Submits each item as ``createGeneration(_:)`` would, in one store transaction, and answers
+    /// each in order.
+    func createGenerations(_ input: Operations.CreateGenerations.Input) async throws -> Operations.CreateGenerations.Output {
+        guard case .json(let body) = input.body else { throw KilnError(.invalidRequest, "the request needs a JSON body") }
+        let items = body.generations
+        guard (1...100).contains(items.count) else {
+            throw KilnError(.invalidRequest, "generations: 1 to 100 items in one call, not \(items.count)")
+        }
+        let key = input.headers.idempotencyKey
+        if let key, !(1...250).contains(key.count) {
+            throw KilnError(.invalidRequest, "the Idempotency-Key header must be 1 to 250 characters")
+        }
+        let submitter = try await submitter()
+        // Each item is checked on its own; those that pass go to the store together.
+        var outcomes = [Result<Submission, KilnError>?](repeating: nil, count: items.count)
+        var requests: [SubmissionRequest] = []
+        var positions: [Int] = []
+        for (index, item) in items.enumerated() {
+            do {
+                let claim = try key.map { IdempotencyClaim(key: "\($0)/\(index)", requestHash: try Self.requestHash(item)) }
+                requests.append(SubmissionRequest(try await prepare(item, for: submitter), idempotency: claim))
+                positions.append(index)
+            } catch let error as KilnError where Self.itemStatuses.contains(ErrorMiddleware.status(of: error.code).code) {
+                outcomes[index] = .failure(error)
+            }
+        }
+        for (position, outcome) in zip(positions, try await submit(requests, for: submitter)) { outcomes[position] = outcome }
+        let places = await services.dispatcher.queuePlaces(
+            for: outcomes.compactMap { outcome in (try? outcome?.get())?.generation })
+        var rendered = places.makeIterator()
+        var results: [Components.Schemas.SubmissionResult] = []
+        results.reserveCapacity(items.count)
+        for outcome in outcomes {
+            switch outcome! {
+            case .success(let submission):
+                results.append(
+                    .init(
+                        status: submission.created ? ._201 : ._200,
+                        generation: try .init(submission.generation, place: rendered.next()!)))
+            case .failure(let error):
+                let status = Components.Schemas.SubmissionResult.StatusPayload(rawValue: ErrorMiddleware.status(of: error.code).code)!
+                results.append(
+                    .init(status: status, error: .init(code: error.code.rawValue, message: error.message), retryAfterSeconds: error.retryAfter))
+            }
+        }
+        return .ok(.init(body: .json(.init(results: results))))
+    }
+
+    /// The statuses an item of a batch may have failed with; any other error fails the whole call.
+    private static let itemStatuses: Set<Int> = [400, 409, 422, 429]
+
+    /// Who submits: the caller's account and its tier.
+    private func submitter() async throws -> (account: AccountID, tier: Tier) {
+        let account = try Principal.account()
         guard let owner = try await services.cache.account(account) else {
             throw KilnError(.unauthorized, "the key's account no longer exists")
         }
         guard let tier = services.configuration.tiers[owner.tier] else {
             throw KilnError(.internal, "the account's tier '\(owner.tier)' is not configured")
         }
+        return (account, tier)
+    }
+
+    /// A new generation for `body`, checked (model, callback, version, input and its files) but not
+    /// yet stored.
+    private func prepare(_ body: Components.Schemas.CreateGenerationRequest, for submitter: (account: AccountID, tier: Tier))
+        async throws -> Generation
+    {
         guard let model = try await services.cache.model(named: body.model) else {
             throw KilnError(.invalidInput, "model: no model named '\(body.model)'")
         }
@@ -111,32 +180,44 @@ extension APIHandler {
             guard let text = value.stringValue,
                 fileFields.isEmpty ? FileID.isValid(text) : fileFields.contains(name)
             else { continue }
-            guard let fileID = FileID(rawValue: text), let file = try await services.store.file(fileID), file.accountID == account else {
+            guard let fileID = FileID(rawValue: text), let file = try await services.store.file(fileID),
+                file.accountID == submitter.account
+            else {
                 throw KilnError(.invalidInput, "input.\(name): no file '\(text)'")
             }
             inputFiles[name] = file.id
         }
         var generation = Generation(
-            id: id, accountID: account, model: body.model, version: target.pinned?.description, alias: target.alias,
-            tier: tier.name, accelerators: target.manifest?.accelerators ?? [], gpus: target.manifest?.gpus ?? 0,
+            id: id, accountID: submitter.account, model: body.model, version: target.pinned?.description, alias: target.alias,
+            tier: submitter.tier.name, accelerators: target.manifest?.accelerators ?? [], gpus: target.manifest?.gpus ?? 0,
             input: generationInput, inputFiles: inputFiles, maxAttempts: services.configuration.leases.maxAttempts,
             callbackURL: body.callbackUrl, createdAt: services.clock.now())
         generation.callbackEvents = callbackEvents
-        let submission: Submission
-        do {
-            submission = try await services.store.submit(
-                generation,
-                admission: Admission(maxQueuedPerAccount: tier.maxQueuedPerAccount, maxQueuedInTier: tier.maxQueued),
-                idempotency: claim)
-        } catch var error as KilnError where error.code == .rateLimited {
-            services.metrics.refused(tier: tier.name)
-            let oldest = try await services.store.oldestQueuedGeneration(of: account)
-            error.retryAfter = await services.dispatcher.retryAfter(oldestQueued: oldest, tier: tier.name)
-            throw error
+        return generation
+    }
+
+    /// Stores the submissions in one transaction and hands the new ones to the dispatcher. A refusal
+    /// by an admission cap carries when to retry.
+    private func submit(_ requests: [SubmissionRequest], for submitter: (account: AccountID, tier: Tier)) async throws
+        -> [Result<Submission, KilnError>]
+    {
+        guard !requests.isEmpty else { return [] }
+        let tier = submitter.tier
+        var results = try await services.store.submit(
+            requests, admission: Admission(maxQueuedPerAccount: tier.maxQueuedPerAccount, maxQueuedInTier: tier.maxQueued))
+        if results.contains(where: { if case .failure(let error) = $0 { error.code == .rateLimited } else { false } }) {
+            let oldest = try await services.store.oldestQueuedGeneration(of: submitter.account)
+            let retryAfter = await services.dispatcher.retryAfter(oldestQueued: oldest, tier: tier.name)
+            for index in results.indices {
+                guard case .failure(var error) = results[index], error.code == .rateLimited else { continue }
+                services.metrics.refused(tier: tier.name)
+                error.retryAfter = retryAfter
+                results[index] = .failure(error)
+            }
         }
-        guard submission.created else { return .ok(.init(body: .json(try await services.render(submission.generation)))) }
-        try await services.transitions.apply(.submitted, submission.generation)
-        return .created(.init(body: .json(try await services.render(submission.generation))))
+        let created = results.compactMap { result in (try? result.get()).flatMap { $0.created ? $0.generation : nil } }
+        try await services.transitions.submitted(created)
+        return results
     }
 
     /// What makes two submissions "the same request" for `Idempotency-Key`: the hash of the

@@ -96,10 +96,26 @@ public actor Dispatcher {
     // MARK: Events from the API
 
     public func submitted(_ generation: Generation) throws {
-        try enqueue(generation)
-        arrivals[generation.model, default: 0] += 1
-        recentArrivals.record(tier: generation.tier, model: generation.model, at: now)
-        wakeOne(for: Self.job(generation).requirements)
+        try submitted([generation])
+    }
+
+    /// New generations: each queued, counted, and handed to one waiting worker that can run it.
+    ///
+    /// - Throws: the first generation's error whose tier is unknown, after queueing all the others.
+    public func submitted(_ generations: [Generation]) throws {
+        var refused: (any Error)?
+        for generation in generations {
+            do {
+                try enqueue(generation)
+            } catch {
+                refused = refused ?? error
+                continue
+            }
+            arrivals[generation.model, default: 0] += 1
+            recentArrivals.record(tier: generation.tier, model: generation.model, at: now)
+            wakeOne(for: Self.job(generation).requirements)
+        }
+        if let refused { throw refused }
     }
 
     public func started(_ generation: Generation) {
@@ -227,6 +243,11 @@ public actor Dispatcher {
         return QueuePlace(
             position: position, etaSeconds: throughput.eta(position: position, now: now).map { ($0 * 10).rounded() / 10 },
             deadline: generation.queuedAt + maxWait)
+    }
+
+    /// ``queuePlace(for:)`` of each generation, in one call.
+    public func queuePlaces(for generations: [Generation]) -> [QueuePlace?] {
+        generations.map(queuePlace(for:))
     }
 
     /// Seconds after which a refused submission may be admitted: when the account's oldest queued

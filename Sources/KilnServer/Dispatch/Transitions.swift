@@ -9,6 +9,15 @@ import KilnCore
 public protocol TransitionSink: Sendable {
     /// Applies a transition the store has committed; `generation` is as the store now holds it.
     func apply(_ effect: Transition.Effect, _ generation: Generation) async throws
+
+    /// Applies the submission of several new generations, as `apply(.submitted, _)` would each.
+    func submitted(_ generations: [Generation]) async throws
+}
+
+extension TransitionSink {
+    public func submitted(_ generations: [Generation]) async throws {
+        for generation in generations { try await apply(.submitted, generation) }
+    }
 }
 
 extension Transition.Effect {
@@ -41,5 +50,15 @@ public struct LocalTransitions: TransitionSink {
         }
         metrics.observe(effect, generation)
         await signals.signal(generation.id)
+    }
+
+    /// One hop to the dispatcher for them all.
+    public func submitted(_ generations: [Generation]) async throws {
+        guard !generations.isEmpty else { return }
+        try await dispatcher.submitted(generations)
+        for generation in generations {
+            metrics.observe(.submitted, generation)
+            await signals.signal(generation.id)
+        }
     }
 }

@@ -4,60 +4,75 @@ import KilnCore
 
 /// Generations: submission, the lease lifecycle, events.
 extension SQLiteJobStore {
-    public func submit(_ generation: Generation, admission: Admission, idempotency: IdempotencyClaim?) async throws
-        -> Submission
-    {
-        try await write { db in
-            if let idempotency,
-                let row = try Row.fetchOne(
-                    db, cached: "SELECT generation_id, request_hash FROM idempotency_keys WHERE account_id = ? AND key = ?",
-                    arguments: [generation.accountID.rawValue, idempotency.key])
-            {
-                guard (row["request_hash"] as String) == idempotency.requestHash else {
-                    throw KilnError.idempotencyKeyReused(idempotency.key)
+    public func submit(_ batch: [SubmissionRequest], admission: Admission) async throws -> [Result<Submission, KilnError>] {
+        try SubmissionRequest.checkOneAccountAndTier(batch)
+        guard let first = batch.first?.generation else { return [] }
+        return try await write { db in
+            // Each cap is counted once, at the first item that needs it, then kept up to date.
+            var queuedInAccount: Int?
+            var queuedInTier: Int?
+            return try batch.map { request -> Result<Submission, KilnError> in
+                if let idempotency = request.idempotency,
+                    let row = try Row.fetchOne(
+                        db, cached: "SELECT generation_id, request_hash FROM idempotency_keys WHERE account_id = ? AND key = ?",
+                        arguments: [first.accountID.rawValue, idempotency.key])
+                {
+                    guard (row["request_hash"] as String) == idempotency.requestHash else {
+                        return .failure(.idempotencyKeyReused(idempotency.key))
+                    }
+                    let existing = try Self.fetchGeneration(db, id: GenerationID(unchecked: row["generation_id"]))!
+                    return .success(Submission(generation: existing, created: false))
                 }
-                let existing = try Self.fetchGeneration(db, id: GenerationID(unchecked: row["generation_id"]))!
-                return Submission(generation: existing, created: false)
+                if let cap = admission.maxQueuedPerAccount {
+                    let queued = try queuedInAccount ?? Int.fetchOne(
+                        db, cached: "SELECT COUNT(*) FROM generations WHERE account_id = ? AND state = 'queued'",
+                        arguments: [first.accountID.rawValue]) ?? 0
+                    queuedInAccount = queued
+                    if queued >= cap { return .failure(.accountQueueFull(queued: queued, cap: cap, tier: first.tier)) }
+                }
+                if let cap = admission.maxQueuedInTier {
+                    let queued = try queuedInTier ?? Int.fetchOne(
+                        db, cached: "SELECT COUNT(*) FROM generations WHERE tier = ? AND state = 'queued'", arguments: [first.tier]) ?? 0
+                    queuedInTier = queued
+                    if queued >= cap { return .failure(.tierQueueFull(queued: queued, cap: cap, tier: first.tier)) }
+                }
+                let stored = try Self.insert(request, db)
+                queuedInAccount? += 1
+                queuedInTier? += 1
+                return .success(Submission(generation: stored, created: true))
             }
-            if let cap = admission.maxQueuedPerAccount {
-                let queued = try Int.fetchOne(
-                    db, cached: "SELECT COUNT(*) FROM generations WHERE account_id = ? AND state = 'queued'",
-                    arguments: [generation.accountID.rawValue]) ?? 0
-                if queued >= cap { throw KilnError.accountQueueFull(queued: queued, cap: cap, tier: generation.tier) }
-            }
-            if let cap = admission.maxQueuedInTier {
-                let queued = try Int.fetchOne(
-                    db, cached: "SELECT COUNT(*) FROM generations WHERE tier = ? AND state = 'queued'",
-                    arguments: [generation.tier]) ?? 0
-                if queued >= cap { throw KilnError.tierQueueFull(queued: queued, cap: cap, tier: generation.tier) }
-            }
-            var stored = generation.asSubmitted
-            try db.run(
-                sql: """
-                    INSERT INTO generations (id, account_id, model, version, alias, tier, accelerators, gpus, state, input,
-                        input_files, progress_fraction, progress_stage, output, attempts, max_attempts, callback_url,
-                        callback_events, created_at, queued_at)
-                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, 0, '', '{}', 0, ?, ?, ?, ?, ?)
-                    """,
-                arguments: [
-                    stored.id.rawValue, stored.accountID.rawValue, stored.model, stored.version, stored.alias, stored.tier,
-                    JSONColumn.encode(stored.accelerators), stored.gpus,
-                    JSONValue.object(stored.input).canonicalJSON(), JSONColumn.encode(stored.inputFiles.mapValues(\.rawValue)),
-                    stored.maxAttempts, stored.callbackURL, stored.callbackEvents.isEmpty ? nil : JSONColumn.encode(stored.callbackEvents),
-                    stored.createdAt.timeIntervalSince1970, stored.queuedAt.timeIntervalSince1970,
-                ])
-            stored.sequence = db.lastInsertedRowID
-            if let idempotency {
-                try db.run(
-                    sql: "INSERT INTO idempotency_keys (account_id, key, request_hash, generation_id, created_at) VALUES (?, ?, ?, ?, ?)",
-                    arguments: [
-                        stored.accountID.rawValue, idempotency.key, idempotency.requestHash, stored.id.rawValue,
-                        stored.createdAt.timeIntervalSince1970,
-                    ])
-            }
-            try Self.appendEvent(db, stored, .queued, at: stored.createdAt)
-            return Submission(generation: stored, created: true)
         }
+    }
+
+    /// Inserts a submitted generation, its idempotency key and its `queued` event.
+    /// - Returns: the generation with its sequence.
+    private static func insert(_ request: SubmissionRequest, _ db: Database) throws -> Generation {
+        var stored = request.generation.asSubmitted
+        try db.run(
+            sql: """
+                INSERT INTO generations (id, account_id, model, version, alias, tier, accelerators, gpus, state, input,
+                    input_files, progress_fraction, progress_stage, output, attempts, max_attempts, callback_url,
+                    callback_events, created_at, queued_at)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, 0, '', '{}', 0, ?, ?, ?, ?, ?)
+                """,
+            arguments: [
+                stored.id.rawValue, stored.accountID.rawValue, stored.model, stored.version, stored.alias, stored.tier,
+                JSONColumn.encode(stored.accelerators), stored.gpus,
+                JSONValue.object(stored.input).canonicalJSON(), JSONColumn.encode(stored.inputFiles.mapValues(\.rawValue)),
+                stored.maxAttempts, stored.callbackURL, stored.callbackEvents.isEmpty ? nil : JSONColumn.encode(stored.callbackEvents),
+                stored.createdAt.timeIntervalSince1970, stored.queuedAt.timeIntervalSince1970,
+            ])
+        stored.sequence = db.lastInsertedRowID
+        if let idempotency = request.idempotency {
+            try db.run(
+                sql: "INSERT INTO idempotency_keys (account_id, key, request_hash, generation_id, created_at) VALUES (?, ?, ?, ?, ?)",
+                arguments: [
+                    stored.accountID.rawValue, idempotency.key, idempotency.requestHash, stored.id.rawValue,
+                    stored.createdAt.timeIntervalSince1970,
+                ])
+        }
+        try appendEvent(db, stored, .queued, at: stored.createdAt)
+        return stored
     }
 
     public func generation(_ id: GenerationID) async throws -> Generation? {
