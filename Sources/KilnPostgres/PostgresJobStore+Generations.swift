@@ -134,24 +134,54 @@ extension PostgresJobStore {
         try await transition(id, at: at) { try Lifecycle.cancel($0, at: at) }
     }
 
-    public func lease(sequence: Int64, to worker: WorkerRecord, at: Date, ttl: Double, start: Bool) async throws -> Generation? {
-        try await racing("generation #\(sequence)") { session in
-            guard let row = try await session.rows(GenerationBySequence(sequence: sequence)).first else { return .done(nil) }
-            let stored = try StoredGeneration(row)
-            let generation = stored.generation
-            guard generation.state == .queued else { return .done(nil) }
-            // Resolve the alias now: the generation records what it runs.
-            var version: String?
-            if generation.version == nil, let aliasName = generation.alias,
-                let alias = try await Self.fetchAlias(session, aliasName, of: generation.model)
-            {
-                version = alias.resolve(for: generation.id)?.description
+    public func lease(sequences: [Int64], to worker: WorkerRecord, at: Date, ttl: Double, start: Bool) async throws -> [Generation?] {
+        if sequences.count == 1 {
+            // One: read and conditionally update, outside a transaction, as every single transition.
+            let sequence = sequences[0]
+            let leased = try await racing("generation #\(sequence)") { session -> Attempt<Generation?> in
+                guard let row = try await session.rows(GenerationBySequence(sequence: sequence)).first else { return .done(nil) }
+                let stored = try StoredGeneration(row)
+                guard stored.generation.state == .queued else { return .done(nil) }
+                let transition = try await Self.leaseTransition(stored, to: worker, at: at, ttl: ttl, start: start, session)
+                return try await Self.persist(session, transition, from: stored, at: at).map { .done($0) } ?? .lostRace
             }
-            let transition = try Lifecycle.lease(
-                generation, to: worker.id, cluster: worker.cluster, token: FencingToken.next(after: FencingToken(stored.token)),
-                version: version, at: at, ttl: ttl, start: start)
-            return try await Self.persist(session, transition, from: stored, at: at).map { .done($0) } ?? .lostRace
+            return [leased]
         }
+        // Several: their rows locked in one transaction, one commit for all.
+        return try await write { session in
+            var leased: [Generation?] = []
+            for sequence in sequences {
+                guard
+                    let row = try await session.row(
+                        "SELECT \(unescaped: Self.generationColumns) FROM generations WHERE seq = \(sequence) FOR UPDATE")
+                else {
+                    leased.append(nil)
+                    continue
+                }
+                let stored = try StoredGeneration(row)
+                guard stored.generation.state == .queued else {
+                    leased.append(nil)
+                    continue
+                }
+                let transition = try await Self.leaseTransition(stored, to: worker, at: at, ttl: ttl, start: start, session)
+                leased.append(try await Self.persistLocked(session, transition, from: stored, at: at))
+            }
+            return leased
+        }
+    }
+
+    /// The lease of a queued generation, its alias resolved now: the generation records what it runs.
+    private static func leaseTransition(
+        _ stored: StoredGeneration, to worker: WorkerRecord, at: Date, ttl: Double, start: Bool, _ session: PostgresSession
+    ) async throws -> Transition {
+        let generation = stored.generation
+        var version: String?
+        if generation.version == nil, let aliasName = generation.alias, let alias = try await fetchAlias(session, aliasName, of: generation.model) {
+            version = alias.resolve(for: generation.id)?.description
+        }
+        return try Lifecycle.lease(
+            generation, to: worker.id, cluster: worker.cluster, token: FencingToken.next(after: FencingToken(stored.token)),
+            version: version, at: at, ttl: ttl, start: start)
     }
 
     public func start(_ id: GenerationID, worker: WorkerID, token: FencingToken, at: Date, ttl: Double) async throws

@@ -114,8 +114,12 @@ public protocol JobStore: Sendable {
     /// in the same transaction.
     /// With `start`, the lease is also started, as ``start(_:worker:token:at:ttl:)`` would: for a
     /// worker that runs the job at once.
-    /// - Returns: nil when the generation is no longer queued (canceled meanwhile).
-    func lease(sequence: Int64, to worker: WorkerRecord, at: Date, ttl: Double, start: Bool) async throws -> Generation?
+    ///
+    /// Several sequences are leased in one transaction, in order, each on its own: one commit for
+    /// all the jobs a worker takes at once.
+    /// - Returns: by sequence, in order, the leased generation, or nil when it is no longer queued
+    ///   (canceled meanwhile).
+    func lease(sequences: [Int64], to worker: WorkerRecord, at: Date, ttl: Double, start: Bool) async throws -> [Generation?]
 
     /// The worker began running the model. Extends the lease; a repeated start only extends it.
     /// - Throws: `.staleLease` when the token no longer holds the lease.
@@ -309,6 +313,12 @@ extension JobStore {
 
     /// A backend that has no commit to report reports none.
     public func observeCommits(_ observer: @escaping @Sendable (CommitTiming) -> Void) {}
+
+    /// Leases one generation: ``lease(sequences:to:at:ttl:start:)`` of one.
+    /// - Returns: nil when the generation is no longer queued (canceled meanwhile).
+    public func lease(sequence: Int64, to worker: WorkerRecord, at: Date, ttl: Double, start: Bool) async throws -> Generation? {
+        try await lease(sequences: [sequence], to: worker, at: at, ttl: ttl, start: start)[0]
+    }
 
     /// Leases without starting: the worker prefetches, then calls ``start(_:worker:token:at:ttl:)``.
     public func lease(sequence: Int64, to worker: WorkerRecord, at: Date, ttl: Double) async throws -> Generation? {

@@ -53,6 +53,37 @@ struct LeaseConformanceTests {
         #expect(nothing == nil)
     }
 
+    @Test("lease of several: one call, each leased (and started) on its own, nil for one no longer queued",
+          arguments: StoreBackend.allCases)
+    func leaseSeveral(_ backend: StoreBackend) async throws {
+        let store = try await backend.make()
+        let account = try await store.seedAccount()
+        let worker = try await store.seedWorker(cluster: "eu-1")
+        var jobs: [Generation] = []
+        for index in 0..<4 { jobs.append(try await store.submitQueued(makeGeneration(account: account.id, at: Fixture.time(Double(index))))) }
+        _ = try await store.cancel(jobs[1].id, at: Fixture.time(5))
+
+        let sequences = [jobs[2].sequence, jobs[1].sequence, jobs[0].sequence, jobs[3].sequence + 1_000]
+        let leased = try await store.lease(sequences: sequences, to: worker, at: Fixture.time(10), ttl: 30, start: true)
+        #expect(leased.map { $0?.id } == [jobs[2].id, nil, jobs[0].id, nil], "in the order asked; nil where none is queued")
+        for generation in leased.compactMap({ $0 }) {
+            #expect(generation.state == .running)
+            #expect(generation.attempts == 1)
+            #expect(generation.lease?.workerID == worker.id)
+            #expect(generation.lease?.startedAt == Fixture.time(10), "started with the lease")
+            let stored = try await store.fetch(generation.id)
+            #expect(stored == generation, "what lease returns is what it stored")
+        }
+        let canceled = try await store.fetch(jobs[1].id)
+        #expect(canceled.state == .canceled)
+        #expect(canceled.lease == nil)
+        let untouched = try await store.fetch(jobs[3].id)
+        #expect(untouched.state == .queued, "a job not asked for stays queued")
+        let again = try await store.lease(sequences: [jobs[0].sequence, jobs[3].sequence], to: worker, at: Fixture.time(11), ttl: 30, start: false)
+        #expect(again.map { $0?.id } == [nil, jobs[3].id], "a running job is not leased twice; the other still is")
+        #expect(again[1]?.lease?.startedAt == nil)
+    }
+
     @Test("fencing: after expiry and a new lease, the old token is refused everywhere and changes nothing",
           arguments: StoreBackend.allCases)
     func fencing(_ backend: StoreBackend) async throws {

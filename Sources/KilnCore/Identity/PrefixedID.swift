@@ -23,9 +23,17 @@ extension PrefixedID {
         return random(using: &generator)
     }
 
+    /// Two draws of 64 bits, five bits a character: the system generator makes a system call a draw,
+    /// and a submission makes an id.
     public static func random<G: RandomNumberGenerator>(using generator: inout G) -> Self {
-        let body = String((0..<24).map { _ in Base32.alphabet[Int(generator.next(upperBound: UInt8(32)))] })
-        return Self(unchecked: prefix + body)
+        let (high, low) = (generator.next(), generator.next())
+        var body: [Character] = []
+        body.reserveCapacity(24)
+        for index in 0..<24 {
+            let bits = index < 12 ? high >> (index * 5) : low >> ((index - 12) * 5)
+            body.append(Base32.alphabet[Int(bits & 31)])
+        }
+        return Self(unchecked: prefix + String(body))
     }
 
     public static func isValid(_ raw: String) -> Bool {

@@ -164,25 +164,32 @@ public actor Dispatcher {
         while leased.count < max {
             // A request whose client went away must not take a job it can never receive.
             try Task.checkCancellation()
-            if let sequence = scheduler.nextSequence(for: offer, now: now) {
-                let generation: Generation?
+            // Every job the worker may take now, leased in one store transaction.
+            var picked: [Int64] = []
+            while leased.count + picked.count < max, let sequence = scheduler.nextSequence(for: offer, now: now) {
+                picked.append(sequence)
+            }
+            if !picked.isEmpty {
+                let generations: [Generation?]
                 do {
-                    generation = try await store.lease(
-                        sequence: sequence, to: worker, at: clock.now(), ttl: configuration.leases.ttlSeconds, start: start)
+                    generations = try await store.lease(
+                        sequences: picked, to: worker, at: clock.now(), ttl: configuration.leases.ttlSeconds, start: start)
                 } catch {
-                    scheduler.requeue(sequence)
+                    for sequence in picked { scheduler.requeue(sequence) }
                     if leased.isEmpty { throw error }
                     return leased
                 }
-                guard let generation else {
-                    // Canceled between the pick and the lease: forget it and pick again.
-                    scheduler.remove(sequence)
-                    identifiers[sequence] = nil
-                    continue
+                for (sequence, generation) in zip(picked, generations) {
+                    guard let generation else {
+                        // Canceled between the pick and the lease: forget it (and pick again).
+                        scheduler.remove(sequence)
+                        identifiers[sequence] = nil
+                        continue
+                    }
+                    if start { scheduler.started(sequence) }
+                    throughput.record(at: now)
+                    leased.append(generation)
                 }
-                if start { scheduler.started(sequence) }
-                throughput.record(at: now)
-                leased.append(generation)
                 continue
             }
             // Wait only for a first job; with one in hand, answer now.

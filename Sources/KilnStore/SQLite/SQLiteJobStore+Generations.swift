@@ -120,26 +120,28 @@ extension SQLiteJobStore {
         }
     }
 
-    public func lease(sequence: Int64, to worker: WorkerRecord, at: Date, ttl: Double, start: Bool) async throws -> Generation? {
-        try await write { db in
-            guard let row = try Row.fetchOne(db, cached: "SELECT * FROM generations WHERE seq = ?", arguments: [sequence]) else {
-                return nil
-            }
-            let generation = Self.generation(from: row)
-            guard generation.state == .queued else { return nil }
-            let token: Int64 = row["lease_token"]
-            // Resolve the alias now, in the same transaction: the generation records what it runs.
-            var version: String?
-            if generation.version == nil, let aliasName = generation.alias,
-                let alias = try Self.fetchAlias(db, aliasName, of: generation.model)
-            {
-                version = alias.resolve(for: generation.id)?.description
-            }
-            let transition = try Lifecycle.lease(
-                generation, to: worker.id, cluster: worker.cluster, token: FencingToken.next(after: FencingToken(token)), version: version,
-                at: at, ttl: ttl, start: start)
-            return try Self.persist(db, transition, from: generation, token: token, at: at)
+    public func lease(sequences: [Int64], to worker: WorkerRecord, at: Date, ttl: Double, start: Bool) async throws -> [Generation?] {
+        try await write { db in try sequences.map { try Self.lease($0, to: worker, at: at, ttl: ttl, start: start, db) } }
+    }
+
+    private static func lease(_ sequence: Int64, to worker: WorkerRecord, at: Date, ttl: Double, start: Bool, _ db: Database) throws
+        -> Generation?
+    {
+        guard let row = try Row.fetchOne(db, cached: "SELECT * FROM generations WHERE seq = ?", arguments: [sequence]) else {
+            return nil
         }
+        let generation = Self.generation(from: row)
+        guard generation.state == .queued else { return nil }
+        let token: Int64 = row["lease_token"]
+        // Resolve the alias now, in the same transaction: the generation records what it runs.
+        var version: String?
+        if generation.version == nil, let aliasName = generation.alias, let alias = try fetchAlias(db, aliasName, of: generation.model) {
+            version = alias.resolve(for: generation.id)?.description
+        }
+        let transition = try Lifecycle.lease(
+            generation, to: worker.id, cluster: worker.cluster, token: FencingToken.next(after: FencingToken(token)), version: version,
+            at: at, ttl: ttl, start: start)
+        return try persist(db, transition, from: generation, token: token, at: at)
     }
 
     public func start(_ id: GenerationID, worker: WorkerID, token: FencingToken, at: Date, ttl: Double) async throws
