@@ -224,21 +224,48 @@ extension PostgresJobStore {
         }
     }
 
-    public func complete(_ id: GenerationID, worker: WorkerID, token: FencingToken, outputs: [String], at: Date)
-        async throws -> Generation
-    {
-        guard !outputs.isEmpty else {
-            return try await transition(id, at: at) { try Lifecycle.complete($0, worker: worker, token: token, outputs: [:], at: at) }
-        }
-        // With outputs, under the row's lock: no upload of the same name may replace one between
-        // reading it and keeping it.
-        return try await write { session in
-            guard let stored = try await Self.fetchForTransition(session, id: id, lock: true) else {
-                throw KilnError(.notFound, "no generation '\(id)'")
+    public func complete(_ reports: [CompletionReport], worker: WorkerID, at: Date) async throws -> [Result<Generation, KilnError>] {
+        if reports.count == 1, reports[0].outputs.isEmpty {
+            // One without outputs: read and conditionally update, outside a transaction.
+            let report = reports[0]
+            do {
+                return [
+                    .success(
+                        try await transition(report.id, at: at) {
+                            try Lifecycle.complete($0, worker: worker, token: report.token, outputs: [:], at: at)
+                        })
+                ]
+            } catch let error as KilnError {
+                return [.failure(error)]
             }
-            // The lease first: a stale token is told so, whatever outputs it names.
-            try Lifecycle.holding(stored.generation, worker: worker, token: token, allowCanceled: false)
-            var files: [String: OutputFile] = [:]
+        }
+        // Several, or with outputs: under their rows' locks in one transaction, so that no upload of
+        // the same name may replace an output between reading it and keeping it. Each is checked
+        // before anything of it is written, so a refused one writes nothing.
+        return try await write { session in
+            var results: [Result<Generation, KilnError>] = []
+            for report in reports {
+                do {
+                    results.append(.success(try await Self.complete(report, worker: worker, at: at, session)))
+                } catch let error as KilnError {
+                    results.append(.failure(error))
+                }
+            }
+            return results
+        }
+    }
+
+    private static func complete(_ report: CompletionReport, worker: WorkerID, at: Date, _ session: PostgresSession) async throws
+        -> Generation
+    {
+        let (id, token, outputs) = (report.id, report.token, report.outputs)
+        guard let stored = try await fetchForTransition(session, id: id, lock: true) else {
+            throw KilnError(.notFound, "no generation '\(id)'")
+        }
+        // The lease first: a stale token is told so, whatever outputs it names.
+        try Lifecycle.holding(stored.generation, worker: worker, token: token, allowCanceled: false)
+        var files: [String: OutputFile] = [:]
+        if !outputs.isEmpty {
             let attached = try await session.rows(
                 """
                 SELECT o.name, f.id, f.content_type, f.size FROM job_outputs o JOIN files f ON f.id = o.file_id
@@ -251,9 +278,9 @@ extension PostgresJobStore {
             if let missing = outputs.first(where: { files[$0] == nil }) {
                 throw KilnError(.invalidInput, "outputs: '\(missing)' was not uploaded for this lease")
             }
-            let transition = try Lifecycle.complete(stored.generation, worker: worker, token: token, outputs: files, at: at)
-            return try await Self.persistLocked(session, transition, from: stored, at: at)
         }
+        let transition = try Lifecycle.complete(stored.generation, worker: worker, token: token, outputs: files, at: at)
+        return try await persistLocked(session, transition, from: stored, at: at)
     }
 
     public func fail(

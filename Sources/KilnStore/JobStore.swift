@@ -136,10 +136,11 @@ public protocol JobStore: Sendable {
     /// - Throws: `.staleLease`.
     func attachOutput(_ id: GenerationID, worker: WorkerID, token: FencingToken, name: String, file: FileRecord) async throws
 
-    /// Ends a generation as succeeded with the named outputs, which must have been attached.
-    /// - Throws: `.staleLease`; `.invalidInput` naming an output that was not uploaded.
-    func complete(_ id: GenerationID, worker: WorkerID, token: FencingToken, outputs: [String], at: Date) async throws
-        -> Generation
+    /// Ends generations of one worker as succeeded, each with the named outputs, which must have
+    /// been attached: in one transaction, each on its own, in order.
+    /// - Returns: for each, the generation as it ended, or why it did not: `.staleLease`,
+    ///   `.notFound`, `.invalidInput` naming an output that was not uploaded.
+    func complete(_ reports: [CompletionReport], worker: WorkerID, at: Date) async throws -> [Result<Generation, KilnError>]
 
     /// Records a failure: back to the queue (same `queuedAt`) when retryable and attempts remain,
     /// otherwise failed.
@@ -277,6 +278,19 @@ public struct IdempotencyClaim: Sendable, Hashable {
     }
 }
 
+/// A worker's report that a job of its lease succeeded, with the names of the outputs it attached.
+public struct CompletionReport: Sendable, Hashable {
+    public var id: GenerationID
+    public var token: FencingToken
+    public var outputs: [String]
+
+    public init(_ id: GenerationID, token: FencingToken, outputs: [String]) {
+        self.id = id
+        self.token = token
+        self.outputs = outputs
+    }
+}
+
 /// A generation to submit, with the idempotency key it came with.
 public struct SubmissionRequest: Sendable, Hashable {
     public var generation: Generation
@@ -313,6 +327,14 @@ extension JobStore {
 
     /// A backend that has no commit to report reports none.
     public func observeCommits(_ observer: @escaping @Sendable (CommitTiming) -> Void) {}
+
+    /// Ends a generation as succeeded: ``complete(_:worker:at:)`` of one.
+    /// - Throws: `.staleLease`; `.invalidInput` naming an output that was not uploaded.
+    public func complete(_ id: GenerationID, worker: WorkerID, token: FencingToken, outputs: [String], at: Date) async throws
+        -> Generation
+    {
+        try await complete([CompletionReport(id, token: token, outputs: outputs)], worker: worker, at: at)[0].get()
+    }
 
     /// Leases one generation: ``lease(sequences:to:at:ttl:start:)`` of one.
     /// - Returns: nil when the generation is no longer queued (canceled meanwhile).

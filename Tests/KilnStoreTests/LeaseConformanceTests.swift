@@ -84,6 +84,37 @@ struct LeaseConformanceTests {
         #expect(again[1]?.lease?.startedAt == nil)
     }
 
+    @Test("completions of several: one call, each applied or refused on its own, a refused one changing nothing",
+          arguments: StoreBackend.allCases)
+    func completeSeveral(_ backend: StoreBackend) async throws {
+        let store = try await backend.make()
+        let account = try await store.seedAccount()
+        let worker = try await store.seedWorker()
+        var leased: [Generation] = []
+        for index in 0..<3 {
+            let queued = try await store.submitQueued(makeGeneration(account: account.id, at: Fixture.time(Double(index))))
+            leased.append(try await store.leaseQueued(queued, to: worker, at: Fixture.time(10)))
+        }
+        let token = { (generation: Generation) in generation.lease!.token }
+        let results = try await store.complete(
+            [
+                CompletionReport(leased[0].id, token: token(leased[0]), outputs: []),
+                CompletionReport(leased[1].id, token: FencingToken(token(leased[1]).value + 1), outputs: []),
+                CompletionReport(leased[2].id, token: token(leased[2]), outputs: ["video"]),
+                CompletionReport(GenerationID.random(), token: token(leased[0]), outputs: []),
+            ], worker: worker.id, at: Fixture.time(20))
+        #expect(try results[0].get().state == .succeeded)
+        let codes = results.dropFirst().map { result -> KilnError.Code? in
+            if case .failure(let error) = result { return error.code }
+            return nil
+        }
+        #expect(codes == [.staleLease, .invalidInput, .notFound])
+        #expect(try await store.fetch(leased[0].id).state == .succeeded)
+        #expect(try await store.fetch(leased[1].id) == leased[1], "a stale completion changes nothing")
+        #expect(try await store.fetch(leased[2].id) == leased[2], "a completion naming a missing output changes nothing")
+        #expect(try await store.allEvents(of: leased[1].id).map(\.kind) == [.queued, .leased])
+    }
+
     @Test("fencing: after expiry and a new lease, the old token is refused everywhere and changes nothing",
           arguments: StoreBackend.allCases)
     func fencing(_ backend: StoreBackend) async throws {

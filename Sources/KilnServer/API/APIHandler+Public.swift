@@ -216,7 +216,7 @@ extension APIHandler {
             }
         }
         let created = results.compactMap { result in (try? result.get()).flatMap { $0.created ? $0.generation : nil } }
-        try await services.transitions.submitted(created)
+        try await services.transitions.apply(.submitted, created)
         return results
     }
 

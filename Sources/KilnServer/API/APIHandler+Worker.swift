@@ -110,11 +110,29 @@ extension APIHandler {
         let completedIDs = try completed.enumerated().map { try id($1.job, "completed[\($0)]") }
         let failedIDs = try failed.enumerated().map { try id($1.job, "failed[\($0)]") }
         var reports: [Components.Schemas.ReportOutcome] = []
+        // The completions in one store transaction, then to the dispatcher together.
+        var completions: [CompletionReport] = []
+        var positions: [Int] = []
         for (report, job) in zip(completed, completedIDs) {
-            reports.append(
-                await outcome(of: job) {
-                    try await self.complete(job, worker: worker.id, token: try self.token(report.token), outputs: report.outputs)
-                })
+            do {
+                completions.append(CompletionReport(job, token: try token(report.token), outputs: report.outputs))
+                positions.append(reports.count)
+                reports.append(.init(job: job.rawValue))
+            } catch let error as KilnError {
+                reports.append(.init(job: job.rawValue, error: .init(code: error.code.description, message: error.message)))
+            }
+        }
+        if !completions.isEmpty {
+            let results = try await services.store.complete(completions, worker: worker.id, at: services.clock.now())
+            var ended: [Generation] = []
+            for (position, result) in zip(positions, results) {
+                switch result {
+                case .success(let generation): ended.append(generation)
+                case .failure(let error):
+                    reports[position].error = .init(code: error.code.description, message: error.message)
+                }
+            }
+            try await services.transitions.apply(.ended, ended)
         }
         for (report, job) in zip(failed, failedIDs) {
             reports.append(

@@ -99,6 +99,19 @@ public actor Dispatcher {
         try submitted([generation])
     }
 
+    /// A committed transition of each generation (see ``TransitionSink``).
+    ///
+    /// - Throws: a submission's error whose tier is unknown, after applying all the others.
+    public func apply(_ effect: Transition.Effect, _ generations: [Generation]) throws {
+        switch effect {
+        case .submitted: try submitted(generations)
+        case .started: for generation in generations { started(generation) }
+        case .requeued: for generation in generations { requeued(generation) }
+        case .ended: for generation in generations { ended(generation) }
+        case .leased, .progressed: break  // the dispatcher leased it itself; progress is for the streams
+        }
+    }
+
     /// New generations: each queued, counted, and handed to one waiting worker that can run it.
     ///
     /// - Throws: the first generation's error whose tier is unknown, after queueing all the others.

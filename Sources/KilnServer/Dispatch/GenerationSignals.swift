@@ -23,6 +23,11 @@ public actor GenerationSignals {
         for continuation in list.values { continuation.resume() }
     }
 
+    /// ``signal(_:)`` of each, in one call.
+    public func signal(_ ids: [GenerationID]) {
+        for id in ids { signal(id) }
+    }
+
     /// Returns when `id` is signalled or after `seconds`.
     public func wait(_ id: GenerationID, seconds: Double) async {
         guard !isClosing else { return }

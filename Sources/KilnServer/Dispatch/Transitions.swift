@@ -8,15 +8,16 @@ import KilnCore
 /// each transition to the leader, or by leaving the leader to learn it from the store's change feed.
 public protocol TransitionSink: Sendable {
     /// Applies a transition the store has committed; `generation` is as the store now holds it.
-    func apply(_ effect: Transition.Effect, _ generation: Generation) async throws
-
-    /// Applies the submission of several new generations, as `apply(.submitted, _)` would each.
-    func submitted(_ generations: [Generation]) async throws
+    ///
+    /// Several generations that took the same transition (a batch of submissions, the completions
+    /// of one worker call) go together, in order.
+    func apply(_ effect: Transition.Effect, _ generations: [Generation]) async throws
 }
 
 extension TransitionSink {
-    public func submitted(_ generations: [Generation]) async throws {
-        for generation in generations { try await apply(.submitted, generation) }
+    /// Applies one generation's transition.
+    public func apply(_ effect: Transition.Effect, _ generation: Generation) async throws {
+        try await apply(effect, [generation])
     }
 }
 
@@ -40,25 +41,17 @@ public struct LocalTransitions: TransitionSink {
         self.metrics = metrics
     }
 
-    public func apply(_ effect: Transition.Effect, _ generation: Generation) async throws {
-        switch effect {
-        case .submitted: try await dispatcher.submitted(generation)
-        case .started: await dispatcher.started(generation)
-        case .requeued: await dispatcher.requeued(generation)
-        case .ended: await dispatcher.ended(generation)
-        case .leased, .progressed: break  // the dispatcher leased it itself; progress is for the streams
-        }
-        metrics.observe(effect, generation)
-        await signals.signal(generation.id)
-    }
-
-    /// One hop to the dispatcher for them all.
-    public func submitted(_ generations: [Generation]) async throws {
+    /// One hop to the dispatcher, and one to the event streams, for them all.
+    public func apply(_ effect: Transition.Effect, _ generations: [Generation]) async throws {
         guard !generations.isEmpty else { return }
-        try await dispatcher.submitted(generations)
-        for generation in generations {
-            metrics.observe(.submitted, generation)
-            await signals.signal(generation.id)
+        var refused: (any Error)?
+        do {
+            try await dispatcher.apply(effect, generations)
+        } catch {
+            refused = error
         }
+        for generation in generations { metrics.observe(effect, generation) }
+        await signals.signal(generations.map(\.id))
+        if let refused { throw refused }
     }
 }

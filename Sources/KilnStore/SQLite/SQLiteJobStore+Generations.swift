@@ -182,34 +182,50 @@ extension SQLiteJobStore {
         }
     }
 
-    public func complete(_ id: GenerationID, worker: WorkerID, token: FencingToken, outputs: [String], at: Date)
-        async throws -> Generation
-    {
+    public func complete(_ reports: [CompletionReport], worker: WorkerID, at: Date) async throws -> [Result<Generation, KilnError>] {
         try await write { db in
-            guard let (generation, held) = try Self.fetchForTransition(db, id: id) else {
-                throw KilnError(.notFound, "no generation '\(id)'")
-            }
-            // The lease first: a stale token is told so, whatever outputs it names.
-            try Lifecycle.holding(generation, worker: worker, token: token, allowCanceled: false)
-            var files: [String: OutputFile] = [:]
-            for name in outputs {
-                guard
-                    let row = try Row.fetchOne(
-                        db,
-                        cached: """
-                            SELECT f.* FROM job_outputs o JOIN files f ON f.id = o.file_id
-                            WHERE o.generation_id = ? AND o.token = ? AND o.name = ?
-                            """,
-                        arguments: [id.rawValue, token.value, name])
-                else {
-                    throw KilnError(.invalidInput, "outputs: '\(name)' was not uploaded for this lease")
+            try reports.map { report in
+                // Each in a savepoint of its own: one refused changes nothing, and the others go.
+                var result: Result<Generation, KilnError>?
+                try db.inSavepoint {
+                    do {
+                        result = .success(try Self.complete(report, worker: worker, at: at, db))
+                        return .commit
+                    } catch let error as KilnError {
+                        result = .failure(error)
+                        return .rollback
+                    }
                 }
-                let file = Self.file(from: row)
-                files[name] = OutputFile(fileID: file.id, contentType: file.contentType, size: file.size)
+                return result!
             }
-            let transition = try Lifecycle.complete(generation, worker: worker, token: token, outputs: files, at: at)
-            return try Self.persist(db, transition, from: generation, token: held, at: at)
         }
+    }
+
+    private static func complete(_ report: CompletionReport, worker: WorkerID, at: Date, _ db: Database) throws -> Generation {
+        let (id, token) = (report.id, report.token)
+        guard let (generation, held) = try fetchForTransition(db, id: id) else {
+            throw KilnError(.notFound, "no generation '\(id)'")
+        }
+        // The lease first: a stale token is told so, whatever outputs it names.
+        try Lifecycle.holding(generation, worker: worker, token: token, allowCanceled: false)
+        var files: [String: OutputFile] = [:]
+        for name in report.outputs {
+            guard
+                let row = try Row.fetchOne(
+                    db,
+                    cached: """
+                        SELECT f.* FROM job_outputs o JOIN files f ON f.id = o.file_id
+                        WHERE o.generation_id = ? AND o.token = ? AND o.name = ?
+                        """,
+                    arguments: [id.rawValue, token.value, name])
+            else {
+                throw KilnError(.invalidInput, "outputs: '\(name)' was not uploaded for this lease")
+            }
+            let file = Self.file(from: row)
+            files[name] = OutputFile(fileID: file.id, contentType: file.contentType, size: file.size)
+        }
+        let transition = try Lifecycle.complete(generation, worker: worker, token: token, outputs: files, at: at)
+        return try persist(db, transition, from: generation, token: held, at: at)
     }
 
     public func fail(
