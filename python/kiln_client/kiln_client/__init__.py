@@ -19,7 +19,7 @@ from .errors import (  # noqa: E402
     RateLimited, Unauthorized)
 from .types import (  # noqa: E402
     FINAL_STATES, Alias, AliasTarget, Delivery, DeliveryAttempt, ErrorDetail, File, Generation, GenerationEvent,
-    GenerationPage, Model, Output, Progress, QueueInfo, WebhookSecret)
+    GenerationPage, Model, Output, Progress, QueueInfo, SubmissionResult, WebhookSecret)
 from .webhooks import WebhookVerificationError  # noqa: E402
 
 __all__ = [
@@ -27,5 +27,5 @@ __all__ = [
     "KilnError", "KilnConnectionError", "InvalidRequest", "Unauthorized", "Forbidden", "NotFound", "Conflict",
     "PayloadTooLarge", "InvalidInput", "RateLimited",
     "FINAL_STATES", "Generation", "GenerationPage", "GenerationEvent", "Progress", "QueueInfo", "Output",
-    "ErrorDetail", "File", "Model", "Alias", "AliasTarget", "Delivery", "DeliveryAttempt", "WebhookSecret",
+    "ErrorDetail", "SubmissionResult", "File", "Model", "Alias", "AliasTarget", "Delivery", "DeliveryAttempt", "WebhookSecret",
 ]

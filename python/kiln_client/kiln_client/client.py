@@ -14,7 +14,7 @@ from . import sse
 from .errors import KilnConnectionError
 from .transport import CONNECTION_ERRORS, Transport, backoff
 from .types import (
-    FINAL_STATES, Delivery, File, Generation, GenerationEvent, GenerationPage, Model, WebhookSecret, from_json)
+    FINAL_STATES, Delivery, File, Generation, GenerationEvent, GenerationPage, Model, SubmissionResult, WebhookSecret, from_json)
 
 #: A file system path.
 Path = Union[str, os.PathLike]
@@ -83,6 +83,24 @@ class Generations:
             ops.CREATE_GENERATION,
             headers={"Idempotency-Key": idempotency_key or str(uuid.uuid4())},
             json={name: value for name, value in body.items() if value is not None})
+
+    def create_many(self, items: List[Dict[str, Any]], *, idempotency_key: Optional[str] = None) -> List[SubmissionResult]:
+        """Queues up to 100 generations in one request and one commit, and returns what became of
+        each, in order (see ``SubmissionResult``). Each item is the keyword arguments of ``create``
+        as a dict (``{"model": ..., "input": {...}, "alias": ...}``), and is admitted or refused on
+        its own as ``create`` would be: a refused item (unknown model, input that fails the
+        schema, an admission limit) has its ``error`` and ``status``, and the others still go.
+
+        Always sent with an ``Idempotency-Key`` (a new UUID unless you give one): the server keys
+        item ``i`` as ``<key>/<i>``, so a retry of the same batch (automatic after a connection
+        failure, or yours with the same ``idempotency_key`` and items) returns what the first
+        created and queues only the items it had refused.
+        """
+        return self._transport.call(
+            ops.CREATE_GENERATIONS,
+            headers={"Idempotency-Key": idempotency_key or str(uuid.uuid4())},
+            json={"generations": [{name: value for name, value in item.items() if value is not None} for item in items]},
+        ).results
 
     def get(self, id: str) -> Generation:
         """The generation ``id`` as it is now. A read: retried after connection failures."""

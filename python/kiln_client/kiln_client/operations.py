@@ -10,7 +10,8 @@ drift apart unnoticed.
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
-from .types import DeliveryList, File, Generation, GenerationEvent, GenerationPage, ModelList, WebhookSecretList
+from .types import (
+    DeliveryList, File, Generation, GenerationEvent, GenerationPage, ModelList, SubmissionResults, WebhookSecretList)
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,12 @@ CREATE_GENERATION = Operation(
     body="json", request_fields=("model", "input", "alias", "version", "callback_url", "callback_events"),
     response=Generation)
 
+CREATE_GENERATIONS = Operation(
+    "createGenerations", "POST", "/v1/generations/batch",
+    headers=("Idempotency-Key",),
+    body="json", request_fields=("generations",),
+    response=SubmissionResults)
+
 LIST_GENERATIONS = Operation(
     "listGenerations", "GET", "/v1/generations", query=("state", "limit", "cursor"), response=GenerationPage)
 
@@ -79,6 +86,6 @@ LIST_GENERATION_DELIVERIES = Operation(
 LIST_WEBHOOK_SECRETS = Operation("listWebhookSecrets", "GET", "/v1/webhooks/secrets", response=WebhookSecretList)
 
 OPERATIONS = (
-    UPLOAD_FILE, DOWNLOAD_FILE, DELETE_FILE, CREATE_GENERATION, LIST_GENERATIONS, GET_GENERATION, CANCEL_GENERATION,
+    UPLOAD_FILE, DOWNLOAD_FILE, DELETE_FILE, CREATE_GENERATION, CREATE_GENERATIONS, LIST_GENERATIONS, GET_GENERATION, CANCEL_GENERATION,
     STREAM_GENERATION_EVENTS, LIST_MODELS, LIST_GENERATION_DELIVERIES, LIST_WEBHOOK_SECRETS,
 )

@@ -51,7 +51,8 @@ class Output:
 
 @dataclass(frozen=True)
 class ErrorDetail:
-    """Why a generation failed, as its worker or the server reported it."""
+    """Why a generation failed, as its worker or the server reported it; or why an item of a batch
+    was refused."""
 
     code: str
     message: str
@@ -78,6 +79,28 @@ class Generation:
     created_at: datetime
     started_at: Optional[datetime]
     completed_at: Optional[datetime]
+    raw: dict = field(repr=False, compare=False)
+
+
+@dataclass(frozen=True)
+class SubmissionResult:
+    """What became of one item of ``generations.create_many``: ``status`` is what submitting it
+    alone would have answered (``201`` queued now, ``200`` queued earlier under the same key, or
+    ``400``, ``409``, ``422``, ``429``); ``generation`` is set on ``200`` and ``201``, ``error``
+    otherwise, with ``retry_after_seconds`` on ``429``."""
+
+    status: int
+    generation: Optional[Generation]
+    error: Optional[ErrorDetail]
+    retry_after_seconds: Optional[int]
+    raw: dict = field(repr=False, compare=False)
+
+
+@dataclass(frozen=True)
+class SubmissionResults:
+    """The answer of ``POST /v1/generations/batch``: one result per item sent, in order."""
+
+    results: List[SubmissionResult]
     raw: dict = field(repr=False, compare=False)
 
 

@@ -84,6 +84,23 @@ def test_the_same_idempotency_key_gives_the_same_generation(kiln):
     assert (reused.value.status, reused.value.code) == (409, "conflict")
 
 
+def test_create_many_answers_each_item_in_order_and_retries_safely(kiln):
+    key = str(uuid.uuid4())
+    items = [
+        {"model": DEMO_MODEL, "input": {"prompt": "first of a batch", **TINY}},
+        {"model": "no-such-model", "input": {}},
+        {"model": DEMO_MODEL, "input": {"prompt": "second of a batch", **TINY}},
+    ]
+    results = kiln.generations.create_many(items, idempotency_key=key)
+    assert [result.status for result in results] == [201, 422, 201]
+    assert results[1].generation is None and results[1].error.code == "invalid_input"
+    assert results[0].generation.state == "queued" and results[0].generation.input["prompt"] == "first of a batch"
+    again = kiln.generations.create_many(items, idempotency_key=key)
+    assert [result.status for result in again] == [200, 422, 200]
+    assert [result.generation.id for result in again if result.generation] == [
+        result.generation.id for result in results if result.generation]
+
+
 def test_errors_are_typed(kiln, kiln_up):
     with pytest.raises(NotFound) as not_found:
         kiln.generations.get("gen_0000")
