@@ -149,6 +149,8 @@ extension PostgresJobStore {
         }
         // Several: their rows locked in one transaction, one commit for all.
         return try await write { session in
+            // Every row locked first, in `seq` order as the lease reaper locks them.
+            try await session.run("SELECT seq FROM generations WHERE seq = ANY(\(sequences)) ORDER BY seq FOR UPDATE")
             var leased: [Generation?] = []
             for sequence in sequences {
                 guard
@@ -235,7 +237,7 @@ extension PostgresJobStore {
                             try Lifecycle.complete($0, worker: worker, token: report.token, outputs: [:], at: at)
                         })
                 ]
-            } catch let error as KilnError {
+            } catch let error as KilnError where error.refusesItem {
                 return [.failure(error)]
             }
         }
@@ -243,11 +245,15 @@ extension PostgresJobStore {
         // the same name may replace an output between reading it and keeping it. Each is checked
         // before anything of it is written, so a refused one writes nothing.
         return try await write { session in
+            // Every row locked first, in `seq` order as the lease reaper locks them, so that the two
+            // never wait on each other; then each report in the order sent.
+            try await session.run(
+                "SELECT seq FROM generations WHERE id = ANY(\(reports.map(\.id.rawValue))) ORDER BY seq FOR UPDATE")
             var results: [Result<Generation, KilnError>] = []
             for report in reports {
                 do {
                     results.append(.success(try await Self.complete(report, worker: worker, at: at, session)))
-                } catch let error as KilnError {
+                } catch let error as KilnError where error.refusesItem {
                     results.append(.failure(error))
                 }
             }

@@ -66,7 +66,7 @@ public struct Traffic: Sendable {
     public var count: Int { jobs.count }
 }
 
-/// One job of the day: 48 bytes, since a run touches half a million of them in no cache-friendly
+/// One job of the day: 40 bytes, since a run touches half a million of them in no cache-friendly
 /// order; the narrow fields are read as `Int`.
 struct SimJob: Sendable {
     /// When it joined the queue: before the run began (negative) for a trace job that had waited.

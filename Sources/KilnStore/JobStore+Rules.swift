@@ -62,6 +62,18 @@ extension KilnError {
     }
 }
 
+extension KilnError {
+    /// Whether the error refuses one item of a batch (a stale lease, an unknown generation, input
+    /// that does not hold, a conflict) rather than the store's failing: only such errors are
+    /// answered per item; the others fail the whole call.
+    public var refusesItem: Bool {
+        switch code {
+        case .staleLease, .notFound, .invalidInput, .conflict: true
+        default: false
+        }
+    }
+}
+
 extension SubmissionRequest {
     /// A batch of submissions is of one account and tier, whose caps it counts once.
     ///

@@ -61,7 +61,10 @@ struct Simulate: AsyncParsableCommand {
         var drawn: Traffic?
         let drawing: Duration
         do {
-            drawing = try ContinuousClock().measure { drawn = try Traffic(scenario: loaded) }
+            // Checked as the first run's scenario (the fleet a file names may not be the one asked for).
+            var first = loaded
+            first.fleet.mode = fleets[0]
+            drawing = try ContinuousClock().measure { drawn = try Traffic(scenario: first) }
         } catch let error as KilnError {
             throw ValidationError(error.message)
         }

@@ -205,9 +205,13 @@ extension APIHandler {
         let tier = submitter.tier
         var results = try await services.store.submit(
             requests, admission: Admission(maxQueuedPerAccount: tier.maxQueuedPerAccount, maxQueuedInTier: tier.maxQueued))
+        // What is committed goes to the dispatcher first: nothing after this may strand it.
+        let created = results.compactMap { result in (try? result.get()).flatMap { $0.created ? $0.generation : nil } }
+        try await services.transitions.apply(.submitted, created)
         if results.contains(where: { if case .failure(let error) = $0 { error.code == .rateLimited } else { false } }) {
-            let oldest = try await services.store.oldestQueuedGeneration(of: submitter.account)
-            let retryAfter = await services.dispatcher.retryAfter(oldestQueued: oldest, tier: tier.name)
+            // Only an estimate: without the account's oldest job, the tier's rate alone gives it.
+            let oldest = try? await services.store.oldestQueuedGeneration(of: submitter.account)
+            let retryAfter = await services.dispatcher.retryAfter(oldestQueued: oldest ?? nil, tier: tier.name)
             for index in results.indices {
                 guard case .failure(var error) = results[index], error.code == .rateLimited else { continue }
                 services.metrics.refused(tier: tier.name)
@@ -215,8 +219,6 @@ extension APIHandler {
                 results[index] = .failure(error)
             }
         }
-        let created = results.compactMap { result in (try? result.get()).flatMap { $0.created ? $0.generation : nil } }
-        try await services.transitions.apply(.submitted, created)
         return results
     }
 

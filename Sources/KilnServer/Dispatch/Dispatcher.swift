@@ -95,10 +95,6 @@ public actor Dispatcher {
 
     // MARK: Events from the API
 
-    public func submitted(_ generation: Generation) throws {
-        try submitted([generation])
-    }
-
     /// A committed transition of each generation (see ``TransitionSink``).
     ///
     /// - Throws: a submission's error whose tier is unknown, after applying all the others.

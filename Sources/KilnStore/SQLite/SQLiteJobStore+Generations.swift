@@ -191,7 +191,7 @@ extension SQLiteJobStore {
                     do {
                         result = .success(try Self.complete(report, worker: worker, at: at, db))
                         return .commit
-                    } catch let error as KilnError {
+                    } catch let error as KilnError where error.refusesItem {
                         result = .failure(error)
                         return .rollback
                     }
