@@ -48,29 +48,17 @@ extension PostgresJobStore {
                     continue
                 }
                 if let cap = admission.maxQueuedPerAccount {
-                    let queued: Int
-                    if let known = queuedInAccount {
-                        queued = known
-                    } else {
-                        queued = try await session.value(
-                            "SELECT COUNT(*) FROM generations WHERE account_id = \(stored.accountID.rawValue) AND state = 'queued'",
-                            as: Int.self) ?? 0
-                    }
-                    queuedInAccount = queued
+                    let queued = try await Self.count(
+                        &queuedInAccount, session,
+                        "SELECT COUNT(*) FROM generations WHERE account_id = \(stored.accountID.rawValue) AND state = 'queued'")
                     if queued >= cap {
                         results.append(.failure(.accountQueueFull(queued: queued, cap: cap, tier: stored.tier)))
                         continue
                     }
                 }
                 if let cap = admission.maxQueuedInTier {
-                    let queued: Int
-                    if let known = queuedInTier {
-                        queued = known
-                    } else {
-                        queued = try await session.value(
-                            "SELECT COUNT(*) FROM generations WHERE tier = \(stored.tier) AND state = 'queued'", as: Int.self) ?? 0
-                    }
-                    queuedInTier = queued
+                    let queued = try await Self.count(
+                        &queuedInTier, session, "SELECT COUNT(*) FROM generations WHERE tier = \(stored.tier) AND state = 'queued'")
                     if queued >= cap {
                         results.append(.failure(.tierQueueFull(queued: queued, cap: cap, tier: stored.tier)))
                         continue
@@ -91,6 +79,14 @@ extension PostgresJobStore {
             }
             return results
         }
+    }
+
+    /// `known`, or else the count `query` reads, kept in `known` for the next item of the batch.
+    private static func count(_ known: inout Int?, _ session: PostgresSession, _ query: PostgresQuery) async throws -> Int {
+        if let known { return known }
+        let counted = try await session.value(query, as: Int.self) ?? 0
+        known = counted
+        return counted
     }
 
     /// Inserts a submitted generation and its `queued` event, in one statement.

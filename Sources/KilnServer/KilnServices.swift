@@ -51,6 +51,12 @@ public struct KilnServices: Sendable {
 
     /// The API's view of a generation, with its place in the queue while queued.
     func render(_ generation: Generation) async throws -> Components.Schemas.GenerationObject {
-        try Components.Schemas.GenerationObject(generation, place: await dispatcher.queuePlace(for: generation))
+        try await render([generation])[0]
+    }
+
+    /// ``render(_:)`` of each, with one call to the dispatcher for all their places.
+    func render(_ generations: [Generation]) async throws -> [Components.Schemas.GenerationObject] {
+        let places = await dispatcher.queuePlaces(for: generations)
+        return try zip(generations, places).map { try Components.Schemas.GenerationObject($0, place: $1) }
     }
 }

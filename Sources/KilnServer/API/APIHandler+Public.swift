@@ -112,9 +112,7 @@ extension APIHandler {
             }
         }
         for (position, outcome) in zip(positions, try await submit(requests, for: submitter)) { outcomes[position] = outcome }
-        let places = await services.dispatcher.queuePlaces(
-            for: outcomes.compactMap { outcome in (try? outcome?.get())?.generation })
-        var rendered = places.makeIterator()
+        var rendered = try await services.render(outcomes.compactMap { outcome in (try? outcome?.get())?.generation }).makeIterator()
         var results: [Components.Schemas.SubmissionResult] = []
         results.reserveCapacity(items.count)
         for outcome in outcomes {
@@ -123,7 +121,7 @@ extension APIHandler {
                 results.append(
                     .init(
                         status: submission.created ? ._201 : ._200,
-                        generation: try .init(submission.generation, place: rendered.next()!)))
+                        generation: rendered.next()!))
             case .failure(let error):
                 let status = Components.Schemas.SubmissionResult.StatusPayload(rawValue: ErrorMiddleware.status(of: error.code).code)!
                 results.append(

@@ -251,7 +251,7 @@ public actor Dispatcher {
     public var policy: any SchedulingPolicy { scheduler.policy }
 
     /// Position, ETA and deadline of a queued generation.
-    public func queuePlace(for generation: Generation) -> QueuePlace? {
+    private func queuePlace(for generation: Generation) -> QueuePlace? {
         guard generation.state == .queued, let position = scheduler.position(of: generation.sequence, now: now) else {
             return nil
         }
