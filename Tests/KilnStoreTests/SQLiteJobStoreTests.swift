@@ -17,10 +17,11 @@ struct SQLiteJobStoreTests {
         var events: [GenerationID: [GenerationEvent]] = [:]
     }
 
-    @Test("synchronous = FULL is in effect on the connection that writes")
-    func synchronousFull() throws {
+    @Test("synchronous = FULL and temp_store = MEMORY are in effect on the connection that writes")
+    func writerPragmas() throws {
         let store = try SQLiteJobStore(path: try temporaryDatabasePath())
-        #expect(try store.writerSynchronousMode() == 2)
+        #expect(try store.writerPragma("synchronous") == 2, "2 is FULL")
+        #expect(try store.writerPragma("temp_store") == 2, "2 is MEMORY: savepoints' undo logs never touch a file")
     }
 
     @Test("changes made at once commit together; one that fails rolls back alone and the rest are kept")
