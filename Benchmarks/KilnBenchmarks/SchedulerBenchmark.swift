@@ -17,7 +17,7 @@ enum SchedulerBenchmark {
     static func run(jobs: Int, decisions: Int, accounts: Int) throws {
         let tiers = TierTable.standard.names
         var generator = SplitMix64(seed: 42)
-        let accountIDs = (0..<accounts).map { _ in AccountID.random(using: &generator) }
+        let accountIDs = (0..<accounts).map { _ in AccountID.random(at: Date(timeIntervalSince1970: 0), using: &generator) }
         let models = ["text-to-video", "modify-video"]
         let queued = (0..<jobs).map { i in
             QueuedJob(
