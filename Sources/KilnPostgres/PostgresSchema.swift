@@ -152,6 +152,18 @@ enum PostgresSchema {
                 // The admin's latest generations in a state (the dashboard's failures), newest first.
                 "CREATE INDEX generations_by_state_seq ON generations(state, seq)"
             ]),
+        Migration(
+            version: 4, name: "partial-indexes",
+            statements: [
+                // A tier's queued count and a worker's running jobs read indexes of those
+                // generations only, which every transition of a job no longer rewrites; the lease
+                // reaper reads the running generations (at most the fleet) by state.
+                "DROP INDEX generations_by_state",
+                "DROP INDEX generations_by_lease",
+                "DROP INDEX generations_by_worker",
+                "CREATE INDEX generations_queued_by_tier ON generations(tier) WHERE state = 'queued'",
+                "CREATE INDEX generations_running_by_worker ON generations(lease_worker) WHERE state = 'running'",
+            ]),
     ]
 
     /// Applies the migrations the database lacks, in one transaction that holds the migrations'

@@ -148,6 +148,20 @@ enum SQLiteSchema {
             // The admin's latest generations in a state (the dashboard's failures), newest first.
             try db.execute(sql: "CREATE INDEX generations_by_state_seq ON generations(state, seq)")
         }
+        migrator.registerMigration("v13-partial-indexes") { db in
+            // The indexes that serve a tier's queued count and a worker's running jobs hold only
+            // those generations: a handful of pages, where indexes of every generation took a page
+            // of each for every transition of a job. The lease reaper reads the running
+            // generations (at most the fleet's size) through `generations_by_state_seq`.
+            try db.execute(
+                sql: """
+                    DROP INDEX generations_by_state;
+                    DROP INDEX generations_by_lease;
+                    DROP INDEX generations_by_worker;
+                    CREATE INDEX generations_queued_by_tier ON generations(tier) WHERE state = 'queued';
+                    CREATE INDEX generations_running_by_worker ON generations(lease_worker) WHERE state = 'running';
+                    """)
+        }
         return migrator
     }
 }
