@@ -81,7 +81,7 @@ extension SQLiteJobStore {
 
     public func generation(sequence: Int64) async throws -> Generation? {
         try await pool.read { db in
-            try Row.fetchOne(db, cached: "SELECT * FROM generations WHERE seq = ?", arguments: [sequence]).map(Self.generation(from:))
+            try Row.fetchOne(db, cached: "SELECT \(Self.generationColumns) FROM generations WHERE seq = ?", arguments: [sequence]).map(Self.generation(from:))
         }
     }
 
@@ -103,7 +103,7 @@ extension SQLiteJobStore {
                 conditions.append("seq < ?")
                 arguments += [before]
             }
-            var sql = "SELECT * FROM generations"
+            var sql = "SELECT \(Self.generationColumns) FROM generations"
             if !conditions.isEmpty { sql += " WHERE " + conditions.joined(separator: " AND ") }
             sql += " ORDER BY seq DESC LIMIT ?"
             arguments += [limit]
@@ -127,12 +127,12 @@ extension SQLiteJobStore {
     private static func lease(_ sequence: Int64, to worker: WorkerRecord, at: Date, ttl: Double, start: Bool, _ db: Database) throws
         -> Generation?
     {
-        guard let row = try Row.fetchOne(db, cached: "SELECT * FROM generations WHERE seq = ?", arguments: [sequence]) else {
+        guard let row = try Row.fetchOne(db, cached: "SELECT \(Self.generationColumns) FROM generations WHERE seq = ?", arguments: [sequence]) else {
             return nil
         }
         let generation = Self.generation(from: row)
         guard generation.state == .queued else { return nil }
-        let token: Int64 = row["lease_token"]
+        let token: Int64 = row[.leaseToken]
         // Resolve the alias now, in the same transaction: the generation records what it runs.
         var version: String?
         if generation.version == nil, let aliasName = generation.alias, let alias = try fetchAlias(db, aliasName, of: generation.model) {
@@ -239,11 +239,11 @@ extension SQLiteJobStore {
     public func expireLeases(at now: Date) async throws -> [Generation] {
         try await write { db in
             let expired = try Row.fetchAll(
-                db, cached: "SELECT * FROM generations WHERE state = 'running' AND lease_expires_at < ? ORDER BY seq",
+                db, cached: "SELECT \(Self.generationColumns) FROM generations WHERE state = 'running' AND lease_expires_at < ? ORDER BY seq",
                 arguments: [now.timeIntervalSince1970])
             return try expired.map { row in
                 let generation = Self.generation(from: row)
-                return try Self.persist(db, Lifecycle.expire(generation, at: now), from: generation, token: row["lease_token"], at: now)
+                return try Self.persist(db, Lifecycle.expire(generation, at: now), from: generation, token: row[.leaseToken], at: now)
             }
         }
     }
@@ -260,12 +260,12 @@ extension SQLiteJobStore {
     public func releaseLeases(of worker: WorkerID, reason: String, at: Date) async throws -> [Generation] {
         try await write { db in
             let held = try Row.fetchAll(
-                db, cached: "SELECT * FROM generations WHERE lease_worker = ? AND state = 'running' ORDER BY seq",
+                db, cached: "SELECT \(Self.generationColumns) FROM generations WHERE lease_worker = ? AND state = 'running' ORDER BY seq",
                 arguments: [worker.rawValue])
             return try held.map { row in
                 let generation = Self.generation(from: row)
                 return try Self.persist(
-                    db, Lifecycle.release(generation, reason: reason), from: generation, token: row["lease_token"], at: at)
+                    db, Lifecycle.release(generation, reason: reason), from: generation, token: row[.leaseToken], at: at)
             }
         }
     }
@@ -273,7 +273,7 @@ extension SQLiteJobStore {
     public func oldestQueuedGeneration(of account: AccountID) async throws -> Generation? {
         try await pool.read { db in
             try Row.fetchOne(
-                db, cached: "SELECT * FROM generations WHERE account_id = ? AND state = 'queued' ORDER BY queued_at, seq LIMIT 1",
+                db, cached: "SELECT \(Self.generationColumns) FROM generations WHERE account_id = ? AND state = 'queued' ORDER BY queued_at, seq LIMIT 1",
                 arguments: [account.rawValue]
             ).map(Self.generation(from:))
         }
@@ -281,13 +281,13 @@ extension SQLiteJobStore {
 
     public func queuedGenerations() async throws -> [Generation] {
         try await pool.read { db in
-            try Row.fetchAll(db, cached: "SELECT * FROM generations WHERE state = 'queued' ORDER BY seq").map(Self.generation(from:))
+            try Row.fetchAll(db, cached: "SELECT \(Self.generationColumns) FROM generations WHERE state = 'queued' ORDER BY seq").map(Self.generation(from:))
         }
     }
 
     public func runningGenerations() async throws -> [Generation] {
         try await pool.read { db in
-            try Row.fetchAll(db, cached: "SELECT * FROM generations WHERE state = 'running' ORDER BY seq").map(Self.generation(from:))
+            try Row.fetchAll(db, cached: "SELECT \(Self.generationColumns) FROM generations WHERE state = 'running' ORDER BY seq").map(Self.generation(from:))
         }
     }
 
@@ -322,8 +322,8 @@ extension SQLiteJobStore {
 
     /// The generation and the last fencing token issued for it (kept while it is not leased).
     static func fetchForTransition(_ db: Database, id: GenerationID) throws -> (Generation, Int64)? {
-        try Row.fetchOne(db, cached: "SELECT * FROM generations WHERE id = ?", arguments: [id.rawValue]).map {
-            (generation(from: $0), $0["lease_token"])
+        try Row.fetchOne(db, cached: "SELECT \(Self.generationColumns) FROM generations WHERE id = ?", arguments: [id.rawValue]).map {
+            (generation(from: $0), $0[.leaseToken])
         }
     }
 
@@ -336,24 +336,23 @@ extension SQLiteJobStore {
         let after = transition.generation
         if after != before {
             let lease = after.lease
+            // Positional arguments, by the row's key: named ones are a dictionary built per call.
             try db.run(
                 sql: """
-                    UPDATE generations SET state = :state, version = :version, attempts = :attempts, lease_token = :token,
-                        lease_worker = :worker, lease_cluster = :cluster, leased_at = :leasedAt, lease_expires_at = :expires,
-                        lease_started_at = :leaseStarted, lease_acked = :acked, progress_fraction = :fraction,
-                        progress_stage = :stage, output = :output, error_code = :errorCode, error_message = :errorMessage,
-                        started_at = :startedAt, completed_at = :completedAt, unacknowledged_leases = :unacknowledged
-                    WHERE id = :id AND state = :beforeState AND lease_token = :beforeToken
+                    UPDATE generations SET state = ?, version = ?, attempts = ?, lease_token = ?, lease_worker = ?,
+                        lease_cluster = ?, leased_at = ?, lease_expires_at = ?, lease_started_at = ?, lease_acked = ?,
+                        progress_fraction = ?, progress_stage = ?, output = ?, error_code = ?, error_message = ?,
+                        started_at = ?, completed_at = ?, unacknowledged_leases = ?
+                    WHERE seq = ? AND state = ? AND lease_token = ?
                     """,
                 arguments: [
-                    "state": after.state.rawValue, "version": after.version, "attempts": after.attempts,
-                    "token": lease?.token.value ?? token, "worker": lease?.workerID.rawValue, "cluster": lease?.cluster,
-                    "leasedAt": lease?.leasedAt.timeIntervalSince1970, "expires": lease?.expiresAt.timeIntervalSince1970,
-                    "leaseStarted": lease?.startedAt?.timeIntervalSince1970, "acked": lease?.acknowledged ?? false,
-                    "fraction": after.progress.fraction, "stage": after.progress.stage, "output": after.output.isEmpty ? "{}" : JSONColumn.encode(after.output),
-                    "errorCode": after.error?.code, "errorMessage": after.error?.message,
-                    "startedAt": after.startedAt?.timeIntervalSince1970, "completedAt": after.completedAt?.timeIntervalSince1970,
-                    "unacknowledged": after.unacknowledgedLeases, "id": after.id.rawValue, "beforeState": before.state.rawValue, "beforeToken": token,
+                    after.state.rawValue, after.version, after.attempts, lease?.token.value ?? token, lease?.workerID.rawValue,
+                    lease?.cluster, lease?.leasedAt.timeIntervalSince1970, lease?.expiresAt.timeIntervalSince1970,
+                    lease?.startedAt?.timeIntervalSince1970, lease?.acknowledged ?? false,
+                    after.progress.fraction, after.progress.stage, after.output.isEmpty ? "{}" : JSONColumn.encode(after.output),
+                    after.error?.code, after.error?.message,
+                    after.startedAt?.timeIntervalSince1970, after.completedAt?.timeIntervalSince1970, after.unacknowledgedLeases,
+                    after.sequence, before.state.rawValue, token,
                 ])
             guard db.changesCount == 1 else {
                 throw KilnError.generationChanged(after.id)

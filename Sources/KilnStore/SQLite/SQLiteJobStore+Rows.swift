@@ -5,7 +5,8 @@ import KilnCore
 /// Row mapping: records from rows, and the JSON columns.
 extension SQLiteJobStore {
     static func fetchGeneration(_ db: Database, id: GenerationID) throws -> Generation? {
-        try Row.fetchOne(db, cached: "SELECT * FROM generations WHERE id = ?", arguments: [id.rawValue]).map(generation(from:))
+        try Row.fetchOne(db, cached: "SELECT \(generationColumns) FROM generations WHERE id = ?", arguments: [id.rawValue])
+            .map(generation(from:))
     }
 
     static func insert(_ file: FileRecord, _ db: Database) throws {
@@ -20,38 +21,42 @@ extension SQLiteJobStore {
             ])
     }
 
+    /// The columns every read of a generation selects, in ``GenerationColumn`` order.
+    static let generationColumns = GenerationColumn.names.joined(separator: ", ")
+
+    /// A generation from a row of ``generationColumns``.
     static func generation(from row: Row) -> Generation {
         var lease: LeaseInfo?
-        if let worker = row["lease_worker"] as String?, let leasedAt = row["leased_at"] as Double?,
-            let expires = row["lease_expires_at"] as Double?
+        if let worker = row[.leaseWorker] as String?, let leasedAt = row[.leasedAt] as Double?,
+            let expires = row[.leaseExpiresAt] as Double?
         {
             lease = LeaseInfo(
-                workerID: WorkerID(unchecked: worker), cluster: row["lease_cluster"] ?? "", token: FencingToken(row["lease_token"] as Int64),
+                workerID: WorkerID(unchecked: worker), cluster: row[.leaseCluster] ?? "", token: FencingToken(row[.leaseToken] as Int64),
                 leasedAt: Date(timeIntervalSince1970: leasedAt), expiresAt: Date(timeIntervalSince1970: expires),
-                startedAt: (row["lease_started_at"] as Double?).map(Date.init(timeIntervalSince1970:)),
-                acknowledged: (row["lease_acked"] as Int?) == 1)
+                startedAt: (row[.leaseStartedAt] as Double?).map(Date.init(timeIntervalSince1970:)),
+                acknowledged: (row[.leaseAcked] as Int?) == 1)
         }
         var error: JobFailure?
-        if let code = row["error_code"] as String? {
-            error = JobFailure(code: code, message: row["error_message"] ?? "")
+        if let code = row[.errorCode] as String? {
+            error = JobFailure(code: code, message: row[.errorMessage] ?? "")
         }
-        let inputText: String = row["input"]
+        let inputText: String = row[.input]
         let input = inputText == "{}" ? [:] : (try? JSONValue.parse(inputText))?.objectValue ?? [:]
-        let inputFiles: [String: String] = JSONColumn.decode(row["input_files"]) ?? [:]
+        let inputFiles: [String: String] = JSONColumn.decode(row[.inputFiles]) ?? [:]
         var generation = Generation(
-            id: GenerationID(unchecked: row["id"]), sequence: row["seq"], accountID: AccountID(unchecked: row["account_id"]),
-            model: row["model"], version: row["version"], alias: row["alias"], tier: row["tier"],
-            accelerators: JSONColumn.decode(row["accelerators"]) ?? [], gpus: row["gpus"],
-            state: GenerationState(rawValue: row["state"]) ?? .failed, input: input,
+            id: GenerationID(unchecked: row[.id]), sequence: row[.seq], accountID: AccountID(unchecked: row[.accountID]),
+            model: row[.model], version: row[.version], alias: row[.alias], tier: row[.tier],
+            accelerators: JSONColumn.decode(row[.accelerators]) ?? [], gpus: row[.gpus],
+            state: GenerationState(rawValue: row[.state]) ?? .failed, input: input,
             inputFiles: inputFiles.mapValues(FileID.init(unchecked:)),
-            progress: JobProgress(fraction: row["progress_fraction"], stage: row["progress_stage"]),
-            output: JSONColumn.decode(row["output"]) ?? [:], error: error, attempts: row["attempts"], maxAttempts: row["max_attempts"],
-            callbackURL: row["callback_url"], createdAt: Date(timeIntervalSince1970: row["created_at"]),
-            queuedAt: Date(timeIntervalSince1970: row["queued_at"]),
-            startedAt: (row["started_at"] as Double?).map(Date.init(timeIntervalSince1970:)),
-            completedAt: (row["completed_at"] as Double?).map(Date.init(timeIntervalSince1970:)), lease: lease)
-        generation.unacknowledgedLeases = row["unacknowledged_leases"]
-        generation.callbackEvents = JSONColumn.decode(row["callback_events"]) ?? []
+            progress: JobProgress(fraction: row[.progressFraction], stage: row[.progressStage]),
+            output: JSONColumn.decode(row[.output]) ?? [:], error: error, attempts: row[.attempts], maxAttempts: row[.maxAttempts],
+            callbackURL: row[.callbackURL], createdAt: Date(timeIntervalSince1970: row[.createdAt]),
+            queuedAt: Date(timeIntervalSince1970: row[.queuedAt]),
+            startedAt: (row[.startedAt] as Double?).map(Date.init(timeIntervalSince1970:)),
+            completedAt: (row[.completedAt] as Double?).map(Date.init(timeIntervalSince1970:)), lease: lease)
+        generation.unacknowledgedLeases = row[.unacknowledgedLeases]
+        generation.callbackEvents = JSONColumn.decode(row[.callbackEvents]) ?? []
         return generation
     }
 
@@ -82,6 +87,27 @@ extension SQLiteJobStore {
             keyID: (row["key_id"] as String?).map(KeyID.init(unchecked:)), registeredAt: Date(timeIntervalSince1970: row["registered_at"]),
             lastSeenAt: Date(timeIntervalSince1970: row["last_seen_at"]))
     }
+}
+
+/// A column of ``SQLiteJobStore/generationColumns``: a generation is read by position, since a read
+/// by name compares the name, lowercased, with each column's.
+enum GenerationColumn: Int, CaseIterable {
+    case seq, id, accountID, model, version, alias, tier, state, input, inputFiles, progressFraction, progressStage, output
+    case errorCode, errorMessage, attempts, maxAttempts, callbackURL, createdAt, queuedAt, startedAt, completedAt
+    case leaseToken, leaseWorker, leaseCluster, leasedAt, leaseExpiresAt, leaseStartedAt, leaseAcked, unacknowledgedLeases
+    case accelerators, gpus, callbackEvents
+
+    /// Their names in the table, in case order.
+    static let names = [
+        "seq", "id", "account_id", "model", "version", "alias", "tier", "state", "input", "input_files", "progress_fraction",
+        "progress_stage", "output", "error_code", "error_message", "attempts", "max_attempts", "callback_url", "created_at",
+        "queued_at", "started_at", "completed_at", "lease_token", "lease_worker", "lease_cluster", "leased_at", "lease_expires_at",
+        "lease_started_at", "lease_acked", "unacknowledged_leases", "accelerators", "gpus", "callback_events",
+    ]
+}
+
+extension Row {
+    subscript<Value: DatabaseValueConvertible>(_ column: GenerationColumn) -> Value { self[column.rawValue] }
 }
 
 // The store's SQL goes through each connection's statement cache: a statement is compiled once per
