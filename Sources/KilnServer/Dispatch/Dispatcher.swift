@@ -34,13 +34,16 @@ public actor Dispatcher {
     /// How often ``sample()`` is called, and so how many samples an hour keeps.
     public static let sampleInterval: Duration = .seconds(30)
     private var identifiers: [Int64: GenerationID] = [:]
-    private var waiters: [UUID: Waiter] = [:]
+    /// Waiting workers by the number of their wait (a counter, not a random id: a `UUID` reads the
+    /// system's random source, one system call a long poll).
+    private var waiters: [Int: Waiter] = [:]
+    private var lastWait = 0
     /// Shutting down: no long poll waits.
     private var closing = false
     /// Waits ended by ``recall(_:)``: their long polls answer at once, with nothing.
-    private var recalled: Set<UUID> = []
+    private var recalled: Set<Int> = []
     /// Waiting workers, oldest first.
-    private var waitOrder: [UUID] = []
+    private var waitOrder: [Int] = []
     /// Waiting workers woken by an event (not by the end of their wait): how hard each change
     /// shakes the fleet.
     public private(set) var wakeups = 0
@@ -345,7 +348,8 @@ public actor Dispatcher {
     /// Waits for a change that may bring `offer` a job, at most `duration`.
     /// - Returns: whether the wait was recalled.
     private func waitForChange(for duration: Duration, offer: WorkerOffer, worker: WorkerID) async -> Bool {
-        let id = UUID()
+        lastWait += 1
+        let id = lastWait
         await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
             let timer = Task { [weak self] in
                 try? await Task.sleep(for: duration)
@@ -357,11 +361,11 @@ public actor Dispatcher {
         return recalled.remove(id) != nil
     }
 
-    private func timedOut(_ id: UUID) {
+    private func timedOut(_ id: Int) {
         removeWaiter(id)?.continuation.resume()
     }
 
-    private func removeWaiter(_ id: UUID) -> Waiter? {
+    private func removeWaiter(_ id: Int) -> Waiter? {
         guard let waiter = waiters.removeValue(forKey: id) else { return nil }
         waitOrder.removeAll { $0 == id }
         return waiter
