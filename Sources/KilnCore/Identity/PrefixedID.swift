@@ -26,9 +26,9 @@ extension PrefixedID {
         return random(at: Date(), using: &generator)
     }
 
-    /// The identifier made at `time` from `generator`'s bits: the milliseconds since 1970 (up to the
-    /// year 10889), then one 64-bit draw and 6 bits of a second (the system generator makes a system
-    /// call a draw, and a submission makes an id), five bits a character, most significant first.
+    /// The identifier made at `time` from `generator`'s bits, five bits a character: the milliseconds
+    /// since 1970 (up to the year 10889), most significant first, then 60 bits of one draw and 10 of
+    /// a second (the system generator makes a system call a draw, and a submission makes an id).
     public static func random<G: RandomNumberGenerator>(at time: Date, using generator: inout G) -> Self {
         let milliseconds = UInt64(max(0, time.timeIntervalSince1970 * 1000))
         let (high, low) = (generator.next(), generator.next())

@@ -35,12 +35,10 @@ final class GroupCommit: @unchecked Sendable {
 
     /// Runs `body` in the next group and returns its result once the group is committed.
     ///
-    /// The caller whose change finds no commit running leads: it commits the group itself, on its
-    /// own thread, so a change that arrives alone costs no hop to another thread and back (the
-    /// database's writer queue runs a synchronous write on the caller's thread). The leader's thread
-    /// waits for the disk meanwhile; one commit runs at a time, so at most one thread waits. Changes
-    /// that arrived meanwhile go to disk next, led by a task of their own, so that no leader's answer
-    /// waits for more than its own group.
+    /// The caller whose change finds no commit running leads: it commits the group itself, in its
+    /// own task, so a change that arrives alone costs no hop to another task. Changes that arrived
+    /// meanwhile go to disk next, led by a task of their own, so that no leader's answer waits for
+    /// more than its own group.
     /// - Throws: what `body` threw (its changes rolled back), or the commit's error.
     func write<T: Sendable>(_ body: @escaping @Sendable (Database) throws -> T) async throws -> T {
         let outcome = Outcome<T>()
@@ -65,7 +63,7 @@ final class GroupCommit: @unchecked Sendable {
             return true
         }
         if lead {
-            commitGroup()
+            await commitGroup()
             handOff()
         }
         return try await outcome.value()
@@ -80,14 +78,14 @@ final class GroupCommit: @unchecked Sendable {
         }
         if more {
             Task {
-                self.commitGroup()
+                await self.commitGroup()
                 self.handOff()
             }
         }
     }
 
     /// Commits the changes pending now, as one group, and answers their callers.
-    private func commitGroup() {
+    private func commitGroup() async {
         let group: [Change] = lock.withLock {
             let taken = pending
             pending.removeAll(keepingCapacity: true)
@@ -97,7 +95,7 @@ final class GroupCommit: @unchecked Sendable {
         do {
             let clock = ContinuousClock()
             let began = clock.now
-            try pool.write { db in
+            try await pool.write { db in
                 for change in group { change.apply(db) }
             }
             let observer = lock.withLock { self.observer }

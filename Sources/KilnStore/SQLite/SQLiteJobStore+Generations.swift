@@ -81,7 +81,7 @@ extension SQLiteJobStore {
 
     public func generation(sequence: Int64) async throws -> Generation? {
         try await pool.read { db in
-            try Row.fetchOne(db, cached: "SELECT \(Self.generationColumns) FROM generations WHERE seq = ?", arguments: [sequence]).map(Self.generation(from:))
+            try Row.fetchOne(db, cached: Self.generationBySequence, arguments: [sequence]).map(Self.generation(from:))
         }
     }
 
@@ -127,7 +127,7 @@ extension SQLiteJobStore {
     private static func lease(_ sequence: Int64, to worker: WorkerRecord, at: Date, ttl: Double, start: Bool, _ db: Database) throws
         -> Generation?
     {
-        guard let row = try Row.fetchOne(db, cached: "SELECT \(Self.generationColumns) FROM generations WHERE seq = ?", arguments: [sequence]) else {
+        guard let row = try Row.fetchOne(db, cached: generationBySequence, arguments: [sequence]) else {
             return nil
         }
         let generation = Self.generation(from: row)
@@ -239,7 +239,8 @@ extension SQLiteJobStore {
     public func expireLeases(at now: Date) async throws -> [Generation] {
         try await write { db in
             let expired = try Row.fetchAll(
-                db, cached: "SELECT \(Self.generationColumns) FROM generations WHERE state = 'running' AND lease_expires_at < ? ORDER BY seq",
+                db,
+                cached: "SELECT \(Self.generationColumns) FROM generations WHERE state = 'running' AND lease_expires_at < ? ORDER BY seq",
                 arguments: [now.timeIntervalSince1970])
             return try expired.map { row in
                 let generation = Self.generation(from: row)
@@ -273,7 +274,11 @@ extension SQLiteJobStore {
     public func oldestQueuedGeneration(of account: AccountID) async throws -> Generation? {
         try await pool.read { db in
             try Row.fetchOne(
-                db, cached: "SELECT \(Self.generationColumns) FROM generations WHERE account_id = ? AND state = 'queued' ORDER BY queued_at, seq LIMIT 1",
+                db,
+                cached: """
+                    SELECT \(Self.generationColumns) FROM generations WHERE account_id = ? AND state = 'queued'
+                    ORDER BY queued_at, seq LIMIT 1
+                    """,
                 arguments: [account.rawValue]
             ).map(Self.generation(from:))
         }
@@ -281,13 +286,15 @@ extension SQLiteJobStore {
 
     public func queuedGenerations() async throws -> [Generation] {
         try await pool.read { db in
-            try Row.fetchAll(db, cached: "SELECT \(Self.generationColumns) FROM generations WHERE state = 'queued' ORDER BY seq").map(Self.generation(from:))
+            try Row.fetchAll(db, cached: "SELECT \(Self.generationColumns) FROM generations WHERE state = 'queued' ORDER BY seq")
+                .map(Self.generation(from:))
         }
     }
 
     public func runningGenerations() async throws -> [Generation] {
         try await pool.read { db in
-            try Row.fetchAll(db, cached: "SELECT \(Self.generationColumns) FROM generations WHERE state = 'running' ORDER BY seq").map(Self.generation(from:))
+            try Row.fetchAll(db, cached: "SELECT \(Self.generationColumns) FROM generations WHERE state = 'running' ORDER BY seq")
+                .map(Self.generation(from:))
         }
     }
 
@@ -322,7 +329,7 @@ extension SQLiteJobStore {
 
     /// The generation and the last fencing token issued for it (kept while it is not leased).
     static func fetchForTransition(_ db: Database, id: GenerationID) throws -> (Generation, Int64)? {
-        try Row.fetchOne(db, cached: "SELECT \(Self.generationColumns) FROM generations WHERE id = ?", arguments: [id.rawValue]).map {
+        try Row.fetchOne(db, cached: generationByID, arguments: [id.rawValue]).map {
             (generation(from: $0), $0[.leaseToken])
         }
     }

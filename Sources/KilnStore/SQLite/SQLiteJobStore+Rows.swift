@@ -5,8 +5,7 @@ import KilnCore
 /// Row mapping: records from rows, and the JSON columns.
 extension SQLiteJobStore {
     static func fetchGeneration(_ db: Database, id: GenerationID) throws -> Generation? {
-        try Row.fetchOne(db, cached: "SELECT \(generationColumns) FROM generations WHERE id = ?", arguments: [id.rawValue])
-            .map(generation(from:))
+        try fetchForTransition(db, id: id)?.0
     }
 
     static func insert(_ file: FileRecord, _ db: Database) throws {
@@ -22,7 +21,10 @@ extension SQLiteJobStore {
     }
 
     /// The columns every read of a generation selects, in ``GenerationColumn`` order.
-    static let generationColumns = GenerationColumn.names.joined(separator: ", ")
+    static let generationColumns = GenerationColumn.allCases.map(\.name).joined(separator: ", ")
+    /// A generation by its key, and by its id: the reads of every transition, their SQL built once.
+    static let generationBySequence = "SELECT \(generationColumns) FROM generations WHERE seq = ?"
+    static let generationByID = "SELECT \(generationColumns) FROM generations WHERE id = ?"
 
     /// A generation from a row of ``generationColumns``.
     static func generation(from row: Row) -> Generation {
@@ -97,13 +99,17 @@ enum GenerationColumn: Int, CaseIterable {
     case leaseToken, leaseWorker, leaseCluster, leasedAt, leaseExpiresAt, leaseStartedAt, leaseAcked, unacknowledgedLeases
     case accelerators, gpus, callbackEvents
 
-    /// Their names in the table, in case order.
-    static let names = [
-        "seq", "id", "account_id", "model", "version", "alias", "tier", "state", "input", "input_files", "progress_fraction",
-        "progress_stage", "output", "error_code", "error_message", "attempts", "max_attempts", "callback_url", "created_at",
-        "queued_at", "started_at", "completed_at", "lease_token", "lease_worker", "lease_cluster", "leased_at", "lease_expires_at",
-        "lease_started_at", "lease_acked", "unacknowledged_leases", "accelerators", "gpus", "callback_events",
-    ]
+    /// Its name in the table: the case's name in snake case (`accountID` is `account_id`).
+    var name: String {
+        var name = ""
+        var afterLowercase = false
+        for character in String(describing: self) {
+            if character.isUppercase, afterLowercase { name.append("_") }
+            afterLowercase = character.isLowercase
+            name += character.lowercased()
+        }
+        return name
+    }
 }
 
 extension Row {
