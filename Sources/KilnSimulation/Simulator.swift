@@ -66,14 +66,13 @@ public struct Traffic: Sendable {
     public var count: Int { jobs.count }
 }
 
-/// One job of the day: 40 bytes, since a run touches half a million of them in no cache-friendly
+/// One job of the day: 32 bytes, since a run touches half a million of them in no cache-friendly
 /// order; the narrow fields are read as `Int`.
 struct SimJob: Sendable {
     /// When it joined the queue: before the run began (negative) for a trace job that had waited.
     var arrival: Double
     /// GPU seconds at speed 1.
     var work: Double
-    var dispatchedAt = 0.0
     private var account32: Int32
     /// Dispatches so far: events of an earlier dispatch (one released since) are ignored.
     private var dispatches32: Int32 = 0
@@ -81,7 +80,6 @@ struct SimJob: Sendable {
     private var model16: Int16
     /// Attempts charged (a released job is not charged for its dispatch).
     private var attempts16: Int16 = 0
-    var ended = false
 
     init(arrival: Double, tier: Int, account: Int, model: Int, work: Double) {
         self.arrival = arrival
@@ -117,9 +115,26 @@ struct SimWorker {
     var assignment: Int?
     var assignedAt = 0.0
     var drainDeadline: Double?
-    var job: Int?
+    /// Its job, while busy.
+    var lease: SimLease?
     /// Its index in its idle list, while idle.
     var idleSlot: Int?
+}
+
+/// What a worker's job is, copied at its lease: what the job's completion reads, so that a
+/// completion touches the worker alone and not the job (one of half a million, out of order).
+struct SimLease {
+    var job: Int32
+    var dispatch: Int32
+    var tier: Int16
+    var model: Int16
+    var attempts: Int32
+    /// Seconds from its arrival to this dispatch.
+    var wait: Double
+    /// Seconds it runs on this worker, a model switch excluded.
+    var runSeconds: Double
+
+    var index: Int { Int(job) }
 }
 
 /// What happens next; 32-bit payloads keep an event, with its key in the queue, in 32 bytes.
@@ -290,15 +305,14 @@ struct SimulationRun {
                 scheduler.started(Int64(index))
                 self.dispatch(now: time)
             case .finished(let index32, let worker32, let dispatch):
-                let (index, worker) = (Int(index32), Int(worker32))
-                guard jobs[index].dispatches == dispatch else { break }
-                scheduler.remove(Int64(index))
-                jobs[index].ended = true
-                metrics.completed(tier: jobs[index].tier, wait: jobs[index].dispatchedAt - jobs[index].arrival)
-                metrics.attemptsCharged += jobs[index].attempts
-                let model = jobs[index].model
-                runSum[model][workers[worker].pool] += jobs[index].work / speed(of: worker, model)
-                runCount[model][workers[worker].pool] += 1
+                let worker = Int(worker32)
+                // A released job's dispatch no longer holds the worker.
+                guard let lease = workers[worker].lease, lease.job == index32, lease.dispatch == dispatch else { break }
+                scheduler.remove(Int64(index32))
+                metrics.completed(tier: Int(lease.tier), wait: lease.wait)
+                metrics.attemptsCharged += Int(lease.attempts)
+                runSum[Int(lease.model)][workers[worker].pool] += lease.runSeconds
+                runCount[Int(lease.model)][workers[worker].pool] += 1
                 release(worker, now: time)
                 self.dispatch(now: time)
             case .failed(let index32, let worker32, let dispatch):
@@ -307,7 +321,7 @@ struct SimulationRun {
                 metrics.busy(-workers[worker].gpus)
                 alive(worker, -1)
                 workers[worker].state = .down
-                workers[worker].job = nil
+                workers[worker].lease = nil
                 workers[worker].loadedModel = nil
                 metrics.workerFailures += 1
                 events.schedule(.recovered(worker32), at: time + (scenario.failures?.recoverySeconds ?? 0))
@@ -319,7 +333,6 @@ struct SimulationRun {
                     metrics.retries += 1
                 } else {
                     scheduler.remove(Int64(index))
-                    jobs[index].ended = true
                     metrics.failed(tier: jobs[index].tier)
                 }
                 dispatch(now: time)
@@ -425,17 +438,19 @@ struct SimulationRun {
         jobs[index].attempts += 1
         jobs[index].dispatches += 1
         let dispatch = jobs[index].dispatches
-        jobs[index].dispatchedAt = now
         metrics.dispatched(tier: jobs[index].tier, wait: now - jobs[index].arrival)
         let model = jobs[index].model
         let cluster = scenario.clusters[workers[worker].cluster]
-        var runtime = jobs[index].work / speed(of: worker, model)
+        let runSeconds = jobs[index].work / speed(of: worker, model)
+        var runtime = runSeconds
         if workers[worker].loadedModel != model {
             runtime += scenario.models[model].switchSeconds
             load(model, on: worker)
         }
         workers[worker].state = .busy
-        workers[worker].job = index
+        workers[worker].lease = SimLease(
+            job: Int32(index), dispatch: Int32(dispatch), tier: Int16(jobs[index].tier), model: Int16(model),
+            attempts: Int32(jobs[index].attempts), wait: now - jobs[index].arrival, runSeconds: runSeconds)
         metrics.busy(workers[worker].gpus)
         let start = now + cluster.startDelaySeconds
         if cluster.startDelaySeconds > 0 {
@@ -471,7 +486,7 @@ struct SimulationRun {
     /// The worker's job ended: it leaves if retiring, else it takes work again.
     private mutating func release(_ worker: Int, now: Double) {
         metrics.busy(-workers[worker].gpus)
-        workers[worker].job = nil
+        workers[worker].lease = nil
         if workers[worker].retiring {
             workers[worker].state = .retired
             alive(worker, -1)
@@ -576,7 +591,7 @@ struct SimulationRun {
         fleetWorkers.reserveCapacity(live.count)
         for index in live {
             let worker = workers[index]
-            if let job = worker.job { running[jobs[job].model] += 1 }
+            if let lease = worker.lease { running[Int(lease.model)] += 1 }
             let state: FleetWorker.State =
                 worker.state == .provisioning ? .provisioning : worker.retiring ? .draining : .active
             fleetWorkers.append(
@@ -643,7 +658,7 @@ struct SimulationRun {
     /// A drained worker's grace is over: its job returns to the queue with its original queued
     /// time, charged no attempt, and the worker leaves.
     private mutating func releaseJob(of worker: Int) {
-        guard workers[worker].state == .busy, let job = workers[worker].job else {
+        guard workers[worker].state == .busy, let job = workers[worker].lease?.index else {
             retire(worker)
             return
         }
@@ -653,7 +668,7 @@ struct SimulationRun {
         metrics.releasedJobs += 1
         metrics.busy(-workers[worker].gpus)
         alive(worker, -1)
-        workers[worker].job = nil
+        workers[worker].lease = nil
         workers[worker].state = .retired
     }
 }

@@ -196,6 +196,7 @@ public struct Scheduler: Sendable {
     }
 
     private mutating func nextIndex(for worker: WorkerOffer, now: Double) -> (entry: Entry, queue: Int)? {
+        guard queuedCount > 0 else { return nil }
         // 1. The cluster's dispatch limit.
         // 2. The classes this worker can run (kept while the same offer keeps asking).
         let (mask, cluster) = eligibility(of: worker)
