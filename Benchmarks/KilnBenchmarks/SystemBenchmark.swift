@@ -18,8 +18,10 @@ import PostgresNIO
 /// them (a follower forwards to the leader).
 ///
 /// Three measures, one server, one run:
-/// - baseline: `GET /healthz` round trips with the workers' concurrency;
-/// - latency: workers idle in long polls, one submission at a time; submit sent → lease received;
+/// - baseline: `GET /healthz` round trips with the workers' concurrency, then one at a time (what
+///   one HTTP exchange costs on this machine, the floor under every latency below);
+/// - latency: workers idle in long polls, one submission at a time; submit sent → lease received,
+///   and submit sent → its own answer received;
 /// - throughput: `jobs` no-op generations from `submitters` clients, drained by `workers` clients,
 ///   once per worker protocol: `classic` (lease, start, complete: three calls a job) and
 ///   `combined` (one exchange call completes the last job and leases and starts the next).
@@ -129,16 +131,33 @@ enum SystemBenchmark {
                 format: "  baseline GET /healthz: %.0f/s, server CPU %.3f ms per request, load generator CPU %.3f ms", healthPerSecond,
                 health.serverCPU * 1000 / Double(options.jobs), health.clientCPU * 1000 / Double(options.jobs)))
 
+        var alone: [Double] = []
+        let clock = ContinuousClock()
+        for _ in 0..<300 {
+            let sent = clock.now
+            _ = try await setup.workers[0].client { try await $0.getHealth().ok }
+            alone.append((clock.now - sent).seconds)
+        }
+        say(
+            String(
+                format: "  baseline GET /healthz one at a time, there and back: p50 %.2f ms, p99 %.2f ms", percentile(alone, 0.5) * 1000,
+                percentile(alone, 0.99) * 1000))
+
         let syncs = try fsyncLatencies(in: cluster.servers[0].data, count: 200)
         say(
             String(
                 format: "  baseline fdatasync of 4 KiB in the server's data folder: p50 %.2f ms, p99 %.2f ms "
-                    + "(a submission and its lease each wait for one)", percentile(syncs, 0.5) * 1000, percentile(syncs, 0.99) * 1000))
-        let latencies = try await submitToLease(setup, samples: options.latencySamples)
+                    + "(a submission leased to a waiting worker waits for one)", percentile(syncs, 0.5) * 1000,
+                percentile(syncs, 0.99) * 1000))
+        let (latencies, answers) = try await submitToLease(setup, samples: options.latencySamples)
         say(
             String(
                 format: "  submit → lease, %d idle long-polling workers, one submission at a time: p50 %.2f ms, p99 %.2f ms (%d samples)",
                 options.workers, percentile(latencies, 0.5) * 1000, percentile(latencies, 0.99) * 1000, latencies.count))
+        say(
+            String(
+                format: "    the submission's own answer (201), same runs: p50 %.2f ms, p99 %.2f ms", percentile(answers, 0.5) * 1000,
+                percentile(answers, 0.99) * 1000))
         let inside = try await scratch?.queuedToLeased() ?? serverSideLatencies(cluster.servers[0])
         say(
             String(
@@ -195,7 +214,8 @@ enum SystemBenchmark {
     /// Workers wait in long polls; one submission at a time, each sent once the previous one was
     /// leased, completed by the worker that got it. The workers stop (within one poll of a second)
     /// once the samples are taken.
-    static func submitToLease(_ setup: Setup, samples: Int) async throws -> [Double] {
+    /// - Returns: seconds from each submission sent to its lease received, and to its own answer.
+    static func submitToLease(_ setup: Setup, samples: Int) async throws -> (leases: [Double], answers: [Double]) {
         let clock = ContinuousClock()
         let sent = LastSubmission()
         let samplesTaken = Counter()
@@ -228,18 +248,21 @@ enum SystemBenchmark {
             // Let every worker reach its long poll before the first submission.
             try await Task.sleep(for: .milliseconds(300))
             var done = leases.makeAsyncIterator()
+            var answers: [Double] = []
             for index in 0..<samples {
-                await sent.set(clock.now)
+                let start = clock.now
+                await sent.set(start)
                 let user = setup.submitters[0][index % setup.submitters[0].count]
                 _ = try await user {
                     try await $0.createGeneration(body: .json(.init(model: "noop", input: .init()))).created
                 }
+                answers.append((clock.now - start).seconds)
                 _ = await done.next()
             }
             await samplesTaken.add(1)
             var all: [Double] = []
             for try await seen in group { all += seen }
-            return all
+            return (all, answers)
         }
     }
 

@@ -9,8 +9,8 @@ extension PostgresJobStore {
         try SubmissionRequest.checkOneAccountAndTier(batch)
         guard let first = batch.first?.generation else { return [] }
         let keyed = batch.contains { $0.idempotency != nil }
-        if batch.count == 1, !keyed, admission.maxQueuedPerAccount == nil, admission.maxQueuedInTier == nil {
-            // Nothing to check first: one statement, committed on its own.
+        if batch.count == 1, !keyed, batch[0].handoff == nil, admission.maxQueuedPerAccount == nil, admission.maxQueuedInTier == nil {
+            // Nothing to check first nor to lease: one statement, committed on its own.
             let stored = first.asSubmitted
             return [.success(try await change { session in Submission(generation: try await Self.insert(stored, session), created: true) })]
         }
@@ -73,12 +73,29 @@ extension PostgresJobStore {
                             \(stored.createdAt.timeIntervalSince1970))
                         """)
                 }
+                if let handoff = request.handoff, let leased = try await Self.lease(inserted, to: handoff, session) {
+                    results.append(.success(Submission(generation: leased, created: true)))
+                    continue
+                }
                 queuedInAccount? += 1
                 queuedInTier? += 1
                 results.append(.success(Submission(generation: inserted, created: true)))
             }
             return results
         }
+    }
+
+    /// Leases a generation just inserted in this transaction to the worker its submission was
+    /// handed to.
+    private static func lease(_ inserted: Generation, to handoff: Handoff, _ session: PostgresSession) async throws -> Generation? {
+        guard
+            let row = try await session.row(
+                "SELECT \(unescaped: Self.generationColumns) FROM generations WHERE seq = \(inserted.sequence) FOR UPDATE")
+        else { return nil }
+        let stored = try StoredGeneration(row)
+        let transition = try await leaseTransition(
+            stored, to: handoff.worker, at: handoff.at, ttl: handoff.ttl, start: handoff.start, session)
+        return try await persistLocked(session, transition, from: stored, at: handoff.at)
     }
 
     /// `known`, or else the count `query` reads, kept in `known` for the next item of the batch.

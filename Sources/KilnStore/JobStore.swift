@@ -91,8 +91,13 @@ public protocol JobStore: Sendable {
     /// given) its idempotency key, in one transaction, checking the admission caps inside it. Each
     /// is admitted or refused on its own, in order: the caps count the ones admitted before it.
     ///
-    /// - Returns: for each request, in order: the stored generation (with its sequence) or the
-    ///   earlier one with the same idempotency key and request; or why it was refused:
+    /// An admitted request with a ``Handoff`` is then leased to its worker in the same transaction,
+    /// as ``lease(sequences:to:at:ttl:start:)`` would lease it: one commit from submission to lease.
+    /// It is not queued, so it does not count against the queue caps of the requests after it. A
+    /// replayed or refused request ignores its handoff.
+    ///
+    /// - Returns: for each request, in order: the stored generation (with its sequence; leased when
+    ///   handed off) or the earlier one with the same idempotency key and request; or why it was refused:
     ///   `.rateLimited` when a cap is reached, `.conflict` when its idempotency key was used for a
     ///   different request.
     /// - Throws: `.invalidRequest` when the requests are not all of one account and tier; what the
@@ -295,10 +300,31 @@ public struct CompletionReport: Sendable, Hashable {
 public struct SubmissionRequest: Sendable, Hashable {
     public var generation: Generation
     public var idempotency: IdempotencyClaim?
+    /// The waiting worker that takes it in the submission's own transaction, if any.
+    public var handoff: Handoff?
 
-    public init(_ generation: Generation, idempotency: IdempotencyClaim? = nil) {
+    public init(_ generation: Generation, idempotency: IdempotencyClaim? = nil, handoff: Handoff? = nil) {
         self.generation = generation
         self.idempotency = idempotency
+        self.handoff = handoff
+    }
+}
+
+/// A lease made in a submission's own transaction: a worker was waiting in a long poll for a job it
+/// could run, and the dispatcher reserved it for this one (see ``JobStore/submit(_:admission:)``).
+public struct Handoff: Sendable, Hashable {
+    public var worker: WorkerRecord
+    public var at: Date
+    /// The lease's time to live, in seconds.
+    public var ttl: Double
+    /// Started as it is leased, for a worker that runs the job at once.
+    public var start: Bool
+
+    public init(worker: WorkerRecord, at: Date, ttl: Double, start: Bool) {
+        self.worker = worker
+        self.at = at
+        self.ttl = ttl
+        self.start = start
     }
 }
 

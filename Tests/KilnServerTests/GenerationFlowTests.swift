@@ -246,10 +246,64 @@ struct GenerationFlowTests {
                 // Not a timing: wait until all three are in their long poll, then submit.
                 while await dispatcher.waiting < 3 { try await Task.sleep(for: .milliseconds(10)) }
                 let submitted = try await api.submit(user)
+                #expect(submitted.state == .running, "leased in the submission's own transaction")
                 #expect(await dispatcher.wakeups == 1)
                 let leased = try await group.reduce(into: [String]()) { if let id = $1 { $0.append(id) } }
                 #expect(leased == [submitted.id])
                 #expect(await dispatcher.wakeups == 1, "the other two ended their wait without being woken")
+            }
+        }
+    }
+
+    @Test("a waiting worker is not handed a job whose account is at its running cap; it takes the next one")
+    func handoffKeepsRunningCap() async throws {
+        var configuration = ServerConfiguration()
+        configuration.tiers = try TierTable([Tier(name: "light", maxWait: 600, maxRunningPerAccount: 1)])
+        let kiln = try await KilnHarness.make(configuration: configuration, clock: ManualWallClock(Date()))
+        try await kiln.withClient { api in
+            try await api.model()
+            let (_, capped) = try await api.account(tier: "light", name: "capped")
+            let (_, other) = try await api.account(tier: "light", name: "other")
+            let workerKey = try await api.workerKey()
+            let busy = try await api.register(workerKey)
+            let idle = try await api.register(workerKey)
+            let running = try await api.submit(capped)
+            #expect(try await api.lease(workerKey, worker: busy)?.job.id == running.id)
+            let dispatcher = kiln.server.services.dispatcher
+            try await withThrowingTaskGroup(of: String?.self) { group in
+                group.addTask { try await api.lease(workerKey, worker: idle, wait: 10)?.job.id }
+                while await dispatcher.waiting < 1 { try await Task.sleep(for: .milliseconds(10)) }
+                let held = try await api.submit(capped)
+                #expect(held.state == .queued, "its account runs one job already: the cap holds")
+                #expect(await dispatcher.waiting == 1, "the worker still waits")
+                let next = try await api.submit(other)
+                #expect(next.state == .running)
+                #expect(try await group.next() == next.id)
+            }
+        }
+    }
+
+    @Test("a worker reserved for a replayed submission waits on, and takes the next job")
+    func releasedHandoffWaitsOn() async throws {
+        let kiln = try await KilnHarness.make(clock: ManualWallClock(Date()))
+        try await kiln.withClient { api in
+            let (user, workerKey, worker) = try await api.cast()
+            let dispatcher = kiln.server.services.dispatcher
+            let headers: HTTPFields = [HTTPField.Name("Idempotency-Key")!: "order-7"]
+            let body = #"{"model":"demo","input":{}}"#
+            let first = try await api.call(.post, "/v1/generations", key: user, json: body, headers: headers)
+            #expect(first.status == .created)
+            #expect(try await api.lease(workerKey, worker: worker)?.job.id == first.decode(Components.Schemas.GenerationObject.self).id)
+            try await withThrowingTaskGroup(of: String?.self) { group in
+                group.addTask { try await api.lease(workerKey, worker: worker, wait: 10)?.job.id }
+                while await dispatcher.waiting < 1 { try await Task.sleep(for: .milliseconds(10)) }
+                let replay = try await api.call(.post, "/v1/generations", key: user, json: body, headers: headers)
+                #expect(replay.status == .ok)
+                // Released, the waiter looks again, finds nothing, and waits again.
+                while await dispatcher.waiting < 1 { try await Task.sleep(for: .milliseconds(10)) }
+                let next = try await api.submit(user)
+                #expect(next.state == .running)
+                #expect(try await group.next() == next.id)
             }
         }
     }

@@ -141,6 +141,60 @@ struct SubmissionConformanceTests {
         #expect(ownList.map(\.id) == [original.id])
     }
 
+    @Test("a submission handed to a waiting worker is leased in its own transaction, and counts as not queued",
+          arguments: StoreBackend.allCases)
+    func handoff(_ backend: StoreBackend) async throws {
+        let store = try await backend.make()
+        let account = try await store.seedAccount()
+        let worker = try await store.seedWorker(cluster: "eu-1")
+        let caps = Admission(maxQueuedPerAccount: 1)
+        let drafts = (0..<4).map { makeGeneration(account: account.id, at: Fixture.time(Double($0))) }
+        let results = try await store.submit(
+            [
+                SubmissionRequest(drafts[0], handoff: Handoff(worker: worker, at: Fixture.time(5), ttl: 30, start: false)),
+                SubmissionRequest(drafts[1]),  // admitted: the one before it is not queued
+                SubmissionRequest(drafts[2], handoff: Handoff(worker: worker, at: Fixture.time(5), ttl: 30, start: false)),  // over the cap
+            ], admission: caps)
+        let handed = try results[0].get()
+        #expect(handed.created)
+        #expect(handed.generation.state == .running)
+        #expect(handed.generation.attempts == 1)
+        let lease = try #require(handed.generation.lease)
+        #expect(lease.workerID == worker.id)
+        #expect(lease.cluster == "eu-1")
+        #expect(lease.leasedAt == Fixture.time(5))
+        #expect(lease.expiresAt == Fixture.time(35))
+        #expect(lease.startedAt == nil)
+        #expect(try await store.fetch(drafts[0].id) == handed.generation, "what submit returns is what it stored")
+        #expect(try await store.eventKinds(of: drafts[0].id) == [.queued, .leased])
+        #expect(try results[1].get().generation.state == .queued)
+        if case .failure(let error) = results[2] {
+            #expect(error.code == .rateLimited, "a refused request ignores its handoff")
+        } else {
+            Issue.record("the item past the account's cap was admitted")
+        }
+        #expect(try await store.generation(drafts[2].id) == nil)
+        #expect(try await store.runningGenerations().map(\.id) == [drafts[0].id])
+
+        // Started as it is leased, for a worker that runs it at once.
+        let started = try await store.submit(
+            [SubmissionRequest(drafts[3], handoff: Handoff(worker: worker, at: Fixture.time(6), ttl: 30, start: true))],
+            admission: Admission())[0].get()
+        #expect(started.generation.lease?.startedAt == Fixture.time(6))
+        #expect(started.generation.startedAt == Fixture.time(6))
+        #expect(try await store.eventKinds(of: drafts[3].id) == [.queued, .started])
+
+        // A replay is the earlier generation, untouched by the handoff it came with.
+        let key = IdempotencyClaim(key: "k/1", requestHash: "a")
+        let first = try await store.submit(makeGeneration(account: account.id, at: Fixture.time(7)), admission: Admission(), idempotency: key)
+        let replay = try await store.submit(
+            [SubmissionRequest(makeGeneration(account: account.id, at: Fixture.time(8)), idempotency: key,
+                handoff: Handoff(worker: worker, at: Fixture.time(8), ttl: 30, start: false))], admission: Admission())
+        #expect(try !replay[0].get().created)
+        #expect(try replay[0].get().generation == first.generation)
+        #expect(try await store.fetch(first.generation.id).state == .queued)
+    }
+
     @Test("a batch: each item admitted or refused on its own, in order, the caps counting the ones before it",
           arguments: StoreBackend.allCases)
     func batch(_ backend: StoreBackend) async throws {

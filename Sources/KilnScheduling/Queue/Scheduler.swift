@@ -296,8 +296,10 @@ public struct Scheduler: Sendable {
         return true
     }
 
-    /// Rebuilds a dispatched job at start-up (the store is the truth; this is its cache).
-    public mutating func restoreDispatched(_ job: QueuedJob, cluster: String, started: Bool) throws {
+    /// Counts a job as dispatched without its passing through a queue: one rebuilt at start-up (the
+    /// store is the truth; this is its cache), or one handed to a waiting worker in its submission's
+    /// own transaction. A job already known is left as it is.
+    public mutating func recordDispatched(_ job: QueuedJob, cluster: String, started: Bool) throws {
         guard locations[job.sequence] == nil, inFlight[job.sequence] == nil else { return }
         guard let tier = tiers.index(of: job.tier) else {
             throw KilnError(.invalidInput, "unknown tier '\(job.tier)'")

@@ -194,18 +194,35 @@ extension APIHandler {
         return generation
     }
 
-    /// Stores the submissions in one transaction and hands the new ones to the dispatcher. A refusal
-    /// by an admission cap carries when to retry.
+    /// Stores the submissions in one transaction and hands the new ones to the dispatcher: those a
+    /// waiting worker can take are leased to it in that same transaction. A refusal by an admission
+    /// cap carries when to retry.
     private func submit(_ requests: [SubmissionRequest], for submitter: (account: AccountID, tier: Tier)) async throws
         -> [Result<Submission, KilnError>]
     {
         guard !requests.isEmpty else { return [] }
         let tier = submitter.tier
-        var results = try await services.store.submit(
-            requests, admission: Admission(maxQueuedPerAccount: tier.maxQueuedPerAccount, maxQueuedInTier: tier.maxQueued))
-        // What is committed goes to the dispatcher first: nothing after this may strand it.
-        let created = results.compactMap { result in (try? result.get()).flatMap { $0.created ? $0.generation : nil } }
-        try await services.transitions.apply(.submitted, created)
+        var requests = requests
+        let handoffs = await services.dispatcher.reserveHandoffs(for: requests.map(\.generation))
+        for index in requests.indices { requests[index].handoff = handoffs[index] }
+        // Each reservation ends here: its job leased (the dispatcher gives it to the waiter as it
+        // applies the submission), or its waiter sent to look again (the submission failed, or was
+        // refused or replayed). Releasing a reservation whose job was leased does nothing.
+        let reserved = zip(requests, handoffs).compactMap { $1 == nil ? nil : $0.generation.id }
+        var results: [Result<Submission, KilnError>]
+        do {
+            results = try await services.store.submit(
+                requests, admission: Admission(maxQueuedPerAccount: tier.maxQueuedPerAccount, maxQueuedInTier: tier.maxQueued))
+            // What is committed goes to the dispatcher first: nothing after this may strand it.
+            let created = results.compactMap { result in (try? result.get()).flatMap { $0.created ? $0.generation : nil } }
+            try await services.transitions.apply(.submitted, created)
+            if created.lazy.filter({ $0.lease != nil }).count < reserved.count {
+                await services.dispatcher.releaseHandoffs(of: reserved)
+            }
+        } catch {
+            if !reserved.isEmpty { await services.dispatcher.releaseHandoffs(of: reserved) }
+            throw error
+        }
         if results.contains(where: { if case .failure(let error) = $0 { error.code == .rateLimited } else { false } }) {
             // Only an estimate: without the account's oldest job, the tier's rate alone gives it.
             let oldest = try? await services.store.oldestQueuedGeneration(of: submitter.account)

@@ -12,7 +12,10 @@ import ServiceLifecycle
 /// moved alias) is in the feed, and invalidates the record here once this server has applied the
 /// feed: at once when the change was made through this server, otherwise within the interval of
 /// ``ChangeFeed``. Versions are immutable and never invalidated. Nothing is cached that does not
-/// exist, so a record created anywhere is seen at once.
+/// exist, so a record created anywhere is seen at once, with one exception: an alias is remembered
+/// missing too, since every submission to a model without versions asks for its `production`
+/// alias. Every alias is created by a move, which is in the feed, and the server that moves it
+/// applies the feed before it answers.
 public final class RecordCache: @unchecked Sendable {
     private let store: any JobStore
     private let lock = NSLock()
@@ -22,7 +25,8 @@ public final class RecordCache: @unchecked Sendable {
     private var accounts: [AccountID: Account] = [:]
     private var models: [String: ModelRecord] = [:]
     private var modelHasVersions: [String: Bool] = [:]
-    private var aliases: [String: AliasRecord] = [:]
+    /// By `model/alias`: the alias, or nil for one found missing.
+    private var aliases: [String: AliasLookup] = [:]
     private var versions: [Digest: ModelVersionRecord] = [:]
     /// Bumped by every invalidation: a read that began before one may be stale and is not kept.
     private var epoch = 0
@@ -68,7 +72,15 @@ public final class RecordCache: @unchecked Sendable {
 
     func alias(_ name: String, of model: String) async throws -> AliasRecord? {
         let key = "\(model)/\(name)"
-        return try await lookup({ $0.aliases[key] }, load: { try await $0.alias(name, of: model) }) { $0.aliases[key] = $1 }
+        let found = try await lookup({ $0.aliases[key] }, load: { AliasLookup(record: try await $0.alias(name, of: model)) }) {
+            $0.aliases[key] = $1
+        }
+        return found?.record
+    }
+
+    /// What a lookup of an alias found: the alias, or that it does not exist.
+    private struct AliasLookup {
+        var record: AliasRecord?
     }
 
     func version(_ id: Digest) async throws -> ModelVersionRecord? {

@@ -10,15 +10,34 @@ import KilnStore
 /// next one is tried. The scheduler is a cache of the store, rebuilt by ``load()`` at start.
 ///
 /// Workers asking for work while nothing is eligible wait (long-poll), oldest first. A submission
-/// or a requeue hands its one job to the oldest waiting worker that can run it, waking no other; a
+/// leases its job to the oldest waiting worker that can run it in the submission's own transaction
+/// (``reserveHandoffs(for:)``); a requeue wakes that worker to pick its job, waking no other; a
 /// start that frees a dispatch slot and an end that frees an account slot wake them all to look
 /// again, when anything is queued.
 public actor Dispatcher {
     private struct Waiter {
-        var continuation: CheckedContinuation<Void, Never>
+        var continuation: CheckedContinuation<WaitOutcome, Never>
         var timer: Task<Void, Never>
         var offer: WorkerOffer
-        var worker: WorkerID
+        var worker: WorkerRecord
+        /// Whether the lease it waits for starts its job at once.
+        var start: Bool
+    }
+
+    /// How a long poll's wait ended.
+    private enum WaitOutcome {
+        /// Something changed that may bring it a job, or its time ran out: it looks again.
+        case changed
+        /// Its worker's offer changed, or the server is closing: it answers with nothing.
+        case recalled
+        /// A submission leased it this job in its own transaction.
+        case handed(Generation)
+    }
+
+    /// A waiter set aside for a submission being committed, to take its job.
+    private struct Reservation {
+        var waiter: Waiter
+        var account: AccountID
     }
 
     private var scheduler: Scheduler
@@ -40,10 +59,10 @@ public actor Dispatcher {
     private var lastWait = 0
     /// Shutting down: no long poll waits.
     private var closing = false
-    /// Waits ended by ``recall(_:)``: their long polls answer at once, with nothing.
-    private var recalled: Set<Int> = []
     /// Waiting workers, oldest first.
     private var waitOrder: [Int] = []
+    /// Waiters reserved by ``reserveHandoffs(for:)``, by the generation each is to take.
+    private var reserved: [GenerationID: Reservation] = [:]
     /// Waiting workers woken by an event (not by the end of their wait): how hard each change
     /// shakes the fleet.
     public private(set) var wakeups = 0
@@ -90,8 +109,7 @@ public actor Dispatcher {
                 continue
             }
             identifiers[generation.sequence] = generation.id
-            try scheduler.restoreDispatched(
-                Self.job(generation), cluster: lease.cluster, started: lease.startedAt != nil)
+            try scheduler.recordDispatched(Self.job(generation), cluster: lease.cluster, started: lease.startedAt != nil)
         }
         return skipped
     }
@@ -111,23 +129,61 @@ public actor Dispatcher {
         }
     }
 
-    /// New generations: each queued, counted, and handed to one waiting worker that can run it.
+    /// New generations, each counted: one leased in its submission's transaction goes to the waiter
+    /// reserved for it; a queued one wakes one waiting worker that can run it.
     ///
     /// - Throws: the first generation's error whose tier is unknown, after queueing all the others.
     public func submitted(_ generations: [Generation]) throws {
         var refused: (any Error)?
         for generation in generations {
             do {
-                try enqueue(generation)
+                if let lease = generation.lease {
+                    try handedOff(generation, lease)
+                } else {
+                    try enqueue(generation)
+                    wakeOne(for: Self.job(generation).requirements)
+                }
             } catch {
                 refused = refused ?? error
                 continue
             }
             arrivals[generation.model, default: 0] += 1
             recentArrivals.record(tier: generation.tier, model: generation.model, at: now)
-            wakeOne(for: Self.job(generation).requirements)
         }
         if let refused { throw refused }
+    }
+
+    /// Reserves, for each new generation in order, the oldest waiting worker that can run it now,
+    /// so that its submission leases it to that worker in the same transaction (``Handoff``): one
+    /// commit from submission to lease instead of two, and no pick by the woken worker.
+    ///
+    /// A worker waits only while nothing queued is eligible for it, so the new job is the one the
+    /// scheduler would give it. The rules of a pick still hold: the worker can run the job, its
+    /// cluster is under its dispatch limit, the job's account under its tier's running cap, the
+    /// reservations not yet settled counted as dispatched.
+    ///
+    /// Every reservation ends in ``submitted(_:)`` (its job leased) or ``releaseHandoffs(of:)``.
+    public func reserveHandoffs(for generations: [Generation]) -> [Handoff?] {
+        generations.map { generation -> Handoff? in
+            guard !waitOrder.isEmpty, !closing, let tier = configuration.tiers[generation.tier] else { return nil }
+            if let cap = tier.maxRunningPerAccount {
+                let held = reserved.values.reduce(0) { $0 + ($1.account == generation.accountID ? 1 : 0) }
+                guard scheduler.dispatched(for: generation.accountID) + held < cap else { return nil }
+            }
+            let requirements = Self.job(generation).requirements
+            guard let chosen = waitOrder.first(where: { waiters[$0].map { canTake(requirements, $0.offer) } ?? false }),
+                let waiter = removeWaiter(chosen)
+            else { return nil }
+            waiter.timer.cancel()
+            reserved[generation.id] = Reservation(waiter: waiter, account: generation.accountID)
+            return Handoff(worker: waiter.worker, at: clock.now(), ttl: configuration.leases.ttlSeconds, start: waiter.start)
+        }
+    }
+
+    /// Ends the reservations of these generations that no lease took (the submission failed, or
+    /// was refused or replayed): each waiter looks again, and waits on if it finds nothing.
+    public func releaseHandoffs(of ids: [GenerationID]) {
+        for id in ids { reserved.removeValue(forKey: id)?.waiter.continuation.resume(returning: .changed) }
     }
 
     public func started(_ generation: Generation) {
@@ -175,7 +231,10 @@ public actor Dispatcher {
         var leased: [Generation] = []
         while leased.count < max {
             // A request whose client went away must not take a job it can never receive.
-            try Task.checkCancellation()
+            if Task.isCancelled {
+                if leased.isEmpty { throw CancellationError() }
+                return leased
+            }
             // Every job the worker may take now, leased in one store transaction.
             var picked: [Int64] = []
             while leased.count + picked.count < max, let sequence = scheduler.nextSequence(for: offer, now: now) {
@@ -207,8 +266,11 @@ public actor Dispatcher {
             // Wait only for a first job; with one in hand, answer now.
             let remaining = deadline - ContinuousClock.now
             guard leased.isEmpty, remaining > .zero, !closing else { return leased }
-            if await waitForChange(for: remaining, offer: offer, worker: worker.id) { return leased }
-            try Task.checkCancellation()
+            switch await waitForChange(for: remaining, offer: offer, worker: worker, start: start) {
+            case .recalled: return leased
+            case .changed: try Task.checkCancellation()
+            case .handed(let generation): leased.append(generation)
+            }
         }
         return leased
     }
@@ -300,6 +362,17 @@ public actor Dispatcher {
 
     private var now: Double { clock.now().timeIntervalSince1970 }
 
+    /// A generation leased in its submission's own transaction: dispatched, and given to the
+    /// waiter reserved for it.
+    private func handedOff(_ generation: Generation, _ lease: LeaseInfo) throws {
+        identifiers[generation.sequence] = generation.id
+        try scheduler.recordDispatched(Self.job(generation), cluster: lease.cluster, started: lease.startedAt != nil)
+        throughput.record(at: now)
+        guard let reservation = reserved.removeValue(forKey: generation.id) else { return }
+        wakeups += 1
+        reservation.waiter.continuation.resume(returning: .handed(generation))
+    }
+
     private func enqueue(_ generation: Generation) throws {
         identifiers[generation.sequence] = generation.id
         try scheduler.enqueue(Self.job(generation))
@@ -320,8 +393,7 @@ public actor Dispatcher {
         for id in Array(waiters.keys) {
             guard let removed = removeWaiter(id) else { continue }
             removed.timer.cancel()
-            recalled.insert(id)
-            removed.continuation.resume()
+            removed.continuation.resume(returning: .recalled)
         }
     }
 
@@ -337,32 +409,31 @@ public actor Dispatcher {
     /// Ends the long polls `worker` is waiting in, with nothing: its offer changed (the fleet
     /// placed it on a model), and it must ask again under the new one.
     public func recall(_ worker: WorkerID) {
-        for (id, waiter) in waiters where waiter.worker == worker {
+        for (id, waiter) in waiters where waiter.worker.id == worker {
             guard let removed = removeWaiter(id) else { continue }
             removed.timer.cancel()
-            recalled.insert(id)
-            removed.continuation.resume()
+            removed.continuation.resume(returning: .recalled)
         }
     }
 
-    /// Waits for a change that may bring `offer` a job, at most `duration`.
-    /// - Returns: whether the wait was recalled.
-    private func waitForChange(for duration: Duration, offer: WorkerOffer, worker: WorkerID) async -> Bool {
+    /// Waits for a change that may bring `offer` a job, or for a job handed to it, at most `duration`.
+    private func waitForChange(for duration: Duration, offer: WorkerOffer, worker: WorkerRecord, start: Bool) async
+        -> WaitOutcome
+    {
         lastWait += 1
         let id = lastWait
-        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+        return await withCheckedContinuation { (continuation: CheckedContinuation<WaitOutcome, Never>) in
             let timer = Task { [weak self] in
                 try? await Task.sleep(for: duration)
                 if !Task.isCancelled { await self?.timedOut(id) }
             }
-            waiters[id] = Waiter(continuation: continuation, timer: timer, offer: offer, worker: worker)
+            waiters[id] = Waiter(continuation: continuation, timer: timer, offer: offer, worker: worker, start: start)
             waitOrder.append(id)
         }
-        return recalled.remove(id) != nil
     }
 
     private func timedOut(_ id: Int) {
-        removeWaiter(id)?.continuation.resume()
+        removeWaiter(id)?.continuation.resume(returning: .changed)
     }
 
     private func removeWaiter(_ id: Int) -> Waiter? {
@@ -371,17 +442,22 @@ public actor Dispatcher {
         return waiter
     }
 
-    /// Wakes the oldest waiting worker that can run a job of `requirements` and whose cluster may
-    /// take one more.
+    /// Wakes the oldest waiting worker that can take a job of `requirements`.
     private func wakeOne(for requirements: JobRequirements) {
-        let chosen = waitOrder.first { id in
-            guard let offer = waiters[id]?.offer else { return false }
-            return requirements.admits(offer) && scheduler.pending(in: offer.cluster) < scheduler.dispatchLimit(of: offer.cluster)
-        }
-        guard let chosen, let waiter = removeWaiter(chosen) else { return }
+        guard let chosen = waitOrder.first(where: { waiters[$0].map { canTake(requirements, $0.offer) } ?? false }),
+            let waiter = removeWaiter(chosen)
+        else { return }
         waiter.timer.cancel()
         wakeups += 1
-        waiter.continuation.resume()
+        waiter.continuation.resume(returning: .changed)
+    }
+
+    /// Whether a worker of `offer` can run a job of `requirements` and its cluster may take one more
+    /// (the jobs reserved for its waiters counted).
+    private func canTake(_ requirements: JobRequirements, _ offer: WorkerOffer) -> Bool {
+        guard requirements.admits(offer) else { return false }
+        let held = reserved.values.reduce(0) { $0 + ($1.waiter.offer.cluster == offer.cluster ? 1 : 0) }
+        return scheduler.pending(in: offer.cluster) + held < scheduler.dispatchLimit(of: offer.cluster)
     }
 
     /// Wakes every waiting worker, when there is anything queued for them to look at.
@@ -393,7 +469,7 @@ public actor Dispatcher {
         for waiter in all.values {
             waiter.timer.cancel()
             wakeups += 1
-            waiter.continuation.resume()
+            waiter.continuation.resume(returning: .changed)
         }
     }
 }

@@ -37,6 +37,12 @@ extension SQLiteJobStore {
                     if queued >= cap { return .failure(.tierQueueFull(queued: queued, cap: cap, tier: first.tier)) }
                 }
                 let stored = try Self.insert(request, db)
+                if let handoff = request.handoff,
+                    let leased = try Self.lease(
+                        stored.sequence, to: handoff.worker, at: handoff.at, ttl: handoff.ttl, start: handoff.start, db)
+                {
+                    return .success(Submission(generation: leased, created: true))
+                }
                 queuedInAccount? += 1
                 queuedInTier? += 1
                 return .success(Submission(generation: stored, created: true))
