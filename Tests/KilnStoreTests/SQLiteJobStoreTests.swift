@@ -24,6 +24,42 @@ struct SQLiteJobStoreTests {
         #expect(try store.writerPragma("temp_store") == 2, "2 is MEMORY: savepoints' undo logs never touch a file")
     }
 
+    @Test("a start or a heartbeat writes no page of the generations' indexes; a completion does")
+    func sameStateTransitionsLeaveIndexes() async throws {
+        let path = try temporaryDatabasePath()
+        let store = try SQLiteJobStore(path: path)
+        let account = try await store.seedAccount()
+        let worker = try await store.seedWorker()
+        let queued = try await store.submitQueued(makeGeneration(account: account.id, at: Fixture.time(0)))
+        let leased = try await store.leaseQueued(queued, to: worker, at: Fixture.time(1), ttl: 30)
+        let token = try #require(leased.lease).token
+        let pageSize = try store.writerPragma("page_size")
+        // The pages a change writes: the frames it appends to a write-ahead log emptied just before.
+        func framesWritten(_ change: () async throws -> Void) async throws -> Int {
+            #expect(try store.writerPragma("wal_checkpoint(TRUNCATE)") == 0, "the log was emptied")
+            try await change()
+            let size = try #require(try FileManager.default.attributesOfItem(atPath: path + "-wal")[.size] as? Int)
+            return (size - 32) / (24 + pageSize)
+        }
+        let start = try await framesWritten {
+            _ = try await store.start(leased.id, worker: worker.id, token: token, at: Fixture.time(2), ttl: 30)
+        }
+        let heartbeat = try await framesWritten {
+            _ = try await store.heartbeat(
+                leased.id, worker: worker.id, token: token, progress: JobProgress(fraction: 0.5, stage: "denoising"),
+                at: Fixture.time(3), ttl: 30)
+        }
+        // The row, the event, the events' index and the events' sequence counter.
+        #expect(start == 4)
+        #expect(heartbeat == 4)
+        let complete = try await framesWritten {
+            _ = try await store.complete(leased.id, worker: worker.id, token: token, outputs: [], at: Fixture.time(4))
+        }
+        #expect(complete > 4, "a change of state rewrites the indexes that hold the state")
+        #expect(try await store.fetch(leased.id).state == .succeeded)
+        #expect(try await store.eventKinds(of: leased.id) == [.queued, .leased, .started, .progress, .succeeded])
+    }
+
     @Test("changes made at once commit together; one that fails rolls back alone and the rest are kept")
     func groupCommit() async throws {
         let store = try SQLiteJobStore(path: try temporaryDatabasePath())

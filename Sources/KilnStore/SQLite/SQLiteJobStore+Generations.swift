@@ -343,30 +343,30 @@ extension SQLiteJobStore {
     /// Writes a transition of `before` (read with fencing token `token`) and its event: one
     /// conditional update of every column a transition may change, refused unless the row still
     /// has the state and token it was read with.
+    ///
+    /// A transition that keeps the state and the worker (a start, a heartbeat) leaves `state` and
+    /// `lease_worker` out of its update: SQLite rewrites an index entry whenever a column of the
+    /// index is assigned, even to the value it had, and those two columns are in three indexes.
     static func persist(_ db: Database, _ transition: Transition, from before: Generation, token: Int64, at: Date) throws
         -> Generation
     {
         let after = transition.generation
         if after != before {
             let lease = after.lease
+            let indexed = after.state != before.state || lease?.workerID != before.lease?.workerID
             // Positional arguments, by the row's key: named ones are a dictionary built per call.
-            try db.run(
-                sql: """
-                    UPDATE generations SET state = ?, version = ?, attempts = ?, lease_token = ?, lease_worker = ?,
-                        lease_cluster = ?, leased_at = ?, lease_expires_at = ?, lease_started_at = ?, lease_acked = ?,
-                        progress_fraction = ?, progress_stage = ?, output = ?, error_code = ?, error_message = ?,
-                        started_at = ?, completed_at = ?, unacknowledged_leases = ?
-                    WHERE seq = ? AND state = ? AND lease_token = ?
-                    """,
-                arguments: [
-                    after.state.rawValue, after.version, after.attempts, lease?.token.value ?? token, lease?.workerID.rawValue,
-                    lease?.cluster, lease?.leasedAt.timeIntervalSince1970, lease?.expiresAt.timeIntervalSince1970,
-                    lease?.startedAt?.timeIntervalSince1970, lease?.acknowledged ?? false,
-                    after.progress.fraction, after.progress.stage, after.output.isEmpty ? "{}" : JSONColumn.encode(after.output),
-                    after.error?.code, after.error?.message,
-                    after.startedAt?.timeIntervalSince1970, after.completedAt?.timeIntervalSince1970, after.unacknowledgedLeases,
-                    after.sequence, before.state.rawValue, token,
-                ])
+            var arguments: StatementArguments = indexed ? [after.state.rawValue] : []
+            arguments += [after.version, after.attempts, lease?.token.value ?? token]
+            if indexed { arguments += [lease?.workerID.rawValue] }
+            arguments += [
+                lease?.cluster, lease?.leasedAt.timeIntervalSince1970, lease?.expiresAt.timeIntervalSince1970,
+                lease?.startedAt?.timeIntervalSince1970, lease?.acknowledged ?? false,
+                after.progress.fraction, after.progress.stage, after.output.isEmpty ? "{}" : JSONColumn.encode(after.output),
+                after.error?.code, after.error?.message,
+                after.startedAt?.timeIntervalSince1970, after.completedAt?.timeIntervalSince1970, after.unacknowledgedLeases,
+                after.sequence, before.state.rawValue, token,
+            ]
+            try db.run(sql: indexed ? updateGeneration : updateGenerationKeepingState, arguments: arguments)
             guard db.changesCount == 1 else {
                 throw KilnError.generationChanged(after.id)
             }
@@ -378,6 +378,25 @@ extension SQLiteJobStore {
         }
         return after
     }
+
+    /// Every column a transition may change, by the row's key, if it still has the state and token
+    /// it was read with.
+    private static let updateGeneration = """
+        UPDATE generations SET state = ?, version = ?, attempts = ?, lease_token = ?, lease_worker = ?,
+            lease_cluster = ?, leased_at = ?, lease_expires_at = ?, lease_started_at = ?, lease_acked = ?,
+            progress_fraction = ?, progress_stage = ?, output = ?, error_code = ?, error_message = ?,
+            started_at = ?, completed_at = ?, unacknowledged_leases = ?
+        WHERE seq = ? AND state = ? AND lease_token = ?
+        """
+
+    /// ``updateGeneration`` without `state` and `lease_worker`, for a transition that keeps both.
+    private static let updateGenerationKeepingState = """
+        UPDATE generations SET version = ?, attempts = ?, lease_token = ?,
+            lease_cluster = ?, leased_at = ?, lease_expires_at = ?, lease_started_at = ?, lease_acked = ?,
+            progress_fraction = ?, progress_stage = ?, output = ?, error_code = ?, error_message = ?,
+            started_at = ?, completed_at = ?, unacknowledged_leases = ?
+        WHERE seq = ? AND state = ? AND lease_token = ?
+        """
 
     static func appendEvent(_ db: Database, _ generation: Generation, _ kind: GenerationEvent.Kind, at: Date, message: String? = nil)
         throws
