@@ -1,6 +1,7 @@
 import Foundation
 import HTTPTypes
 import Hummingbird
+import HummingbirdCore
 import KilnAPI
 import KilnCore
 import KilnFleet
@@ -181,10 +182,18 @@ public struct KilnServer: Sendable {
         return secret
     }
 
+    /// The HTTP/1.1 server of `kiln server`: a connection idle for `idleTimeout` is closed, and each
+    /// connection's client is watched (``ConnectionWatch``), so that a long poll whose client went
+    /// away is handed no job.
+    public static func http1(idleTimeout: TimeAmount? = nil) -> HTTPServerBuilder {
+        .http1(configuration: .init(additionalChannelHandlers: [ConnectionWatch()], idleTimeout: idleTimeout))
+    }
+
     /// Every operation of the API, as the OpenAPI document declares it.
     public func router() throws -> Router<KilnRequestContext> {
         let router = Router(context: KilnRequestContext.self)
         router.add(middleware: ErrorMiddleware(logger: services.logger))
+        router.add(middleware: ClientConnectionScope())
         if services.configuration.replicas.enabled {
             router.add(middleware: LeaderForwarding(state: services.replica))
         }
@@ -274,7 +283,7 @@ public struct KilnServer: Sendable {
         // A request in progress (a long poll, an event stream, an upload) is never cut by this.
         let idle = TimeAmount.nanoseconds(Int64(services.configuration.limits.idleTimeoutSeconds * 1e9))
         let application = Application(
-            router: try router(), server: .http1(configuration: .init(idleTimeout: idle)),
+            router: try router(), server: Self.http1(idleTimeout: idle),
             configuration: .init(address: .hostname(host, port: port), serverName: "kiln"),
             onServerRunning: { channel in
                 let port = channel.localAddress?.port ?? port

@@ -179,6 +179,32 @@ struct EligibilityTests {
         }
     }
 
+    @Test("a hold counts as a dispatch of its account and cluster until it is given back")
+    func holds() throws {
+        var scheduler = Scheduler(tiers: .standard, dispatchLimits: ["small": 1], defaultDispatchLimit: 100)
+        // free: at most 2 running per account. Two holds for "busy", one of them in "small".
+        let busy = accountID("busy")
+        scheduler.hold(account: busy, cluster: "small", started: false)
+        scheduler.hold(account: busy, cluster: "default", started: true)
+        #expect(scheduler.dispatched(for: busy) == 2)
+        #expect(scheduler.pending(in: "small") == 1)
+        #expect(scheduler.pending(in: "default") == 0, "a hold that starts at once takes no dispatch slot")
+        try scheduler.enqueue(job(1).tier("free").account("busy").at(1).job)
+        try scheduler.enqueue(job(2).tier("free").account("other").at(2).job)
+        let small = WorkerOffer(cluster: "small", accelerator: "cpu", gpus: 0)
+        #expect(scheduler.next(for: small, now: 10) == nil, "the hold takes the cluster's one slot")
+        #expect(scheduler.next(for: cpuWorker, now: 10)?.sequence == 2, "busy's job waits: its account is at its cap")
+        #expect(scheduler.isParked(1))
+        scheduler.releaseHold(account: busy, cluster: "small", started: false)
+        #expect(scheduler.pending(in: "small") == 0)
+        #expect(!scheduler.isParked(1), "a slot of its account is free again")
+        #expect(scheduler.next(for: small, now: 10)?.sequence == 1)
+        // A hold turned into the job's dispatch: recorded first, then given back.
+        try scheduler.recordDispatched(job(3).tier("free").account("busy").at(3).job, cluster: "default", started: true)
+        scheduler.releaseHold(account: busy, cluster: "default", started: true)
+        #expect(scheduler.dispatched(for: busy) == 2)
+    }
+
     @Test("a cluster at its dispatch limit gets nothing until a leased job starts")
     func dispatchLimit() throws {
         var scheduler = Scheduler(tiers: .standard, dispatchLimits: ["small": 2], defaultDispatchLimit: 100)

@@ -312,6 +312,24 @@ public struct Scheduler: Sendable {
         if !started { pendingByCluster[clusterIndex] += 1 }
     }
 
+    /// Holds, for a job not yet stored that a worker is to take outside the queue, what its
+    /// dispatch will take: a running slot of its account and, unless it starts at once, a dispatch
+    /// slot of the worker's cluster. Picks made meanwhile count it.
+    public mutating func hold(account: AccountID, cluster: String, started: Bool) {
+        dispatchedByAccount[Int(accountFor(account))] += 1
+        if !started { pendingByCluster[clusterFor(cluster)] += 1 }
+    }
+
+    /// Gives back a ``hold(account:cluster:started:)``: the job was dispatched (recorded first, with
+    /// ``recordDispatched(_:cluster:started:)``), or never will be. Parked jobs of the account
+    /// return to their queues when it has free running slots.
+    public mutating func releaseHold(account: AccountID, cluster: String, started: Bool) {
+        let index = accountFor(account)
+        dispatchedByAccount[Int(index)] -= 1
+        if !started { pendingByCluster[clusterFor(cluster)] -= 1 }
+        unpark(index)
+    }
+
     // MARK: - Views
 
     public func isQueued(_ sequence: Int64) -> Bool { locations[sequence] != nil }

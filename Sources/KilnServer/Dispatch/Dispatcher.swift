@@ -22,6 +22,9 @@ public actor Dispatcher {
         var worker: WorkerRecord
         /// Whether the lease it waits for starts its job at once.
         var start: Bool
+        /// The long poll's connection, watched while it waits: a wait whose client went away ends.
+        var client: ClientConnection?
+        var watch: Int?
     }
 
     /// How a long poll's wait ended.
@@ -34,10 +37,14 @@ public actor Dispatcher {
         case handed(Generation)
     }
 
-    /// A waiter set aside for a submission being committed, to take its job.
+    /// A waiter set aside for a submission being committed, to take its job. What the job's
+    /// dispatch takes (a running slot of its account, a dispatch slot of the cluster) is held in
+    /// the scheduler meanwhile, so that no pick takes it too.
     private struct Reservation {
         var waiter: Waiter
         var account: AccountID
+        /// The scheduler the hold is in (``reset()`` replaces it).
+        var epoch: Int
     }
 
     private var scheduler: Scheduler
@@ -63,6 +70,8 @@ public actor Dispatcher {
     private var waitOrder: [Int] = []
     /// Waiters reserved by ``reserveHandoffs(for:)``, by the generation each is to take.
     private var reserved: [GenerationID: Reservation] = [:]
+    /// How many times ``reset()`` replaced the scheduler.
+    private var epoch = 0
     /// Waiting workers woken by an event (not by the end of their wait): how hard each change
     /// shakes the fleet.
     public private(set) var wakeups = 0
@@ -159,31 +168,39 @@ public actor Dispatcher {
     ///
     /// A worker waits only while nothing queued is eligible for it, so the new job is the one the
     /// scheduler would give it. The rules of a pick still hold: the worker can run the job, its
-    /// cluster is under its dispatch limit, the job's account under its tier's running cap, the
-    /// reservations not yet settled counted as dispatched.
+    /// cluster is under its dispatch limit, the job's account under its tier's running cap; and
+    /// what the job will take is held in the scheduler until the reservation ends, so that no pick
+    /// meanwhile takes it too.
     ///
     /// Every reservation ends in ``submitted(_:)`` (its job leased) or ``releaseHandoffs(of:)``.
     public func reserveHandoffs(for generations: [Generation]) -> [Handoff?] {
         generations.map { generation -> Handoff? in
             guard !waitOrder.isEmpty, !closing, let tier = configuration.tiers[generation.tier] else { return nil }
-            if let cap = tier.maxRunningPerAccount {
-                let held = reserved.values.reduce(0) { $0 + ($1.account == generation.accountID ? 1 : 0) }
-                guard scheduler.dispatched(for: generation.accountID) + held < cap else { return nil }
-            }
-            let requirements = Self.job(generation).requirements
-            guard let chosen = waitOrder.first(where: { waiters[$0].map { canTake(requirements, $0.offer) } ?? false }),
-                let waiter = removeWaiter(chosen)
-            else { return nil }
-            waiter.timer.cancel()
-            reserved[generation.id] = Reservation(waiter: waiter, account: generation.accountID)
+            if let cap = tier.maxRunningPerAccount, scheduler.dispatched(for: generation.accountID) >= cap { return nil }
+            guard let waiter = takeWaiter(for: Self.job(generation).requirements) else { return nil }
+            scheduler.hold(account: generation.accountID, cluster: waiter.offer.cluster, started: waiter.start)
+            reserved[generation.id] = Reservation(waiter: waiter, account: generation.accountID, epoch: epoch)
             return Handoff(worker: waiter.worker, at: clock.now(), ttl: configuration.leases.ttlSeconds, start: waiter.start)
         }
     }
 
     /// Ends the reservations of these generations that no lease took (the submission failed, or
-    /// was refused or replayed): each waiter looks again, and waits on if it finds nothing.
+    /// was refused or replayed): each waiter looks again, and waits on if it finds nothing; what
+    /// was held for them is free again.
     public func releaseHandoffs(of ids: [GenerationID]) {
-        for id in ids { reserved.removeValue(forKey: id)?.waiter.continuation.resume(returning: .changed) }
+        var released = false
+        for id in ids {
+            guard let reservation = reserved.removeValue(forKey: id) else { continue }
+            releaseHold(reservation)
+            released = true
+            reservation.waiter.continuation.resume(returning: .changed)
+        }
+        if released { wakeAllIfQueued() }
+    }
+
+    private func releaseHold(_ reservation: Reservation) {
+        guard reservation.epoch == epoch else { return }
+        scheduler.releaseHold(account: reservation.account, cluster: reservation.waiter.offer.cluster, started: reservation.waiter.start)
     }
 
     public func started(_ generation: Generation) {
@@ -366,9 +383,12 @@ public actor Dispatcher {
     /// waiter reserved for it.
     private func handedOff(_ generation: Generation, _ lease: LeaseInfo) throws {
         identifiers[generation.sequence] = generation.id
+        let reservation = reserved.removeValue(forKey: generation.id)
+        // Dispatched first, then the hold given back: the account's count never dips below it.
+        defer { if let reservation { releaseHold(reservation) } }
         try scheduler.recordDispatched(Self.job(generation), cluster: lease.cluster, started: lease.startedAt != nil)
         throughput.record(at: now)
-        guard let reservation = reserved.removeValue(forKey: generation.id) else { return }
+        guard let reservation else { return }
         wakeups += 1
         reservation.waiter.continuation.resume(returning: .handed(generation))
     }
@@ -401,6 +421,7 @@ public actor Dispatcher {
     /// long polls waiting find nothing until it is loaded again.
     public func reset() throws {
         scheduler = try Self.emptyScheduler(configuration)
+        epoch += 1
         identifiers.removeAll()
         throughput = ThroughputEstimator()
         history.removeAll()
@@ -427,8 +448,12 @@ public actor Dispatcher {
                 try? await Task.sleep(for: duration)
                 if !Task.isCancelled { await self?.timedOut(id) }
             }
-            waiters[id] = Waiter(continuation: continuation, timer: timer, offer: offer, worker: worker, start: start)
+            let client = ClientConnection.current
+            waiters[id] = Waiter(continuation: continuation, timer: timer, offer: offer, worker: worker, start: start, client: client)
             waitOrder.append(id)
+            waiters[id]?.watch = client?.watch { [weak self] in
+                Task { await self?.abandoned(id) }
+            }
         }
     }
 
@@ -439,25 +464,43 @@ public actor Dispatcher {
     private func removeWaiter(_ id: Int) -> Waiter? {
         guard let waiter = waiters.removeValue(forKey: id) else { return nil }
         waitOrder.removeAll { $0 == id }
+        if let watch = waiter.watch { waiter.client?.unwatch(watch) }
         return waiter
     }
 
     /// Wakes the oldest waiting worker that can take a job of `requirements`.
     private func wakeOne(for requirements: JobRequirements) {
-        guard let chosen = waitOrder.first(where: { waiters[$0].map { canTake(requirements, $0.offer) } ?? false }),
-            let waiter = removeWaiter(chosen)
-        else { return }
-        waiter.timer.cancel()
+        guard let waiter = takeWaiter(for: requirements) else { return }
         wakeups += 1
         waiter.continuation.resume(returning: .changed)
     }
 
-    /// Whether a worker of `offer` can run a job of `requirements` and its cluster may take one more
-    /// (the jobs reserved for its waiters counted).
+    /// Takes the oldest waiting worker that can take a job of `requirements` out of the wait, its
+    /// timer canceled. A wait met on the way whose client has gone (and whose end is on its way)
+    /// ends now, with nothing.
+    private func takeWaiter(for requirements: JobRequirements) -> Waiter? {
+        for id in waitOrder {
+            guard let waiter = waiters[id] else { continue }
+            if waiter.client?.isGone == true {
+                abandoned(id)
+            } else if canTake(requirements, waiter.offer), let taken = removeWaiter(id) {
+                taken.timer.cancel()
+                return taken
+            }
+        }
+        return nil
+    }
+
+    /// Ends a wait whose client went away, with nothing.
+    private func abandoned(_ id: Int) {
+        guard let waiter = removeWaiter(id) else { return }
+        waiter.timer.cancel()
+        waiter.continuation.resume(returning: .recalled)
+    }
+
+    /// Whether a worker of `offer` can run a job of `requirements` and its cluster may take one more.
     private func canTake(_ requirements: JobRequirements, _ offer: WorkerOffer) -> Bool {
-        guard requirements.admits(offer) else { return false }
-        let held = reserved.values.reduce(0) { $0 + ($1.waiter.offer.cluster == offer.cluster ? 1 : 0) }
-        return scheduler.pending(in: offer.cluster) + held < scheduler.dispatchLimit(of: offer.cluster)
+        requirements.admits(offer) && scheduler.pending(in: offer.cluster) < scheduler.dispatchLimit(of: offer.cluster)
     }
 
     /// Wakes every waiting worker, when there is anything queued for them to look at.
