@@ -73,7 +73,10 @@ extension PostgresJobStore {
                             \(stored.createdAt.timeIntervalSince1970))
                         """)
                 }
-                if let handoff = request.handoff, let leased = try await Self.lease(inserted, to: handoff, session) {
+                if let handoff = request.handoff,
+                    let leased = try await Self.leaseLocked(
+                        inserted.sequence, to: handoff.worker, at: handoff.at, ttl: handoff.ttl, start: handoff.start, session)
+                {
                     results.append(.success(Submission(generation: leased, created: true)))
                     continue
                 }
@@ -83,19 +86,6 @@ extension PostgresJobStore {
             }
             return results
         }
-    }
-
-    /// Leases a generation just inserted in this transaction to the worker its submission was
-    /// handed to.
-    private static func lease(_ inserted: Generation, to handoff: Handoff, _ session: PostgresSession) async throws -> Generation? {
-        guard
-            let row = try await session.row(
-                "SELECT \(unescaped: Self.generationColumns) FROM generations WHERE seq = \(inserted.sequence) FOR UPDATE")
-        else { return nil }
-        let stored = try StoredGeneration(row)
-        let transition = try await leaseTransition(
-            stored, to: handoff.worker, at: handoff.at, ttl: handoff.ttl, start: handoff.start, session)
-        return try await persistLocked(session, transition, from: stored, at: handoff.at)
     }
 
     /// `known`, or else the count `query` reads, kept in `known` for the next item of the batch.
@@ -166,23 +156,25 @@ extension PostgresJobStore {
             try await session.run("SELECT seq FROM generations WHERE seq = ANY(\(sequences)) ORDER BY seq FOR UPDATE")
             var leased: [Generation?] = []
             for sequence in sequences {
-                guard
-                    let row = try await session.row(
-                        "SELECT \(unescaped: Self.generationColumns) FROM generations WHERE seq = \(sequence) FOR UPDATE")
-                else {
-                    leased.append(nil)
-                    continue
-                }
-                let stored = try StoredGeneration(row)
-                guard stored.generation.state == .queued else {
-                    leased.append(nil)
-                    continue
-                }
-                let transition = try await Self.leaseTransition(stored, to: worker, at: at, ttl: ttl, start: start, session)
-                leased.append(try await Self.persistLocked(session, transition, from: stored, at: at))
+                leased.append(try await Self.leaseLocked(sequence, to: worker, at: at, ttl: ttl, start: start, session))
             }
             return leased
         }
+    }
+
+    /// Leases a queued generation inside the caller's transaction, its row locked: nil when it is
+    /// not there or no longer queued.
+    private static func leaseLocked(
+        _ sequence: Int64, to worker: WorkerRecord, at: Date, ttl: Double, start: Bool, _ session: PostgresSession
+    ) async throws -> Generation? {
+        guard
+            let row = try await session.row(
+                "SELECT \(unescaped: Self.generationColumns) FROM generations WHERE seq = \(sequence) FOR UPDATE")
+        else { return nil }
+        let stored = try StoredGeneration(row)
+        guard stored.generation.state == .queued else { return nil }
+        let transition = try await leaseTransition(stored, to: worker, at: at, ttl: ttl, start: start, session)
+        return try await persistLocked(session, transition, from: stored, at: at)
     }
 
     /// The lease of a queued generation, its alias resolved now: the generation records what it runs.

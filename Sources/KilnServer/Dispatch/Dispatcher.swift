@@ -247,7 +247,8 @@ public actor Dispatcher {
         let deadline = ContinuousClock.now + .milliseconds(Int(Swift.max(0, wait) * 1000))
         var leased: [Generation] = []
         while leased.count < max {
-            // A request whose client went away must not take a job it can never receive.
+            // A canceled request (the server stopping) takes no job it could not deliver. A client
+            // that went away ends the wait instead (``ClientConnection``): nothing cancels its task.
             if Task.isCancelled {
                 if leased.isEmpty { throw CancellationError() }
                 return leased

@@ -355,17 +355,16 @@ extension SQLiteJobStore {
             let lease = after.lease
             let indexed = after.state != before.state || lease?.workerID != before.lease?.workerID
             // Positional arguments, by the row's key: named ones are a dictionary built per call.
-            var arguments: StatementArguments = indexed ? [after.state.rawValue] : []
-            arguments += [after.version, after.attempts, lease?.token.value ?? token]
-            if indexed { arguments += [lease?.workerID.rawValue] }
-            arguments += [
+            var arguments: StatementArguments = [
+                after.version, after.attempts, lease?.token.value ?? token,
                 lease?.cluster, lease?.leasedAt.timeIntervalSince1970, lease?.expiresAt.timeIntervalSince1970,
                 lease?.startedAt?.timeIntervalSince1970, lease?.acknowledged ?? false,
                 after.progress.fraction, after.progress.stage, after.output.isEmpty ? "{}" : JSONColumn.encode(after.output),
                 after.error?.code, after.error?.message,
                 after.startedAt?.timeIntervalSince1970, after.completedAt?.timeIntervalSince1970, after.unacknowledgedLeases,
-                after.sequence, before.state.rawValue, token,
             ]
+            if indexed { arguments += [after.state.rawValue, lease?.workerID.rawValue] }
+            arguments += [after.sequence, before.state.rawValue, token]
             try db.run(sql: indexed ? updateGeneration : updateGenerationKeepingState, arguments: arguments)
             guard db.changesCount == 1 else {
                 throw KilnError.generationChanged(after.id)
@@ -379,24 +378,19 @@ extension SQLiteJobStore {
         return after
     }
 
+    /// The columns of no index that a transition may change.
+    private static let unindexedColumns = """
+        version = ?, attempts = ?, lease_token = ?, lease_cluster = ?, leased_at = ?, lease_expires_at = ?,
+            lease_started_at = ?, lease_acked = ?, progress_fraction = ?, progress_stage = ?, output = ?, error_code = ?,
+            error_message = ?, started_at = ?, completed_at = ?, unacknowledged_leases = ?
+        """
     /// Every column a transition may change, by the row's key, if it still has the state and token
     /// it was read with.
-    private static let updateGeneration = """
-        UPDATE generations SET state = ?, version = ?, attempts = ?, lease_token = ?, lease_worker = ?,
-            lease_cluster = ?, leased_at = ?, lease_expires_at = ?, lease_started_at = ?, lease_acked = ?,
-            progress_fraction = ?, progress_stage = ?, output = ?, error_code = ?, error_message = ?,
-            started_at = ?, completed_at = ?, unacknowledged_leases = ?
-        WHERE seq = ? AND state = ? AND lease_token = ?
-        """
-
+    private static let updateGeneration =
+        "UPDATE generations SET \(unindexedColumns), state = ?, lease_worker = ? WHERE seq = ? AND state = ? AND lease_token = ?"
     /// ``updateGeneration`` without `state` and `lease_worker`, for a transition that keeps both.
-    private static let updateGenerationKeepingState = """
-        UPDATE generations SET version = ?, attempts = ?, lease_token = ?,
-            lease_cluster = ?, leased_at = ?, lease_expires_at = ?, lease_started_at = ?, lease_acked = ?,
-            progress_fraction = ?, progress_stage = ?, output = ?, error_code = ?, error_message = ?,
-            started_at = ?, completed_at = ?, unacknowledged_leases = ?
-        WHERE seq = ? AND state = ? AND lease_token = ?
-        """
+    private static let updateGenerationKeepingState =
+        "UPDATE generations SET \(unindexedColumns) WHERE seq = ? AND state = ? AND lease_token = ?"
 
     static func appendEvent(_ db: Database, _ generation: Generation, _ kind: GenerationEvent.Kind, at: Date, message: String? = nil)
         throws
