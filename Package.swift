@@ -192,7 +192,10 @@ let package = Package(
         .testTarget(name: "KilnModelsTests", dependencies: ["KilnCore", "KilnModels"], swiftSettings: swiftSettings),
         .testTarget(
             name: "KilnSimulationTests", dependencies: ["KilnCore", "KilnScheduling", "KilnFleet", "KilnSimulation"], swiftSettings: swiftSettings),
-        .testTarget(name: "KilnStoreTests", dependencies: ["KilnCore", "KilnStore", "KilnPostgres"], swiftSettings: swiftSettings),
+        .testTarget(
+            name: "KilnStoreTests",
+            dependencies: ["KilnCore", "KilnStore", "KilnPostgres", .product(name: "GRDB", package: "GRDB.swift")],
+            swiftSettings: swiftSettings),
         .testTarget(
             name: "KilnServerTests",
             dependencies: [

@@ -30,6 +30,7 @@ enum KilnBench {
             options.latencySamples = option("latency-samples", options.latencySamples)
             options.replicas = option("replicas", options.replicas)
             options.batch = option("batch", options.batch)
+            options.queueDepth = option("queue-depth", options.queueDepth)
             options.database = text("database")
             options.servers = option("servers", options.servers)
             if let protocols = text("protocols") { options.protocols = protocols.split(separator: ",").map(String.init) }
@@ -46,7 +47,8 @@ enum KilnBench {
             print("usage: kiln-bench scheduler [--jobs N] [--decisions N] [--accounts N]")
             print("       kiln-bench fleet [--workers N] [--models N] [--ticks N]")
             print("       kiln-bench system [--jobs N] [--workers K] [--submitters S] [--latency-samples N] [--replicas R]")
-            print("                         [--protocols classic,combined,batched] [--batch B] [--server PATH_TO_KILN]")
+            print("                         [--protocols classic,combined,batched] [--batch B] [--queue-depth N]")
+            print("                         [--server PATH_TO_KILN]")
             print("                         [--database postgres://USER@HOST:PORT/DB] [--servers N]")
             print("       kiln-bench pull --server URL --key WORKER_KEY --worker ID --version sha256:… --cache DIR")
         }

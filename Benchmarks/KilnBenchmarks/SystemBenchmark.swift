@@ -17,14 +17,16 @@ import PostgresNIO
 /// `servers` above one, that many replicas run with one leader, and the clients are spread across
 /// them (a follower forwards to the leader).
 ///
-/// Three measures, one server, one run:
+/// Four measures, one server, one run:
 /// - baseline: `GET /healthz` round trips with the workers' concurrency, then one at a time (what
 ///   one HTTP exchange costs on this machine, the floor under every latency below);
 /// - latency: workers idle in long polls, one submission at a time; submit sent → lease received,
 ///   and submit sent → its own answer received;
 /// - throughput: `jobs` no-op generations from `submitters` clients, drained by `workers` clients,
 ///   once per worker protocol: `classic` (lease, start, complete: three calls a job) and
-///   `combined` (one exchange call completes the last job and leases and starts the next).
+///   `combined` (one exchange call completes the last job and leases and starts the next);
+/// - admission at depth: one submission at a time with none of its account's generations queued,
+///   then with `queueDepth` of them queued.
 ///
 /// Every client has a connection of its own (the pool's limit is raised to their count), so no
 /// submission queues behind a worker's long poll inside the client.
@@ -40,6 +42,8 @@ enum SystemBenchmark {
         /// protocol's workers, with `POST /v1/generations/batch`).
         var batch = 16
         var latencySamples = 300
+        /// Generations queued in one account for the last measure: a submission beside that many.
+        var queueDepth = 9_000
         var server: URL
         /// A PostgreSQL URL: the servers use a fresh database made beside the one it names.
         var database: String?
@@ -167,9 +171,12 @@ enum SystemBenchmark {
         for name in options.protocols {
             let replicas = name == "classic" ? 0 : options.replicas
             let batch = name == "batched" ? options.batch : 1
+            let submitted = LastSubmission()
+            let began = ContinuousClock.now
             let result = try await measure(cluster) {
-                try await drain(setup, jobs: options.jobs, replicas: replicas, batch: batch)
+                try await drain(setup, jobs: options.jobs, replicas: replicas, batch: batch, submitted: submitted)
             }
+            let submitting = await submitted.value.map { ($0 - began).seconds } ?? 0
             let jobsPerSecond = Double(options.jobs) / result.seconds
             let label =
                 replicas == 0
@@ -179,11 +186,49 @@ enum SystemBenchmark {
                 scratch == nil ? "" : String(format: ", PostgreSQL CPU %.3f ms per job", result.databaseCPU * 1000 / Double(options.jobs))
             say(
                 String(
-                    format: "  %@: %d jobs in %.2f s = %.0f jobs/s (%.1f health checks' time per job); "
-                        + "server CPU %.3f ms per job, load generator CPU %.3f ms per job%@",
-                    label, options.jobs, result.seconds, jobsPerSecond, healthPerSecond / jobsPerSecond,
+                    format: "  %@: %d jobs in %.2f s (the last submission answered at %.2f s) = %.0f jobs/s "
+                        + "(%.1f health checks' time per job); server CPU %.3f ms per job, load generator CPU %.3f ms per job%@",
+                    label, options.jobs, result.seconds, submitting, jobsPerSecond, healthPerSecond / jobsPerSecond,
                     result.serverCPU * 1000 / Double(options.jobs), result.clientCPU * 1000 / Double(options.jobs), database))
         }
+
+        let (empty, deep) = try await submitAtDepth(setup.submitters[0][0], depth: options.queueDepth, samples: 200)
+        say(
+            String(
+                format: "  one submission, one at a time, its account with none queued: p50 %.2f ms; with %d queued: p50 %.2f ms "
+                    + "(%.2f×)", percentile(empty, 0.5) * 1000, options.queueDepth, percentile(deep, 0.5) * 1000,
+                percentile(deep, 0.5) / percentile(empty, 0.5)))
+    }
+
+    /// Submission answers, one at a time (each canceled once answered, so the depth holds), while
+    /// `depth` generations of the same account wait: first with none waiting (the baseline), then
+    /// with `depth` queued by batches, with no worker to take them. The per-account and per-tier
+    /// queued caps are read on every submission; this shows whether that read grows with the queue.
+    /// Run last: it leaves the queue full.
+    static func submitAtDepth(_ user: KilnAPIClient, depth: Int, samples: Int) async throws -> (empty: [Double], deep: [Double]) {
+        let clock = ContinuousClock()
+        func timedSubmissions() async throws -> [Double] {
+            var seconds: [Double] = []
+            for _ in 0..<samples {
+                let sent = clock.now
+                let created = try await user {
+                    try await $0.createGeneration(body: .json(.init(model: "noop", input: .init()))).created.body.json
+                }
+                seconds.append((clock.now - sent).seconds)
+                _ = try await user { try await $0.cancelGeneration(path: .init(id: created.id)).ok }
+            }
+            return seconds
+        }
+        let empty = try await timedSubmissions()
+        for first in stride(from: 0, to: depth, by: 100) {
+            let items = Array(
+                repeating: Components.Schemas.CreateGenerationRequest(model: "noop", input: .init()), count: min(100, depth - first))
+            let results = try await user { try await $0.createGenerations(body: .json(.init(generations: items))).ok.body.json }
+            guard results.results.allSatisfy({ $0.status == ._201 }) else {
+                throw KilnError(.internal, "a batch was not queued whole: \(results.results.map(\.status.rawValue))")
+            }
+        }
+        return (empty, try await timedSubmissions())
     }
 
     struct Setup: Sendable {
@@ -271,7 +316,8 @@ enum SystemBenchmark {
     ///   - replicas: 0 for the classic protocol, else the combined one with this many jobs a worker
     ///     at once.
     ///   - batch: generations a submission call carries; above 1, through the batch call.
-    static func drain(_ setup: Setup, jobs: Int, replicas: Int, batch: Int) async throws {
+    ///   - submitted: set when each submitter has its last answer (it ends as the last one's time).
+    static func drain(_ setup: Setup, jobs: Int, replicas: Int, batch: Int, submitted: LastSubmission) async throws {
         let completed = Counter()
         try await withThrowingTaskGroup(of: Void.self) { group in
             for (submitter, users) in setup.submitters.enumerated() {
@@ -293,6 +339,7 @@ enum SystemBenchmark {
                             throw KilnError(.internal, "a batch was not queued whole: \(results.results.map(\.status.rawValue))")
                         }
                     }
+                    await submitted.set(ContinuousClock.now)
                 }
             }
             for (client, worker) in setup.workers {
@@ -614,8 +661,8 @@ actor Counter {
     func add(_ count: Int) { value += count }
 }
 
-/// When the latest submission of the latency phase was sent.
+/// When the latest submission was sent (the latency phase) or answered (a drain).
 actor LastSubmission {
     private(set) var value: ContinuousClock.Instant?
-    func set(_ instant: ContinuousClock.Instant) { value = instant }
+    func set(_ instant: ContinuousClock.Instant) { value = max(value ?? instant, instant) }
 }

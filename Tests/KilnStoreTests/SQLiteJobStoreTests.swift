@@ -1,4 +1,5 @@
 import Foundation
+import GRDB
 import KilnCore
 import KilnStore
 import Testing
@@ -58,6 +59,67 @@ struct SQLiteJobStoreTests {
         #expect(complete > 4, "a change of state rewrites the indexes that hold the state")
         #expect(try await store.fetch(leased.id).state == .succeeded)
         #expect(try await store.eventKinds(of: leased.id) == [.queued, .leased, .started, .progress, .succeeded])
+    }
+
+    @Test("an older database gets its queued counts from its rows, and the triggers keep them equal to a count")
+    func queuedCountsMigration() async throws {
+        let path = try temporaryDatabasePath()
+        var store: SQLiteJobStore? = try SQLiteJobStore(path: path)
+        let alice = try await store!.seedAccount(name: "Alice", tier: "free")
+        let carol = try await store!.seedAccount(name: "Carol", tier: "enterprise")
+        let worker = try await store!.seedWorker()
+        var generations: [Generation] = []
+        for index in 0..<5 {
+            let owner = index < 3 ? alice : carol
+            generations.append(
+                try await store!.submitQueued(makeGeneration(account: owner.id, tier: owner.tier, at: Fixture.time(Double(index)))))
+        }
+        _ = try await store!.leaseQueued(generations[0], to: worker, at: Fixture.time(10))
+        store = nil
+        // The database as the schema before the counts left it.
+        let database = try DatabaseQueue(path: path)
+        try await database.write { db in
+            try db.execute(
+                sql: """
+                    DROP TRIGGER generations_enter_queue_on_insert; DROP TRIGGER generations_enter_queue;
+                    DROP TRIGGER generations_leave_queue; DROP TRIGGER generations_leave_queue_on_delete;
+                    DROP TABLE queued_counts;
+                    CREATE INDEX generations_queued_by_tier ON generations(tier) WHERE state = 'queued';
+                    DELETE FROM grdb_migrations WHERE identifier = 'v14-queued-counts';
+                    """)
+        }
+        try database.close()
+
+        let reopened = try SQLiteJobStore(path: path)
+        let expected = ["account": [alice.id.rawValue: 2, carol.id.rawValue: 2], "tier": ["free": 2, "enterprise": 2]]
+        #expect(try Self.queuedCounts(at: path) == expected, "counted from the rows by the migration")
+        // Through every kind of change, the counts stay those of the rows.
+        _ = try await reopened.cancel(generations[1].id, at: Fixture.time(11))
+        _ = try await reopened.leaseQueued(generations[3], to: worker, at: Fixture.time(12))
+        _ = try await reopened.expireLeases(at: Fixture.time(100))
+        _ = try await reopened.submitQueued(makeGeneration(account: carol.id, tier: "enterprise", at: Fixture.time(101)))
+        let counted = try await DatabaseQueue(path: path).read { db in
+            try Row.fetchAll(
+                db,
+                sql: """
+                    SELECT 'account' AS scope, account_id AS name, COUNT(*) AS queued FROM generations WHERE state = 'queued'
+                    GROUP BY account_id UNION ALL
+                    SELECT 'tier', tier, COUNT(*) FROM generations WHERE state = 'queued' GROUP BY tier
+                    """)
+        }
+        var rows: [String: [String: Int]] = [:]
+        for row in counted { rows[row["scope"], default: [:]][row["name"]] = row["queued"] }
+        #expect(rows == ["account": [alice.id.rawValue: 2, carol.id.rawValue: 3], "tier": ["free": 2, "enterprise": 3]])
+        #expect(try Self.queuedCounts(at: path) == rows)
+    }
+
+    /// The nonzero queued counts the store keeps, by scope and name.
+    private static func queuedCounts(at path: String) throws -> [String: [String: Int]] {
+        var counts: [String: [String: Int]] = [:]
+        for row in try DatabaseQueue(path: path).read({ try Row.fetchAll($0, sql: "SELECT * FROM queued_counts WHERE queued != 0") }) {
+            counts[row["scope"], default: [:]][row["name"]] = row["queued"]
+        }
+        return counts
     }
 
     @Test("changes made at once commit together; one that fails rolls back alone and the rest are kept")

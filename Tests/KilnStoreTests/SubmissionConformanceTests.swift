@@ -316,6 +316,65 @@ struct SubmissionConformanceTests {
         #expect(admitted.created)
     }
 
+    @Test("admission: the queued counts follow every way a generation leaves the queue or returns to it",
+          arguments: StoreBackend.allCases)
+    func admissionCountsFollowTransitions(_ backend: StoreBackend) async throws {
+        let store = try await backend.make()
+        let alice = try await store.seedAccount(name: "Alice", tier: "free")
+        let bob = try await store.seedAccount(name: "Bob", tier: "free")
+        let worker = try await store.seedWorker()
+        let perAccount = Admission(maxQueuedPerAccount: 1)
+        let perTier = Admission(maxQueuedInTier: 2)
+        var clock = 0.0
+        func draft(_ account: Account) -> Generation {
+            clock += 1
+            return makeGeneration(account: account.id, tier: "free", at: Fixture.time(clock))
+        }
+        /// Whether one more of `account`'s generations is admitted under `admission` (it stays queued).
+        func admits(_ account: Account, _ admission: Admission) async throws -> Generation? {
+            do {
+                return try await store.submit(draft(account), admission: admission, idempotency: nil).generation
+            } catch let error as KilnError where error.code == .rateLimited {
+                return nil
+            }
+        }
+
+        let first = try #require(try await admits(alice, perAccount))
+        #expect(try await admits(alice, perAccount) == nil, "one queued: Alice is at her cap")
+        // Canceled while queued: her place is free.
+        _ = try await store.cancel(first.id, at: Fixture.time(clock))
+        let second = try #require(try await admits(alice, perAccount))
+        // Leased: free again.
+        let leased = try await store.leaseQueued(second, to: worker, at: Fixture.time(clock))
+        let third = try #require(try await admits(alice, perAccount))
+        // Its lease expires: it is queued again beside the third, so she is over her cap.
+        let expired = try await store.expireLeases(at: Fixture.time(clock + Fixture.ttl + 1))
+        #expect(expired.map(\.id) == [leased.id])
+        #expect(try await store.fetch(leased.id).state == .queued)
+        #expect(try await admits(alice, perAccount) == nil, "a requeued generation counts again")
+        // Both leased, then handed back by a drain: queued again, both of them.
+        let again = try await store.leaseQueued(try await store.fetch(leased.id), to: worker, at: Fixture.time(clock + 40))
+        _ = try await store.leaseQueued(third, to: worker, at: Fixture.time(clock + 40))
+        let fourth = try #require(try await admits(alice, perAccount))
+        _ = try await store.cancel(fourth.id, at: Fixture.time(clock + 41))
+        let released = try await store.releaseLeases(of: worker.id, reason: "drain", at: Fixture.time(clock + 42))
+        #expect(Set(released.map(\.id)) == [again.id, third.id])
+        #expect(try await admits(alice, perAccount) == nil, "released generations count again")
+
+        // The tier counts both accounts: Alice's two queued fill it; Bob is refused until one is leased.
+        #expect(try await admits(bob, perTier) == nil)
+        _ = try await store.leaseQueued(try await store.fetch(third.id), to: worker, at: Fixture.time(clock + 43))
+        let bobs = try #require(try await admits(bob, perTier))
+        #expect(try await admits(bob, perTier) == nil)
+        // Handed to a waiting worker in its own commit, a generation never counts as queued.
+        let handed = try await store.submit(
+            [SubmissionRequest(draft(bob), handoff: Handoff(worker: worker, at: Fixture.time(clock), ttl: 30, start: true))],
+            admission: Admission())
+        #expect(try handed[0].get().generation.state == .running)
+        _ = try await store.cancel(bobs.id, at: Fixture.time(clock + 44))
+        #expect(try await admits(bob, perTier) != nil, "the handed-off generation took no place in the tier")
+    }
+
     @Test("listing: newest first, filtered by state, paged by sequence, one account only", arguments: StoreBackend.allCases)
     func listing(_ backend: StoreBackend) async throws {
         let store = try await backend.make()

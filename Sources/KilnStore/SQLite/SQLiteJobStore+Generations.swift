@@ -24,15 +24,12 @@ extension SQLiteJobStore {
                     return .success(Submission(generation: existing, created: false))
                 }
                 if let cap = admission.maxQueuedPerAccount {
-                    let queued = try queuedInAccount ?? Int.fetchOne(
-                        db, cached: "SELECT COUNT(*) FROM generations WHERE account_id = ? AND state = 'queued'",
-                        arguments: [first.accountID.rawValue]) ?? 0
+                    let queued = try queuedInAccount ?? Self.queuedCount(db, "account", first.accountID.rawValue)
                     queuedInAccount = queued
                     if queued >= cap { return .failure(.accountQueueFull(queued: queued, cap: cap, tier: first.tier)) }
                 }
                 if let cap = admission.maxQueuedInTier {
-                    let queued = try queuedInTier ?? Int.fetchOne(
-                        db, cached: "SELECT COUNT(*) FROM generations WHERE tier = ? AND state = 'queued'", arguments: [first.tier]) ?? 0
+                    let queued = try queuedInTier ?? Self.queuedCount(db, "tier", first.tier)
                     queuedInTier = queued
                     if queued >= cap { return .failure(.tierQueueFull(queued: queued, cap: cap, tier: first.tier)) }
                 }
@@ -48,6 +45,11 @@ extension SQLiteJobStore {
                 return .success(Submission(generation: stored, created: true))
             }
         }
+    }
+
+    /// The queued generations of an account or a tier (`scope`), as the schema's triggers keep them.
+    private static func queuedCount(_ db: Database, _ scope: String, _ name: String) throws -> Int {
+        try Int.fetchOne(db, cached: "SELECT queued FROM queued_counts WHERE scope = ? AND name = ?", arguments: [scope, name]) ?? 0
     }
 
     /// Inserts a submitted generation, its idempotency key and its `queued` event.

@@ -162,6 +162,53 @@ enum SQLiteSchema {
                     CREATE INDEX generations_running_by_worker ON generations(lease_worker) WHERE state = 'running';
                     """)
         }
+        migrator.registerMigration("v14-queued-counts") { db in
+            // Admission reads an account's and a tier's queued count on every submission. Counted
+            // from an index, that read grew with the queue (a launch-day tier holds 100,000 queued
+            // jobs, an enterprise account 10,000); kept by triggers on every change of a row's
+            // state, it is one lookup, and it cannot drift from the rows, whatever statement
+            // changes them. The tier's partial index served that count alone.
+            try db.execute(
+                sql: """
+                    CREATE TABLE queued_counts (
+                        scope TEXT NOT NULL, name TEXT NOT NULL, queued INTEGER NOT NULL, PRIMARY KEY (scope, name)
+                    ) WITHOUT ROWID;
+                    INSERT INTO queued_counts (scope, name, queued)
+                        SELECT 'account', account_id, COUNT(*) FROM generations WHERE state = 'queued' GROUP BY account_id
+                        UNION ALL
+                        SELECT 'tier', tier, COUNT(*) FROM generations WHERE state = 'queued' GROUP BY tier;
+                    CREATE TRIGGER generations_enter_queue_on_insert AFTER INSERT ON generations WHEN NEW.state = 'queued'
+                    BEGIN
+                        \(Self.countQueued("NEW", by: 1))
+                    END;
+                    CREATE TRIGGER generations_enter_queue AFTER UPDATE OF state, account_id, tier ON generations
+                    WHEN NEW.state = 'queued'
+                    BEGIN
+                        \(Self.countQueued("NEW", by: 1))
+                    END;
+                    CREATE TRIGGER generations_leave_queue AFTER UPDATE OF state, account_id, tier ON generations
+                    WHEN OLD.state = 'queued'
+                    BEGIN
+                        \(Self.countQueued("OLD", by: -1))
+                    END;
+                    CREATE TRIGGER generations_leave_queue_on_delete AFTER DELETE ON generations WHEN OLD.state = 'queued'
+                    BEGIN
+                        \(Self.countQueued("OLD", by: -1))
+                    END;
+                    DROP INDEX generations_queued_by_tier;
+                    """)
+        }
         return migrator
+    }
+
+    /// A trigger's statements that add `delta` to the queued counts of the account and the tier of
+    /// `row` (`NEW` or `OLD`).
+    private static func countQueued(_ row: String, by delta: Int) -> String {
+        [("account", "account_id"), ("tier", "tier")].map { scope, column in
+            """
+            INSERT INTO queued_counts (scope, name, queued) VALUES ('\(scope)', \(row).\(column), \(delta))
+                ON CONFLICT (scope, name) DO UPDATE SET queued = queued + excluded.queued;
+            """
+        }.joined(separator: "\n")
     }
 }
