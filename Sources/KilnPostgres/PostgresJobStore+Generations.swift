@@ -254,16 +254,43 @@ extension PostgresJobStore {
             // never wait on each other; then each report in the order sent.
             try await session.run(
                 "SELECT seq FROM generations WHERE id = ANY(\(reports.map(\.id.rawValue))) ORDER BY seq FOR UPDATE")
-            var results: [Result<Generation, KilnError>] = []
-            for report in reports {
-                do {
-                    results.append(.success(try await Self.complete(report, worker: worker, at: at, session)))
-                } catch let error as KilnError where error.refusesItem {
-                    results.append(.failure(error))
-                }
-            }
-            return results
+            return try await Self.completeLocked(reports, worker: worker, at: at, session)
         }
+    }
+
+    public func exchange(
+        completing reports: [CompletionReport], leasing sequences: [Int64], to worker: WorkerRecord, at: Date, ttl: Double, start: Bool
+    ) async throws -> (completed: [Result<Generation, KilnError>], leased: [Generation?]) {
+        try await write { session in
+            // Both sets of rows locked first, together, in `seq` order (as the lease reaper locks them).
+            try await session.run(
+                """
+                SELECT seq FROM generations WHERE id = ANY(\(reports.map(\.id.rawValue))) OR seq = ANY(\(sequences))
+                ORDER BY seq FOR UPDATE
+                """)
+            let completed = try await Self.completeLocked(reports, worker: worker.id, at: at, session)
+            var leased: [Generation?] = []
+            for sequence in sequences {
+                leased.append(try await Self.leaseLocked(sequence, to: worker, at: at, ttl: ttl, start: start, session))
+            }
+            return (completed, leased)
+        }
+    }
+
+    /// Ends each report, in order, inside the caller's transaction, their rows locked. Each is
+    /// checked before anything of it is written, so a refused one writes nothing.
+    private static func completeLocked(_ reports: [CompletionReport], worker: WorkerID, at: Date, _ session: PostgresSession)
+        async throws -> [Result<Generation, KilnError>]
+    {
+        var results: [Result<Generation, KilnError>] = []
+        for report in reports {
+            do {
+                results.append(.success(try await complete(report, worker: worker, at: at, session)))
+            } catch let error as KilnError where error.refusesItem {
+                results.append(.failure(error))
+            }
+        }
+        return results
     }
 
     private static func complete(_ report: CompletionReport, worker: WorkerID, at: Date, _ session: PostgresSession) async throws

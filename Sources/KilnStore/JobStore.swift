@@ -147,6 +147,14 @@ public protocol JobStore: Sendable {
     ///   `.notFound`, `.invalidInput` naming an output that was not uploaded.
     func complete(_ reports: [CompletionReport], worker: WorkerID, at: Date) async throws -> [Result<Generation, KilnError>]
 
+    /// A worker's round in one transaction and one durable commit: ends `reports` as
+    /// ``complete(_:worker:at:)`` does, then leases `sequences` to the same worker as
+    /// ``lease(sequences:to:at:ttl:start:)`` does.
+    /// - Returns: what each of those two would have returned.
+    func exchange(
+        completing reports: [CompletionReport], leasing sequences: [Int64], to worker: WorkerRecord, at: Date, ttl: Double, start: Bool
+    ) async throws -> (completed: [Result<Generation, KilnError>], leased: [Generation?])
+
     /// Records a failure: back to the queue (same `queuedAt`) when retryable and attempts remain,
     /// otherwise failed.
     /// - Throws: `.staleLease`.

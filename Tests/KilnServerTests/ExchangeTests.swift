@@ -62,6 +62,47 @@ struct ExchangeTests {
         }
     }
 
+    @Test("completions and the jobs ready for the worker go to disk in one commit; with none ready, the completions commit before the wait")
+    func oneCommitARound() async throws {
+        let kiln = try await KilnHarness.make()
+        try await kiln.withClient { api in
+            let (user, workerKey, worker) = try await api.cast()
+            let first = try await api.submit(user)
+            let leased = try await exchange(api, workerKey, worker, Exchange(lease: .init(max: 1, start: true))).jobs
+            #expect(leased.map(\.job.id) == [first.id])
+            let second = try await api.submit(user)
+            func commits() async throws -> Double {
+                try #require(try Exposition(try await api.call(.get, "/metrics", key: nil).text).value("kiln_store_commit_seconds_count"))
+            }
+            let before = try await commits()
+            let round = try await exchange(
+                api, workerKey, worker,
+                Exchange(completed: [.init(job: first.id, token: leased[0].lease.token, outputs: [])], lease: .init(max: 1, start: true)))
+            #expect(try await commits() == before + 1, "the completion and the lease, one commit")
+            #expect(round.reports.map(\.job) == [first.id] && round.reports[0].error == nil)
+            #expect(round.jobs.map(\.job.id) == [second.id])
+            #expect(try await api.generation(user, first.id).state == .succeeded)
+            #expect(try await api.generation(user, second.id).state == .running)
+
+            // Nothing queued: the completion is stored (and seen) while the call still waits.
+            let waiting = Task {
+                try await exchange(
+                    api, workerKey, worker,
+                    Exchange(completed: [.init(job: second.id, token: round.jobs[0].lease.token, outputs: [])],
+                             lease: .init(max: 1, waitSeconds: 30, start: true)))
+            }
+            var seen = try await api.generation(user, second.id)
+            while seen.state != .succeeded {
+                try await Task.sleep(for: .milliseconds(5))
+                seen = try await api.generation(user, second.id)
+            }
+            let third = try await api.submit(user)
+            let answer = try await waiting.value
+            #expect(answer.reports.map(\.job) == [second.id] && answer.reports[0].error == nil)
+            #expect(answer.jobs.map(\.job.id) == [third.id], "the wait ends with the job submitted meanwhile")
+        }
+    }
+
     @Test("a stale report is refused in its own answer and changes nothing; the others still apply")
     func staleReportAloneIsRefused() async throws {
         let kiln = try await KilnHarness.make()

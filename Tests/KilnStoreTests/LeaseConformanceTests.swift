@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 import KilnCore
 import KilnStore
 import Testing
@@ -113,6 +114,48 @@ struct LeaseConformanceTests {
         #expect(try await store.fetch(leased[1].id) == leased[1], "a stale completion changes nothing")
         #expect(try await store.fetch(leased[2].id) == leased[2], "a completion naming a missing output changes nothing")
         #expect(try await store.allEvents(of: leased[1].id).map(\.kind) == [.queued, .leased])
+    }
+
+    @Test("a worker's round: its completions and its next leases in one transaction, one commit; a refused report changes nothing",
+          arguments: StoreBackend.allCases)
+    func exchangeInOneCommit(_ backend: StoreBackend) async throws {
+        let store = try await backend.make()
+        let account = try await store.seedAccount()
+        let worker = try await store.seedWorker()
+        var running: [Generation] = []
+        for index in 0..<2 {
+            let queued = try await store.submitQueued(makeGeneration(account: account.id, at: Fixture.time(Double(index))))
+            running.append(try await store.leaseQueued(queued, to: worker, at: Fixture.time(10)))
+        }
+        var queued: [Generation] = []
+        for index in 2..<5 { queued.append(try await store.submitQueued(makeGeneration(account: account.id, at: Fixture.time(Double(index))))) }
+        _ = try await store.cancel(queued[1].id, at: Fixture.time(11))
+        let commits = Mutex(0)
+        store.observeCommits { _ in commits.withLock { $0 += 1 } }
+
+        let round = try await store.exchange(
+            completing: [
+                CompletionReport(running[0].id, token: running[0].lease!.token, outputs: []),
+                CompletionReport(running[1].id, token: FencingToken(running[1].lease!.token.value + 1), outputs: []),
+            ],
+            leasing: [queued[0].sequence, queued[1].sequence, queued[2].sequence], to: worker, at: Fixture.time(20), ttl: 30, start: true)
+        #expect(commits.withLock { $0 } == 1, "one commit for the completions and the leases")
+        #expect(try round.completed[0].get().state == .succeeded)
+        if case .failure(let error) = round.completed[1] {
+            #expect(error.code == .staleLease)
+        } else {
+            Issue.record("a stale report was applied")
+        }
+        #expect(round.leased.map { $0?.id } == [queued[0].id, nil, queued[2].id], "in the order asked; nil where none is queued")
+        for generation in round.leased.compactMap({ $0 }) {
+            #expect(generation.state == .running)
+            #expect(generation.lease?.startedAt == Fixture.time(20), "started with the lease")
+            #expect(try await store.fetch(generation.id) == generation, "what the round returns is what it stored")
+        }
+        #expect(try await store.fetch(running[0].id).state == .succeeded)
+        #expect(try await store.fetch(running[1].id) == running[1], "a stale completion changes nothing")
+        #expect(try await store.eventKinds(of: queued[0].id) == [.queued, .started], "a lease started at once is one event")
+        #expect(try await store.eventKinds(of: running[0].id) == [.queued, .leased, .succeeded])
     }
 
     @Test("fencing: after expiry and a new lease, the old token is refused everywhere and changes nothing",

@@ -122,8 +122,23 @@ extension APIHandler {
                 reports.append(.init(job: job.rawValue, error: .init(code: error.code.description, message: error.message)))
             }
         }
+        // What the worker may take: nothing unless it asked and is active.
+        var lease = body.lease.flatMap { $0.max > 0 ? $0 : nil }
+        if lease != nil {
+            try await touch(worker)
+            if worker.state != .active { lease = nil }
+        }
+        let model = lease == nil ? nil : await services.fleet.assignment(for: worker.id)?.model
+        var generations: [Generation] = []
         if !completions.isEmpty {
-            let results = try await services.store.complete(completions, worker: worker.id, at: services.clock.now())
+            // The completions and the jobs it may take now, in one commit.
+            let results: [Result<Generation, KilnError>]
+            if let lease {
+                (results, generations) = try await services.dispatcher.exchange(
+                    completing: completions, for: worker, max: lease.max, start: lease.start ?? false, model: model)
+            } else {
+                results = try await services.store.complete(completions, worker: worker.id, at: services.clock.now())
+            }
             var ended: [Generation] = []
             for (position, result) in zip(positions, results) {
                 switch result {
@@ -140,20 +155,15 @@ extension APIHandler {
                     try await self.fail(job, worker: worker.id, token: try self.token(report.token), report.error, retryable: report.retryable)
                 })
         }
+        if let lease, generations.isEmpty {
+            generations = try await services.dispatcher.lease(
+                for: worker, wait: lease.waitSeconds ?? 0, max: lease.max, start: lease.start ?? false, model: model)
+        }
         var jobs: [Components.Schemas.LeaseResponse] = []
-        if let lease = body.lease, lease.max > 0 {
-            try await touch(worker)
-            if worker.state == .active {
-                let start = lease.start ?? false
-                let generations = try await services.dispatcher.lease(
-                    for: worker, wait: lease.waitSeconds ?? 0, max: lease.max, start: start,
-                    model: await services.fleet.assignment(for: worker.id)?.model)
-                for generation in generations {
-                    guard let held = generation.lease else { continue }
-                    try await services.transitions.apply(.leased, generation)
-                    jobs.append(try await leaseResponse(generation, held))
-                }
-            }
+        for generation in generations {
+            guard let held = generation.lease else { continue }
+            try await services.transitions.apply(.leased, generation)
+            jobs.append(try await leaseResponse(generation, held))
         }
         return .ok(.init(body: .json(.init(reports: reports, jobs: jobs))))
     }

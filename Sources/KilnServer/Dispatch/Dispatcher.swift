@@ -241,8 +241,7 @@ public actor Dispatcher {
     public func lease(for worker: WorkerRecord, wait: Double, max: Int, start: Bool, model: String? = nil) async throws
         -> [Generation]
     {
-        let offer = WorkerOffer(
-            cluster: worker.cluster, accelerator: worker.accelerator, gpus: worker.gpus, models: model.map { [$0] })
+        let offer = Self.offer(of: worker, model: model)
         // The long poll's timeout is real time (the I/O shell's), not the injected decision clock.
         let deadline = ContinuousClock.now + .milliseconds(Int(Swift.max(0, wait) * 1000))
         var leased: [Generation] = []
@@ -254,10 +253,7 @@ public actor Dispatcher {
                 return leased
             }
             // Every job the worker may take now, leased in one store transaction.
-            var picked: [Int64] = []
-            while leased.count + picked.count < max, let sequence = scheduler.nextSequence(for: offer, now: now) {
-                picked.append(sequence)
-            }
+            let picked = pick(for: offer, max: max - leased.count)
             if !picked.isEmpty {
                 let generations: [Generation?]
                 do {
@@ -268,17 +264,7 @@ public actor Dispatcher {
                     if leased.isEmpty { throw error }
                     return leased
                 }
-                for (sequence, generation) in zip(picked, generations) {
-                    guard let generation else {
-                        // Canceled between the pick and the lease: forget it (and pick again).
-                        scheduler.remove(sequence)
-                        identifiers[sequence] = nil
-                        continue
-                    }
-                    if start { scheduler.started(sequence) }
-                    throughput.record(at: now)
-                    leased.append(generation)
-                }
+                leased += follow(picked, generations, start: start)
                 continue
             }
             // Wait only for a first job; with one in hand, answer now.
@@ -289,6 +275,63 @@ public actor Dispatcher {
             case .changed: try Task.checkCancellation()
             case .handed(let generation): leased.append(generation)
             }
+        }
+        return leased
+    }
+
+    /// A worker's round (`exchange`): ends `reports` and, in the same store transaction, leases up
+    /// to `max` jobs the worker may take now, as ``lease(for:wait:max:start:model:)`` would without
+    /// waiting: one durable commit for both. With nothing to take now, the reports commit alone.
+    /// The caller applies the ended generations as transitions, then, when no job came, waits for
+    /// one with ``lease(for:wait:max:start:model:)``.
+    ///
+    /// The jobs are picked while the reports' generations still count as dispatched (they leave the
+    /// scheduler when their transitions are applied): a pick may take fewer jobs of an account at
+    /// its running cap than it could, never more than the cap allows.
+    public func exchange(completing reports: [CompletionReport], for worker: WorkerRecord, max: Int, start: Bool, model: String?)
+        async throws -> (completed: [Result<Generation, KilnError>], leased: [Generation])
+    {
+        let picked = pick(for: Self.offer(of: worker, model: model), max: max)
+        guard !picked.isEmpty else { return (try await store.complete(reports, worker: worker.id, at: clock.now()), []) }
+        let round: (completed: [Result<Generation, KilnError>], leased: [Generation?])
+        do {
+            round = try await store.exchange(
+                completing: reports, leasing: picked, to: worker, at: clock.now(), ttl: configuration.leases.ttlSeconds, start: start)
+        } catch {
+            for sequence in picked { scheduler.requeue(sequence) }
+            throw error
+        }
+        return (round.completed, follow(picked, round.leased, start: start))
+    }
+
+    /// What a worker offers the scheduler: its cluster, accelerator and GPUs, and the model
+    /// placement put it on (nil: any).
+    private static func offer(of worker: WorkerRecord, model: String?) -> WorkerOffer {
+        WorkerOffer(cluster: worker.cluster, accelerator: worker.accelerator, gpus: worker.gpus, models: model.map { [$0] })
+    }
+
+    /// Up to `max` jobs the scheduler gives `offer` now, each counted as dispatched until the store
+    /// says what became of it (``follow(_:_:start:)``).
+    private func pick(for offer: WorkerOffer, max: Int) -> [Int64] {
+        var picked: [Int64] = []
+        while picked.count < max, let sequence = scheduler.nextSequence(for: offer, now: now) { picked.append(sequence) }
+        return picked
+    }
+
+    /// The scheduler follows what the store's lease did with picked jobs: each leased one stays
+    /// dispatched (started, with `start`); one canceled between its pick and the lease is forgotten.
+    /// - Returns: the leased generations, in order.
+    private func follow(_ picked: [Int64], _ generations: [Generation?], start: Bool) -> [Generation] {
+        var leased: [Generation] = []
+        for (sequence, generation) in zip(picked, generations) {
+            guard let generation else {
+                scheduler.remove(sequence)
+                identifiers[sequence] = nil
+                continue
+            }
+            if start { scheduler.started(sequence) }
+            throughput.record(at: now)
+            leased.append(generation)
         }
         return leased
     }

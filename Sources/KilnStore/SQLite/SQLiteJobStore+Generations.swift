@@ -191,21 +191,34 @@ extension SQLiteJobStore {
     }
 
     public func complete(_ reports: [CompletionReport], worker: WorkerID, at: Date) async throws -> [Result<Generation, KilnError>] {
+        try await write { db in try Self.complete(reports, worker: worker, at: at, db) }
+    }
+
+    public func exchange(
+        completing reports: [CompletionReport], leasing sequences: [Int64], to worker: WorkerRecord, at: Date, ttl: Double, start: Bool
+    ) async throws -> (completed: [Result<Generation, KilnError>], leased: [Generation?]) {
         try await write { db in
-            try reports.map { report in
-                // Each in a savepoint of its own: one refused changes nothing, and the others go.
-                var result: Result<Generation, KilnError>?
-                try db.inSavepoint {
-                    do {
-                        result = .success(try Self.complete(report, worker: worker, at: at, db))
-                        return .commit
-                    } catch let error as KilnError where error.refusesItem {
-                        result = .failure(error)
-                        return .rollback
-                    }
+            let completed = try Self.complete(reports, worker: worker.id, at: at, db)
+            return (completed, try sequences.map { try Self.lease($0, to: worker, at: at, ttl: ttl, start: start, db) })
+        }
+    }
+
+    /// Ends each report in a savepoint of its own: one refused changes nothing, and the others go.
+    private static func complete(_ reports: [CompletionReport], worker: WorkerID, at: Date, _ db: Database) throws
+        -> [Result<Generation, KilnError>]
+    {
+        try reports.map { report in
+            var result: Result<Generation, KilnError>?
+            try db.inSavepoint {
+                do {
+                    result = .success(try Self.complete(report, worker: worker, at: at, db))
+                    return .commit
+                } catch let error as KilnError where error.refusesItem {
+                    result = .failure(error)
+                    return .rollback
                 }
-                return result!
             }
+            return result!
         }
     }
 
