@@ -123,7 +123,7 @@ extension PostgresJobStore {
             binds.append(lease?.acknowledged ?? false)
             binds.append(after.progress.fraction)
             binds.append(after.progress.stage)
-            binds.append(after.output.isEmpty ? "{}" : JSONColumn.encode(after.output))
+            binds.append(JSONColumn.encode(after.output))
             binds.append(after.error?.code)  // $15
             binds.append(after.error?.message)
             binds.append(after.startedAt?.timeIntervalSince1970)

@@ -5,7 +5,15 @@ import Foundation
 /// a decoder.
 public enum JSONColumn {
     /// The value as JSON text with sorted keys; `{}` if it cannot be encoded.
-    public static func encode<T: Encodable>(_ value: T) -> String {
+    public static func encode<T: Encodable>(_ value: T) -> String { encoded(value) }
+
+    /// An array as JSON text. Most rows hold empty collections: `[]` needs no encoder.
+    public static func encode<Element: Encodable>(_ value: [Element]) -> String { value.isEmpty ? "[]" : encoded(value) }
+
+    /// An object as JSON text, its keys sorted; `{}` needs no encoder.
+    public static func encode<Value: Encodable>(_ value: [String: Value]) -> String { value.isEmpty ? "{}" : encoded(value) }
+
+    private static func encoded<T: Encodable>(_ value: T) -> String {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys]
         return String(decoding: (try? encoder.encode(value)) ?? Data("{}".utf8), as: UTF8.self)

@@ -374,7 +374,7 @@ extension SQLiteJobStore {
                 after.version, after.attempts, lease?.token.value ?? token,
                 lease?.cluster, lease?.leasedAt.timeIntervalSince1970, lease?.expiresAt.timeIntervalSince1970,
                 lease?.startedAt?.timeIntervalSince1970, lease?.acknowledged ?? false,
-                after.progress.fraction, after.progress.stage, after.output.isEmpty ? "{}" : JSONColumn.encode(after.output),
+                after.progress.fraction, after.progress.stage, JSONColumn.encode(after.output),
                 after.error?.code, after.error?.message,
                 after.startedAt?.timeIntervalSince1970, after.completedAt?.timeIntervalSince1970, after.unacknowledgedLeases,
             ]
