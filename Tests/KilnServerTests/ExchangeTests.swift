@@ -91,8 +91,13 @@ struct ExchangeTests {
                     Exchange(completed: [.init(job: second.id, token: round.jobs[0].lease.token, outputs: [])],
                              lease: .init(max: 1, waitSeconds: 30, start: true)))
             }
+            let deadline = ContinuousClock.now + .seconds(20)
             var seen = try await api.generation(user, second.id)
             while seen.state != .succeeded {
+                guard ContinuousClock.now < deadline else {
+                    Issue.record("the completion was not stored while the call waited")
+                    break
+                }
                 try await Task.sleep(for: .milliseconds(5))
                 seen = try await api.generation(user, second.id)
             }
@@ -100,6 +105,36 @@ struct ExchangeTests {
             let answer = try await waiting.value
             #expect(answer.reports.map(\.job) == [second.id] && answer.reports[0].error == nil)
             #expect(answer.jobs.map(\.job.id) == [third.id], "the wait ends with the job submitted meanwhile")
+        }
+    }
+
+    @Test("failures settle before the leases: a retryable one frees its account's running slot and may be leased again in the same call")
+    func failuresSettleBeforeLeases() async throws {
+        let kiln = try await KilnHarness.make()
+        try await kiln.withClient { api in
+            try await api.model()
+            let (_, free) = try await api.account(tier: "free")  // at most 2 running
+            let (_, enterprise) = try await api.account(tier: "enterprise")
+            let workerKey = try await api.workerKey()
+            let worker = try await api.register(workerKey)
+            let done = try await api.submit(free)
+            let failing = try await api.submit(free)
+            let held = try await exchange(api, workerKey, worker, Exchange(lease: .init(max: 2, start: true))).jobs
+            #expect(held.map(\.job.id) == [done.id, failing.id])
+            let waiting = try await api.submit(free)  // its account is at its cap
+            let urgent = try await api.submit(enterprise)
+
+            let token = { (id: String) in held.first { $0.job.id == id }!.lease.token }
+            let round = try await exchange(
+                api, workerKey, worker,
+                Exchange(
+                    completed: [.init(job: done.id, token: token(done.id), outputs: [])],
+                    failed: [.init(job: failing.id, token: token(failing.id), error: .init(code: "oom", message: "out of memory"), retryable: true)],
+                    lease: .init(max: 3, start: true)))
+            #expect(round.reports.allSatisfy { $0.error == nil })
+            // The completion and the failure freed both of the account's slots before the leases.
+            #expect(Set(round.jobs.map(\.job.id)) == [urgent.id, failing.id, waiting.id])
+            #expect(try await api.generation(free, failing.id).attempts == 2)
         }
     }
 

@@ -131,9 +131,10 @@ extension APIHandler {
         let model = lease == nil ? nil : await services.fleet.assignment(for: worker.id)?.model
         var generations: [Generation] = []
         if !completions.isEmpty {
-            // The completions and the jobs it may take now, in one commit.
+            // The completions and the jobs it may take now, in one commit; with failures to report
+            // too, those settle between the two (a retryable one may be leased again at once).
             let results: [Result<Generation, KilnError>]
-            if let lease {
+            if let lease, failed.isEmpty {
                 (results, generations) = try await services.dispatcher.exchange(
                     completing: completions, for: worker, max: lease.max, start: lease.start ?? false, model: model)
             } else {

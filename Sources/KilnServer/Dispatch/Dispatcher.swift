@@ -291,7 +291,8 @@ public actor Dispatcher {
     public func exchange(completing reports: [CompletionReport], for worker: WorkerRecord, max: Int, start: Bool, model: String?)
         async throws -> (completed: [Result<Generation, KilnError>], leased: [Generation])
     {
-        let picked = pick(for: Self.offer(of: worker, model: model), max: max)
+        // A request canceled (the server stopping) takes no job it could not deliver.
+        let picked = Task.isCancelled ? [] : pick(for: Self.offer(of: worker, model: model), max: max)
         guard !picked.isEmpty else { return (try await store.complete(reports, worker: worker.id, at: clock.now()), []) }
         let round: (completed: [Result<Generation, KilnError>], leased: [Generation?])
         do {
