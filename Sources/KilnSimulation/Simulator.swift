@@ -66,20 +66,17 @@ public struct Traffic: Sendable {
     public var count: Int { jobs.count }
 }
 
-/// One job of the day: 32 bytes, since a run touches half a million of them in no cache-friendly
-/// order; the narrow fields are read as `Int`.
+/// One job of the day, as drawn: 24 bytes, read by every run of the scenario from one shared array
+/// (a run touches half a million of them in no cache-friendly order; what a run changes is in
+/// ``SimDispatches``, so the runs of a comparison share this). The narrow fields are read as `Int`.
 struct SimJob: Sendable {
     /// When it joined the queue: before the run began (negative) for a trace job that had waited.
-    var arrival: Double
+    let arrival: Double
     /// GPU seconds at speed 1.
-    var work: Double
-    private var account32: Int32
-    /// Dispatches so far: events of an earlier dispatch (one released since) are ignored.
-    private var dispatches32: Int32 = 0
-    private var tier16: Int16
-    private var model16: Int16
-    /// Attempts charged (a released job is not charged for its dispatch).
-    private var attempts16: Int16 = 0
+    let work: Double
+    private let account32: Int32
+    private let tier16: Int16
+    private let model16: Int16
 
     init(arrival: Double, tier: Int, account: Int, model: Int, work: Double) {
         self.arrival = arrival
@@ -92,6 +89,15 @@ struct SimJob: Sendable {
     var tier: Int { Int(tier16) }
     var account: Int { Int(account32) }
     var model: Int { Int(model16) }
+}
+
+/// What one run changes of a job: 8 bytes.
+struct SimDispatches {
+    /// Dispatches so far: events of an earlier dispatch (one released since) are ignored.
+    private var dispatches32: Int32 = 0
+    /// Attempts charged (a released job is not charged for its dispatch).
+    private var attempts16: Int16 = 0
+
     var attempts: Int {
         get { Int(attempts16) }
         set { attempts16 = Int16(newValue) }
@@ -158,7 +164,10 @@ struct SimulationRun {
     var scheduler: Scheduler
     /// Lane 0 holds the next arrival; lane 1 + c the lease starts of cluster c (see ``EventQueue``).
     var events: EventQueue<SimEvent>
-    var jobs: [SimJob]
+    /// The day's jobs, shared with every other run of the traffic; what this run changes of each is
+    /// in `dispatched`, at the same index.
+    let jobs: [SimJob]
+    var dispatched: [SimDispatches]
     /// The scheduler's queue of each (tier, model), at `tier * models + model`, and its account of
     /// each account: resolved once, so that an arrival enqueues integers.
     let queueRefs: [QueueRef]
@@ -216,6 +225,7 @@ struct SimulationRun {
         self.accountRefs = accountRefs
         modelIndex = Dictionary(scenario.models.enumerated().map { ($1.name, $0) }, uniquingKeysWith: { first, _ in first })
         jobs = traffic.jobs
+        dispatched = Array(repeating: SimDispatches(), count: traffic.jobs.count)
         events = EventQueue(lanes: 1 + scenario.clusters.count)
         var allPools: [(cluster: Int, spec: Scenario.PoolSpec)] = []
         for (clusterIndex, cluster) in scenario.clusters.enumerated() {
@@ -301,7 +311,7 @@ struct SimulationRun {
                 if index + 1 < jobs.count { events.schedule(.arrival(index32 + 1), at: max(0, jobs[index + 1].arrival), lane: 0) }
                 dispatch(now: time)
             case .started(let index, let dispatch):
-                guard jobs[Int(index)].dispatches == dispatch else { break }
+                guard dispatched[Int(index)].dispatches == dispatch else { break }
                 scheduler.started(Int64(index))
                 self.dispatch(now: time)
             case .finished(let index32, let worker32, let dispatch):
@@ -317,7 +327,7 @@ struct SimulationRun {
                 self.dispatch(now: time)
             case .failed(let index32, let worker32, let dispatch):
                 let (index, worker) = (Int(index32), Int(worker32))
-                guard jobs[index].dispatches == dispatch else { break }
+                guard dispatched[index].dispatches == dispatch else { break }
                 metrics.busy(-workers[worker].gpus)
                 alive(worker, -1)
                 workers[worker].state = .down
@@ -328,7 +338,7 @@ struct SimulationRun {
                 events.schedule(.leaseExpired(index32), at: time + scenario.leases.ttlSeconds)
             case .leaseExpired(let index32):
                 let index = Int(index32)
-                if RetryRule.requeues(attempts: jobs[index].attempts, maxAttempts: scenario.leases.maxAttempts, retryable: true) {
+                if RetryRule.requeues(attempts: dispatched[index].attempts, maxAttempts: scenario.leases.maxAttempts, retryable: true) {
                     scheduler.requeue(Int64(index))
                     metrics.retries += 1
                 } else {
@@ -435,9 +445,9 @@ struct SimulationRun {
     }
 
     private mutating func lease(_ index: Int, on worker: Int, now: Double) {
-        jobs[index].attempts += 1
-        jobs[index].dispatches += 1
-        let dispatch = jobs[index].dispatches
+        dispatched[index].attempts += 1
+        dispatched[index].dispatches += 1
+        let (dispatch, attempts) = (dispatched[index].dispatches, dispatched[index].attempts)
         metrics.dispatched(tier: jobs[index].tier, wait: now - jobs[index].arrival)
         let model = jobs[index].model
         let cluster = scenario.clusters[workers[worker].cluster]
@@ -450,7 +460,7 @@ struct SimulationRun {
         workers[worker].state = .busy
         workers[worker].lease = SimLease(
             job: Int32(index), dispatch: Int32(dispatch), tier: Int16(jobs[index].tier), model: Int16(model),
-            attempts: Int32(jobs[index].attempts), wait: now - jobs[index].arrival, runSeconds: runSeconds)
+            attempts: Int32(attempts), wait: now - jobs[index].arrival, runSeconds: runSeconds)
         metrics.busy(workers[worker].gpus)
         let start = now + cluster.startDelaySeconds
         if cluster.startDelaySeconds > 0 {
@@ -460,7 +470,7 @@ struct SimulationRun {
         }
         if let failures = scenario.failures, failures.meanHoursBetweenFailures > 0 {
             // Drawn from the job and attempt alone, so every policy sees the same failures.
-            var random = SplitMix64(seed: scenario.seed &+ UInt64(index) &* 0x9E37_79B9 &+ UInt64(jobs[index].attempts))
+            var random = SplitMix64(seed: scenario.seed &+ UInt64(index) &* 0x9E37_79B9 &+ UInt64(attempts))
             let probability = 1 - exp(-runtime / (failures.meanHoursBetweenFailures * 3600))
             if random.unit() < probability {
                 events.schedule(
@@ -662,8 +672,8 @@ struct SimulationRun {
             retire(worker)
             return
         }
-        jobs[job].attempts -= 1
-        jobs[job].dispatches += 1  // the dispatch's pending events no longer apply
+        dispatched[job].attempts -= 1
+        dispatched[job].dispatches += 1  // the dispatch's pending events no longer apply
         scheduler.requeue(Int64(job))
         metrics.releasedJobs += 1
         metrics.busy(-workers[worker].gpus)
