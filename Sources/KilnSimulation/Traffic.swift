@@ -128,7 +128,9 @@ enum ScenarioValidation {
             guard cluster.dispatchLimit >= 1 else { throw fail("clusters[\(c)].dispatch_limit must be at least 1") }
             guard cluster.startDelaySeconds >= 0 else { throw fail("clusters[\(c)].start_delay_seconds must not be negative") }
             for (p, pool) in cluster.pools.enumerated() {
-                guard pool.gpusPerWorker >= 0 else { throw fail("clusters[\(c)].pools[\(p)].gpus_per_worker must not be negative") }
+                guard (0...1024).contains(pool.gpusPerWorker) else {
+                    throw fail("clusters[\(c)].pools[\(p)].gpus_per_worker must be from 0 to 1024, as a worker's gpus")
+                }
                 for (s, step) in pool.capacity.enumerated() where step.workers < 0 || step.atHours < 0 || step.overHours < 0 {
                     throw fail("clusters[\(c)].pools[\(p)].capacity[\(s)]: hours and workers must not be negative")
                 }

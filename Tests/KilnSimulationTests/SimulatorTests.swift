@@ -181,6 +181,16 @@ struct SimulatorTests {
         var negative = day
         negative.clusters[0].pools[0].capacity = [.init(atHours: 0, workers: -1)]
         #expect(throws: KilnError.self) { try Simulator(scenario: negative, policy: SLOPolicy()) }
+        var huge = day
+        huge.clusters[0].pools[0].gpusPerWorker = 100_000
+        do {
+            _ = try Simulator(scenario: huge, policy: SLOPolicy())
+            Issue.record("a worker of 100,000 GPUs was accepted")
+        } catch let error as KilnError {
+            #expect(error.message.contains("clusters[0].pools[0].gpus_per_worker"))
+        } catch {
+            Issue.record("unexpected \(error)")
+        }
     }
 
     @Test("the chart is well-formed SVG with a panel per policy")
