@@ -25,6 +25,12 @@ public actor Dispatcher {
         /// The long poll's connection, watched while it waits: a wait whose client went away ends.
         var client: ClientConnection?
         var watch: Int?
+
+        /// Its timer and its connection's watch stop: the wait is ending.
+        func stop() {
+            timer.cancel()
+            if let watch { client?.unwatch(watch) }
+        }
     }
 
     /// How a long poll's wait ended.
@@ -456,9 +462,7 @@ public actor Dispatcher {
     public func close() {
         closing = true
         for id in Array(waiters.keys) {
-            guard let removed = removeWaiter(id) else { continue }
-            removed.timer.cancel()
-            removed.continuation.resume(returning: .recalled)
+            removeWaiter(id)?.continuation.resume(returning: .recalled)
         }
     }
 
@@ -476,9 +480,7 @@ public actor Dispatcher {
     /// placed it on a model), and it must ask again under the new one.
     public func recall(_ worker: WorkerID) {
         for (id, waiter) in waiters where waiter.worker.id == worker {
-            guard let removed = removeWaiter(id) else { continue }
-            removed.timer.cancel()
-            removed.continuation.resume(returning: .recalled)
+            removeWaiter(id)?.continuation.resume(returning: .recalled)
         }
     }
 
@@ -506,10 +508,11 @@ public actor Dispatcher {
         removeWaiter(id)?.continuation.resume(returning: .changed)
     }
 
+    /// Takes a wait out of the waiting ones, its timer and watch stopped; nil when it has ended.
     private func removeWaiter(_ id: Int) -> Waiter? {
         guard let waiter = waiters.removeValue(forKey: id) else { return nil }
         waitOrder.removeAll { $0 == id }
-        if let watch = waiter.watch { waiter.client?.unwatch(watch) }
+        waiter.stop()
         return waiter
     }
 
@@ -529,7 +532,6 @@ public actor Dispatcher {
             if waiter.client?.isGone == true {
                 abandoned(id)
             } else if canTake(requirements, waiter.offer), let taken = removeWaiter(id) {
-                taken.timer.cancel()
                 return taken
             }
         }
@@ -538,9 +540,7 @@ public actor Dispatcher {
 
     /// Ends a wait whose client went away, with nothing.
     private func abandoned(_ id: Int) {
-        guard let waiter = removeWaiter(id) else { return }
-        waiter.timer.cancel()
-        waiter.continuation.resume(returning: .recalled)
+        removeWaiter(id)?.continuation.resume(returning: .recalled)
     }
 
     /// Whether a worker of `offer` can run a job of `requirements` and its cluster may take one more.
@@ -555,7 +555,7 @@ public actor Dispatcher {
         waiters.removeAll()
         waitOrder.removeAll()
         for waiter in all.values {
-            waiter.timer.cancel()
+            waiter.stop()
             wakeups += 1
             waiter.continuation.resume(returning: .changed)
         }
