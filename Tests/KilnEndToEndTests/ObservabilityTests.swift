@@ -101,11 +101,13 @@ struct ObservabilityTests {
             for _ in 0..<3 { _ = try await cluster.submit([:], model: "probe") }  // no worker: they stay queued
             let kiln = LocalCluster.repository.appending(path: ".build/debug/kiln").path
             let command = "\(kiln) top --interval 0.5 --server \(cluster.url) --key \(LocalCluster.adminKey)"
-            // `script` gives the command a pseudo-terminal; `timeout` ends it after a few refreshes.
-            // Its input must stay open (at end of input `script` ends at once): a pipe never written.
+            // `script` gives the command a pseudo-terminal; `timeout` ends it after a few refreshes
+            // (12 s: a debug build started beside the rest of the suite on two cores can take most of
+            // 5 s to show its first view). Its input must stay open (at end of input `script` ends at
+            // once): a pipe never written.
             let process = Process()
             process.executableURL = URL(filePath: "/usr/bin/timeout")
-            process.arguments = ["5", "/usr/bin/script", "-qfc", command, "/dev/null"]
+            process.arguments = ["12", "/usr/bin/script", "-qfc", command, "/dev/null"]
             let input = Pipe()
             let output = Pipe()
             process.standardInput = input
