@@ -58,24 +58,37 @@ public struct Scheduler: Sendable {
         var queue: Int
     }
 
-    /// Where a waiting job is: enough to find it by binary search.
-    struct Location: Sendable {
-        var queue: Int
-        var entry: Entry
-        var parked: Bool
+    /// A job the scheduler holds, in one slot from its enqueue to its end: where it waits (its queue,
+    /// and enough of its entry to find it there by binary search), or which cluster holds it once it
+    /// is dispatched. 24 bytes; a pick, the job's start and its end touch this one slot.
+    struct Held: Sendable {
+        enum Phase: UInt8 {
+            case queued, parked, leased, started
+
+            var isWaiting: Bool { self == .queued || self == .parked }
+        }
+
+        var queuedAt: Double
+        var account: UInt32
+        var queue: UInt32
+        /// The cluster's index in `clusterNames`, once dispatched.
+        var cluster: UInt32
+        var phase: Phase
+
+        init(_ entry: Entry, queue: Int, cluster: Int = 0, phase: Phase) {
+            self.queuedAt = entry.queuedAt
+            self.account = entry.account
+            self.queue = UInt32(queue)
+            self.cluster = UInt32(cluster)
+            self.phase = phase
+        }
+
+        func entry(_ sequence: Int64) -> Entry { Entry(sequence: sequence, account: account, queuedAt: queuedAt) }
     }
 
     struct CachedOffer: Sendable {
         var offer: WorkerOffer
         var cluster: Int
-    }
-
-    struct InFlight: Sendable {
-        var entry: Entry
-        var queue: Int
-        /// The cluster's index in `clusters`.
-        var cluster: Int
-        var started: Bool
     }
 
     public let tiers: TierTable
@@ -106,8 +119,8 @@ public struct Scheduler: Sendable {
     private var accountIndex: [AccountID: UInt32] = [:]
     private var dispatchedByAccount: [Int] = []
     private var parked: [UInt32: Deque<Parked>] = [:]
-    private var locations = SequenceSlab<Location>()
-    private var inFlight = SequenceSlab<InFlight>()
+    /// Every job queued, parked or dispatched, by sequence.
+    private var held = SequenceSlab<Held>()
     /// Clusters by index, as workers named them; by cluster index, their names, leased-but-not-started
     /// jobs and dispatch limits.
     private var clusters: [String: Int] = [:]
@@ -158,10 +171,10 @@ public struct Scheduler: Sendable {
     /// Puts a job in a queue resolved beforehand: for callers that enqueue many jobs of few kinds
     /// (the simulator), no string is hashed per job. A job already known is left as it is.
     public mutating func enqueue(_ sequence: Int64, queue: QueueRef, account: AccountRef, queuedAt: Double) {
-        guard locations[sequence] == nil, inFlight[sequence] == nil else { return }
+        guard held[sequence] == nil else { return }
         let entry = Entry(sequence: sequence, account: account.index, queuedAt: queuedAt)
         Self.insertSorted(entry, into: &queues[queue.index].entries)
-        locations[sequence] = Location(queue: queue.index, entry: entry, parked: false)
+        held[sequence] = Held(entry, queue: queue.index, phase: .queued)
         queuedCount += 1
     }
 
@@ -246,9 +259,8 @@ public struct Scheduler: Sendable {
             if bestUnprotected != nil {
                 unprotectedCredit = protectedTiers[queues[best].tier] ? credit : max(0, credit - 1000)
             }
-            locations[entry.sequence] = nil
+            held[entry.sequence] = Held(entry, queue: best, cluster: cluster, phase: .leased)
             queuedCount -= 1
-            inFlight[entry.sequence] = InFlight(entry: entry, queue: best, cluster: cluster, started: false)
             dispatchedByAccount[Int(entry.account)] += 1
             pendingByCluster[cluster] += 1
             return (entry, best)
@@ -257,20 +269,21 @@ public struct Scheduler: Sendable {
 
     /// The worker began running the job: it no longer counts against its cluster's dispatch limit.
     public mutating func started(_ sequence: Int64) {
-        guard var flight = inFlight[sequence], !flight.started else { return }
-        flight.started = true
-        inFlight[sequence] = flight
-        pendingByCluster[flight.cluster] -= 1
+        guard var job = held[sequence], job.phase == .leased else { return }
+        job.phase = .started
+        held[sequence] = job
+        pendingByCluster[Int(job.cluster)] -= 1
     }
 
     /// Puts a dispatched job back in its queue with its original `queuedAt` (lease expired, worker
     /// failed with a retryable error, or the lease could not be persisted).
     public mutating func requeue(_ sequence: Int64) {
-        guard let flight = release(sequence) else { return }
-        Self.insertSorted(flight.entry, into: &queues[flight.queue].entries)
-        locations[sequence] = Location(queue: flight.queue, entry: flight.entry, parked: false)
+        guard var job = release(sequence) else { return }
+        Self.insertSorted(job.entry(sequence), into: &queues[Int(job.queue)].entries)
+        job.phase = .queued
+        held[sequence] = job
         queuedCount += 1
-        unpark(flight.entry.account)
+        unpark(job.account)
     }
 
     /// Forgets a job wherever it is (canceled, succeeded, failed).
@@ -278,20 +291,20 @@ public struct Scheduler: Sendable {
     /// - Returns: whether the job was known.
     @discardableResult
     public mutating func remove(_ sequence: Int64) -> Bool {
-        if let flight = release(sequence) {
-            unpark(flight.entry.account)
+        if let job = release(sequence) {
+            held[sequence] = nil
+            unpark(job.account)
             return true
         }
-        guard let location = locations.removeValue(forKey: sequence) else { return false }
+        guard let job = held.removeValue(forKey: sequence) else { return false }
         queuedCount -= 1
-        if location.parked {
-            let account = location.entry.account
-            if let index = parked[account]?.firstIndex(where: { $0.entry.sequence == sequence }) {
-                parked[account]!.remove(at: index)
-                if parked[account]!.isEmpty { parked[account] = nil }
+        if job.phase == .parked {
+            if let index = parked[job.account]?.firstIndex(where: { $0.entry.sequence == sequence }) {
+                parked[job.account]!.remove(at: index)
+                if parked[job.account]!.isEmpty { parked[job.account] = nil }
             }
-        } else if let index = Self.indexOf(location.entry, in: queues[location.queue].entries) {
-            queues[location.queue].entries.remove(at: index)
+        } else if let index = Self.indexOf(job.entry(sequence), in: queues[Int(job.queue)].entries) {
+            queues[Int(job.queue)].entries.remove(at: index)
         }
         return true
     }
@@ -300,14 +313,14 @@ public struct Scheduler: Sendable {
     /// store is the truth; this is its cache), or one handed to a waiting worker in its submission's
     /// own transaction. A job already known is left as it is.
     public mutating func recordDispatched(_ job: QueuedJob, cluster: String, started: Bool) throws {
-        guard locations[job.sequence] == nil, inFlight[job.sequence] == nil else { return }
+        guard held[job.sequence] == nil else { return }
         guard let tier = tiers.index(of: job.tier) else {
             throw KilnError(.invalidInput, "unknown tier '\(job.tier)'")
         }
         let queue = queueFor(tier: tier, jobClass: classFor(job.requirements))
         let entry = Entry(sequence: job.sequence, account: accountFor(job.account), queuedAt: job.queuedAt)
         let clusterIndex = clusterFor(cluster)
-        inFlight[job.sequence] = InFlight(entry: entry, queue: queue, cluster: clusterIndex, started: started)
+        held[job.sequence] = Held(entry, queue: queue, cluster: clusterIndex, phase: started ? .started : .leased)
         dispatchedByAccount[Int(entry.account)] += 1
         if !started { pendingByCluster[clusterIndex] += 1 }
     }
@@ -332,10 +345,10 @@ public struct Scheduler: Sendable {
 
     // MARK: - Views
 
-    public func isQueued(_ sequence: Int64) -> Bool { locations[sequence] != nil }
-    public func isParked(_ sequence: Int64) -> Bool { locations[sequence]?.parked ?? false }
-    public func isDispatched(_ sequence: Int64) -> Bool { inFlight[sequence] != nil }
-    public var dispatchedCount: Int { inFlight.count }
+    public func isQueued(_ sequence: Int64) -> Bool { held[sequence]?.phase.isWaiting ?? false }
+    public func isParked(_ sequence: Int64) -> Bool { held[sequence]?.phase == .parked }
+    public func isDispatched(_ sequence: Int64) -> Bool { held[sequence].map { !$0.phase.isWaiting } ?? false }
+    public var dispatchedCount: Int { held.count - queuedCount }
 
     /// Leased-but-not-started jobs of a cluster.
     public func pending(in cluster: String) -> Int { clusters[cluster].map { pendingByCluster[$0] } ?? 0 }
@@ -350,8 +363,8 @@ public struct Scheduler: Sendable {
     /// How many queued jobs the policy would dispatch before this one at `now`, if every worker could
     /// run every job; nil when the job is not queued. O(queues × log jobs).
     public func position(of sequence: Int64, now: Double) -> Int? {
-        guard let location = locations[sequence] else { return nil }
-        let target = head(location.entry, queue: location.queue)
+        guard let job = held[sequence], job.phase.isWaiting else { return nil }
+        let target = head(job.entry(sequence), queue: Int(job.queue))
         var ahead = 0
         for index in queues.indices {
             let entries = queues[index].entries
@@ -535,18 +548,21 @@ public struct Scheduler: Sendable {
             requirements: classes[queues[queue].jobClass], queuedAt: entry.queuedAt)
     }
 
-    private mutating func release(_ sequence: Int64) -> InFlight? {
-        guard let flight = inFlight.removeValue(forKey: sequence) else { return nil }
-        if !flight.started { pendingByCluster[flight.cluster] -= 1 }
-        dispatchedByAccount[Int(flight.entry.account)] -= 1
-        return flight
+    /// Gives back what a dispatched job holds (its account's running slot, its cluster's dispatch
+    /// slot until it started); the caller then removes the job or puts it back in its queue.
+    /// - Returns: the job, or nil when it is not dispatched.
+    private mutating func release(_ sequence: Int64) -> Held? {
+        guard let job = held[sequence], !job.phase.isWaiting else { return nil }
+        if job.phase == .leased { pendingByCluster[Int(job.cluster)] -= 1 }
+        dispatchedByAccount[Int(job.account)] -= 1
+        return job
     }
 
     private mutating func park(_ entry: Entry, queue: Int) {
         var list = parked[entry.account] ?? []
         Self.insertSorted(Parked(entry: entry, queue: queue), into: &list)
         parked[entry.account] = list
-        locations[entry.sequence] = Location(queue: queue, entry: entry, parked: true)
+        held[entry.sequence] = Held(entry, queue: queue, phase: .parked)
     }
 
     /// Returns the account's oldest parked jobs to their queues, one per free running slot.
@@ -557,7 +573,7 @@ public struct Scheduler: Sendable {
         while free > 0, let item = list.first {
             list.removeFirst()
             Self.insertSorted(item.entry, into: &queues[item.queue].entries)
-            locations[item.entry.sequence] = Location(queue: item.queue, entry: item.entry, parked: false)
+            held[item.entry.sequence] = Held(item.entry, queue: item.queue, phase: .queued)
             free -= 1
         }
         parked[account] = list.isEmpty ? nil : list
