@@ -2,26 +2,46 @@ import Foundation
 import KilnCore
 
 extension Scenario.RunTime {
-    /// One draw, in seconds (never below a millisecond).
-    public func sample(_ random: inout SplitMix64) -> Double {
-        let value: Double
-        switch distribution {
-        case .fixed:
-            value = meanSeconds
-        case .exponential:
-            value = random.exponential(mean: meanSeconds)
-        case .uniform:
-            let half = stddevSeconds * 3.0.squareRoot()
-            value = meanSeconds - half + 2 * half * random.unit()
-        case .lognormal:
-            guard stddevSeconds > 0 else {
-                value = meanSeconds
-                break
+    /// Draws of this run time, with the distribution's parameters worked out once.
+    struct Sampler {
+        private let distribution: Scenario.RunTime.Kind
+        private let mean: Double
+        /// Uniform: half the width; lognormal: the underlying normal's standard deviation.
+        private let spread: Double
+        /// Lognormal: the underlying normal's mean.
+        private let mu: Double
+
+        init(_ runtime: Scenario.RunTime) {
+            distribution = runtime.distribution
+            mean = runtime.meanSeconds
+            switch runtime.distribution {
+            case .uniform:
+                spread = runtime.stddevSeconds * 3.0.squareRoot()
+                mu = 0
+            case .lognormal where runtime.stddevSeconds > 0:
+                let variance = log(1 + (runtime.stddevSeconds * runtime.stddevSeconds) / (mean * mean))
+                spread = variance.squareRoot()
+                mu = log(mean) - variance / 2
+            default:
+                spread = 0
+                mu = 0
             }
-            let variance = log(1 + (stddevSeconds * stddevSeconds) / (meanSeconds * meanSeconds))
-            let mu = log(meanSeconds) - variance / 2
-            value = exp(mu + variance.squareRoot() * random.normal())
         }
-        return max(value, 0.001)
+
+        /// One draw, in seconds (never below a millisecond).
+        func draw(_ random: inout SplitMix64) -> Double {
+            let value: Double
+            switch distribution {
+            case .fixed:
+                value = mean
+            case .exponential:
+                value = random.exponential(mean: mean)
+            case .uniform:
+                value = mean - spread + 2 * spread * random.unit()
+            case .lognormal:
+                value = spread > 0 ? exp(mu + spread * random.normal()) : mean
+            }
+            return max(value, 0.001)
+        }
     }
 }

@@ -22,24 +22,44 @@ enum TrafficGenerator {
         times.sort()
         let tierWeights = cumulative(scenario.tiers.map(\.share))
         let modelWeights = cumulative(scenario.models.map(\.share))
-        var jobs = times.map { time in
+        let runtimes = scenario.models.map { Scenario.RunTime.Sampler($0.runtime) }
+        let accounts = scenario.tiers.map { UInt64($0.accounts) }
+        let drawn = times.map { time in
             let tier = random.pick(tierWeights)
-            let account = firstAccount[tier] + Int(random.next() % UInt64(scenario.tiers[tier].accounts))
+            let account = firstAccount[tier] + Int(random.next() % accounts[tier])
             let model = random.pick(modelWeights)
-            return SimJob(arrival: time, tier: tier, account: account, model: model, work: scenario.models[model].runtime.sample(&random))
+            return SimJob(arrival: time, tier: tier, account: account, model: model, work: runtimes[model].draw(&random))
         }
-        for item in scenario.trace {
+        guard !scenario.trace.isEmpty else { return drawn }
+        let traced = scenario.trace.map { item in
             // Validation has checked the names and the account.
             let tier = scenario.tiers.firstIndex { $0.name == item.tier }!
             let model = scenario.models.firstIndex { $0.name == item.model }!
-            jobs.append(
-                SimJob(
-                    arrival: item.atSeconds - item.waitedSeconds, tier: tier, account: firstAccount[tier] + item.account, model: model,
-                    work: item.gpuSeconds))
+            return SimJob(
+                arrival: item.atSeconds - item.waitedSeconds, tier: tier, account: firstAccount[tier] + item.account, model: model,
+                work: item.gpuSeconds)
         }
-        // Stable: generated jobs before trace jobs of the same instant, each in its own order.
-        return jobs.enumerated().sorted { $0.element.arrival != $1.element.arrival ? $0.element.arrival < $1.element.arrival : $0.offset < $1.offset }
-            .map(\.element)
+        return merge(drawn, traced)
+    }
+
+    /// The drawn jobs (in arrival order) and the trace's, by arrival: at the same instant, drawn jobs
+    /// before trace jobs, each in its own order.
+    static func merge(_ drawn: [SimJob], _ trace: [SimJob]) -> [SimJob] {
+        let traced = trace.enumerated().sorted {
+            $0.element.arrival != $1.element.arrival ? $0.element.arrival < $1.element.arrival : $0.offset < $1.offset
+        }.map(\.element)
+        var result: [SimJob] = []
+        result.reserveCapacity(drawn.count + traced.count)
+        var next = 0
+        for job in traced {
+            while next < drawn.count, drawn[next].arrival <= job.arrival {
+                result.append(drawn[next])
+                next += 1
+            }
+            result.append(job)
+        }
+        result.append(contentsOf: drawn[next...])
+        return result
     }
 
     static func cumulative(_ weights: [Double]) -> [Double] {

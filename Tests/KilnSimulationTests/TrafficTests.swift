@@ -1,0 +1,35 @@
+import KilnCore
+import Testing
+
+@testable import KilnSimulation
+
+@Suite("Traffic")
+struct TrafficTests {
+    /// The day's drawn jobs come in arrival order; trace jobs come in any order. The merge must
+    /// give what a stable sort of both by arrival gives, drawn jobs first at the same instant.
+    @Test("trace jobs merge into the drawn ones by arrival; at the same instant drawn ones go first")
+    func traceMergesStably() {
+        func job(_ arrival: Double, _ account: Int) -> SimJob { SimJob(arrival: arrival, tier: 0, account: account, model: 0, work: 1) }
+        let drawn = [job(1, 0), job(2, 1), job(2, 2), job(5, 3), job(9, 4)]
+        let trace = [job(9, 10), job(-3, 11), job(2, 12), job(2, 13), job(12, 14), job(-3, 15)]
+        let merged = TrafficGenerator.merge(drawn, trace)
+        #expect(merged.map(\.account) == [11, 15, 0, 1, 2, 12, 13, 3, 4, 10, 14])
+        #expect(TrafficGenerator.merge(drawn, []).map(\.account) == drawn.map(\.account))
+        #expect(TrafficGenerator.merge([], trace).map(\.account) == [11, 15, 12, 13, 10, 14])
+    }
+
+    @Test("a lognormal run time has the mean and spread it was given; a fixed one is its mean")
+    func runTimeDraws() {
+        var random = SplitMix64(seed: 3)
+        let lognormal = Scenario.RunTime.Sampler(.init(distribution: .lognormal, meanSeconds: 240, stddevSeconds: 120))
+        let draws = (0..<200_000).map { _ in lognormal.draw(&random) }
+        let mean = draws.reduce(0, +) / Double(draws.count)
+        let deviation = (draws.map { ($0 - mean) * ($0 - mean) }.reduce(0, +) / Double(draws.count)).squareRoot()
+        #expect(abs(mean - 240) < 2.4, "mean \(mean)")
+        #expect(abs(deviation - 120) < 3.6, "standard deviation \(deviation)")
+        let fixed = Scenario.RunTime.Sampler(.init(distribution: .fixed, meanSeconds: 30, stddevSeconds: 5))
+        #expect(fixed.draw(&random) == 30)
+        let tiny = Scenario.RunTime.Sampler(.init(distribution: .uniform, meanSeconds: 0.0001, stddevSeconds: 0))
+        #expect(tiny.draw(&random) == 0.001, "never below a millisecond")
+    }
+}
