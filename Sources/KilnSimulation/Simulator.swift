@@ -180,6 +180,8 @@ struct SimulationRun {
     /// Idle workers by pool and assignment (see ``idleList(pool:assignment:)``), in the order
     /// pools are tried (primary first).
     var idle: [[Int]]
+    /// Workers in all the idle lists.
+    var idleCount = 0
     /// What the workers of each idle list offer the scheduler: one value per list, so that the
     /// scheduler's cache of recent offers compares shared storage.
     let offers: [WorkerOffer]
@@ -412,12 +414,14 @@ struct SimulationRun {
         let list = idleList(pool: workers[worker].pool, assignment: workers[worker].assignment)
         workers[worker].idleSlot = idle[list].count
         idle[list].append(worker)
+        idleCount += 1
     }
 
     private mutating func removeIdle(_ worker: Int) {
         guard let slot = workers[worker].idleSlot else { return }
         let list = idleList(pool: workers[worker].pool, assignment: workers[worker].assignment)
         let last = idle[list].removeLast()
+        idleCount -= 1
         if last != worker {
             idle[list][slot] = last
             workers[last].idleSlot = slot
@@ -427,12 +431,15 @@ struct SimulationRun {
 
     /// Idle workers ask for work, primary pools before burst pools, until none gets any.
     private mutating func dispatch(now: Double) {
+        // Most events of a busy day find every worker busy, or of a quiet one nothing queued.
+        guard idleCount > 0, scheduler.queuedCount > 0 else { return }
         let lists = scenario.models.count + 1
         for pool in poolOrder {
             for list in pool * lists..<(pool + 1) * lists {
                 while let worker = idle[list].last {
                     guard let sequence = scheduler.nextSequence(for: offers[list], now: now) else { break }
                     idle[list].removeLast()
+                    idleCount -= 1
                     workers[worker].idleSlot = nil
                     lease(Int(sequence), on: worker, now: now)
                 }
@@ -530,6 +537,7 @@ struct SimulationRun {
         var excess = poolSize[pool] - target
         let list = idleList(pool: pool, assignment: nil)
         while excess > 0, let worker = idle[list].popLast() {
+            idleCount -= 1
             workers[worker].idleSlot = nil
             workers[worker].state = .retired
             alive(worker, -1)
