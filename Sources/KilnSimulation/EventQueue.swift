@@ -12,15 +12,28 @@ import DequeModule
 /// The heap has four children a node, so that a pop touches half the levels of a binary heap and
 /// the four siblings it compares sit side by side; both sifts move a hole rather than swap. Keep
 /// `Event` small (16 bytes or less): it travels with its key.
+///
+/// Times are zero or more: an entry keeps its time's bit pattern, which orders such times as the
+/// times themselves, so that comparing two entries is integer work the compiler does without a
+/// branch (a sift compares entries whose order no branch predictor can guess).
 struct EventQueue<Event> {
     private struct Entry {
-        var time: Double
+        var key: UInt64
         var sequence: UInt64
         var event: Event
 
+        init(time: Double, sequence: UInt64, event: Event) {
+            precondition(time >= 0, "an event's time must be zero or more, not \(time)")
+            self.key = (time + 0).bitPattern  // -0 + 0 is +0
+            self.sequence = sequence
+            self.event = event
+        }
+
+        var time: Double { Double(bitPattern: key) }
+
         @inline(__always)
         func isBefore(_ other: Entry) -> Bool {
-            time != other.time ? time < other.time : sequence < other.sequence
+            key != other.key ? key < other.key : sequence < other.sequence
         }
     }
 
@@ -100,7 +113,12 @@ struct EventQueue<Event> {
                 let first = 4 * hole + 1
                 guard first < count else { break }
                 var child = first
-                for sibling in first + 1..<min(first + 4, count) where heap[sibling].isBefore(heap[child]) { child = sibling }
+                var sibling = first + 1
+                let end = min(first + 4, count)
+                while sibling < end {
+                    child = heap[sibling].isBefore(heap[child]) ? sibling : child
+                    sibling += 1
+                }
                 guard heap[child].isBefore(last) else { break }
                 heap[hole] = heap[child]
                 hole = child

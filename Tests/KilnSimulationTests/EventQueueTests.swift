@@ -50,4 +50,19 @@ struct EventQueueTests {
         #expect(queue.pop() == nil)
         #expect(queue.isEmpty)
     }
+
+    /// Entries compare by their times' bit patterns: -0 must be the same instant as +0, taken in
+    /// the order scheduled, and before any later time, however small.
+    @Test("minus zero is the same instant as zero, and comes before the smallest later time")
+    func minusZero() {
+        var queue = EventQueue<Int>(lanes: 1)
+        queue.schedule(0, at: Double.leastNonzeroMagnitude)
+        queue.schedule(1, at: 0)
+        queue.schedule(2, at: -0.0)
+        queue.schedule(3, at: max(0, -0.0), lane: 0)
+        queue.schedule(4, at: 1e-300)
+        var order: [Int] = []
+        while let (_, event) = queue.pop() { order.append(event) }
+        #expect(order == [1, 2, 3, 0, 4])
+    }
 }

@@ -19,6 +19,7 @@ struct SequenceSlab<Value>: Sendable where Value: Sendable {
 
     /// A sequence lives in one place: its slot inside the span, or among the outliers outside it
     /// (when the span grows over an outlier, the outlier moves into its slot).
+    @inline(__always)
     subscript(sequence: Int64) -> Value? {
         get {
             let offset = sequence &- base
