@@ -67,8 +67,9 @@ public struct Traffic: Sendable {
 }
 
 /// One job of the day, as drawn: 24 bytes, read by every run of the scenario from one shared array
-/// (a run touches half a million of them in no cache-friendly order; what a run changes is in
-/// ``SimDispatches``, so the runs of a comparison share this). The narrow fields are read as `Int`.
+/// (a run touches half a million of them in no cache-friendly order, and changes none: a job's
+/// dispatch and attempt counts are in its worker's ``SimLease`` while it runs, and in
+/// ``SimDispatches`` while it waits to run again). The narrow fields are read as `Int`.
 struct SimJob: Sendable {
     /// When it joined the queue: before the run began (negative) for a trace job that had waited.
     let arrival: Double
@@ -91,12 +92,20 @@ struct SimJob: Sendable {
     var model: Int { Int(model16) }
 }
 
-/// What one run changes of a job: 8 bytes.
+/// The counts of a job that went back to the queue after a dispatch (its worker failed, or a drain
+/// released it), kept until it is dispatched again: the few jobs that run more than once.
 struct SimDispatches {
     /// Dispatches so far: events of an earlier dispatch (one released since) are ignored.
     private var dispatches32: Int32 = 0
     /// Attempts charged (a released job is not charged for its dispatch).
     private var attempts16: Int16 = 0
+
+    init() {}
+
+    init(dispatches: Int, attempts: Int) {
+        dispatches32 = Int32(dispatches)
+        attempts16 = Int16(attempts)
+    }
 
     var attempts: Int {
         get { Int(attempts16) }
@@ -146,7 +155,7 @@ struct SimLease {
 /// What happens next; 32-bit payloads keep an event, with its key in the queue, in 32 bytes.
 enum SimEvent {
     case arrival(Int32)
-    case started(job: Int32, dispatch: Int32)
+    case started(job: Int32, worker: Int32, dispatch: Int32)
     case finished(job: Int32, worker: Int32, dispatch: Int32)
     case failed(job: Int32, worker: Int32, dispatch: Int32)
     case leaseExpired(Int32)
@@ -164,10 +173,10 @@ struct SimulationRun {
     var scheduler: Scheduler
     /// Lane 0 holds the next arrival; lane 1 + c the lease starts of cluster c (see ``EventQueue``).
     var events: EventQueue<SimEvent>
-    /// The day's jobs, shared with every other run of the traffic; what this run changes of each is
-    /// in `dispatched`, at the same index.
+    /// The day's jobs, shared with every other run of the traffic.
     let jobs: [SimJob]
-    var dispatched: [SimDispatches]
+    /// By job: the counts of those back in the queue after a dispatch (see ``SimDispatches``).
+    var requeued: [Int32: SimDispatches] = [:]
     /// The scheduler's queue of each (tier, model), at `tier * models + model`, and its account of
     /// each account: resolved once, so that an arrival enqueues integers.
     let queueRefs: [QueueRef]
@@ -227,7 +236,6 @@ struct SimulationRun {
         self.accountRefs = accountRefs
         modelIndex = Dictionary(scenario.models.enumerated().map { ($1.name, $0) }, uniquingKeysWith: { first, _ in first })
         jobs = traffic.jobs
-        dispatched = Array(repeating: SimDispatches(), count: traffic.jobs.count)
         events = EventQueue(lanes: 1 + scenario.clusters.count)
         var allPools: [(cluster: Int, spec: Scenario.PoolSpec)] = []
         for (clusterIndex, cluster) in scenario.clusters.enumerated() {
@@ -312,8 +320,9 @@ struct SimulationRun {
                 arrivalsByModel[jobs[index].model] += 1
                 if index + 1 < jobs.count { events.schedule(.arrival(index32 + 1), at: max(0, jobs[index + 1].arrival), lane: 0) }
                 dispatch(now: time)
-            case .started(let index, let dispatch):
-                guard dispatched[Int(index)].dispatches == dispatch else { break }
+            case .started(let index, let worker, let dispatch):
+                // A released job's dispatch no longer holds the worker.
+                guard let lease = workers[Int(worker)].lease, lease.job == index, lease.dispatch == dispatch else { break }
                 scheduler.started(Int64(index))
                 self.dispatch(now: time)
             case .finished(let index32, let worker32, let dispatch):
@@ -328,8 +337,9 @@ struct SimulationRun {
                 release(worker, now: time)
                 self.dispatch(now: time)
             case .failed(let index32, let worker32, let dispatch):
-                let (index, worker) = (Int(index32), Int(worker32))
-                guard dispatched[index].dispatches == dispatch else { break }
+                let worker = Int(worker32)
+                guard let lease = workers[worker].lease, lease.job == index32, lease.dispatch == dispatch else { break }
+                requeued[index32] = SimDispatches(dispatches: Int(lease.dispatch), attempts: Int(lease.attempts))
                 metrics.busy(-workers[worker].gpus)
                 alive(worker, -1)
                 workers[worker].state = .down
@@ -340,10 +350,12 @@ struct SimulationRun {
                 events.schedule(.leaseExpired(index32), at: time + scenario.leases.ttlSeconds)
             case .leaseExpired(let index32):
                 let index = Int(index32)
-                if RetryRule.requeues(attempts: dispatched[index].attempts, maxAttempts: scenario.leases.maxAttempts, retryable: true) {
+                let attempts = requeued[index32]?.attempts ?? 0
+                if RetryRule.requeues(attempts: attempts, maxAttempts: scenario.leases.maxAttempts, retryable: true) {
                     scheduler.requeue(Int64(index))
                     metrics.retries += 1
                 } else {
+                    requeued[index32] = nil
                     scheduler.remove(Int64(index))
                     metrics.failed(tier: jobs[index].tier)
                 }
@@ -452,9 +464,11 @@ struct SimulationRun {
     }
 
     private mutating func lease(_ index: Int, on worker: Int, now: Double) {
-        dispatched[index].attempts += 1
-        dispatched[index].dispatches += 1
-        let (dispatch, attempts) = (dispatched[index].dispatches, dispatched[index].attempts)
+        // A job's first dispatch (nearly all of them) has nothing kept.
+        var counts = requeued.isEmpty ? SimDispatches() : requeued.removeValue(forKey: Int32(index)) ?? SimDispatches()
+        counts.attempts += 1
+        counts.dispatches += 1
+        let (dispatch, attempts) = (counts.dispatches, counts.attempts)
         metrics.dispatched(tier: jobs[index].tier, wait: now - jobs[index].arrival)
         let model = jobs[index].model
         let cluster = scenario.clusters[workers[worker].cluster]
@@ -471,7 +485,8 @@ struct SimulationRun {
         metrics.busy(workers[worker].gpus)
         let start = now + cluster.startDelaySeconds
         if cluster.startDelaySeconds > 0 {
-            events.schedule(.started(job: Int32(index), dispatch: Int32(dispatch)), at: start, lane: 1 + workers[worker].cluster)
+            events.schedule(
+                .started(job: Int32(index), worker: Int32(worker), dispatch: Int32(dispatch)), at: start, lane: 1 + workers[worker].cluster)
         } else {
             scheduler.started(Int64(index))
         }
@@ -676,13 +691,13 @@ struct SimulationRun {
     /// A drained worker's grace is over: its job returns to the queue with its original queued
     /// time, charged no attempt, and the worker leaves.
     private mutating func releaseJob(of worker: Int) {
-        guard workers[worker].state == .busy, let job = workers[worker].lease?.index else {
+        guard workers[worker].state == .busy, let lease = workers[worker].lease else {
             retire(worker)
             return
         }
-        dispatched[job].attempts -= 1
-        dispatched[job].dispatches += 1  // the dispatch's pending events no longer apply
-        scheduler.requeue(Int64(job))
+        // Charged no attempt; the dispatch's pending events no longer apply.
+        requeued[lease.job] = SimDispatches(dispatches: Int(lease.dispatch) + 1, attempts: Int(lease.attempts) - 1)
+        scheduler.requeue(Int64(lease.job))
         metrics.releasedJobs += 1
         metrics.busy(-workers[worker].gpus)
         alive(worker, -1)
