@@ -193,9 +193,9 @@ struct SimulationMetrics {
         var p50: [Double?] = []
         var p95: [Double?] = []
         for tier in bucketWaits.indices {
-            let sorted = bucketWaits[tier].sorted()
-            p50.append(sorted.isEmpty ? nil : Self.percentile(sorted, 0.5))
-            p95.append(sorted.isEmpty ? nil : Self.percentile(sorted, 0.95))
+            RadixSort.sort(&bucketWaits[tier])
+            p50.append(bucketWaits[tier].isEmpty ? nil : Self.percentile(bucketWaits[tier], 0.5))
+            p95.append(bucketWaits[tier].isEmpty ? nil : Self.percentile(bucketWaits[tier], 0.95))
             bucketWaits[tier].removeAll(keepingCapacity: true)
         }
         series.append(
@@ -215,7 +215,8 @@ struct SimulationMetrics {
     {
         var tierReports: [SimulationReport.TierReport] = []
         for (index, tier) in tiers.enumerated() {
-            let sorted = waits[index].sorted()
+            var sorted = waits[index]
+            RadixSort.sort(&sorted)
             let stillWaiting = unserved.filter { $0.tier == index }
             let longestUnserved = stillWaiting.map(\.waited).max() ?? 0
             let within = sorted.filter { $0 <= tier.maxWaitSeconds }.count

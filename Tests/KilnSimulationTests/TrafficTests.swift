@@ -33,3 +33,33 @@ struct TrafficTests {
         #expect(tiny.draw(&random) == 0.001, "never below a millisecond")
     }
 }
+
+@Suite("Radix sort of waits")
+struct RadixSortTests {
+    @Test("sorts as the standard sort does: large and small arrays, repeated values, zeros, subnormals, infinity")
+    func matchesStandardSort() {
+        var random = SplitMix64(seed: 11)
+        for count in [0, 1, 2, 255, 256, 257, 1_000, 50_000] {
+            var values = (0..<count).map { _ -> Double in
+                switch random.next() % 6 {
+                case 0: return 0
+                case 1: return Double(random.next() % 10)  // many equal values
+                case 2: return Double.leastNonzeroMagnitude * Double(random.next() % 4)
+                case 3: return random.unit() * 1e9
+                case 4: return count % 2 == 0 ? -0.0 : .infinity
+                default: return random.exponential(mean: 300)
+                }
+            }
+            let expected = values.sorted()
+            RadixSort.sort(&values)
+            #expect(values == expected, "\(count) values")
+        }
+    }
+
+    @Test("values below zero take the standard sort")
+    func fallsBack() {
+        var values = (0..<1_000).map { Double($0 % 7) - 3 }
+        RadixSort.sort(&values)
+        #expect(values == (0..<1_000).map { Double($0 % 7) - 3 }.sorted())
+    }
+}
