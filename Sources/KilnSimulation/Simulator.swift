@@ -180,7 +180,7 @@ struct SimulationRun {
     /// The scheduler's queue of each (tier, model), at `tier * models + model`, and its account of
     /// each account: resolved once, so that an arrival enqueues integers.
     let queueRefs: [QueueRef]
-    let accountRefs: [AccountRef]
+    let accountRefs: AccountRefs
     let tierNames: [String]
     let modelIndex: [String: Int]
     var workers: [SimWorker] = []
@@ -227,13 +227,11 @@ struct SimulationRun {
             for model in requirements { queueRefs.append(try scheduler.queue(tier: tier.name, requirements: model)) }
         }
         self.queueRefs = queueRefs
-        var accountRefs: [AccountRef] = []
-        for (tierIndex, tier) in scenario.tiers.enumerated() {
-            for account in 0..<tier.accounts {
-                accountRefs.append(scheduler.account(AccountID(unchecked: "acct_sim\(tierIndex)x\(account)")))
-            }
-        }
-        self.accountRefs = accountRefs
+        // Each tier's accounts are numbered after the last's, as the traffic numbers them.
+        accountRefs = try scheduler.accounts(
+            scenario.tiers.enumerated().flatMap { tierIndex, tier in
+                (0..<tier.accounts).map { AccountID(unchecked: "acct_sim\(tierIndex)x\($0)") }
+            })
         modelIndex = Dictionary(scenario.models.enumerated().map { ($1.name, $0) }, uniquingKeysWith: { first, _ in first })
         jobs = traffic.jobs
         events = EventQueue(lanes: 1 + scenario.clusters.count)

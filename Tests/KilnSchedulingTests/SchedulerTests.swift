@@ -179,6 +179,32 @@ struct EligibilityTests {
         }
     }
 
+    @Test("accounts registered together get consecutive refs; a known or repeated one is refused and nothing changes")
+    func accountsTogether() throws {
+        var scheduler = Scheduler.standard()
+        try scheduler.enqueue(job(1).tier("free").account("early").at(1).job)
+        let refs = try scheduler.accounts([accountID("x"), accountID("y")])
+        #expect(refs.count == 2)
+        // Jobs enqueued through the refs belong to those accounts: "y" takes its cap of two.
+        let queue = try scheduler.queue(tier: "free", requirements: JobRequirements(model: "demo"))
+        for sequence in Int64(2)...4 { scheduler.enqueue(sequence, queue: queue, account: refs[1], queuedAt: Double(sequence)) }
+        scheduler.enqueue(5, queue: queue, account: refs[0], queuedAt: 5)
+        let picked = (0..<5).compactMap { _ in scheduler.next(for: cpuWorker, now: 100) }
+        #expect(picked.map(\.sequence) == [1, 2, 3, 5], "y's third job waits: it is at its cap")
+        #expect(picked.map(\.account) == [accountID("early"), accountID("y"), accountID("y"), accountID("x")])
+        #expect(scheduler.dispatched(for: accountID("y")) == 2)
+        #expect(scheduler.isParked(4))
+
+        // "early" is known and "z" is named twice: each call is refused, and what it named is as before.
+        #expect(throws: KilnError.self) { try scheduler.accounts([accountID("w"), accountID("early")]) }
+        #expect(throws: KilnError.self) { try scheduler.accounts([accountID("z"), accountID("v"), accountID("z")]) }
+        #expect(scheduler.dispatched(for: accountID("early")) == 1)
+        #expect(scheduler.account(accountID("early")) == scheduler.account(accountID("early")))
+        let next = try scheduler.accounts([accountID("w"), accountID("z"), accountID("v")])
+        #expect(next[0] != refs[0] && next[0] != refs[1] && next[1] != next[0] && next[2] != next[1])
+        #expect(scheduler.dispatched(for: accountID("z")) == 0)
+    }
+
     @Test("a hold counts as a dispatch of its account and cluster until it is given back")
     func holds() throws {
         var scheduler = Scheduler(tiers: .standard, dispatchLimits: ["small": 1], defaultDispatchLimit: 100)

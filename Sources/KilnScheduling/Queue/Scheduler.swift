@@ -193,6 +193,27 @@ public struct Scheduler: Sendable {
         AccountRef(index: accountFor(id))
     }
 
+    /// Accounts not known yet, registered together so that their refs are consecutive: a caller
+    /// with many accounts (the simulator's tens of thousands) computes a ref instead of loading it
+    /// from a table of its own.
+    ///
+    /// - Throws: ``KilnError`` when one of `ids` is known already or named twice.
+    public mutating func accounts(_ ids: [AccountID]) throws -> AccountRefs {
+        let base = accounts.count
+        accountIndex.reserveCapacity(base + ids.count)
+        for (offset, id) in ids.enumerated() {
+            if let old = accountIndex.updateValue(UInt32(base + offset), forKey: id) {
+                // Nothing changes: what was known before stays, what this call added goes.
+                accountIndex[id] = old < base ? old : nil
+                for added in ids[..<offset] where added != id { accountIndex[added] = nil }
+                throw KilnError(.invalidInput, "account '\(id)' is known already or named twice")
+            }
+        }
+        accounts.append(contentsOf: ids)
+        dispatchedByAccount.append(contentsOf: repeatElement(0, count: ids.count))
+        return AccountRefs(base: UInt32(base), count: ids.count)
+    }
+
     /// The job for `worker`, by the policy at `now`, or nil when none is eligible.
     ///
     /// The job leaves the queue and counts as leased (not started) in the worker's cluster until
@@ -625,6 +646,18 @@ public struct QueueRef: Hashable, Sendable {
 /// An account known to one ``Scheduler``, resolved once.
 public struct AccountRef: Hashable, Sendable {
     let index: UInt32
+}
+
+/// Accounts registered together by ``Scheduler/accounts(_:)``, in order.
+public struct AccountRefs: Sendable {
+    let base: UInt32
+    public let count: Int
+
+    /// The ref of the `offset`th account registered.
+    public subscript(offset: Int) -> AccountRef {
+        precondition(offset >= 0 && offset < count, "account \(offset) of \(count)")
+        return AccountRef(index: base + UInt32(offset))
+    }
 }
 
 /// The dispatchable jobs of one queue (see ``Scheduler/backlog()``).
