@@ -111,6 +111,27 @@ struct AlternativePolicyTests {
         #expect(try scenario(SLOPolicy()) == [2, 4, 3, 1])
     }
 
+    /// A policy of the caller's own: the scheduler calls it through the existential, where it calls
+    /// the built-in ones directly.
+    struct LowestTierFirst: SchedulingPolicy {
+        var name: String { "lowest-tier-first" }
+        func priority(of head: QueueHead, now: Double) -> Double { Double(head.tierRank) }
+    }
+
+    @Test("a policy of the caller's own orders the picks; a policy set later takes over")
+    func customPolicy() throws {
+        #expect(try scenario(LowestTierFirst()) == [1, 2, 4, 3])
+        // At 950 the SLO policy would take api (4), strict priority enterprise (3), this one free (1).
+        var scheduler = Scheduler.standard(policy: SLOPolicy())
+        try scheduler.enqueue(job(1).tier("free").at(0).job)
+        try scheduler.enqueue(job(3).tier("enterprise").at(900).job)
+        try scheduler.enqueue(job(4).tier("api").at(850).job)
+        scheduler.policy = LowestTierFirst()
+        #expect(scheduler.next(for: cpuWorker, now: 950)?.sequence == 1)
+        scheduler.policy = StrictPriorityPolicy()
+        #expect(scheduler.next(for: cpuWorker, now: 950)?.sequence == 3)
+    }
+
     @Test func policiesByName() throws {
         #expect(try SchedulingPolicies.named("edf").name == "edf")
         #expect(throws: KilnError.self) { try SchedulingPolicies.named("lottery") }

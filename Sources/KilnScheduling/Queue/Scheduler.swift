@@ -99,8 +99,12 @@ public struct Scheduler: Sendable {
         didSet {
             protection = policy.protection
             protectedTiers = Self.protectedTiers(of: policy, in: tiers)
+            builtIn = BuiltInPolicy(policy)
         }
     }
+    /// The policy when it is one of the built-in ones, so that a pick calls its priority directly
+    /// (inlined) rather than through the existential, once for each queue head.
+    private var builtIn: BuiltInPolicy?
     /// The policy's protection, read once rather than at every pick.
     private var protection: Protection?
     /// Leased-but-not-started jobs a cluster may hold; clusters not named use `defaultDispatchLimit`.
@@ -153,6 +157,7 @@ public struct Scheduler: Sendable {
         self.defaultDispatchLimit = defaultDispatchLimit
         self.protection = policy.protection
         self.protectedTiers = Self.protectedTiers(of: policy, in: tiers)
+        self.builtIn = BuiltInPolicy(policy)
     }
 
     private static func protectedTiers(of policy: any SchedulingPolicy, in tiers: TierTable) -> [Bool] {
@@ -230,6 +235,19 @@ public struct Scheduler: Sendable {
     }
 
     private mutating func nextIndex(for worker: WorkerOffer, now: Double) -> (entry: Entry, queue: Int)? {
+        switch builtIn {
+        case .slo(let policy): nextIndex(for: worker, now: now, by: policy)
+        case .fifo(let policy): nextIndex(for: worker, now: now, by: policy)
+        case .strict(let policy): nextIndex(for: worker, now: now, by: policy)
+        case .edf(let policy): nextIndex(for: worker, now: now, by: policy)
+        case .protected(let policy): nextIndex(for: worker, now: now, by: policy)
+        case nil: nextIndex(for: worker, now: now, by: policy)
+        }
+    }
+
+    private mutating func nextIndex<Policy: SchedulingPolicy>(for worker: WorkerOffer, now: Double, by policy: Policy)
+        -> (entry: Entry, queue: Int)?
+    {
         guard queuedCount > 0 else { return nil }
         // 1. The cluster's dispatch limit.
         // 2. The classes this worker can run (kept while the same offer keeps asking).
@@ -635,6 +653,23 @@ public struct Scheduler: Sendable {
             if list[mid].entry.isBefore(item.entry) { low = mid + 1 } else { high = mid }
         }
         list.insert(item, at: low)
+    }
+}
+
+/// The built-in policies, each by its concrete type.
+enum BuiltInPolicy: Sendable {
+    case slo(SLOPolicy), fifo(FIFOPolicy), strict(StrictPriorityPolicy), edf(EarliestDeadlinePolicy)
+    case protected(ProtectedPolicy)
+
+    init?(_ policy: any SchedulingPolicy) {
+        switch policy {
+        case let policy as SLOPolicy: self = .slo(policy)
+        case let policy as FIFOPolicy: self = .fifo(policy)
+        case let policy as StrictPriorityPolicy: self = .strict(policy)
+        case let policy as EarliestDeadlinePolicy: self = .edf(policy)
+        case let policy as ProtectedPolicy: self = .protected(policy)
+        default: return nil
+        }
     }
 }
 
