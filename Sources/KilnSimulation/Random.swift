@@ -10,10 +10,14 @@ extension Scenario.RunTime {
         private let spread: Double
         /// Lognormal: the underlying normal's mean.
         private let mu: Double
+        /// Lognormal: whether the run time varies at all (a spread so small that it rounds to zero
+        /// still draws, so that the draws after it are those of the seed).
+        private let varies: Bool
 
         init(_ runtime: Scenario.RunTime) {
             distribution = runtime.distribution
             mean = runtime.meanSeconds
+            varies = runtime.stddevSeconds > 0
             switch runtime.distribution {
             case .uniform:
                 spread = runtime.stddevSeconds * 3.0.squareRoot()
@@ -39,7 +43,7 @@ extension Scenario.RunTime {
             case .uniform:
                 value = mean - spread + 2 * spread * random.unit()
             case .lognormal:
-                value = spread > 0 ? exp(mu + spread * random.normal()) : mean
+                value = varies ? exp(mu + spread * random.normal()) : mean
             }
             return max(value, 0.001)
         }

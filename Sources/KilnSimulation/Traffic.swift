@@ -115,6 +115,7 @@ enum ScenarioValidation {
             guard model.share >= 0 else { throw fail("models[\(index)].share must not be negative") }
             guard model.runtime.meanSeconds > 0 else { throw fail("models[\(index)].runtime.mean_seconds must be positive") }
             guard model.gpus >= 0 else { throw fail("models[\(index)].gpus must not be negative") }
+            guard model.switchSeconds >= 0 else { throw fail("models[\(index)].switch_seconds must not be negative") }
             guard model.acceleratorSpeed.values.allSatisfy({ $0 > 0 }) else {
                 throw fail("models[\(index)].accelerator_speed values must be positive")
             }

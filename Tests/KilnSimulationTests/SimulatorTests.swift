@@ -191,6 +191,17 @@ struct SimulatorTests {
         } catch {
             Issue.record("unexpected \(error)")
         }
+        // A negative switch would schedule a model's load before the moment it begins.
+        var backwards = day
+        backwards.models[0].switchSeconds = -1_000
+        do {
+            _ = try Simulator(scenario: backwards, policy: SLOPolicy())
+            Issue.record("a negative switch_seconds was accepted")
+        } catch let error as KilnError {
+            #expect(error.message.contains("models[0].switch_seconds"))
+        } catch {
+            Issue.record("unexpected \(error)")
+        }
     }
 
     @Test("the chart is well-formed SVG with a panel per policy")

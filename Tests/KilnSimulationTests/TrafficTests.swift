@@ -31,6 +31,13 @@ struct TrafficTests {
         #expect(fixed.draw(&random) == 30)
         let tiny = Scenario.RunTime.Sampler(.init(distribution: .uniform, meanSeconds: 0.0001, stddevSeconds: 0))
         #expect(tiny.draw(&random) == 0.001, "never below a millisecond")
+        // A spread too small to show still takes its normal draw: the draws after it stay the seed's.
+        let narrow = Scenario.RunTime.Sampler(.init(distribution: .lognormal, meanSeconds: 240, stddevSeconds: 1e-9))
+        var drawn = SplitMix64(seed: 5)
+        var expected = drawn
+        #expect(abs(narrow.draw(&drawn) - 240) < 1e-9)
+        _ = expected.normal()
+        #expect(drawn.next() == expected.next())
     }
 }
 
