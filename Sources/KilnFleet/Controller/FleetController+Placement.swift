@@ -28,12 +28,14 @@ extension FleetController {
             targets[workload] = 1
         }
 
+        // Once per workload, not per worker: a workload's accelerators are a set of strings.
+        let runsHere = workloads.map { $0.runs(on: spec) }
         var idle = Array(repeating: [Int](), count: workloads.count)
         var busy = Array(repeating: [Int](), count: workloads.count)
         var unassigned: [Int] = []
         for index in members {
             let worker = state.workers[index]
-            if let workload = worker.assignment, workloads.indices.contains(workload), workloads[workload].runs(on: spec) {
+            if let workload = worker.assignment, workloads.indices.contains(workload), runsHere[workload] {
                 if worker.running == 0 { idle[workload].append(index) } else { busy[workload].append(index) }
             } else {
                 unassigned.append(index)
@@ -77,7 +79,7 @@ extension FleetController {
         }
         while next < unassigned.count {
             var best: Int?
-            for workload in workloads.indices where allocation[workload] > 0 && workloads[workload].runs(on: spec) {
+            for workload in workloads.indices where allocation[workload] > 0 && runsHere[workload] {
                 let need = allocation[workload] / Double(current[workload] + 1)
                 if best.map({ need > allocation[$0] / Double(current[$0] + 1) }) ?? true { best = workload }
             }

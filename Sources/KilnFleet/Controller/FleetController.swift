@@ -148,7 +148,7 @@ public struct FleetController: Sendable {
                 }
             }
             // 5. Placement.
-            let staying = counted.filter { !leaving.contains($0) }
+            let staying = leaving.isEmpty ? counted : counted.filter { !leaving.contains($0) }
             decision.actions += place(
                 staying, capacity: max(desired, staying.count), pool: pool, state: state, allocation: allocation[pool],
                 demands: demands, now: now)
@@ -286,16 +286,16 @@ public struct FleetController: Sendable {
             return Double(assigned[workload]) - allocation[workload]
         }
         func stage(_ worker: FleetWorker) -> Int { worker.state == .provisioning ? 0 : worker.running == 0 ? 1 : 2 }
-        let ranked = candidates.sorted { a, b in
-            let wa = state.workers[a]
-            let wb = state.workers[b]
-            if stage(wa) != stage(wb) { return stage(wa) < stage(wb) }
-            let ea = excess(wa)
-            let eb = excess(wb)
-            if ea != eb { return ea > eb }
-            return wa.id > wb.id
+        // Each candidate's key worked out once, not at each of the sort's comparisons.
+        let ranked = candidates.map { index in
+            let worker = state.workers[index]
+            return (stage: stage(worker), excess: excess(worker), id: worker.id, index: index)
+        }.sorted { a, b in
+            if a.stage != b.stage { return a.stage < b.stage }
+            if a.excess != b.excess { return a.excess > b.excess }
+            return a.id > b.id
         }
-        return Array(ranked.prefix(count))
+        return ranked.prefix(count).map(\.index)
     }
 
     // MARK: - Reasons
